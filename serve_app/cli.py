@@ -1,0 +1,135 @@
+"""``serve-app`` command line: models publish/list/verify, render, demo."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from serve_app.constants import DEFAULT_APP_CONFIG, DEFAULT_SERVE_CONFIG
+
+
+def _models_publish(a: argparse.Namespace) -> int:
+    from serve_app.repository import publish
+
+    if a.format == "onnx":
+        from serve_app.models.onnx_export import publish_onnx
+
+        path = publish_onnx(a.src, a.repo, a.name, version=a.version, progress=not a.quiet)
+    else:
+        path = publish(a.src, a.repo, a.name, version=a.version, progress=not a.quiet)
+    print(f"published {path}")
+    return 0
+
+
+def _models_list(a: argparse.Namespace) -> int:
+    from serve_app.repository import ModelRepository
+
+    repo = ModelRepository(a.repo)
+    for name, versions in repo.models().items():
+        for v in versions:
+            m = repo.read_manifest(name, v)
+            print(f"{name}\t{v}\t{m.format}\t{m.task}\t{m.total_bytes}\t{m.created_at}")
+    return 0
+
+
+def _models_verify(a: argparse.Namespace) -> int:
+    from serve_app.errors import RepositoryError
+    from serve_app.repository import ModelRepository
+
+    repo = ModelRepository(a.repo, hash_workers=a.workers)
+    names = [a.name] if a.name else list(repo.models())
+    bad = 0
+    for name in names:
+        versions = [a.version] if a.version else repo.versions(name) or ["latest"]
+        for v in versions:
+            try:
+                ok = repo.verify(name, v)
+                print(f"OK   {name}/{ok.version} ({ok.manifest.total_bytes} bytes, {ok.verify_s:.2f} s)")
+            except RepositoryError as e:
+                print(f"FAIL {e}")
+                bad += 1
+    return 1 if bad else 0
+
+
+def _render(a: argparse.Namespace) -> int:
+    from serve_app.config import load_app_config
+    from serve_app.render import render_local, write_if_changed
+
+    app = load_app_config(a.config)
+    text = render_local(app, a.config, a.out)
+    if a.check:
+        current = Path(a.out).read_text(encoding="utf-8") if Path(a.out).exists() else ""
+        if current != text:
+            print(f"{a.out} is out of date; run `serve-app render`", file=sys.stderr)
+            return 1
+        print(f"{a.out} is up to date")
+        return 0
+    changed = write_if_changed(Path(a.out), text)
+    print(f"{'wrote' if changed else 'unchanged'} {a.out}")
+    return 0
+
+
+def _demo(a: argparse.Namespace) -> int:
+    from serve_app.demo import run_demo
+
+    return run_demo(a.config, timeout_s=a.timeout_s)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (built on demand, never at import)."""
+    p = argparse.ArgumentParser(prog="serve-app", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    models = sub.add_parser("models", help="model repository commands")
+    msub = models.add_subparsers(dest="models_command", required=True)
+    pub = msub.add_parser("publish", help="copy a model into the repository as a new version")
+    pub.add_argument("src", help="HF folder, .safetensors file, or folder with model.onnx")
+    pub.add_argument("--repo", required=True, help="repository root")
+    pub.add_argument("--name", required=True, help="model name")
+    pub.add_argument("--version", type=int, default=None, help="version (default: next)")
+    pub.add_argument(
+        "--format", choices=["auto", "onnx"], default="auto",
+        help="onnx: export a Hugging Face sentence-embedding folder to ONNX first",
+    )
+    pub.add_argument("--quiet", action="store_true", help="no progress bar")
+    pub.set_defaults(func=_models_publish)
+    ls = msub.add_parser("list", help="list models and versions")
+    ls.add_argument("--repo", required=True)
+    ls.set_defaults(func=_models_list)
+    ver = msub.add_parser("verify", help="check sizes and sha256 of every file")
+    ver.add_argument("--repo", required=True)
+    ver.add_argument("--name", default=None)
+    ver.add_argument("--version", type=int, default=None)
+    ver.add_argument("--workers", type=int, default=4)
+    ver.set_defaults(func=_models_verify)
+
+    ren = sub.add_parser("render", help="write configs/local.yaml from the AppConfig")
+    ren.add_argument("--config", default=DEFAULT_APP_CONFIG)
+    ren.add_argument("--out", default=DEFAULT_SERVE_CONFIG)
+    ren.add_argument("--check", action="store_true", help="fail if the file would change")
+    ren.set_defaults(func=_render)
+
+    demo = sub.add_parser("demo", help="publish demo models and serve them locally")
+    demo.add_argument("--config", default=DEFAULT_SERVE_CONFIG, help="Serve config file")
+    demo.add_argument("--timeout-s", type=float, default=300.0)
+    demo.set_defaults(func=_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``serve-app`` console script."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    from serve_app.errors import ServeAppError
+
+    try:
+        return int(args.func(args))
+    except ServeAppError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

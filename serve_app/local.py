@@ -1,0 +1,119 @@
+"""Run Serve configs on a local Ray: start, deploy, wait, and stop within a bound.
+
+Ray 2.60 turns on token authentication for new local clusters; the driver that starts
+the cluster is authenticated, and ``auth_hint`` tells users how the ``serve`` CLI and
+the REST API get the token.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from serve_app.constants import LOCAL_RAY_ENV
+
+logger = logging.getLogger(__name__)
+
+TOKEN_PATH = Path.home() / ".ray" / "auth_token"
+
+
+def prepare_environment(extra: dict[str, str] | None = None) -> None:
+    """Set loopback-only Ray variables (not overriding the user's) before Ray starts."""
+    for key, value in {**LOCAL_RAY_ENV, **(extra or {})}.items():
+        os.environ.setdefault(key, value)
+
+
+def start_ray(num_cpus: int | None = None, num_gpus: int | None = None) -> None:
+    """Start a local Ray head bound to 127.0.0.1 (no dashboard)."""
+    import ray
+
+    prepare_environment()
+    ray.init(
+        num_cpus=num_cpus,
+        num_gpus=num_gpus,
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",
+        log_to_driver=os.environ.get("SERVE_APP_LOG_TO_DRIVER", "1") == "1",
+    )
+
+
+def deploy_config(config: dict[str, Any]) -> None:
+    """Deploy a Serve config dict the way ``serve run config.yaml`` does."""
+    from ray.serve._private import api as serve_api
+    from ray.serve.schema import ServeDeploySchema
+
+    schema = ServeDeploySchema.model_validate(config)
+    client = serve_api.serve_start(
+        http_options=schema.http_options.model_dump(),
+        proxy_location=schema.proxy_location,
+    )
+    client.deploy_apps(schema, _blocking=False)
+
+
+class DeployFailed(RuntimeError):
+    """An application turned DEPLOY_FAILED or UNHEALTHY while we waited."""
+
+
+def wait_running(
+    app_names: Iterable[str],
+    timeout_s: float,
+    on_progress: Callable[[dict[str, str]], None] | None = None,
+) -> None:
+    """Block until every app is RUNNING.
+
+    Raises:
+        DeployFailed: an app failed (message includes Serve's reason).
+        TimeoutError: not all running within ``timeout_s``.
+    """
+    from ray import serve
+
+    from serve_app.server.oip_server import status_name
+
+    names = list(app_names)
+    deadline = time.monotonic() + timeout_s
+    last: dict[str, str] = {}
+    while True:
+        apps = serve.status().applications
+        states = {n: status_name(apps[n].status) if n in apps else "NOT_STARTED" for n in names}
+        if states != last and on_progress is not None:
+            on_progress(states)
+        last = states
+        for n, s in states.items():
+            if s in ("DEPLOY_FAILED", "UNHEALTHY"):
+                app = apps[n]
+                reasons = [app.message] + [d.message for d in app.deployments.values()]
+                raise DeployFailed(f"application {n!r} {s}: " + " | ".join(r for r in reasons if r))
+        if all(s == "RUNNING" for s in states.values()):
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"applications not running after {timeout_s:.0f} s: {states}")
+        time.sleep(0.25)
+
+
+def stop_ray(timeout_s: float = 15.0) -> None:
+    """Stop Serve and Ray within ``timeout_s``: ``serve.shutdown`` can take 30 s or more,
+    so it gets part of the budget in a thread, then ``ray.shutdown`` kills what is left."""
+    import ray
+    from ray import serve
+
+    if not ray.is_initialized():
+        return
+    t = threading.Thread(target=serve.shutdown, daemon=True)
+    t.start()
+    t.join(timeout_s * 0.6)
+    if t.is_alive():
+        logger.warning("serve.shutdown did not finish in %.0f s; stopping Ray", timeout_s * 0.6)
+    ray.shutdown()
+
+
+def auth_hint() -> str:
+    """How to use the ``serve`` CLI / REST API against the token-authenticated cluster."""
+    return (
+        "Ray token auth is on: for `serve status` export RAY_AUTH_MODE=token; "
+        f"REST calls need 'Authorization: Bearer $(cat {TOKEN_PATH})'."
+    )

@@ -1,0 +1,27 @@
+"""Pick the adapter for a verified version from its manifest's format and task."""
+
+from __future__ import annotations
+
+from serve_app.errors import ManifestError
+from serve_app.models.base import ModelAdapter
+from serve_app.repository.loader import VerifiedVersion
+
+
+def load_adapter(version: VerifiedVersion, device: str) -> ModelAdapter:
+    """Load the model of a verified version onto ``device``."""
+    m = version.manifest
+    if m.format == "huggingface" and m.task == "sentence-embedding":
+        from serve_app.models.hf_embedding import HFEmbeddingAdapter
+
+        return HFEmbeddingAdapter(version.path, device)
+    if m.format == "onnx" and m.task == "sentence-embedding":
+        from serve_app.models.onnx_embedding import OnnxEmbeddingAdapter
+
+        return OnnxEmbeddingAdapter(version.path, device)
+    if m.format == "safetensors":
+        from serve_app.models.torch_module import TorchModuleAdapter
+
+        return TorchModuleAdapter(version.path, m, device)
+    raise ManifestError(
+        f"model {m.name!r} version {m.version}: no adapter for format {m.format!r} task {m.task!r}"
+    )

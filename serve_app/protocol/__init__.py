@@ -1,0 +1,1 @@
+"""Wire protocols. ``oip``: Open Inference Protocol (KServe v2) REST."""

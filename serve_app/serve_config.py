@@ -1,0 +1,84 @@
+"""Render an ``AppConfig`` into a Serve config (``serve run``/``serve deploy`` file and
+the RayService ``serveConfigV2``). Pure functions; no Ray import needed at call time."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from serve_app.config import AppConfig, ModelAppArgs, ModelConfig, ServerAppArgs
+
+IMPORT_PATH = "serve_app.app:build_app"
+MODEL_DEPLOYMENT = "ModelDeployment"
+SERVER_DEPLOYMENT = "OIPServer"
+MAX_CONSTRUCTOR_RETRIES = 3
+"""A model with bad weights fails the same way every time: give up after 3 tries, so the
+application turns DEPLOY_FAILED and requests fail fast instead of waiting for a replica."""
+
+
+def deployment_options(model: ModelConfig) -> dict[str, Any]:
+    """Serve deployment options of a model, as in the config file's ``deployments``."""
+    opts: dict[str, Any] = {
+        "name": MODEL_DEPLOYMENT,
+        "max_ongoing_requests": model.max_ongoing_requests,
+        "max_queued_requests": model.max_queued_requests,
+        "user_config": model.batching.model_dump(),
+        "ray_actor_options": model.resources.to_ray_actor_options(),
+        "health_check_period_s": model.health_check_period_s,
+        "health_check_timeout_s": model.health_check_timeout_s,
+        "graceful_shutdown_timeout_s": model.graceful_shutdown_timeout_s,
+        "max_constructor_retry_count": MAX_CONSTRUCTOR_RETRIES,
+    }
+    if model.autoscaling is not None:
+        opts["autoscaling_config"] = model.autoscaling.to_serve()
+    else:
+        opts["num_replicas"] = model.num_replicas
+    return opts
+
+
+def model_application(app: AppConfig, model: ModelConfig) -> dict[str, Any]:
+    """One Serve application per model, routed at ``/v2/models/<name>``: the model
+    deployment answers its own OIP routes, so a request takes one hop."""
+    return {
+        "name": model.app_name,
+        "route_prefix": model.route_prefix,
+        "import_path": IMPORT_PATH,
+        "args": ModelAppArgs.from_config(app, model).model_dump(mode="json"),
+        "deployments": [deployment_options(model)],
+    }
+
+
+def server_application(app: AppConfig) -> dict[str, Any]:
+    """The server application at ``/``: ``/v2``, health, model list, and the answers
+    (404 unknown, 503 not ready) for model routes no model application has taken."""
+    return {
+        "name": app.server_name,
+        "route_prefix": "/",
+        "import_path": IMPORT_PATH,
+        "args": ServerAppArgs.from_config(app).model_dump(mode="json"),
+        "deployments": [
+            {
+                "name": SERVER_DEPLOYMENT,
+                "num_replicas": 1,
+                "max_ongoing_requests": 256,
+                "ray_actor_options": {"num_cpus": 0},
+            }
+        ],
+    }
+
+
+def render_serve_config(
+    app: AppConfig, *, http_host: str | None = None, proxy_location: str = "EveryNode"
+) -> dict[str, Any]:
+    """The full Serve config dict (validates against Ray's ``ServeDeploySchema``)."""
+    http_options: dict[str, Any] = {
+        "host": http_host or app.http.host,
+        "port": app.http.port,
+    }
+    if app.http.request_timeout_s is not None:
+        http_options["request_timeout_s"] = app.http.request_timeout_s
+    return {
+        "proxy_location": proxy_location,
+        "http_options": http_options,
+        "applications": [server_application(app)]
+        + [model_application(app, m) for m in app.models],
+    }

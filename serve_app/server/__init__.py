@@ -1,0 +1,1 @@
+"""Ray Serve deployments and the thin HTTP layer over them."""

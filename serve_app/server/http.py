@@ -1,0 +1,96 @@
+"""The one place where errors become HTTP responses, plus request-body helpers.
+
+Every response body of an error is ``{"error": "..."}``; 503 carries ``Retry-After``;
+unexpected exceptions become a 500 whose body hides the traceback but names the request
+id so the log line can be found.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from serve_app.errors import PayloadTooLarge, ServeAppError, ServiceUnavailable
+from serve_app.protocol.oip import JSON_CONTENT_TYPE
+
+logger = logging.getLogger(__name__)
+
+
+def json_error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    """``{"error": message}`` with ``status``."""
+    import orjson
+
+    return Response(
+        orjson.dumps({"error": message}),
+        status_code=status,
+        media_type=JSON_CONTENT_TYPE,
+        headers=headers,
+    )
+
+
+def error_response(exc: BaseException, retry_after_s: int = 1) -> Response:
+    """Map any exception to a response; never leaks a traceback."""
+    if isinstance(exc, ServeAppError):
+        headers = None
+        if isinstance(exc, ServiceUnavailable) or exc.status_code in (429, 503):
+            headers = {"Retry-After": str(getattr(exc, "retry_after_s", retry_after_s))}
+        return json_error(exc.status_code, exc.message, headers)
+    request_id = uuid.uuid4().hex[:12]
+    logger.exception("internal error (request %s)", request_id, exc_info=exc)
+    return json_error(500, f"internal error, request id {request_id}")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Route every error a FastAPI app can raise through ``error_response``."""
+
+    @app.exception_handler(ServeAppError)
+    async def _serve_app_error(_: Request, exc: ServeAppError) -> Response:
+        return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> Response:
+        return json_error(422, f"invalid request: {exc.errors()[:3]}")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> Response:
+        return json_error(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def _any(_: Request, exc: Exception) -> Response:
+        return error_response(exc)
+
+
+async def read_body(request: Request, max_bytes: int) -> bytes:
+    """Read the body, refusing more than ``max_bytes`` before and while reading (413)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+        raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {max_bytes}")
+    chunks = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise PayloadTooLarge(f"request body exceeds the limit of {max_bytes} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+class ExactPrefixMiddleware:
+    """Let a route ``/`` answer the bare route prefix (``/v2/models/x``) instead of
+    redirecting to ``/v2/models/x/``: OIP metadata URLs have no trailing slash."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            root = scope.get("root_path", "")
+            if root and scope["path"] == root:
+                scope = dict(scope, path=root + "/", raw_path=(root + "/").encode())
+        await self.app(scope, receive, send)

@@ -1,0 +1,206 @@
+"""``ModelDeployment``: one generic Serve deployment per model, answering its own OIP
+routes under ``/v2/models/<name>`` (one hop from the proxy to the model).
+
+Requests are decoded and tokenized on the replica's event loop, rows of concurrent
+requests are merged by ``@serve.batch`` (sized in rows), and the forward runs in a
+worker thread so the loop keeps accepting while a batch computes.
+"""
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+from ray import serve
+
+from serve_app.batching import flatten_rows, split_rows
+from serve_app.config import BatchingConfig, ModelAppArgs
+from serve_app.errors import ModelNotFound
+from serve_app.protocol import oip
+from serve_app.repository.loader import ModelRepository
+from serve_app.server.http import (
+    ExactPrefixMiddleware,
+    install_error_handlers,
+    read_body,
+)
+from serve_app.server.runtime import AdapterLoader, ModelRuntime
+
+logger = logging.getLogger("ray.serve")
+
+model_api = FastAPI(
+    title="serve_app model", docs_url=None, redoc_url=None, openapi_url=None
+)
+model_api.add_middleware(ExactPrefixMiddleware)
+install_error_handlers(model_api)
+
+
+def _rows_of(requests: list[list[Any]]) -> int:
+    return sum(len(r) for r in requests)
+
+
+@serve.deployment(name="ModelDeployment", max_ongoing_requests=64)
+@serve.ingress(model_api)
+class ModelDeployment:
+    """A model replica. ``args`` are ``ModelAppArgs``; ``adapter_loader`` is injectable
+    so tests can run the real Serve path around a stand-in model."""
+
+    def __init__(self, args: dict[str, Any], adapter_loader: AdapterLoader | None = None) -> None:
+        import torch
+
+        self.args = ModelAppArgs.model_validate(args)
+        torch.set_num_threads(self.args.torch_threads)
+        if adapter_loader is None:
+            from serve_app.models.registry import load_adapter
+
+            adapter_loader = load_adapter
+        self.runtime = ModelRuntime(
+            ModelRepository(self.args.repository.root, self.args.repository.hash_workers),
+            self.args.name,
+            self.args.version,
+            adapter_loader,
+        )
+        self.batching = BatchingConfig()
+        self.runtime.load()
+        self._executor: ThreadPoolExecutor | None = None
+        self._batcher: Any = None
+        self._apply_batching(self.batching, rebuild=True)
+        assert self.runtime.version is not None
+        self.version = str(self.runtime.version.version)
+
+    # --- configuration -------------------------------------------------------------
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Apply ``BatchingConfig`` from ``user_config`` without restarting."""
+        new = BatchingConfig.model_validate(user_config)
+        rebuild = new.max_concurrent_batches != self.batching.max_concurrent_batches
+        self.batching = new
+        self._apply_batching(new, rebuild=rebuild)
+
+    def _batch_limit(self) -> int:
+        cfg = self.batching
+        if not cfg.cap_batch_to_memory:
+            return cfg.max_batch_size
+        return self.runtime.effective_batch_size(cfg.max_batch_size)
+
+    def _apply_batching(self, cfg: BatchingConfig, rebuild: bool) -> None:
+        size = self._batch_limit()
+        self.runtime.max_batch_tokens = cfg.max_batch_tokens
+        if rebuild or self._batcher is None:
+            self._executor = ThreadPoolExecutor(
+                max_workers=cfg.max_concurrent_batches, thread_name_prefix="forward"
+            )
+            self._batcher = serve.batch(
+                max_batch_size=size,
+                batch_wait_timeout_s=cfg.batch_wait_timeout_s,
+                max_concurrent_batches=cfg.max_concurrent_batches,
+                batch_size_fn=_rows_of,
+            )(self._run_batch)
+        else:
+            self._batcher.set_max_batch_size(size)
+            self._batcher.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)
+        logger.info("%s batching: %s (effective max_batch_size %d)", self.args.name, cfg, size)
+
+    def check_health(self) -> None:
+        """Serve health check: the model is loaded and its files are in place."""
+        self.runtime.check_health()
+
+    # --- inference -----------------------------------------------------------------
+
+    async def _run_batch(self, requests: list[list[Any]]) -> list[dict[str, np.ndarray]]:
+        rows, counts = flatten_rows(requests)
+        loop = asyncio.get_running_loop()
+        outputs = await loop.run_in_executor(self._executor, self.runtime.forward_rows, rows)
+        return split_rows(outputs, counts)
+
+    async def infer_rows(self, rows: list[Any]) -> dict[str, np.ndarray]:
+        """Run one request's rows through the batcher (handle-callable for composition).
+
+        A request with more rows than a batch holds is run alone, in slices."""
+        limit = self._batch_limit()
+        if len(rows) <= limit:
+            return await self._batcher(rows)
+        loop = asyncio.get_running_loop()
+        parts = []
+        for i in range(0, len(rows), limit):
+            parts.append(
+                await loop.run_in_executor(
+                    self._executor, self.runtime.forward_rows, rows[i : i + limit]
+                )
+            )
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+    def _check_version(self, version: str | None) -> None:
+        if version is not None and version != self.version:
+            raise ModelNotFound(
+                f"model {self.args.name!r} version {version} not found "
+                f"(serving version {self.version})"
+            )
+
+    async def _infer(self, request: Request, version: str | None) -> Response:
+        self._check_version(version)
+        body = await read_body(request, self.args.http.max_request_bytes)
+        header_length = request.headers.get(oip.HEADER_LENGTH)
+        decoded = oip.decode_request(
+            body, int(header_length) if header_length and header_length.isdigit() else None
+        )
+        rows = self.runtime.prepare(decoded.inputs)
+        outputs = await self.infer_rows(rows)
+        payload, headers = oip.encode_response(self.args.name, self.version, decoded, outputs)
+        return Response(payload, headers=headers)
+
+    def metadata(self) -> dict[str, Any]:
+        """OIP model metadata."""
+        adapter = self.runtime.require()
+        return {
+            "name": self.args.name,
+            "versions": [self.version],
+            "platform": adapter.info.platform,
+            "inputs": [t.to_json() for t in adapter.info.inputs],
+            "outputs": [t.to_json() for t in adapter.info.outputs],
+        }
+
+    def batch_stats(self) -> dict[str, Any]:
+        """What the batcher did so far, plus the effective limits (for tests and ops)."""
+        s = self.runtime.stats
+        return {
+            "batches": s.batches,
+            "rows": s.rows,
+            "forwards": s.forwards,
+            "max_rows_seen": s.max_rows_seen,
+            "recent_sizes": list(s.recent_sizes),
+            "max_batch_size": self._batch_limit(),
+            "batch_wait_timeout_s": self.batching.batch_wait_timeout_s,
+            "memory_cap_rows": self.runtime.memory_cap_rows,
+            "load_s": self.runtime.load_s,
+            "version": self.version,
+        }
+
+    @model_api.get("/")
+    async def get_metadata(self) -> dict[str, Any]:
+        return self.metadata()
+
+    @model_api.get("/ready")
+    async def get_ready(self) -> dict[str, Any]:
+        self.runtime.require()
+        return {"name": self.args.name, "ready": True}
+
+    @model_api.post("/infer")
+    async def post_infer(self, request: Request) -> Response:
+        return await self._infer(request, None)
+
+    @model_api.get("/versions/{version}")
+    async def get_version_metadata(self, version: str) -> dict[str, Any]:
+        self._check_version(version)
+        return self.metadata()
+
+    @model_api.get("/versions/{version}/ready")
+    async def get_version_ready(self, version: str) -> dict[str, Any]:
+        self._check_version(version)
+        return {"name": self.args.name, "version": version, "ready": True}
+
+    @model_api.post("/versions/{version}/infer")
+    async def post_version_infer(self, request: Request, version: str) -> Response:
+        return await self._infer(request, version)
