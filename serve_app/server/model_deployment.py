@@ -8,6 +8,7 @@ worker thread so the loop keeps accepting while a batch computes.
 
 import asyncio
 import logging
+import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -176,6 +177,8 @@ class ModelDeployment:
             "memory_cap_rows": self.runtime.memory_cap_rows,
             "load_s": self.runtime.load_s,
             "version": self.version,
+            "pid": os.getpid(),
+            "device": self.runtime.device,
         }
 
     @model_api.get("/")

@@ -1,0 +1,121 @@
+"""One local Ray + Serve per pytest session, serving a real config with real MiniLM.
+
+The session config holds the demo models plus a model with a corrupted weight file and
+a model with five 0.25-GPU replicas on a Ray that has one logical GPU.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from serve_app.config import AppConfig, ModelConfig
+from serve_app.demo import MLP_HEAD, ensure_demo_models
+from serve_app.serve_config import render_serve_config
+
+BROKEN = "broken"
+GPU_MODEL = "gpu-mlp"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def make_app_config(root: Path, port: int, mlp_batching: dict[str, Any] | None = None) -> AppConfig:
+    """The session's AppConfig; ``mlp_batching`` varies only the user_config."""
+    return AppConfig.model_validate(
+        {
+            "repository": {"root": str(root)},
+            "http": {"host": "127.0.0.1", "port": port, "max_request_bytes": 1024 * 1024},
+            "models": [
+                {
+                    "name": "minilm",
+                    "batching": {"max_batch_size": 16, "batch_wait_timeout_s": 0.05},
+                    "max_ongoing_requests": 64,
+                    "resources": {"num_cpus": 1, "torch_threads": 1},
+                },
+                {
+                    "name": MLP_HEAD,
+                    "batching": mlp_batching or {"max_batch_size": 8, "batch_wait_timeout_s": 0.01},
+                    "resources": {"num_cpus": 0.5},
+                },
+                {"name": BROKEN, "resources": {"num_cpus": 0.1}},
+                ModelConfig(
+                    name=GPU_MODEL,
+                    num_replicas=5,
+                    resources={"num_cpus": 0, "num_gpus": 0.25},
+                    health_check_period_s=60,
+                ).model_dump(),
+            ],
+        }
+    )
+
+
+def deploy_and_wait(app: AppConfig, ready: list[str], timeout_s: float = 180) -> None:
+    from ray import serve
+
+    from serve_app import local
+    from serve_app.server.oip_server import status_name
+
+    local.deploy_config(render_serve_config(app))
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        apps = serve.status().applications
+        if all(n in apps and status_name(apps[n].status) == "RUNNING" for n in ready):
+            return
+        time.sleep(0.5)
+    raise TimeoutError({n: apps.get(n) for n in ready})
+
+
+@pytest.fixture(scope="session")
+def model_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("model-repository")
+    ensure_demo_models(root, progress=False)
+    for name in (BROKEN, GPU_MODEL):
+        shutil.copytree(root / MLP_HEAD, root / name)
+        manifest = root / name / "1" / "manifest.json"
+        manifest.write_text(manifest.read_text().replace(f'"name": "{MLP_HEAD}"', f'"name": "{name}"'))
+    weights = root / BROKEN / "1" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    return root
+
+
+@pytest.fixture(scope="session")
+def serve_app_url(model_root: Path) -> Iterator[str]:
+    """Start Ray (4 logical CPUs, 1 logical GPU), deploy, yield the base URL."""
+    from serve_app import local
+
+    local.prepare_environment({"SERVE_APP_LOG_TO_DRIVER": "0"})
+    import ray
+
+    ray.init(
+        num_cpus=4,
+        num_gpus=1,
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",
+        log_to_driver=False,
+    )
+    port = free_port()
+    app = make_app_config(model_root, port)
+    try:
+        deploy_and_wait(app, ["oip", "minilm", MLP_HEAD])
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        local.stop_ray(timeout_s=20)
+
+
+@pytest.fixture(scope="session")
+def client(serve_app_url: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=serve_app_url, timeout=30) as c:
+        yield c

@@ -1,0 +1,53 @@
+"""The Serve config rendered from AppConfig: schema, drift, where options go (no Ray
+cluster; Ray's schema module is imported only)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ray.serve.schema import ServeDeploySchema
+
+from serve_app.config import ModelAppArgs, ServerAppArgs, load_app_config
+from serve_app.render import render_local
+from serve_app.serve_config import render_serve_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_local_yaml_has_not_drifted() -> None:
+    app = load_app_config(ROOT / "configs/app.yaml")
+    expected = render_local(app, "configs/app.yaml", "configs/local.yaml")
+    assert (ROOT / "configs/local.yaml").read_text() == expected, (
+        "configs/local.yaml is out of date: run `serve-app render`"
+    )
+
+
+def test_rendered_config_validates_against_ray_schema() -> None:
+    app = load_app_config(ROOT / "configs/app.yaml")
+    config = render_serve_config(app)
+    schema = ServeDeploySchema.model_validate(config)
+    names = [a.name for a in schema.applications]
+    assert names == ["oip", "minilm", "mlp-head"]
+    assert [a.route_prefix for a in schema.applications] == [
+        "/",
+        "/v2/models/minilm",
+        "/v2/models/mlp-head",
+    ]
+    for a in config["applications"]:
+        if a["args"]["kind"] == "model":
+            ModelAppArgs.model_validate(a["args"])
+        else:
+            ServerAppArgs.model_validate(a["args"])
+
+
+def test_batching_lives_in_user_config_not_args() -> None:
+    """Batching changes must reconfigure replicas in place: they may not sit in the app
+    args (an args change rebuilds the application)."""
+    app = load_app_config(ROOT / "configs/app.yaml")
+    minilm = render_serve_config(app)["applications"][1]
+    assert "batching" not in minilm["args"]
+    dep = minilm["deployments"][0]
+    assert dep["user_config"] == app.model("minilm").batching.model_dump()
+    assert dep["max_ongoing_requests"] == 64
+    assert dep["max_constructor_retry_count"] == 3
+    assert dep["ray_actor_options"] == {"num_cpus": 1.0, "num_gpus": 0.0}
