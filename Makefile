@@ -24,6 +24,7 @@ lint: $(STAMP)
 
 render: $(STAMP)
 	$(VENV)/bin/serve-app render
+	$(VENV)/bin/serve-app render-k8s
 
 clean:
 	rm -rf $(VENV) model-repository

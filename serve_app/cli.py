@@ -74,7 +74,7 @@ def _render(a: argparse.Namespace) -> int:
 def _demo(a: argparse.Namespace) -> int:
     from serve_app.demo import run_demo
 
-    return run_demo(a.config, timeout_s=a.timeout_s)
+    return run_demo(a.config, a.serve_config or None, timeout_s=a.timeout_s)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -112,9 +112,19 @@ def build_parser() -> argparse.ArgumentParser:
     ren.set_defaults(func=_render)
 
     demo = sub.add_parser("demo", help="publish demo models and serve them locally")
-    demo.add_argument("--config", default=DEFAULT_SERVE_CONFIG, help="Serve config file")
+    demo.add_argument("--config", default=DEFAULT_APP_CONFIG, help="AppConfig file")
+    demo.add_argument(
+        "--serve-config", default=DEFAULT_SERVE_CONFIG,
+        help="committed Serve config to check for drift ('' to skip)",
+    )
     demo.add_argument("--timeout-s", type=float, default=300.0)
     demo.set_defaults(func=_demo)
+
+    from serve_app.k8s.cli import add_k8s_commands
+    from serve_app.k8s.cli_render import add_render_k8s_command
+
+    add_render_k8s_command(sub)
+    add_k8s_commands(sub)
     return p
 
 

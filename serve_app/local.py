@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from serve_app.config import HttpConfig
 from serve_app.constants import LOCAL_RAY_ENV
 
 logger = logging.getLogger(__name__)
@@ -28,12 +29,27 @@ def prepare_environment(extra: dict[str, str] | None = None) -> None:
         os.environ.setdefault(key, value)
 
 
-def start_ray(num_cpus: int | None = None, num_gpus: int | None = None) -> None:
-    """Start a local Ray head bound to 127.0.0.1 (no dashboard)."""
+def ingress_environment(http: HttpConfig) -> dict[str, str]:
+    """Environment the Ray processes need for the configured ingress."""
+    from serve_app.ingress import haproxy_env
+
+    if http.ingress == "haproxy":
+        return haproxy_env(http.admin_host)
+    return {"RAY_SERVE_ENABLE_HA_PROXY": "0"}
+
+
+def start_ray(
+    num_cpus: int | None = None, num_gpus: int | None = None, http: HttpConfig | None = None
+) -> None:
+    """Start a local Ray head bound to 127.0.0.1 (no dashboard), with the ingress
+    environment of ``http`` (set before Ray starts: the controller reads it once)."""
     import ray
 
     prepare_environment()
+    if http is not None:
+        os.environ.update(ingress_environment(http))
     ray.init(
+        address="local",  # always a new cluster, never attach to one already running
         num_cpus=num_cpus,
         num_gpus=num_gpus,
         include_dashboard=False,

@@ -79,6 +79,7 @@ def render_serve_config(
     return {
         "proxy_location": proxy_location,
         "http_options": http_options,
+        "logging_config": {"enable_access_log": app.http.access_log},
         "applications": [server_application(app)]
         + [model_application(app, m) for m in app.models],
     }

@@ -100,6 +100,7 @@ def serve_app_url(model_root: Path) -> Iterator[str]:
     import ray
 
     ray.init(
+        address="local",
         num_cpus=4,
         num_gpus=1,
         include_dashboard=False,

@@ -1,0 +1,1 @@
+"""Load tests and scripted experiments against serve_app (run as ``python -m loadtest.<name>``)."""

@@ -1,0 +1,208 @@
+"""``serve-app k8s``: apply, status, wait and delete RayServices.
+
+``apply`` applies only the ``ray.io/v1`` RayService documents of a file and names every
+other document it skips: Deployments, ConfigMaps, PVCs and the like belong to
+``kubectl apply -k``, which knows every kind and the cluster's RBAC. Importing this
+module is cheap: the ``kubernetes`` package is imported when a command runs.
+
+Errors are :class:`serve_app.errors.ServeAppError` subclasses and are left to the
+``serve-app`` entry point, which prints ``error: ...`` and exits 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from serve_app.k8s.client import RayServiceClient
+    from serve_app.k8s.status import ClusterServiceStatus, RayServiceStatus
+
+
+def _client(a: argparse.Namespace) -> RayServiceClient:
+    from serve_app.k8s.client import RayServiceClient
+
+    return RayServiceClient.from_kubeconfig(a.kubeconfig, a.context, a.namespace)
+
+
+def _load_documents(path: str) -> list[Any]:
+    import yaml
+
+    from serve_app.k8s.errors import InvalidManifest
+
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise InvalidManifest(f"cannot read {path}: {e.strerror}") from e
+    try:
+        return [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError as e:
+        raise InvalidManifest(f"{path} is not valid YAML: {e}") from e
+
+
+def _apply(a: argparse.Namespace) -> int:
+    from serve_app.k8s.client import API_VERSION, KIND
+    from serve_app.k8s.errors import InvalidManifest
+
+    docs = _load_documents(a.filename)
+    rayservices, skipped = [], []
+    for doc in docs:
+        if not isinstance(doc, dict):
+            raise InvalidManifest(f"{a.filename}: a document is not a mapping: {doc!r:.80}")
+        if doc.get("kind") == KIND:
+            # Check every RayService before applying any, so a bad one applies nothing.
+            if doc.get("apiVersion") != API_VERSION or not (doc.get("metadata") or {}).get("name"):
+                raise InvalidManifest(
+                    f"{a.filename}: a {KIND} needs apiVersion {API_VERSION} "
+                    f"and metadata.name, got apiVersion "
+                    f"{doc.get('apiVersion')}"
+                )
+            rayservices.append(doc)
+        else:
+            name = (doc.get("metadata") or {}).get("name", "?")
+            skipped.append(f"{doc.get('kind', '?')}/{name}")
+    if not rayservices:
+        found = ", ".join(skipped) or "no documents"
+        raise InvalidManifest(f"{a.filename}: no {API_VERSION} {KIND} document ({found})")
+    client = _client(a)
+    for doc in rayservices:
+        r = client.apply(doc)
+        print(
+            f"rayservice.ray.io/{r.name} {r.action} "
+            f"(namespace {r.namespace}, generation {r.generation})"
+        )
+    for s in skipped:
+        print(f"skipped {s}: `serve-app k8s apply` applies RayServices only; use kubectl apply")
+    return 0
+
+
+def _cluster_lines(label: str, svc: ClusterServiceStatus | None) -> list[str]:
+    if svc is None:
+        return [f"{label} cluster: none"]
+    lines = [
+        f"{label} cluster: {svc.ray_cluster_name} (state {svc.ray_cluster_state or '-'}, "
+        f"{svc.ready_worker_replicas} ready workers)"
+    ]
+    if not svc.applications:
+        lines.append("  applications: not reported")
+    for app_name, app in sorted(svc.applications.items()):
+        lines.append(
+            f"  app {app_name}: {app.status}" + (f" - {app.message}" if app.message else "")
+        )
+        for dep_name, dep in sorted(app.deployments.items()):
+            lines.append(
+                f"    deployment {dep_name}: {dep.status}"
+                + (f" - {dep.message}" if dep.message else "")
+            )
+    return lines
+
+
+def format_status(st: RayServiceStatus) -> str:
+    """Multi-line human-readable status, as ``serve-app k8s status`` prints it.
+
+    Args:
+        st: The parsed status.
+
+    Returns:
+        The text, without a trailing newline.
+    """
+    lines = [
+        f"rayservice {st.namespace}/{st.name}: generation {st.generation}, "
+        f"observed {st.observed_generation}, ready: {'yes' if st.is_ready else 'no'}"
+    ]
+    for c in (st.ready, st.upgrade):
+        if c is not None:
+            lines.append(
+                f"{c.type}: {c.status} ({c.reason})" + (f" {c.message}" if c.message else "")
+            )
+    lines.append(f"serve endpoints: {st.num_serve_endpoints}")
+    lines += _cluster_lines("active", st.active)
+    lines += _cluster_lines("pending", st.pending)
+    return "\n".join(lines)
+
+
+def _status(a: argparse.Namespace) -> int:
+    st = _client(a).status(a.name)
+    print(st.model_dump_json(indent=2) if a.output == "json" else format_status(st))
+    return 0
+
+
+def _wait(a: argparse.Namespace) -> int:
+    client = _client(a)
+
+    def progress(st: RayServiceStatus, elapsed_s: float) -> None:
+        print(f"[{elapsed_s:7.1f} s] {st.summary()}", flush=True)
+
+    st = client.wait_ready(a.name, a.timeout_s, a.poll_interval_s, progress)
+    active = st.active.ray_cluster_name if st.active else "-"
+    print(
+        f"rayservice {st.namespace}/{st.name} ready: {st.num_serve_endpoints} serve "
+        f"endpoints, active cluster {active}, generation {st.generation}"
+    )
+    return 0
+
+
+def _delete(a: argparse.Namespace) -> int:
+    from serve_app.k8s.errors import RayServiceNotFound
+
+    client = _client(a)
+    try:
+        client.delete(a.name)
+    except RayServiceNotFound as e:
+        if not a.ignore_not_found:
+            raise
+        print(f"{e} (ignored)")
+        return 0
+    print(f"rayservice.ray.io/{a.name} deleted (namespace {client.namespace})")
+    return 0
+
+
+def add_k8s_commands(subparsers: Any) -> argparse.ArgumentParser:
+    """Add ``k8s`` with ``apply``, ``status``, ``wait`` and ``delete`` to a CLI.
+
+    Args:
+        subparsers: What ``ArgumentParser.add_subparsers()`` returned.
+
+    Returns:
+        The ``k8s`` parser. Each leaf sets ``func(args) -> int``.
+    """
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "-n", "--namespace", default=None, help="namespace (default: the context's, else 'default')"
+    )
+    common.add_argument(
+        "--kubeconfig",
+        default=None,
+        help="kubeconfig file (default: $KUBECONFIG, ~/.kube/config, else in-cluster config)",
+    )
+    common.add_argument("--context", default=None, help="kubeconfig context (default: current)")
+
+    k8s = subparsers.add_parser("k8s", help="RayService on Kubernetes: apply, status, wait, delete")
+    ksub = k8s.add_subparsers(dest="k8s_command", required=True)
+
+    ap = ksub.add_parser(
+        "apply", parents=[common], help="create or merge-patch the RayServices of a YAML file"
+    )
+    ap.add_argument("-f", "--filename", required=True, help="YAML file ('-': stdin)")
+    ap.set_defaults(func=_apply)
+
+    st = ksub.add_parser("status", parents=[common], help="conditions, clusters and apps")
+    st.add_argument("name", help="RayService name")
+    st.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    st.set_defaults(func=_status)
+
+    wt = ksub.add_parser(
+        "wait", parents=[common], help="wait until the RayService serves its latest spec"
+    )
+    wt.add_argument("name", help="RayService name")
+    wt.add_argument("--timeout-s", type=float, default=600.0, help="give up after (seconds)")
+    wt.add_argument("--poll-interval-s", type=float, default=2.0, help="seconds between reads")
+    wt.set_defaults(func=_wait)
+
+    de = ksub.add_parser("delete", parents=[common], help="delete a RayService")
+    de.add_argument("name", help="RayService name")
+    de.add_argument("--ignore-not-found", action="store_true", help="exit 0 when absent")
+    de.set_defaults(func=_delete)
+    return k8s

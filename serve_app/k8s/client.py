@@ -1,0 +1,362 @@
+"""A thin RayService client over the official ``kubernetes`` client.
+
+KubeRay's own Python client is not on PyPI and has no RayService support, so this
+module talks to ``ray.io/v1`` ``rayservices`` through ``CustomObjectsApi``. The API
+object is injected (tests pass one configured for a stand-in API server); without one,
+the kubeconfig or the in-cluster config is loaded on first use, never at import.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from serve_app.k8s.errors import (
+    InvalidManifest,
+    KubeConfigError,
+    KubernetesApiError,
+    KubernetesUnreachable,
+    RayServiceAlreadyExists,
+    RayServiceFailed,
+    RayServiceWaitTimeout,
+    error_from_api_exception,
+)
+from serve_app.k8s.status import RayServiceStatus
+
+if TYPE_CHECKING:
+    from kubernetes.client import ApiClient, CustomObjectsApi
+
+GROUP = "ray.io"
+VERSION = "v1"
+PLURAL = "rayservices"
+KIND = "RayService"
+API_VERSION = f"{GROUP}/{VERSION}"
+MERGE_PATCH = "application/merge-patch+json"
+# Set by the API server; sending them back on create is an error, on patch a surprise.
+_SERVER_METADATA = (
+    "uid",
+    "generation",
+    "creationTimestamp",
+    "managedFields",
+    "selfLink",
+    "deletionTimestamp",
+    "deletionGracePeriodSeconds",
+)
+_SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+
+ProgressFn = Callable[[RayServiceStatus, float], None]
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    """What :meth:`RayServiceClient.apply` did and the object the server returned."""
+
+    action: Literal["created", "configured", "unchanged"]
+    object: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        """metadata.name of the applied object."""
+        return str(self.object["metadata"]["name"])
+
+    @property
+    def namespace(self) -> str:
+        """metadata.namespace of the applied object."""
+        return str(self.object["metadata"]["namespace"])
+
+    @property
+    def generation(self) -> int:
+        """metadata.generation after the call (bumped by every spec change)."""
+        return int(self.object["metadata"].get("generation", 0))
+
+
+class RayServiceClient:
+    """Create, patch, read, wait for and delete RayServices.
+
+    Args:
+        api: A configured ``CustomObjectsApi``. ``None``: built on first use from
+            ``kubeconfig``/``context``, or the default kubeconfig, or in-cluster config.
+        namespace: Namespace used when a call or a manifest names none.
+        kubeconfig: Kubeconfig path, only read when ``api`` is ``None``.
+        context: Kubeconfig context, only used when ``api`` is ``None``.
+        request_timeout_s: Timeout of each HTTP request, so a hung server cannot hang
+            ``wait_ready`` past its deadline by more than this.
+    """
+
+    def __init__(
+        self,
+        api: CustomObjectsApi | None = None,
+        namespace: str = "default",
+        *,
+        kubeconfig: str | None = None,
+        context: str | None = None,
+        request_timeout_s: float = 30.0,
+    ) -> None:
+        self._api = api
+        self.namespace = namespace
+        self._kubeconfig = kubeconfig
+        self._context = context
+        self.request_timeout_s = request_timeout_s
+
+    @classmethod
+    def from_kubeconfig(
+        cls,
+        kubeconfig: str | None = None,
+        context: str | None = None,
+        namespace: str | None = None,
+    ) -> RayServiceClient:
+        """A client whose namespace defaults like kubectl's.
+
+        Args:
+            kubeconfig: Kubeconfig path (default: ``$KUBECONFIG`` or ``~/.kube/config``).
+            context: Context name (default: the current context).
+            namespace: Explicit namespace; else the context's, else the pod's service
+                account namespace, else ``default``.
+
+        Returns:
+            A client that loads its API configuration on first use.
+        """
+        ns = namespace or _default_namespace(kubeconfig, context)
+        return cls(None, ns, kubeconfig=kubeconfig, context=context)
+
+    @property
+    def api(self) -> CustomObjectsApi:
+        """The ``CustomObjectsApi``, built from the kubeconfig on first access."""
+        if self._api is None:
+            from kubernetes.client import CustomObjectsApi
+
+            self._api = CustomObjectsApi(_load_api_client(self._kubeconfig, self._context))
+        return self._api
+
+    def _call(self, method: str, namespace: str, *args: Any, **kwargs: Any) -> Any:
+        """``CustomObjectsApi.<method>`` on rayservices in ``namespace``, errors typed."""
+        from kubernetes.client.exceptions import ApiException
+        from urllib3.exceptions import HTTPError
+
+        api = self.api
+        call = getattr(api, method)
+        try:
+            return call(
+                GROUP, VERSION, namespace, PLURAL, *args,
+                _request_timeout=self.request_timeout_s, **kwargs,
+            )  # fmt: skip
+        except ApiException as e:
+            raise error_from_api_exception(e) from e
+        except HTTPError as e:
+            host = api.api_client.configuration.host
+            raise KubernetesUnreachable(
+                f"cannot reach the Kubernetes API server at {host}: {e}"
+            ) from e
+
+    def apply(self, manifest: dict[str, Any]) -> ApplyResult:
+        """Create the RayService, or merge-patch it when it already exists.
+
+        Create comes first; a 409 ``AlreadyExists`` turns into a JSON merge patch
+        (RFC 7386) of the manifest. Server-set metadata and ``status`` are never sent. A
+        ``metadata.resourceVersion`` in the manifest is dropped on create and kept on
+        patch, where it is an optimistic-concurrency precondition (409 when stale). As
+        with any merge patch, a field absent from the manifest is left as it is on the
+        server; set it to ``null`` to remove it.
+
+        Args:
+            manifest: A ``ray.io/v1`` ``RayService`` document.
+
+        Returns:
+            The action taken and the object as stored.
+
+        Raises:
+            InvalidManifest: Not a ray.io/v1 RayService with a metadata.name.
+            RayServiceConflict: Stale resourceVersion on patch.
+            KubernetesApiError: Any other API error.
+        """
+        body = _prepare_manifest(manifest)
+        meta = body["metadata"]
+        name = meta["name"]
+        ns = meta.setdefault("namespace", self.namespace)
+        create_body = copy.deepcopy(body)
+        create_body["metadata"].pop("resourceVersion", None)
+        try:
+            created = self._call("create_namespaced_custom_object", ns, create_body)
+            return ApplyResult("created", created)
+        except RayServiceAlreadyExists:
+            pass
+        before = self.get(name, namespace=ns)
+        patched = self._call(
+            "patch_namespaced_custom_object", ns, name, body, _content_type=MERGE_PATCH
+        )
+        # The API server skips no-op writes, so an equal resourceVersion means no change.
+        rv_before = before["metadata"].get("resourceVersion")
+        same = patched["metadata"].get("resourceVersion") == rv_before
+        return ApplyResult("unchanged" if same else "configured", patched)
+
+    def get(self, name: str, *, namespace: str | None = None) -> dict[str, Any]:
+        """The RayService object as the API server returns it.
+
+        Raises:
+            RayServiceNotFound: No such RayService (the API's message is kept).
+        """
+        ns = namespace or self.namespace
+        return self._call("get_namespaced_custom_object", ns, name)
+
+    def status(self, name: str, *, namespace: str | None = None) -> RayServiceStatus:
+        """The typed status of one RayService (conditions, clusters, apps, endpoints).
+
+        Raises:
+            RayServiceNotFound: No such RayService.
+        """
+        return RayServiceStatus.from_object(self.get(name, namespace=namespace))
+
+    def delete(self, name: str, *, namespace: str | None = None) -> dict[str, Any]:
+        """Delete the RayService; KubeRay's owner references remove its RayClusters.
+
+        Returns:
+            The API server's answer (a ``Status`` with ``details.uid`` for custom
+            resources).
+
+        Raises:
+            RayServiceNotFound: No such RayService.
+        """
+        ns = namespace or self.namespace
+        return self._call("delete_namespaced_custom_object", ns, name)
+
+    def wait_ready(
+        self,
+        name: str,
+        timeout_s: float,
+        poll_interval_s: float = 2.0,
+        on_progress: ProgressFn | None = None,
+        *,
+        namespace: str | None = None,
+    ) -> RayServiceStatus:
+        """Poll until the RayService serves its latest spec (see ``is_ready``).
+
+        Transient API errors (5xx, 429, unreachable) are retried until the deadline; a
+        404 is raised at once.
+
+        Args:
+            name: RayService name.
+            timeout_s: Give up after this many seconds.
+            poll_interval_s: Seconds between two reads.
+            on_progress: Called with ``(status, elapsed_s)`` for the first status and
+                each time its one-line summary changes.
+            namespace: Overrides the client's namespace.
+
+        Returns:
+            The first ready status.
+
+        Raises:
+            RayServiceWaitTimeout: Not ready in time; carries the last status read.
+            RayServiceFailed: A state waiting cannot fix (``InitializingTimeout``, an
+                application in ``DEPLOY_FAILED`` for the current generation).
+            RayServiceNotFound: The RayService does not exist (or was deleted).
+        """
+        if timeout_s < 0 or poll_interval_s <= 0:
+            raise ValueError("timeout_s must be >= 0 and poll_interval_s > 0")
+        ns = namespace or self.namespace
+        start = time.monotonic()
+        last: RayServiceStatus | None = None
+        last_line = ""
+        last_error: KubernetesApiError | None = None
+        while True:
+            try:
+                status = self.status(name, namespace=ns)
+            except KubernetesApiError as e:
+                if not _is_transient(e):
+                    raise
+                if str(e) != str(last_error):
+                    logger.warning("reading rayservice %s/%s: %s (retrying)", ns, name, e)
+                last_error = e
+            else:
+                last, last_error = status, None
+                line = status.summary()
+                if line != last_line and on_progress is not None:
+                    on_progress(status, time.monotonic() - start)
+                last_line = line
+                if status.is_ready:
+                    return status
+                why = status.terminal_failure
+                if why is not None:
+                    raise RayServiceFailed(f"rayservice {ns}/{name} failed: {why}", name, status)
+            remaining_s = start + timeout_s - time.monotonic()
+            if remaining_s <= 0:
+                detail = f"last status: {last_line}" if last is not None else "no status read"
+                if last_error is not None:
+                    detail += f"; last error: {last_error}"
+                raise RayServiceWaitTimeout(
+                    f"rayservice {ns}/{name} not ready after {timeout_s:g} s; {detail}",
+                    name,
+                    timeout_s,
+                    last,
+                )
+            time.sleep(min(poll_interval_s, remaining_s))
+
+
+def _is_transient(e: KubernetesApiError) -> bool:
+    return isinstance(e, KubernetesUnreachable) or e.status_code == 429 or e.status_code >= 500
+
+
+def _prepare_manifest(manifest: dict[str, Any]) -> dict[str, Any]:
+    if not isinstance(manifest, dict):
+        raise InvalidManifest(f"a manifest must be a mapping, got {type(manifest).__name__}")
+    kind, api_version = manifest.get("kind"), manifest.get("apiVersion")
+    if kind != KIND or api_version != API_VERSION:
+        raise InvalidManifest(
+            f"expected apiVersion {API_VERSION} kind {KIND}, got apiVersion {api_version} "
+            f"kind {kind}"
+        )
+    body = copy.deepcopy(manifest)
+    body.pop("status", None)
+    meta = body.get("metadata")
+    if not isinstance(meta, dict) or not meta.get("name"):
+        raise InvalidManifest("a RayService manifest needs metadata.name")
+    for key in _SERVER_METADATA:
+        meta.pop(key, None)
+    return body
+
+
+def _load_api_client(kubeconfig: str | None, context: str | None) -> ApiClient:
+    """An ``ApiClient`` from the kubeconfig, else from the in-cluster service account.
+
+    The global default ``Configuration`` is left alone, so several clients can talk to
+    different clusters in one process.
+    """
+    from kubernetes import client, config
+
+    try:
+        return config.new_client_from_config(
+            config_file=kubeconfig, context=context, persist_config=False
+        )
+    except (config.ConfigException, OSError) as e:
+        if kubeconfig is not None or context is not None:
+            where = kubeconfig or "(default: $KUBECONFIG or ~/.kube/config)"
+            raise KubeConfigError(f"cannot load kubeconfig {where}: {e}") from e
+        kube_error = e
+    cfg = client.Configuration()
+    try:
+        config.load_incluster_config(client_configuration=cfg)
+    except config.ConfigException as e:
+        raise KubeConfigError(
+            f"no Kubernetes configuration: kubeconfig: {kube_error}; in-cluster: {e}"
+        ) from e
+    return client.ApiClient(cfg)
+
+
+def _default_namespace(kubeconfig: str | None, context: str | None) -> str:
+    """The context's namespace, else the service account's, else ``default``."""
+    from kubernetes import config
+
+    try:
+        contexts, current = config.list_kube_config_contexts(kubeconfig)
+    except (config.ConfigException, OSError):
+        try:
+            with open(_SERVICE_ACCOUNT_NAMESPACE, encoding="utf-8") as f:
+                return f.read().strip() or "default"
+        except OSError:
+            return "default"
+    chosen = next((c for c in contexts if c.get("name") == context), None) if context else current
+    return str(((chosen or {}).get("context") or {}).get("namespace") or "default")

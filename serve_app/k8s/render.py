@@ -1,0 +1,307 @@
+"""Generated parts of the KubeRay manifests, rendered from the cluster AppConfigs.
+
+For each overlay under ``kuberay/overlays/`` (a :class:`ClusterProfile`), two files are
+written and committed; a test fails when they drift from what this module renders now:
+
+- ``rayservice.generated.yaml``: a JSON 6902 patch of the base RayService with the
+  ``serveConfigV2`` string, the worker group's size and ``maxReplicas`` (derived from the
+  models' replica bounds and resources), the worker pods' ``preStop`` drain hook and
+  ``terminationGracePeriodSeconds`` (derived from ``graceful_shutdown_timeout_s``), and
+  the Ray containers' ingress environment (``http.ingress``).
+- ``models.generated.yaml``: the ConfigMap naming the models and the repository root,
+  read by the populate Job and by the workers' wait-for-models init container.
+
+Pure functions over ``AppConfig``; no Ray, no kubectl.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from serve_app.config import AppConfig, HttpConfig, ModelConfig, load_app_config
+from serve_app.render import write_if_changed
+from serve_app.serve_config import render_serve_config
+
+MODELS_MOUNT_PATH = "/mnt/models"
+"""Where every Ray worker mounts the ReadOnlyMany weights claim (and the Job its writer)."""
+CLUSTER_HTTP_HOST = "0.0.0.0"
+"""Serve must listen on the pod IP for the Service and KubeRay's readiness probe."""
+PROXY_LOCATION = "EveryNode"
+"""KubeRay's worker readiness probe asks the Serve proxy on :8000 of each worker."""
+MODELS_CONFIGMAP = "serve-app-models"
+SERVE_DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_S = 20.0
+"""Serve's default, which applies to deployments that do not set it (the OIP server)."""
+DEFAULT_PROXY_DRAIN_S = 60
+"""How long a draining proxy's requests may take when http.request_timeout_s is unset."""
+NODE_ID_TIMEOUT_S = 20
+"""Budget of the preStop step that connects to Ray to learn this node's id."""
+DRAIN_CALL_TIMEOUT_S = 20
+"""Budget of the ``ray drain-node`` call itself."""
+RAY_STOP_GRACE_S = 10
+"""``ray stop --grace-period`` at the end of the preStop hook."""
+SIGTERM_MARGIN_S = 10
+"""Left after the preStop hook for the container to exit on SIGTERM."""
+
+_HEAD = "/spec/rayClusterConfig/headGroupSpec"
+_WORKER = "/spec/rayClusterConfig/workerGroupSpecs/0"
+
+
+@dataclass(frozen=True)
+class ClusterProfile:
+    """One kustomize overlay: the AppConfig it serves and the shape of its worker pods."""
+
+    name: str
+    """Overlay folder name under ``kuberay/overlays/``."""
+    app_config: str
+    """Cluster AppConfig file, relative to the repository root."""
+    worker_cpus: int
+    """CPUs of a worker pod (Ray's logical CPUs there)."""
+    worker_memory: str
+    """Memory of a worker pod, as a Kubernetes quantity."""
+    worker_gpus: int
+    """``nvidia.com/gpu`` of a worker pod (0: a CPU worker group)."""
+    replica_migration_s: int
+    """Time a replacement replica gets to start on another node before the replica on a
+    draining node is stopped (added to graceful_shutdown_timeout_s for the drain deadline)."""
+
+    @property
+    def overlay_dir(self) -> str:
+        """The overlay folder, relative to the repository root."""
+        return f"kuberay/overlays/{self.name}"
+
+
+PROFILES: tuple[ClusterProfile, ...] = (
+    ClusterProfile("dev", "configs/cluster-dev.yaml", 2, "4Gi", 0, 30),
+    # One GPU per worker pod: fractional num_gpus packs replicas onto it, and a GPU node
+    # takes minutes to come up, so a replacement replica gets two minutes.
+    ClusterProfile("gpu", "configs/cluster-gpu.yaml", 8, "32Gi", 1, 120),
+)
+
+
+@dataclass(frozen=True)
+class DrainTiming:
+    """Timing of a worker pod's shutdown, all in whole seconds."""
+
+    drain_deadline_s: int
+    proxy_drain_s: int
+    termination_grace_period_s: int
+
+
+def _max_replicas(model: ModelConfig) -> int:
+    return model.autoscaling.max_replicas if model.autoscaling else model.num_replicas
+
+
+def _pods_for(demand: float, per_pod: float) -> int:
+    return math.ceil(round(demand / per_pod, 6)) if demand > 0 else 0
+
+
+def check_cluster_app(app: AppConfig, profile: ClusterProfile) -> None:
+    """Raise ``ValueError`` if ``app`` cannot run as laid out by the manifests."""
+    if app.repository.root != MODELS_MOUNT_PATH:
+        raise ValueError(f"repository.root must be {MODELS_MOUNT_PATH} in a cluster config")
+    if app.http.host != CLUSTER_HTTP_HOST:
+        raise ValueError(f"http.host must be {CLUSTER_HTTP_HOST} in a cluster config")
+    if app.http.ingress == "haproxy" and app.http.admin_host is not None:
+        # The wrapper that rebinds HAProxy's admin listeners is written on the machine
+        # that starts Ray; in a pod the pod network is the boundary.
+        raise ValueError("http.admin_host must be null with ingress haproxy in a cluster config")
+    for m in app.models:
+        r = m.resources
+        if r.num_cpus == 0 and r.num_gpus == 0:
+            raise ValueError(
+                f"model {m.name!r} requests no CPU and no GPU: it could land on the head, "
+                "which does not mount the weights"
+            )
+        if r.num_cpus > profile.worker_cpus or r.num_gpus > profile.worker_gpus:
+            raise ValueError(
+                f"model {m.name!r} ({r.num_cpus} CPU, {r.num_gpus} GPU) does not fit a "
+                f"{profile.name} worker ({profile.worker_cpus} CPU, {profile.worker_gpus} GPU)"
+            )
+
+
+def worker_max_replicas(app: AppConfig, profile: ClusterProfile) -> int:
+    """Worker pods needed when every model runs its most replicas (at least one)."""
+    cpus = sum(_max_replicas(m) * m.resources.num_cpus for m in app.models)
+    gpus = sum(_max_replicas(m) * m.resources.num_gpus for m in app.models)
+    pods = _pods_for(cpus, profile.worker_cpus)
+    if profile.worker_gpus:
+        pods = max(pods, _pods_for(gpus, profile.worker_gpus))
+    return max(1, pods)
+
+
+def drain_timing(app: AppConfig, profile: ClusterProfile) -> DrainTiming:
+    """How long a stopping worker drains, derived from the Serve deployments' timeouts."""
+    graceful_s = max(
+        d.get("graceful_shutdown_timeout_s", SERVE_DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_S)
+        for a in render_serve_config(app)["applications"]
+        for d in a["deployments"]
+    )
+    deadline_s = profile.replica_migration_s + math.ceil(graceful_s)
+    timeout_s = app.http.request_timeout_s
+    proxy_s = math.ceil(timeout_s) if timeout_s is not None else DEFAULT_PROXY_DRAIN_S
+    grace_s = (
+        NODE_ID_TIMEOUT_S
+        + DRAIN_CALL_TIMEOUT_S
+        + max(deadline_s, proxy_s)
+        + RAY_STOP_GRACE_S
+        + SIGTERM_MARGIN_S
+    )
+    return DrainTiming(deadline_s, proxy_s, grace_s)
+
+
+def prestop_script(timing: DrainTiming) -> str:
+    """Bash run by a worker's preStop hook: drain the Ray node, wait, stop Ray."""
+    node_id_py = (
+        'import ray; ray.init(logging_level="ERROR", log_to_driver=False); '
+        'print("node_id=" + ray.get_runtime_context().get_node_id())'
+    )
+    return f"""\
+log() {{ echo "preStop: $*" 2> /dev/null > /proc/1/fd/1 || true; }}  # to the pod's log
+# Drain this Ray node: Serve starts replacement replicas on other nodes, then stops the
+# ones here gracefully before the deadline; the proxy here fails /-/healthz at once, so
+# KubeRay's readiness probe takes the pod out of the serve Service.
+get_node_id='{node_id_py}'
+node_id=$(timeout {NODE_ID_TIMEOUT_S} python -c "$get_node_id" 2>/dev/null \\
+  | sed -n 's/^node_id=//p')
+if [ -n "$node_id" ]; then
+  timeout {DRAIN_CALL_TIMEOUT_S} ray drain-node --node-id "$node_id" \\
+    --reason DRAIN_NODE_REASON_PREEMPTION --reason-message "pod $HOSTNAME is terminating" \\
+    --deadline-remaining-seconds {timing.drain_deadline_s} && log "draining node $node_id" \\
+    || log "ray drain-node failed; waiting anyway"
+else
+  log "could not read the Ray node id; waiting without a drain"
+fi
+start=$SECONDS
+# Serve replicas run as processes titled ray::ServeReplica:<app>:<deployment>.
+while [ $((SECONDS - start)) -lt {timing.drain_deadline_s} ] \\
+    && grep -qs 'ray::[S]erveReplica' /proc/[0-9]*/cmdline; do sleep 2; done
+# Requests this node's proxy sent to other nodes end within http.request_timeout_s.
+while [ $((SECONDS - start)) -lt {timing.proxy_drain_s} ]; do sleep 1; done
+log "stopping Ray after $((SECONDS - start)) s"
+ray stop --grace-period {RAY_STOP_GRACE_S} > /dev/null 2>&1 || true
+"""
+
+
+def worker_resources(profile: ClusterProfile) -> dict[str, Any]:
+    """Requests and limits of the Ray worker container (Ray reads its CPUs and GPUs from
+    the limits)."""
+    amounts = {"cpu": str(profile.worker_cpus), "memory": profile.worker_memory}
+    limits = dict(amounts)
+    if profile.worker_gpus:
+        limits["nvidia.com/gpu"] = str(profile.worker_gpus)
+    return {"requests": amounts, "limits": limits}
+
+
+def ray_container_env(http: HttpConfig) -> dict[str, str]:
+    """Environment of every Ray container for the configured ingress (the Serve
+    controller reads it once at start, so it is pod env, not Serve config)."""
+    return {"RAY_SERVE_ENABLE_HA_PROXY": "1" if http.ingress == "haproxy" else "0"}
+
+
+def serve_config_text(app: AppConfig) -> str:
+    """The ``serveConfigV2`` string: the Serve config with a proxy on every node."""
+    return _dump(render_serve_config(app, proxy_location=PROXY_LOCATION))
+
+
+def rayservice_patch(app: AppConfig, profile: ClusterProfile) -> list[dict[str, Any]]:
+    """JSON 6902 operations that turn the base RayService into this overlay's."""
+    check_cluster_app(app, profile)
+    timing = drain_timing(app, profile)
+    pod = f"{_WORKER}/template/spec"
+    env = [
+        {
+            "op": "add",
+            "path": f"{group}/template/spec/containers/0/env/-",
+            "value": {"name": k, "value": v},
+        }
+        for group in (_HEAD, _WORKER)
+        for k, v in ray_container_env(app.http).items()
+    ]
+    return [
+        {"op": "add", "path": "/spec/serveConfigV2", "value": serve_config_text(app)},
+        *env,
+        {
+            "op": "replace",
+            "path": f"{_WORKER}/maxReplicas",
+            "value": worker_max_replicas(app, profile),
+        },
+        {
+            "op": "replace",
+            "path": f"{pod}/containers/0/resources",
+            "value": worker_resources(profile),
+        },
+        {
+            "op": "add",
+            "path": f"{pod}/terminationGracePeriodSeconds",
+            "value": timing.termination_grace_period_s,
+        },
+        {
+            "op": "add",
+            "path": f"{pod}/containers/0/lifecycle",
+            "value": {"preStop": {"exec": {"command": ["bash", "-c", prestop_script(timing)]}}},
+        },
+    ]
+
+
+def models_configmap(app: AppConfig) -> dict[str, Any]:
+    """ConfigMap with ``MODELS`` (``name:version`` words) and ``REPOSITORY_ROOT``."""
+    models = " ".join(f"{m.name}:{m.version}" for m in app.models)
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": MODELS_CONFIGMAP},
+        "data": {"MODELS": models, "REPOSITORY_ROOT": app.repository.root},
+    }
+
+
+def render_k8s_files(root: str | Path = ".") -> dict[Path, str]:
+    """Text of every generated manifest file, keyed by path relative to ``root``."""
+    root = Path(root)
+    files: dict[Path, str] = {}
+    for profile in PROFILES:
+        app = load_app_config(root / profile.app_config)
+        header = f"# GENERATED by `serve-app render-k8s` from {profile.app_config}; do not edit.\n"
+        overlay = Path(profile.overlay_dir)
+        files[overlay / "rayservice.generated.yaml"] = header + _dump(
+            rayservice_patch(app, profile)
+        )
+        files[overlay / "models.generated.yaml"] = header + _dump(models_configmap(app))
+    return files
+
+
+def write_k8s_files(root: str | Path = ".") -> list[Path]:
+    """Write the generated files under ``root``; returns those that changed."""
+    root = Path(root)
+    return [p for p, text in render_k8s_files(root).items() if write_if_changed(root / p, text)]
+
+
+def stale_k8s_files(root: str | Path = ".") -> list[Path]:
+    """Generated files that are missing or differ from what would be rendered now."""
+    root = Path(root)
+    stale = []
+    for path, text in render_k8s_files(root).items():
+        target = root / path
+        if not target.exists() or target.read_text(encoding="utf-8") != text:
+            stale.append(path)
+    return stale
+
+
+class _Dumper(yaml.SafeDumper):
+    """Writes multi-line strings (serveConfigV2, scripts) as readable literal blocks."""
+
+
+def _represent_str(dumper: yaml.SafeDumper, data: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in data else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", data, style=style)
+
+
+_Dumper.add_representer(str, _represent_str)
+
+
+def _dump(data: object) -> str:
+    return yaml.dump(data, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=100)
