@@ -4,8 +4,8 @@ HTTP load raises the ``mlp-head`` replicas (Serve autoscaling on ongoing request
 replica asks for half a logical GPU and the head has none, so new replicas pend; Ray's
 autoscaler (v2 by default, the code KubeRay runs in the head pod) launches a GPU worker
 node through the fake multi-node provider of ``ray.cluster_utils.AutoscalingCluster``;
-replicas start there and serve; after the load, replicas scale down and the idle node is
-removed. Nodes, replicas and requests are sampled every 0.5 s::
+replicas start there and serve; after the load, replicas scale down and the node left
+idle is removed. Nodes, replicas and the autoscaler are sampled every 0.5 s::
 
     python -m loadtest.node_autoscaling --out loadtest/results/node_autoscaling.json
 
@@ -22,6 +22,7 @@ import copy
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import socket
@@ -33,6 +34,7 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -60,8 +62,7 @@ MARKER_ENV = "SERVE_APP_NAS_RUN_ID"
 """Set in the environment of ``ray start``; every process of the cluster inherits it."""
 
 # Upstream's fake_multi_node/example.yaml, which the 2.60 wheel does not ship. The provider
-# is named as "external" so the autoscaler does not look for that file for its defaults;
-# the node provider class is the same one AutoscalingCluster uses.
+# is declared "external" (same class) so the autoscaler does not read that file either.
 FAKE_CLUSTER_BASE: dict[str, Any] = {
     "cluster_name": "fake_multinode",
     "max_workers": 8,
@@ -73,18 +74,24 @@ FAKE_CLUSTER_BASE: dict[str, Any] = {
         "disable_launch_config_check": True,
     },
     "head_node_type": FAKE_HEAD_NODE_TYPE,
-    "auth": {},
     "upscaling_speed": 1.0,
     "idle_timeout_minutes": 0.1,
-    "docker": {},
-    "file_mounts": {},
-    "cluster_synced_files": [],
     "file_mounts_sync_continuously": False,
-    "rsync_exclude": [],
-    "rsync_filter": [],
-    **{k: [] for k in ("initialization_commands", "setup_commands", "head_setup_commands")},
-    **{k: [] for k in ("worker_setup_commands", "head_start_ray_commands")},
-    "worker_start_ray_commands": [],
+    **{k: {} for k in ("auth", "docker", "file_mounts")},
+    **{
+        k: []
+        for k in (
+            "cluster_synced_files",
+            "rsync_exclude",
+            "rsync_filter",
+            "initialization_commands",
+            "setup_commands",
+            "head_setup_commands",
+            "worker_setup_commands",
+            "head_start_ray_commands",
+            "worker_start_ray_commands",
+        )
+    },
 }
 
 
@@ -117,6 +124,9 @@ class Settings:
     settle_timeout_s: float = 90.0
 
 
+# --- a private cluster --------------------------------------------------------------
+
+
 def free_port() -> int:
     """A TCP port free on 127.0.0.1 right now."""
     with socket.socket() as s:
@@ -138,11 +148,8 @@ def find_cluster_processes(run_id: str) -> list[Any]:
     found: dict[int, Any] = {}
     for p in psutil.process_iter(["pid", "cmdline"]):
         try:
-            if p.pid == me:
-                continue
-            if temp_dir in " ".join(p.info["cmdline"] or []) or p.environ().get(
-                MARKER_ENV
-            ) == run_id:
+            cmdline = " ".join(p.info["cmdline"] or [])
+            if p.pid != me and (temp_dir in cmdline or p.environ().get(MARKER_ENV) == run_id):
                 found[p.pid] = p
                 found.update({c.pid: c for c in p.children(recursive=True)})
         except psutil.Error:
@@ -153,7 +160,7 @@ def find_cluster_processes(run_id: str) -> list[Any]:
 
 def kill_cluster_processes(run_id: str, grace_s: float = 8.0) -> int:
     """SIGTERM the run's processes, SIGKILL what is left after ``grace_s``; returns how
-    many there were. Only this run's processes, by id: never ``ray stop``."""
+    many there were. Only this run's processes, by pid: never ``ray stop``."""
     import psutil
 
     procs = find_cluster_processes(run_id)
@@ -173,17 +180,24 @@ def kill_cluster_processes(run_id: str, grace_s: float = 8.0) -> int:
 
 
 class LocalAutoscalingCluster(AutoscalingCluster):
-    """``AutoscalingCluster`` with the same provider, autoscaler and environment, but
+    """``AutoscalingCluster`` (same fake provider, real autoscaler, same environment) made
     private to one run. Upstream ``start()``/``shutdown()`` run ``ray stop --force``, which
-    kills every Ray on the machine, and its config needs the missing ``example.yaml``."""
+    kills every Ray of the user on the machine, its head takes the default ports, and its
+    config reads an ``example.yaml`` missing from the 2.60 wheel."""
 
-    def __init__(self, head_resources: dict[str, Any], worker_node_types: dict[str, Any],
-                 *, run_id: str, autoscaler_v2: bool = True, **config_kwargs: Any) -> None:
+    def __init__(
+        self,
+        head_resources: dict[str, Any],
+        worker_node_types: dict[str, Any],
+        *,
+        run_id: str,
+        autoscaler_v2: bool = True,
+        **config_kwargs: Any,
+    ) -> None:
         self.run_id = run_id
         self.gcs_port = free_port()
         self.temp_dir = cluster_temp_dir(run_id)
-        super().__init__(dict(head_resources), worker_node_types,
-                         autoscaler_v2=autoscaler_v2, **config_kwargs)
+        super().__init__(dict(head_resources), worker_node_types, autoscaler_v2, **config_kwargs)
 
     @property
     def address(self) -> str:
@@ -195,52 +209,73 @@ class LocalAutoscalingCluster(AutoscalingCluster):
         """The autoscaling config given to the autoscaler."""
         return copy.deepcopy(self._config)
 
-    def _generate_config(self, head_resources: dict[str, Any],
-                         worker_node_types: dict[str, Any], autoscaler_v2: bool = False,
-                         **config_kwargs: Any) -> dict[str, Any]:
+    def _generate_config(
+        self,
+        head_resources: dict[str, Any],
+        worker_node_types: dict[str, Any],
+        autoscaler_v2: bool = False,
+        **config_kwargs: Any,
+    ) -> dict[str, Any]:
         config = copy.deepcopy(FAKE_CLUSTER_BASE)
         config["available_node_types"] = copy.deepcopy(worker_node_types)
         config["available_node_types"][FAKE_HEAD_NODE_TYPE] = {
-            "resources": dict(head_resources), "node_config": {}, "max_workers": 0}
-        # Worker nodes join this GCS, not the default 6379 another Ray may own.
+            "resources": dict(head_resources),
+            "node_config": {},
+            "max_workers": 0,
+        }
+        # Worker nodes join this GCS, not 6379, which another Ray may own.
         config["provider"]["gcs_address"] = self.address
         if autoscaler_v2:
-            config["provider"]["launch_multiple"] = True
-            config["provider"]["head_node_id"] = FAKE_HEAD_NODE_ID
+            config["provider"].update(launch_multiple=True, head_node_id=FAKE_HEAD_NODE_ID)
         config.update(config_kwargs)
         return config
 
-    def start(self, _system_config: dict[str, Any] | None = None,
-              override_env: dict[str, str] | None = None) -> None:
+    def start(
+        self,
+        _system_config: dict[str, Any] | None = None,
+        override_env: dict[str, str] | None = None,
+    ) -> None:
         from ray._private.authentication.authentication_token_setup import (
             maybe_enable_token_auth_if_token_available,
         )
 
-        # `ray start` turns token auth on when a token exists; a driver that connects to
-        # a running cluster does not. Decide once here, with the same function, so the
+        # `ray start` turns token auth on when a token exists; a driver connecting to a
+        # running cluster does not. Decide once, with the function `ray start` uses, so the
         # cluster (which inherits RAY_AUTH_MODE) and this driver agree.
         maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
         os.makedirs(self.temp_dir, exist_ok=True)
         config_path = os.path.join(self.temp_dir, "autoscaling.json")
         Path(config_path).write_text(json.dumps(self._config))
         head = dict(self._head_resources)
-        ray_cli = shutil.which("ray", path=os.path.dirname(sys.executable)) or "ray"
-        cmd = [ray_cli, "start", "--head", f"--port={self.gcs_port}",
-               "--node-ip-address=127.0.0.1", f"--temp-dir={self.temp_dir}",
-               f"--autoscaling-config={config_path}", f"--num-cpus={head.pop('CPU', 0)}",
-               f"--num-gpus={head.pop('GPU', 0)}", "--include-dashboard=false",
-               f"--ray-client-server-port={free_port()}", "--dashboard-agent-listen-port=0",
-               "--min-worker-port=0", "--max-worker-port=0", "--disable-usage-stats"]
+        cmd = [
+            shutil.which("ray", path=os.path.dirname(sys.executable)) or "ray",
+            "start",
+            "--head",
+            f"--port={self.gcs_port}",
+            "--node-ip-address=127.0.0.1",
+            f"--temp-dir={self.temp_dir}",
+            f"--autoscaling-config={config_path}",
+            f"--num-cpus={head.pop('CPU', 0)}",
+            f"--num-gpus={head.pop('GPU', 0)}",
+            "--include-dashboard=false",
+            f"--ray-client-server-port={free_port()}",
+            "--dashboard-agent-listen-port=0",
+            "--min-worker-port=0",
+            "--max-worker-port=0",
+            "--disable-usage-stats",
+        ]
         if head:
             cmd.append(f"--resources={json.dumps(head)}")
         if _system_config is not None:
             cmd.append(f"--system-config={json.dumps(_system_config)}")
-        env = {**os.environ, "AUTOSCALER_UPDATE_INTERVAL_S": "1", "RAY_FAKE_CLUSTER": "1",
-               MARKER_ENV: self.run_id}
+        env = dict(os.environ, AUTOSCALER_UPDATE_INTERVAL_S="1", RAY_FAKE_CLUSTER="1")
+        env[MARKER_ENV] = self.run_id
         if self._autoscaler_v2:
-            env.update({"RAY_enable_autoscaler_v2": "1",
-                        "RAY_CLOUD_INSTANCE_ID": FAKE_HEAD_NODE_ID,
-                        "RAY_OVERRIDE_NODE_ID_FOR_TESTING": FAKE_HEAD_NODE_ID})
+            env.update(
+                RAY_enable_autoscaler_v2="1",
+                RAY_CLOUD_INSTANCE_ID=FAKE_HEAD_NODE_ID,
+                RAY_OVERRIDE_NODE_ID_FOR_TESTING=FAKE_HEAD_NODE_ID,
+            )
         env.update(override_env or {})
         subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=120)
 
@@ -252,56 +287,148 @@ class LocalAutoscalingCluster(AutoscalingCluster):
 
 def make_cluster(s: Settings, run_id: str) -> LocalAutoscalingCluster:
     """A head with no GPU (like the RayService head) and one GPU worker type, 0..N nodes."""
-    workers = {WORKER_TYPE: {
-        "resources": {"CPU": s.worker_cpus, "GPU": s.worker_gpus},
-        "node_config": {}, "min_workers": 0, "max_workers": s.max_workers}}
+    worker = {"CPU": s.worker_cpus, "GPU": s.worker_gpus}
     return LocalAutoscalingCluster(
-        {"CPU": s.head_cpus, "GPU": 0}, workers, run_id=run_id,
-        autoscaler_v2=s.autoscaler_v2, max_workers=s.max_workers,
-        idle_timeout_minutes=s.idle_timeout_minutes)
+        {"CPU": s.head_cpus, "GPU": 0},
+        {
+            WORKER_TYPE: {
+                "resources": worker,
+                "node_config": {},
+                "min_workers": 0,
+                "max_workers": s.max_workers,
+            }
+        },
+        run_id=run_id,
+        autoscaler_v2=s.autoscaler_v2,
+        max_workers=s.max_workers,
+        idle_timeout_minutes=s.idle_timeout_minutes,
+    )
 
 
 def make_app_config(s: Settings, repository_root: str, http_port: int) -> AppConfig:
-    """The AppConfig of the run: only ``mlp-head``, autoscaled, half a GPU per replica."""
-    return AppConfig.model_validate({
-        "repository": {"root": repository_root},
-        # Serve's Python proxy: HAProxy's stats ports are fixed and would collide with
-        # any other Ray on the machine. Access log on: it names the replica of each request.
-        "http": {"host": "127.0.0.1", "port": http_port, "request_timeout_s": 30,
-                 "ingress": "proxy", "access_log": True},
-        "models": [{
-            "name": APP,
-            "batching": {"max_batch_size": 8, "batch_wait_timeout_s": 0.002},
-            "max_ongoing_requests": 16,
-            "graceful_shutdown_timeout_s": 2,
-            "resources": {"num_cpus": s.replica_cpus, "num_gpus": s.replica_gpus,
-                          "torch_threads": 1},
-            "autoscaling": {
-                "min_replicas": s.min_replicas, "max_replicas": s.max_replicas,
-                "target_ongoing_requests": s.target_ongoing_requests,
-                "upscale_delay_s": s.upscale_delay_s,
-                "downscale_delay_s": s.downscale_delay_s,
-                "metrics_interval_s": s.metrics_interval_s,
-                "look_back_period_s": s.look_back_period_s,
+    """The AppConfig of the run: only ``mlp-head``, autoscaled, half a GPU per replica.
+
+    Serve's Python proxy, because HAProxy's stats ports are fixed and would collide with
+    another Ray on the machine; the access log on, because it names each request's replica.
+    """
+    autoscaling = {
+        "min_replicas": s.min_replicas,
+        "max_replicas": s.max_replicas,
+        "target_ongoing_requests": s.target_ongoing_requests,
+        "upscale_delay_s": s.upscale_delay_s,
+        "downscale_delay_s": s.downscale_delay_s,
+        "metrics_interval_s": s.metrics_interval_s,
+        "look_back_period_s": s.look_back_period_s,
+    }
+    return AppConfig.model_validate(
+        {
+            "repository": {"root": repository_root},
+            "http": {
+                "host": "127.0.0.1",
+                "port": http_port,
+                "request_timeout_s": 30,
+                "ingress": "proxy",
+                "access_log": True,
             },
-        }],
-    })
+            "models": [
+                {
+                    "name": APP,
+                    "batching": {"max_batch_size": 8, "batch_wait_timeout_s": 0.002},
+                    "max_ongoing_requests": 16,
+                    "graceful_shutdown_timeout_s": 2,
+                    "resources": {
+                        "num_cpus": s.replica_cpus,
+                        "num_gpus": s.replica_gpus,
+                        "torch_threads": 1,
+                    },
+                    "autoscaling": autoscaling,
+                }
+            ],
+        }
+    )
 
 
 def short_id(node_id: str | None) -> str | None:
     """Fake node ids end in a counter: head 00000, workers 00001, 00002..."""
-    return None if node_id is None else node_id[-5:]
+    return None if not node_id else node_id[-5:]
+
+
+# --- load and sampling ----------------------------------------------------------------
+
+
+@dataclass
+class LoadStats:
+    """What the load generator saw; ``records`` are (t_done, latency_s, x-request-id)."""
+
+    ok: int = 0
+    failed: int = 0
+    in_flight: int = 0
+    failures: Counter[str] = field(default_factory=Counter)
+    records: list[tuple[float, float, str]] = field(default_factory=list)
+    started: float | None = None
+    started_wall: float | None = None
+    stopped: float | None = None
+    stop_at: float | None = None
+
+
+def request_body(rows: int = 1) -> bytes:
+    """An OIP request for mlp-head: FP32 ``input`` of shape [rows, 384]."""
+    data = [round((i % 97) / 97.0, 4) for i in range(rows * 384)]
+    tensor = {"name": "input", "shape": [rows, 384], "datatype": "FP32", "data": data}
+    return json.dumps({"inputs": [tensor]}).encode()
+
+
+async def run_load(url: str, s: Settings, stats: LoadStats) -> None:
+    """Closed loop: ``s.concurrency`` clients post until ``s.load_s`` (or ``stats.stop_at``)
+    or ``s.max_requests``. Anything but a 200 with outputs is a failure."""
+    import httpx
+
+    body, sent = request_body(), 0
+    stats.started, stats.started_wall = time.monotonic(), time.time()
+    deadline = stats.started + s.load_s
+
+    def more() -> bool:
+        nonlocal sent
+        now, sent = time.monotonic(), sent + 1
+        return now < deadline and now < (stats.stop_at or deadline) and sent <= s.max_requests
+
+    async def client_loop(client: httpx.AsyncClient) -> None:
+        while more():
+            t_send = time.monotonic()
+            stats.in_flight += 1
+            try:
+                r = await client.post(
+                    url, content=body, headers={"content-type": "application/json"}
+                )
+            except httpx.HTTPError as e:
+                stats.failed += 1
+                stats.failures[type(e).__name__] += 1
+                continue
+            finally:
+                stats.in_flight -= 1
+            if r.status_code == 200 and b'"outputs"' in r.content:
+                done = time.monotonic()
+                stats.ok += 1
+                stats.records.append((done, done - t_send, r.headers.get("x-request-id", "")))
+            else:
+                stats.failed += 1
+                stats.failures[f"HTTP {r.status_code}"] += 1
+
+    limits = httpx.Limits(max_connections=s.concurrency)
+    async with httpx.AsyncClient(timeout=s.request_timeout_s, trust_env=False, limits=limits) as c:
+        await asyncio.gather(*(client_loop(c) for _ in range(s.concurrency)))
+    stats.stopped = time.monotonic()
 
 
 class Recorder:
-    """Samples nodes, replicas and the autoscaler every ``interval_s`` in a thread. Times
-    are ``time.monotonic()``; ``analyse`` makes them relative to the load start."""
+    """Samples nodes, Serve and the autoscaler every ``sample_interval_s`` in a thread
+    (the only caller of ``serve.status()``, which is not thread-safe in 2.60). Times are
+    ``time.monotonic()``; ``analyse`` makes them relative to the load start."""
 
     def __init__(self, s: Settings, gcs_address: str, load: LoadStats) -> None:
         self.s, self.gcs_address, self.load = s, gcs_address, load
         self.samples: list[dict[str, Any]] = []
         self.replicas: dict[str, dict[str, Any]] = {}
-        self.decisions: list[dict[str, Any]] = []
         self.baseline_nodes: set[str] | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="recorder", daemon=True)
@@ -334,263 +461,289 @@ class Recorder:
 
         t = time.monotonic()
         alive = [n for n in ray.nodes() if n["Alive"]]
-        gpu_workers = sorted(str(short_id(n["NodeID"])) for n in alive
-                             if n["Resources"].get("GPU", 0) > 0)
-        states: dict[str, int] = {}
+        gpu_workers = sorted(str(short_id(n["NodeID"])) for n in alive if n["Resources"].get("GPU"))
         apps = serve.status().applications
-        status = apps.get(APP)
-        if status is not None and DEPLOYMENT in status.deployments:
-            states = {str(getattr(k, "value", k)): v for k, v in
-                      status.deployments[DEPLOYMENT].replica_states.items() if v}
-        details = _get_global_client().get_serve_details()
-        dep = details.get("applications", {}).get(APP, {}).get("deployments", {}).get(
-            DEPLOYMENT, {})
+        states: dict[str, int] = {}
+        if APP in apps and DEPLOYMENT in apps[APP].deployments:
+            replica_states = apps[APP].deployments[DEPLOYMENT].replica_states
+            states = {str(getattr(k, "value", k)): v for k, v in replica_states.items() if v}
+        client = _get_global_client()
+        assert client is not None
+        dep = client.get_serve_details().get("applications", {}).get(APP, {})
+        dep = dep.get("deployments", {}).get(DEPLOYMENT, {})
         running_by_node: Counter[str] = Counter()
-        unplaced = 0
         for r in dep.get("replicas", []):
-            node = short_id(r.get("node_id") or None)
-            info = self.replicas.setdefault(r["replica_id"], {
-                "replica_id": r["replica_id"], "first_seen_t": t, "node": None,
-                "running_t": None, "gone_t": None, "log_file_path": None})
-            info["node"] = node or info["node"]
+            info = self.replicas.setdefault(
+                r["replica_id"],
+                {
+                    "replica_id": r["replica_id"],
+                    "node": None,
+                    "first_seen_t": t,
+                    "running_t": None,
+                    "gone_t": None,
+                    "log_file_path": None,
+                },
+            )
+            info["node"] = short_id(r.get("node_id")) or info["node"]
             info["log_file_path"] = r.get("log_file_path") or info["log_file_path"]
             if r["state"] == "RUNNING":
-                running_by_node[str(node)] += 1
-                if info["running_t"] is None:
-                    info["running_t"] = t
-            elif r["state"] == "STARTING" and node is None:
-                unplaced += 1
+                running_by_node[str(info["node"])] += 1
+                info["running_t"] = info["running_t"] or t
         live = {r["replica_id"] for r in dep.get("replicas", [])}
         for rid, info in self.replicas.items():
             if rid not in live and info["gone_t"] is None:
                 info["gone_t"] = t
-        self.decisions = (dep.get("autoscaling_detail") or {}).get("decisions", self.decisions)
-        if (self.s.stop_after_new_replica_s is not None and self.baseline_nodes is not None
-                and self.load.stop_at is None
-                and set(running_by_node) - self.baseline_nodes - {"None"}):
+        if (
+            self.s.stop_after_new_replica_s is not None
+            and self.baseline_nodes is not None
+            and self.load.stop_at is None
+            and set(running_by_node) - self.baseline_nodes
+        ):
             self.load.stop_at = t + self.s.stop_after_new_replica_s
         cs = get_cluster_status(self.gcs_address)
-        gpu_demand = sum(b.count for d in cs.resource_demands.ray_task_actor_demand
-                         for b in d.bundles_by_count if b.bundle.get("GPU", 0) > 0)
+        demand = cs.resource_demands.ray_task_actor_demand
         return {
-            "t": t, "apps": {n: str(getattr(a.status, "value", a.status))
-                             for n, a in apps.items()},
-            "nodes_alive": len(alive), "gpu_workers": gpu_workers,
-            "replica_states": states, "target_replicas": dep.get("target_num_replicas"),
-            "unplaced_replicas": unplaced, "gpu_demand": gpu_demand,
-            "running_by_node": dict(running_by_node),
+            "t": t,
+            "apps": {n: str(getattr(a.status, "value", a.status)) for n, a in apps.items()},
+            "nodes_alive": len(alive),
+            "gpu_workers": gpu_workers,
+            "replica_states": states,
+            "target_replicas": dep.get("target_num_replicas"),
+            # Serve knows a replica's node once its actor is placed and started.
+            "unplaced_replicas": sum(
+                1
+                for r in dep.get("replicas", [])
+                if r["state"] == "STARTING" and not r.get("node_id")
+            ),
+            # Actor bundles with a GPU that no node can take: what the autoscaler acts on.
+            "gpu_demand": sum(
+                b.count for d in demand for b in d.bundles_by_count if b.bundle.get("GPU")
+            ),
             "pending_launches": sum(r.count for r in cs.pending_launches),
             "pending_nodes": len(cs.pending_nodes),
-            "ok": self.load.ok, "failed": self.load.failed, "in_flight": self.load.in_flight,
+            "running_by_node": dict(running_by_node),
+            "ok": self.load.ok,
+            "failed": self.load.failed,
+            "in_flight": self.load.in_flight,
         }
 
 
-@dataclass
-class LoadStats:
-    """What the load generator saw; ``records`` are (t_done, latency_s, request_id)."""
-
-    ok: int = 0
-    failed: int = 0
-    in_flight: int = 0
-    failures: Counter[str] = field(default_factory=Counter)
-    records: list[tuple[float, float, str]] = field(default_factory=list)
-    started: float | None = None
-    stopped: float | None = None
-    stop_at: float | None = None
+# --- reading the logs -----------------------------------------------------------------
 
 
-def request_body(rows: int = 1) -> bytes:
-    """An OIP request for mlp-head: FP32 ``input`` of shape [rows, 384]."""
-    data = [round((i % 97) / 97.0, 4) for i in range(rows * 384)]
-    return json.dumps({"inputs": [{"name": "input", "shape": [rows, 384],
-                                   "datatype": "FP32", "data": data}]}).encode()
-
-
-async def run_load(url: str, s: Settings, stats: LoadStats) -> None:
-    """Closed loop: ``s.concurrency`` clients post until ``s.load_s`` (or ``stats.stop_at``)
-    or ``s.max_requests``. Anything but a 200 with outputs is a failure."""
-    import httpx
-
-    body, sent = request_body(), 0
-    stats.started = time.monotonic()
-    deadline = stats.started + s.load_s
-
-    def more() -> bool:
-        nonlocal sent
-        now = time.monotonic()
-        if now >= deadline or (stats.stop_at is not None and now >= stats.stop_at):
-            return False
-        sent += 1
-        return sent <= s.max_requests
-
-    async with httpx.AsyncClient(
-        timeout=s.request_timeout_s, trust_env=False,
-        limits=httpx.Limits(max_connections=s.concurrency)) as client:
-
-        async def worker() -> None:
-            while more():
-                t_send = time.monotonic()
-                stats.in_flight += 1
-                try:
-                    r = await client.post(url, content=body,
-                                          headers={"content-type": "application/json"})
-                except httpx.HTTPError as e:
-                    stats.failed += 1
-                    stats.failures[type(e).__name__] += 1
-                    continue
-                finally:
-                    stats.in_flight -= 1
-                if r.status_code == 200 and b'"outputs"' in r.content:
-                    stats.ok += 1
-                    done = time.monotonic()
-                    stats.records.append((done, done - t_send,
-                                          r.headers.get("x-request-id", "")))
-                else:
-                    stats.failed += 1
-                    stats.failures[f"HTTP {r.status_code}"] += 1
-
-        await asyncio.gather(*(worker() for _ in range(s.concurrency)))
-    stats.stopped = time.monotonic()
-
-
-def served_by(logs_dir: Path, replicas: dict[str, dict[str, Any]],
-              request_ids: set[str]) -> dict[str, str]:
-    """request id -> replica id, from the replicas' access logs (Serve logs every request
-    with its ``x-request-id``)."""
+def served_by(logs_dir: Path, replicas: dict[str, dict[str, Any]], ids: set[str]) -> dict[str, str]:
+    """x-request-id -> replica id, from the replicas' access logs (one line per request,
+    carrying the id the proxy returned in the response header)."""
     out: dict[str, str] = {}
     for rid, info in replicas.items():
-        rel = (info.get("log_file_path") or "").lstrip("/")
-        path = logs_dir / rel if rel else None
-        if path is None or not path.is_file():
-            continue
-        for line in path.read_text(errors="replace").splitlines():
-            for token in line.split():
-                if token in request_ids:
-                    out[token] = rid
+        path = logs_dir / (info["log_file_path"] or "missing").lstrip("/")
+        if path.is_file():
+            for line in path.read_text(errors="replace").splitlines():
+                out.update((token, rid) for token in line.split() if token in ids)
     return out
 
 
-def first(samples: list[dict[str, Any]], pred: Any, after: float = 0.0) -> float | None:
-    """Time of the first sample at or after ``after`` that satisfies ``pred``."""
-    for smp in samples:
-        if smp["t"] >= after and pred(smp):
-            return float(smp["t"])
-    return None
+_INSTANCE_LINE = re.compile(
+    r"^(?P<ts>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\s+INFO instance_manager\.py:\d+ -- "
+    r"(?:New|Update) instance (?P<transition>[A-Z_>-]+) \(id=[^,]*, type=(?P<type>[^,]*), "
+    r"cloud_instance_id=(?P<cloud_id>\w*), ray_id=\w*\): (?P<detail>.*)$"
+)
 
 
-def _ms_quantile(values: list[float], q: int) -> float | None:
-    if len(values) < 2:
-        return round(values[0] * 1000, 1) if values else None
-    return round(statistics.quantiles(values, n=100)[q - 1] * 1000, 1)
+def autoscaler_log(monitor_log: Path, wall_t0: float) -> list[dict[str, Any]]:
+    """Worker instance transitions in the v2 autoscaler's own log (QUEUED, REQUESTED,
+    ALLOCATED, RAY_RUNNING, RAY_STOP_REQUESTED, TERMINATING...), in seconds from
+    ``wall_t0``. The log's timestamps are local time of this machine."""
+    out: list[dict[str, Any]] = []
+    lines = monitor_log.read_text(errors="replace").splitlines() if monitor_log.is_file() else []
+    for m in filter(None, map(_INSTANCE_LINE.match, lines)):
+        if m["type"] != FAKE_HEAD_NODE_TYPE:
+            wall = datetime.strptime(m["ts"], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+            out.append(
+                {
+                    "t": round(wall - wall_t0, 2),
+                    "transition": m["transition"],
+                    "node": short_id(m["cloud_id"]),
+                    "detail": m["detail"][:120],
+                }
+            )
+    return out
 
 
-def _diff(a: float | None, b: float | None) -> float | None:
-    return None if a is None or b is None else round(a - b, 2)
+# --- analysis -------------------------------------------------------------------------
+
+DURATIONS = [  # (label, from event, to event): durations are keyed "<from>_to_<to>_s"
+    (
+        "deploy -> first GPU node (min_replicas 1 needs one)",
+        "deploy_start",
+        "first_gpu_node_at_deploy",
+    ),
+    ("GPU demand pending -> new GPU node alive", "first_replica_pending", "new_node_joined"),
+    ("load start -> new GPU node alive", "load_start", "new_node_joined"),
+    (
+        "autoscaler log: launch queued -> node RAY_RUNNING",
+        "autoscaler_log_launch_queued",
+        "autoscaler_log_node_ray_running",
+    ),
+    (
+        "new node alive -> first replica RUNNING on it",
+        "new_node_joined",
+        "first_replica_running_on_new_node",
+    ),
+    (
+        "new node alive -> first request served on it",
+        "new_node_joined",
+        "first_request_served_on_new_node",
+    ),
+    (
+        "load start -> first request served on new node",
+        "load_start",
+        "first_request_served_on_new_node",
+    ),
+    ("load stop -> replicas back to min_replicas", "load_stop", "replicas_scaled_down"),
+    ("load stop -> idle GPU node removed", "load_stop", "node_removed"),
+    ("replicas scaled down -> node removed", "replicas_scaled_down", "node_removed"),
+]
+
+Sample = dict[str, Any]
+
+
+def first(rows: list[Sample], pred: Callable[[Sample], bool], after: float = 0.0) -> float | None:
+    """Time of the first row at or after ``after`` that satisfies ``pred``."""
+    return next((float(x["t"]) for x in rows if x["t"] >= after and pred(x)), None)
 
 
 def _rel(t: float | None, t0: float) -> float | None:
     return None if t is None else round(t - t0, 2)
 
 
+def _ms(values: list[float], q: int) -> float | None:
+    if len(values) < 2:
+        return round(values[0] * 1000, 1) if values else None
+    return round(statistics.quantiles(values, n=100)[q - 1] * 1000, 1)
+
+
 def analyse(s: Settings, rec: Recorder, stats: LoadStats, logs_dir: Path) -> dict[str, Any]:
-    """Timeline relative to the load start, events, durations, requests per node, checks."""
-    assert stats.started is not None and stats.stopped is not None
-    t0 = stats.started
+    """Timeline from the load start, events, durations, requests per node, checks."""
+    assert stats.started is not None and stats.started_wall is not None
+    assert stats.stopped is not None
+    t0, load_stop = stats.started, round(stats.stopped - stats.started, 2)
     timeline = [{**x, "t": _rel(x["t"], t0)} for x in rec.samples]
     samples = [x for x in timeline if "error" not in x]
-    replicas = {rid: {**info, **{k: _rel(info[k], t0) for k in
-                                 ("first_seen_t", "running_t", "gone_t")}}
-                for rid, info in rec.replicas.items()}
+    times = ("first_seen_t", "running_t", "gone_t")
+    replicas = {r: {**i, **{k: _rel(i[k], t0) for k in times}} for r, i in rec.replicas.items()}
     baseline = set(rec.baseline_nodes or ())
+    seen_nodes = {n for x in samples for n in x["gpu_workers"]}
+    new_nodes = sorted(seen_nodes - baseline)
+    peak = max((len(x["gpu_workers"]) for x in samples), default=0)
     before = [x for x in samples if x["t"] < 0]
     baseline_target = before[-1]["target_replicas"] if before else s.min_replicas
-    load_stop = _rel(stats.stopped, t0)
-    assert load_stop is not None
-    new_nodes = sorted({n for x in samples for n in x["gpu_workers"]} - baseline)
-    peak_nodes = max((len(x["gpu_workers"]) for x in samples), default=0)
-    owner = served_by(logs_dir, replicas, {rid for _, _, rid in stats.records if rid})
+    alog = autoscaler_log(logs_dir / "monitor.log", stats.started_wall)
+
+    owner = served_by(logs_dir, replicas, {i for _, _, i in stats.records if i})
     by_node: Counter[str] = Counter()
-    first_on_new: float | None = None
-    for t_done, _, rid in stats.records:
-        node = replicas[owner[rid]]["node"] if rid in owner else "unattributed"
+    served_on_new: list[float] = []
+    for t_done, _, req_id in stats.records:
+        node = replicas[owner[req_id]]["node"] if req_id in owner else "unattributed"
         by_node[str(node)] += 1
-        if node in new_nodes and (first_on_new is None or t_done < first_on_new):
-            first_on_new = t_done
+        if node in new_nodes:
+            served_on_new.append(t_done)
+
     ev: dict[str, float | None] = {
         "deploy_start": samples[0]["t"] if samples else None,
         "first_gpu_node_at_deploy": first(samples, lambda x: bool(x["gpu_workers"]), -1e9),
         "load_start": 0.0,
         "serve_upscale_decided": first(
-            samples, lambda x: (x["target_replicas"] or 0) > baseline_target),
+            samples, lambda x: (x["target_replicas"] or 0) > baseline_target
+        ),
         "first_replica_pending": first(samples, lambda x: x["gpu_demand"] > 0),
-        "autoscaler_launch_pending": first(
-            samples, lambda x: x["pending_launches"] + x["pending_nodes"] > 0),
+        "autoscaler_log_launch_queued": first(alog, lambda x: x["transition"] == "QUEUED"),
+        "autoscaler_log_node_ray_running": first(
+            alog, lambda x: x["transition"].endswith(">RAY_RUNNING")
+        ),
         "new_node_joined": first(samples, lambda x: bool(set(x["gpu_workers"]) - baseline)),
         "first_replica_running_on_new_node": first(
-            samples, lambda x: any(n in new_nodes for n in x["running_by_node"])),
-        "first_request_served_on_new_node": _rel(first_on_new, t0),
+            samples, lambda x: bool(set(x["running_by_node"]) & set(new_nodes))
+        ),
+        "first_request_served_on_new_node": _rel(min(served_on_new, default=None), t0),
         "load_stop": load_stop,
         "serve_downscale_decided": first(
-            samples, lambda x: x["target_replicas"] == s.min_replicas, load_stop),
+            samples, lambda x: x["target_replicas"] == s.min_replicas, load_stop
+        ),
         "replicas_scaled_down": first(
-            samples, lambda x: x["replica_states"] == {"RUNNING": s.min_replicas}, load_stop),
-        "node_removed": first(samples, lambda x: len(x["gpu_workers"]) < peak_nodes, load_stop)
-        if new_nodes else None,
+            samples, lambda x: x["replica_states"] == {"RUNNING": s.min_replicas}, load_stop
+        ),
+        "autoscaler_log_idle_drain": first(
+            alog, lambda x: x["transition"].endswith(">RAY_STOP_REQUESTED"), load_stop
+        ),
+        "node_removed": first(samples, lambda x: len(x["gpu_workers"]) < peak, load_stop)
+        if new_nodes
+        else None,
     }
     durations = {
-        "deploy_start_to_first_gpu_node_s": _diff(ev["first_gpu_node_at_deploy"],
-                                                  ev["deploy_start"]),
-        "first_pending_to_new_node_s": _diff(ev["new_node_joined"], ev["first_replica_pending"]),
-        "load_start_to_new_node_s": ev["new_node_joined"],
-        "new_node_to_first_request_served_s": _diff(ev["first_request_served_on_new_node"],
-                                                    ev["new_node_joined"]),
-        "load_start_to_first_request_on_new_node_s": ev["first_request_served_on_new_node"],
-        "load_stop_to_replicas_scaled_down_s": _diff(ev["replicas_scaled_down"], load_stop),
-        "load_stop_to_node_removed_s": _diff(ev["node_removed"], load_stop),
-        "replicas_scaled_down_to_node_removed_s": _diff(ev["node_removed"],
-                                                        ev["replicas_scaled_down"]),
+        f"{a}_to_{b}_s": None if ev[a] is None or ev[b] is None else round(ev[b] - ev[a], 2)  # type: ignore[operator]
+        for _, a, b in DURATIONS
     }
     lat = [x for _, x, _ in stats.records]
     requests = {
-        "ok": stats.ok, "failed": stats.failed, "failures": dict(stats.failures),
+        "ok": stats.ok,
+        "failed": stats.failed,
+        "failures": dict(stats.failures),
         "by_node": dict(sorted(by_node.items())),
-        "on_new_nodes": sum(by_node[n] for n in new_nodes),
-        "throughput_rps": round(stats.ok / max(1e-9, stats.stopped - stats.started), 1),
-        "latency_ms": {"p50": _ms_quantile(lat, 50), "p95": _ms_quantile(lat, 95),
-                       "p99": _ms_quantile(lat, 99),
-                       "max": round(max(lat) * 1000, 1) if lat else None},
+        "on_new_nodes": len(served_on_new),
+        "throughput_rps": round(stats.ok / max(1e-9, load_stop), 1),
+        "latency_ms": {
+            "p50": _ms(lat, 50),
+            "p95": _ms(lat, 95),
+            "p99": _ms(lat, 99),
+            "max": round(max(lat) * 1000, 1) if lat else None,
+        },
     }
-    scaled, removed = (durations["load_stop_to_replicas_scaled_down_s"],
-                       durations["load_stop_to_node_removed_s"])
+    scaled, removed = (
+        durations[f"load_stop_to_{e}_s"] for e in ("replicas_scaled_down", "node_removed")
+    )
     checks = {
-        "node_added_during_load": ev["new_node_joined"] is not None
-        and ev["new_node_joined"] <= load_stop,
-        "request_served_on_new_node": requests["on_new_nodes"] > 0,
+        "node_added_during_load": (ev["new_node_joined"] or 1e9) <= load_stop,
+        "request_served_on_new_node": len(served_on_new) > 0,
         "all_requests_ok": stats.failed == 0 and stats.ok > 0,
-        "all_requests_attributed": by_node.get("unattributed", 0) == 0,
+        "all_requests_attributed": "unattributed" not in by_node,
         "replicas_scaled_down_in_bound": scaled is not None and scaled <= s.settle_timeout_s,
         "node_removed_in_bound": removed is not None and removed <= s.settle_timeout_s,
         "no_sample_errors": len(samples) == len(timeline),
     }
-    return {"events": ev, "durations": durations, "requests": requests,
-            "baseline_gpu_workers": sorted(baseline), "new_gpu_workers": new_nodes,
-            "replicas": sorted(replicas.values(), key=lambda r: r["first_seen_t"]),
-            "serve_decisions": rec.decisions, "checks": checks, "timeline": timeline}
+    return {
+        "events": ev,
+        "durations": durations,
+        "requests": requests,
+        "baseline_gpu_workers": sorted(baseline),
+        "new_gpu_workers": new_nodes,
+        "removed_gpu_workers": sorted(
+            seen_nodes - set(samples[-1]["gpu_workers"] if samples else ())
+        ),
+        "replicas": sorted(replicas.values(), key=lambda r: r["first_seen_t"]),
+        "autoscaler_log": alog,
+        "checks": checks,
+        "timeline": timeline,
+    }
 
 
-def wait_for(pred: Any, timeout_s: float, what: str, poll_s: float = 0.25) -> None:
-    """Poll ``pred()`` until true; ``TimeoutError`` naming ``what`` after ``timeout_s``."""
+# --- the experiment -------------------------------------------------------------------
+
+
+def wait_for(pred: Callable[[], bool], timeout_s: float, what: str) -> None:
+    """Poll ``pred()`` every 0.25 s; ``TimeoutError`` naming ``what`` after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
     while not pred():
         if time.monotonic() > deadline:
             raise TimeoutError(f"{what}: not reached in {timeout_s:.0f} s")
-        time.sleep(poll_s)
+        time.sleep(0.25)
 
 
-def run_experiment(s: Settings, run_id: str, log: Any = print,
-                   keep_temp: bool = False) -> dict[str, Any]:
-    """Start the private cluster, deploy mlp-head from an AppConfig, load it, wait for
-    the scale-down, and return the results; the cluster is always torn down."""
+def run_experiment(
+    s: Settings, run_id: str, log: Callable[[str], None] = print, keep_temp: bool = False
+) -> dict[str, Any]:
+    """Start the private cluster, deploy mlp-head from an AppConfig, load it, wait for the
+    scale-down, and return the results. The cluster is always torn down."""
     from serve_app import local
     from serve_app.demo import ensure_demo_models
     from serve_app.serve_config import render_serve_config
@@ -600,8 +753,22 @@ def run_experiment(s: Settings, run_id: str, log: Any = print,
     app = make_app_config(s, repo, free_port())
     # HeadOnly: every fake node shares 127.0.0.1, so per-node proxies would collide.
     serve_config = render_serve_config(app, proxy_location="HeadOnly")
+    names = [a["name"] for a in serve_config["applications"]]
     stats = LoadStats()
     rec = Recorder(s, cluster.address, stats)
+
+    def last() -> dict[str, Any]:
+        return rec.last() or {"apps": {}, "replica_states": {}, "gpu_workers": [], "t": 0.0}
+
+    def deployed() -> bool:
+        failed = {n: a for n, a in last()["apps"].items() if a in ("DEPLOY_FAILED", "UNHEALTHY")}
+        if failed:
+            raise local.DeployFailed(f"applications failed: {failed}")
+        return all(last()["apps"].get(n) == "RUNNING" for n in names)
+
+    def at_min(x: dict[str, Any]) -> bool:
+        return x["replica_states"] == {"RUNNING": s.min_replicas}
+
     try:
         log(f"starting cluster {run_id} (GCS {cluster.address}, temp {cluster.temp_dir})")
         cluster.start(override_env=local.ingress_environment(app.http))
@@ -610,50 +777,46 @@ def run_experiment(s: Settings, run_id: str, log: Any = print,
         local.deploy_config(serve_config)
         rec.start()
         log("deploying (the first replica needs a GPU node too)")
-        names = [a["name"] for a in serve_config["applications"]]
-
-        def running() -> bool:
-            # serve.status() is not thread-safe in 2.60 (it registers and unregisters a
-            # module for pickling by value): only the recorder thread calls it.
-            apps = (rec.last() or {}).get("apps", {})
-            failed = {n: st for n, st in apps.items() if st in ("DEPLOY_FAILED", "UNHEALTHY")}
-            if failed:
-                raise local.DeployFailed(f"applications failed: {failed}")
-            return all(apps.get(n) == "RUNNING" for n in names)
-        wait_for(running, s.deploy_timeout_s, f"applications {names} RUNNING")
-
-        def settled() -> bool:
-            x = rec.last()
-            return x is not None and x["replica_states"] == {"RUNNING": s.min_replicas} \
-                and x["target_replicas"] == s.min_replicas and x["pending_launches"] == 0
-        wait_for(settled, 60, "steady state before the load")
-        rec.baseline_nodes = set(rec.last()["gpu_workers"])  # type: ignore[index]
+        wait_for(deployed, s.deploy_timeout_s, f"applications {names} RUNNING")
+        wait_for(
+            lambda: at_min(last()) and last()["target_replicas"] == s.min_replicas,
+            60,
+            "steady state before the load",
+        )
+        rec.baseline_nodes = set(last()["gpu_workers"])
         url = f"http://127.0.0.1:{app.http.port}{app.models[0].route_prefix}/infer"
         log(f"load: {s.concurrency} clients for up to {s.load_s:.0f} s -> {url}")
         asyncio.run(run_load(url, s, stats))
         log(f"load stopped: {stats.ok} ok, {stats.failed} failed; waiting for the scale-down")
         peak = max(len(x.get("gpu_workers", ())) for x in rec.samples)
-
-        def scaled_down() -> bool:
-            x = rec.last()
-            return x is not None and x["t"] > (stats.stopped or 0) and \
-                x["replica_states"] == {"RUNNING": s.min_replicas} and \
-                len(x["gpu_workers"]) < max(peak, len(rec.baseline_nodes or ()) + 1)
         try:
-            wait_for(scaled_down, s.settle_timeout_s, "scale-down and node removal")
+            wait_for(
+                lambda: (
+                    last()["t"] > (stats.stopped or 0)
+                    and at_min(last())
+                    and len(last()["gpu_workers"]) < peak
+                ),
+                s.settle_timeout_s,
+                "scale-down and node removal",
+            )
         except TimeoutError as e:
             log(f"warning: {e}")
         time.sleep(2 * s.sample_interval_s)
         rec.stop()
         logs_dir = Path(cluster.temp_dir) / "session_latest" / "logs"
-        return {**analyse(s, rec, stats, logs_dir),
-                "autoscaling_cluster_config": cluster.config,
-                "serve_config": serve_config,
-                "app_config": app.model_dump(mode="json")}
+        return {
+            **analyse(s, rec, stats, logs_dir),
+            "autoscaling_cluster_config": cluster.config,
+            "serve_config": serve_config,
+            "app_config": app.model_dump(mode="json"),
+        }
     finally:
         rec.stop()
         ray.shutdown()
         cluster.shutdown(keep_temp=keep_temp)
+
+
+# --- report and CLI -------------------------------------------------------------------
 
 
 def environment() -> dict[str, Any]:
@@ -662,23 +825,17 @@ def environment() -> dict[str, Any]:
 
     return {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
-                    "processor": platform.machine()},
-        "versions": {"ray": ray.__version__, "python": platform.python_version(),
-                     "torch": torch.__version__},
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "platform": platform.platform(),
+            "loadavg_1m_before": round(os.getloadavg()[0], 2),
+        },
+        "versions": {
+            "ray": ray.__version__,
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+        },
     }
-
-
-SUMMARY_ROWS = [
-    ("GPU worker node up at deploy (min_replicas needs one)", "deploy_start_to_first_gpu_node_s"),
-    ("first replica pending -> new GPU node alive", "first_pending_to_new_node_s"),
-    ("load start -> new GPU node alive", "load_start_to_new_node_s"),
-    ("new node alive -> first request served on it", "new_node_to_first_request_served_s"),
-    ("load start -> first request served on new node", "load_start_to_first_request_on_new_node_s"),
-    ("load stop -> replicas back to min_replicas", "load_stop_to_replicas_scaled_down_s"),
-    ("load stop -> extra node removed", "load_stop_to_node_removed_s"),
-    ("replicas scaled down -> node removed", "replicas_scaled_down_to_node_removed_s"),
-]
 
 
 def _fmt(v: Any) -> str:
@@ -686,62 +843,94 @@ def _fmt(v: Any) -> str:
 
 
 def summary_markdown(result: dict[str, Any]) -> str:
-    """Human-readable summary: durations, events, requests, checks."""
-    s, r, d = result["settings"], result["requests"], result["durations"]
-    lines = [
-        "# Node autoscaling on one machine (fake multi-node provider, real autoscaler)",
-        "",
-        f"Measured {result['date']} on {result['machine']['cpu_count']} CPUs "
-        f"({result['machine']['platform']}), Ray {result['versions']['ray']}, Python "
-        f"{result['versions']['python']}, autoscaler {'v2' if s['autoscaler_v2'] else 'v1'}. "
-        "The machine was shared with other jobs, so timings are noisy. Events are sampled "
-        f"every {s['sample_interval_s']} s; the request on the new node is timed by the client.",
-        "",
-        f"Load: {s['concurrency']} closed-loop HTTP clients on 127.0.0.1 for "
-        f"{_fmt(result['events']['load_stop'])} s; replicas {s['min_replicas']}-"
-        f"{s['max_replicas']} (target_ongoing_requests {s['target_ongoing_requests']}), "
-        f"{s['replica_gpus']} GPU + {s['replica_cpus']} CPU each; head 0 GPU / "
-        f"{s['head_cpus']} CPU; GPU worker nodes {{CPU: {s['worker_cpus']}, GPU: "
-        f"{s['worker_gpus']}}} 0-{s['max_workers']}, idle_timeout_minutes "
-        f"{s['idle_timeout_minutes']}.",
-        "",
-        "| step | seconds |",
-        "|---|---|",
-        *[f"| {label} | {_fmt(d[key])} |" for label, key in SUMMARY_ROWS],
-        "",
-        "| event | t from load start (s) |",
-        "|---|---|",
-        *[f"| {k} | {_fmt(v)} |" for k, v in result["events"].items()],
-        "",
-        f"Requests: {r['ok']} ok, {r['failed']} failed {r['failures'] or ''}, "
-        f"{r['throughput_rps']} req/s, latency p50 {r['latency_ms']['p50']} ms, p95 "
-        f"{r['latency_ms']['p95']} ms, max {r['latency_ms']['max']} ms. By node "
-        f"(baseline {result['baseline_gpu_workers']}, new {result['new_gpu_workers']}): "
-        f"{r['by_node']}.",
-        "",
-        "Checks: " + ", ".join(f"{k} {'PASS' if v else 'FAIL'}"
-                               for k, v in result["checks"].items()),
-        "",
+    """Human-readable summary: durations, events, replicas, requests, checks."""
+    s, r, m = result["settings"], result["requests"], result["machine"]
+    lat = r["latency_ms"]
+    rows = [
+        f"| {label} | {_fmt(result['durations'][f'{a}_to_{b}_s'])} |" for label, a, b in DURATIONS
     ]
-    return "\n".join(lines)
+    return "\n".join(
+        [
+            "# Node autoscaling on one machine (fake multi-node provider, real autoscaler)",
+            "",
+            f"Measured {result['date']} on {m['cpu_count']} CPUs ({m['platform']}), Ray "
+            f"{result['versions']['ray']}, Python {result['versions']['python']}, autoscaler "
+            f"{'v2' if s['autoscaler_v2'] else 'v1'} (update interval 1 s, as AutoscalingCluster "
+            f"sets it). The machine was shared with other jobs (1-min load average "
+            f"{m['loadavg_1m_before']} before, {m['loadavg_1m_after']} after): timings are noisy. "
+            f"State is sampled every {s['sample_interval_s']} s; requests are timed by the client "
+            "and traced to their replica through Serve's access log; `autoscaler_log_*` events "
+            "come from the autoscaler's own log.",
+            "",
+            f"Setup: {s['concurrency']} closed-loop HTTP clients on 127.0.0.1 for "
+            f"{_fmt(result['events']['load_stop'])} s; `mlp-head` replicas {s['min_replicas']}-"
+            f"{s['max_replicas']} (target_ongoing_requests {s['target_ongoing_requests']}, "
+            f"upscale/downscale delay {s['upscale_delay_s']}/{s['downscale_delay_s']} s), "
+            f"{s['replica_gpus']} GPU + {s['replica_cpus']} CPU each; head 0 GPU / "
+            f"{s['head_cpus']} CPU; GPU worker nodes {{CPU: {s['worker_cpus']}, GPU: "
+            f"{s['worker_gpus']}}}, 0-{s['max_workers']}, idle_timeout_minutes "
+            f"{s['idle_timeout_minutes']}.",
+            "",
+            "| step | seconds |",
+            "|---|---|",
+            *rows,
+            "",
+            "| event | t from load start (s) |",
+            "|---|---|",
+            *[f"| {k} | {_fmt(v)} |" for k, v in result["events"].items()],
+            "",
+            "| replica | node | first seen (s) | RUNNING (s) | gone (s) |",
+            "|---|---|---|---|---|",
+            *[
+                f"| {x['replica_id']} | {x['node']} | {_fmt(x['first_seen_t'])} | "
+                f"{_fmt(x['running_t'])} | {_fmt(x['gone_t'])} |"
+                for x in result["replicas"]
+            ],
+            "",
+            f"Requests: {r['ok']} ok, {r['failed']} failed {r['failures'] or ''}, "
+            f"{r['throughput_rps']} req/s, latency p50 {lat['p50']} ms, p95 {lat['p95']} ms, max "
+            f"{lat['max']} ms. Served per GPU node (at deploy {result['baseline_gpu_workers']}, "
+            f"added under load {result['new_gpu_workers']}): {r['by_node']}. Node removed after "
+            f"the load: {result['removed_gpu_workers']} (Serve picks the replicas to stop; the "
+            "node left empty goes).",
+            "",
+            "Checks: "
+            + ", ".join(f"{k} {'PASS' if v else 'FAIL'}" for k, v in result["checks"].items()),
+            "",
+        ]
+    )
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m loadtest.node_autoscaling",
-                                description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", default="loadtest/results/node_autoscaling.json",
-                   help="results JSON; the summary goes next to it as .md")
+    p = argparse.ArgumentParser(
+        prog="python -m loadtest.node_autoscaling", description=(__doc__ or "").split("\n\n")[0]
+    )
+    p.add_argument(
+        "--out",
+        default="loadtest/results/node_autoscaling.json",
+        help="results JSON; the Markdown summary goes next to it (.md)",
+    )
     p.add_argument("--run-id", default=None, help="names the cluster's temp dir and marker")
     p.add_argument("--autoscaler-v1", action="store_true", help="use autoscaler v1")
-    p.add_argument("--keep-temp", action="store_true",
-                   help="keep the cluster's temp dir (Ray logs) after the run")
+    p.add_argument("--keep-temp", action="store_true", help="keep the Ray temp dir (logs)")
     defaults = Settings()
-    for name in ("load_s", "concurrency", "max_requests", "stop_after_new_replica_s",
-                 "downscale_delay_s", "idle_timeout_minutes", "settle_timeout_s"):
+    for name in (
+        "load_s",
+        "concurrency",
+        "max_requests",
+        "stop_after_new_replica_s",
+        "downscale_delay_s",
+        "idle_timeout_minutes",
+        "settle_timeout_s",
+    ):
         default = getattr(defaults, name)
-        p.add_argument("--" + name.replace("_", "-"), default=default,
-                       type=int if isinstance(default, int) else float,
-                       help=f"Settings.{name} (default {default})")
+        kind = int if isinstance(default, int) else float
+        p.add_argument(
+            "--" + name.replace("_", "-"),
+            type=kind,
+            default=default,
+            help=f"Settings.{name} (default {default})",
+        )
     return p.parse_args(argv)
 
 
@@ -751,20 +940,23 @@ def main(argv: list[str] | None = None) -> int:
     fields = {k: v for k, v in vars(args).items() if k in Settings.__dataclass_fields__}
     settings = Settings(**fields, autoscaler_v2=not args.autoscaler_v1)
     run_id = args.run_id or uuid.uuid4().hex[:10]
-    # SIGTERM (e.g. a killed test) must still run the cleanup in ``finally``.
+    # SIGTERM (e.g. a test's timeout) must still run the cleanup in ``finally``.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     t = time.monotonic()
-    result = {**environment(), "run_id": run_id, "settings": asdict(settings),
-              **run_experiment(settings, run_id, log=lambda m: print(m, flush=True),
-                               keep_temp=args.keep_temp)}
+    result = {**environment(), "run_id": run_id, "settings": asdict(settings)}
+    result.update(
+        run_experiment(settings, run_id, lambda msg: print(msg, flush=True), args.keep_temp)
+    )
     result["experiment_wall_s"] = round(time.monotonic() - t, 1)
+    result["machine"]["loadavg_1m_after"] = round(os.getloadavg()[0], 2)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1, default=str) + "\n")
     summary = summary_markdown(result)
     out.with_suffix(".md").write_text(summary)
-    print("\n" + summary, flush=True)
-    print(f"wrote {out} and {out.with_suffix('.md')} ({result['experiment_wall_s']} s)")
+    print(
+        f"\n{summary}\nwrote {out} and {out.with_suffix('.md')} ({result['experiment_wall_s']} s)"
+    )
     return 0 if all(result["checks"].values()) else 1
 
 

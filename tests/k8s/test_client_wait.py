@@ -234,10 +234,10 @@ def test_cluster_change_upgrades_through_a_pending_cluster(client, server) -> No
 # --- the stand-in's statuses against the v1.7 CRD schema --------------------------------
 
 REPO = Path(__file__).resolve().parents[2]
-# The repo's vendored CRD when there is one, else the copy shared with this workspace.
+# The repo's vendored CRD when there is one, else ../shared/ beside the clone (CI has it).
 CRD_CANDIDATES = [
     *sorted(REPO.glob("kuberay/**/ray.io_rayservices.yaml")),
-    Path("/work/shared/kuberay-crds/ray.io_rayservices.yaml"),
+    REPO.parent / "shared" / "kuberay-crds" / "ray.io_rayservices.yaml",
 ]
 
 

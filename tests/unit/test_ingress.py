@@ -1,0 +1,41 @@
+"""HAProxy wrapper: admin listeners move to the admin host, the frontend stays (no Ray)."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from serve_app.ingress import haproxy_env, write_wrapper
+
+CONFIG = """global
+    stats socket /tmp/x/admin.sock mode 666 level admin
+frontend prometheus
+    bind :9101
+    mode http
+frontend http_frontend
+    bind 127.0.0.1:8000
+listen stats
+  bind *:8404
+  stats enable
+"""
+
+
+def test_wrapper_rebinds_admin_listeners_and_execs(tmp_path: Path) -> None:
+    fake = tmp_path / "fake-haproxy"
+    fake.write_text('#!/bin/sh\necho "ran with: $*"\n')
+    fake.chmod(0o755)
+    cfg = tmp_path / "haproxy.cfg"
+    cfg.write_text(CONFIG)
+    wrapper = write_wrapper("127.0.0.1", binary=str(fake), directory=str(tmp_path))
+    out = subprocess.run([str(wrapper), "-db", "-f", str(cfg), "-dR"], capture_output=True,
+                         text=True, check=True, timeout=10).stdout
+    assert out == f"ran with: -db -f {cfg} -dR\n"
+    binds = [line.strip() for line in cfg.read_text().splitlines() if "bind" in line]
+    assert binds == ["bind 127.0.0.1:9101", "bind 127.0.0.1:8000", "bind 127.0.0.1:8404"]
+
+
+def test_env_for_pods_keeps_ray_defaults() -> None:
+    assert haproxy_env(None) == {"RAY_SERVE_ENABLE_HA_PROXY": "1"}
+    env = haproxy_env("127.0.0.1")
+    assert env["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
+    assert Path(env["RAY_SERVE_HAPROXY_BINARY_PATH"]).is_file()
