@@ -81,35 +81,69 @@ def _model(**changes: Any) -> dict[str, Any]:
 
 
 SCENARIOS = [
-    Scenario("baseline", "Serve defaults: Python proxy, 1 torch thread (Ray's OMP=1), "
-             "batch 32 / 10 ms, access log on", _model(),
-             http={"ingress": "proxy", "access_log": True}),
-    Scenario("+haproxy", "HAProxy ingress straight to the replica", _model(),
-             http={"ingress": "haproxy", "access_log": True}),
-    Scenario("+no-access-log", "no per-request access log line", _model(),
-             http={"ingress": "haproxy", "access_log": False}),
-    Scenario("+2-threads", "torch intra-op threads = cores", _model(resources={"torch_threads": 2}),
-             http={"ingress": "haproxy", "access_log": False}),
-    Scenario("+wait-2ms", "batch_wait_timeout_s 0.002: a lone request does not wait 10 ms",
-             _model(resources={"torch_threads": 2}, batching={"batch_wait_timeout_s": 0.002}),
-             http={"ingress": "haproxy", "access_log": False}),
-    Scenario("+onnx", "ONNX Runtime export of the same weights (version 2)",
-             _model(version=2, resources={"torch_threads": 2}, batching={"batch_wait_timeout_s": 0.002}),
-             http={"ingress": "haproxy", "access_log": False}),
-    Scenario("+length-aware", "mixed-length traffic, max_batch_tokens 2048 (sort + split by length)",
-             _model(version=2, resources={"torch_threads": 2},
-                    batching={"batch_wait_timeout_s": 0.002, "max_batch_tokens": 2048}),
-             http={"ingress": "haproxy", "access_log": False}, mixed=True),
-    Scenario("onnx-mixed-no-length-aware", "mixed-length traffic, one padded forward per batch",
-             _model(version=2, resources={"torch_threads": 2}, batching={"batch_wait_timeout_s": 0.002}),
-             http={"ingress": "haproxy", "access_log": False}, mixed=True),
+    Scenario(
+        "baseline",
+        "Serve defaults: Python proxy, 1 torch thread (Ray's OMP=1), "
+        "batch 32 / 10 ms, access log on",
+        _model(),
+        http={"ingress": "proxy", "access_log": True},
+    ),
+    Scenario(
+        "+haproxy",
+        "HAProxy ingress straight to the replica",
+        _model(),
+        http={"ingress": "haproxy", "access_log": True},
+    ),
+    Scenario(
+        "+no-access-log",
+        "no per-request access log line",
+        _model(),
+        http={"ingress": "haproxy", "access_log": False},
+    ),
+    Scenario(
+        "+2-threads",
+        "torch intra-op threads = cores",
+        _model(resources={"torch_threads": 2}),
+        http={"ingress": "haproxy", "access_log": False},
+    ),
+    Scenario(
+        "+wait-2ms",
+        "batch_wait_timeout_s 0.002: a lone request does not wait 10 ms",
+        _model(resources={"torch_threads": 2}, batching={"batch_wait_timeout_s": 0.002}),
+        http={"ingress": "haproxy", "access_log": False},
+    ),
+    Scenario(
+        "+onnx",
+        "ONNX Runtime export of the same weights (version 2)",
+        _model(version=2, resources={"torch_threads": 2}, batching={"batch_wait_timeout_s": 0.002}),
+        http={"ingress": "haproxy", "access_log": False},
+    ),
+    Scenario(
+        "+length-aware",
+        "mixed-length traffic, max_batch_tokens 2048 (sort + split by length)",
+        _model(
+            version=2,
+            resources={"torch_threads": 2},
+            batching={"batch_wait_timeout_s": 0.002, "max_batch_tokens": 2048},
+        ),
+        http={"ingress": "haproxy", "access_log": False},
+        mixed=True,
+    ),
+    Scenario(
+        "onnx-mixed-no-length-aware",
+        "mixed-length traffic, one padded forward per batch",
+        _model(version=2, resources={"torch_threads": 2}, batching={"batch_wait_timeout_s": 0.002}),
+        http={"ingress": "haproxy", "access_log": False},
+        mixed=True,
+    ),
 ]
 
 
 def body(texts: list[str]) -> str:
     """OIP JSON body for ``texts``."""
-    return json.dumps({"inputs": [{"name": "text", "shape": [len(texts)], "datatype": "BYTES",
-                                   "data": texts}]})
+    return json.dumps(
+        {"inputs": [{"name": "text", "shape": [len(texts)], "datatype": "BYTES", "data": texts}]}
+    )
 
 
 def wrk_script(payloads: list[str], path: Path) -> Path:
@@ -121,7 +155,7 @@ def wrk_script(payloads: list[str], path: Path) -> Path:
         "request = function()\n  i = i % #bodies + 1\n"
         "  return wrk.format(nil, nil, nil, bodies[i])\nend\n"
         "response = function(status, headers, b)\n  codes[status] = (codes[status] or 0) + 1\nend\n"
-        'done = function(summary, latency, requests)\n  for k, v in pairs(codes) do\n'
+        "done = function(summary, latency, requests)\n  for k, v in pairs(codes) do\n"
         '    io.write(string.format("STATUS %d %d\\n", k, v))\n  end\nend\n'
     )
     return path
@@ -129,12 +163,27 @@ def wrk_script(payloads: list[str], path: Path) -> Path:
 
 def run_wrk(script: Path, connections: int, duration_s: float) -> dict[str, Any]:
     """One closed-loop wrk run; returns rps, latency percentiles (ms) and status counts."""
-    subprocess.run(["wrk", "-t1", f"-c{connections}", "-d2s", "-s", str(script), INFER],
-                   capture_output=True, check=True)  # warm-up
+    subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", "-d2s", "-s", str(script), INFER],
+        capture_output=True,
+        check=True,
+    )  # warm-up
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{duration_s:.0f}s", "--latency", "--timeout", "10s",
-         "-s", str(script), INFER],
-        capture_output=True, text=True, check=True,
+        [
+            "wrk",
+            "-t1",
+            f"-c{connections}",
+            f"-d{duration_s:.0f}s",
+            "--latency",
+            "--timeout",
+            "10s",
+            "-s",
+            str(script),
+            INFER,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     lat = {}
@@ -143,7 +192,8 @@ def run_wrk(script: Path, connections: int, duration_s: float) -> dict[str, Any]
     codes = {int(c): int(n) for c, n in re.findall(r"^STATUS (\d+) (\d+)$", out, re.M)}
     sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     errors = sum(n for c, n in codes.items() if c != 200) + (
-        sum(int(x) for x in sock.groups()) if sock else 0)
+        sum(int(x) for x in sock.groups()) if sock else 0
+    )
     return {"rps": rps, **lat, "status": codes, "errors": errors}
 
 
@@ -166,7 +216,9 @@ def wait_first_200(deadline_s: float) -> float:
     data = body([SENTENCE]).encode()
     while time.monotonic() < deadline_s:
         try:
-            req = urllib.request.Request(INFER, data=data, headers={"Content-Type": "application/json"})
+            req = urllib.request.Request(
+                INFER, data=data, headers={"Content-Type": "application/json"}
+            )
             with urllib.request.urlopen(req, timeout=2) as r:
                 if r.status == 200:
                     return time.monotonic()
@@ -178,22 +230,32 @@ def wait_first_200(deadline_s: float) -> float:
 
 def run_scenario(s: Scenario, repo_root: Path, duration_s: float, tmp: Path) -> dict[str, Any]:
     """Start ``serve-app demo`` for the scenario, measure, stop it."""
-    app = {"repository": {"root": str(repo_root)},
-           "http": {"host": "127.0.0.1", "port": PORT, **s.http}, "models": [s.model]}
+    app = {
+        "repository": {"root": str(repo_root)},
+        "http": {"host": "127.0.0.1", "port": PORT, **s.http},
+        "models": [s.model],
+    }
     cfg = tmp / f"{s.name.strip('+')}.yaml"
     cfg.write_text(yaml.safe_dump(app))
     env = {**os.environ, "SERVE_APP_LOG_TO_DRIVER": "0", **s.env}
     exe = str(Path(sys.executable).parent / "serve-app")
     log = open(tmp / f"{s.name.strip('+')}.log", "w")
     t0 = time.monotonic()
-    proc = subprocess.Popen([exe, "demo", "--config", str(cfg), "--serve-config", ""],
-                            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    proc = subprocess.Popen(
+        [exe, "demo", "--config", str(cfg), "--serve-config", ""],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
+    )
     result: dict[str, Any] = {"name": s.name, "why": s.why, "app_config": app, "env": s.env}
     try:
         result["cold_start_s"] = round(wait_first_200(t0 + 240) - t0, 1)
         time.sleep(2)
         loads = {}
-        single = [body(MIXED[i:i + 1]) for i in range(len(MIXED))] if s.mixed else [body([SENTENCE])]
+        single = (
+            [body(MIXED[i : i + 1]) for i in range(len(MIXED))] if s.mixed else [body([SENTENCE])]
+        )
         eight = [body(MIXED)] if s.mixed else [body([SENTENCE] * 8)]
         for rows, payloads in ((1, single), (8, eight)):
             script = wrk_script(payloads, tmp / f"rows{rows}.lua")
@@ -201,8 +263,11 @@ def run_scenario(s: Scenario, repo_root: Path, duration_s: float, tmp: Path) -> 
                 r = run_wrk(script, c, duration_s)
                 r["sentences_per_s"] = round(r["rps"] * rows, 1)
                 loads[f"rows{rows}_c{c}"] = r
-                print(f"  {s.name:28s} rows={rows} c={c:<3d} {r['rps']:8.1f} req/s "
-                      f"p99 {r.get('p99_ms', float('nan')):7.1f} ms errors {r['errors']}", flush=True)
+                print(
+                    f"  {s.name:28s} rows={rows} c={c:<3d} {r['rps']:8.1f} req/s "
+                    f"p99 {r.get('p99_ms', float('nan')):7.1f} ms errors {r['errors']}",
+                    flush=True,
+                )
         result["loads"] = loads
         time.sleep(5)
         result["idle_pss_gib"] = round(pss_bytes(proc.pid) / 2**30, 2)
@@ -222,11 +287,28 @@ def raw_baselines(repo_root: Path, duration_s: float) -> list[dict[str, Any]]:
     """Raw model numbers for torch (v1) and ONNX (v2), 2 threads, in subprocesses."""
     out = []
     for version in (1, 2):
-        line = subprocess.run(
-            [sys.executable, "-m", "loadtest.raw_model", "--repo", str(repo_root),
-             "--version", str(version), "--threads", "2", "--duration-s", str(duration_s)],
-            capture_output=True, text=True, check=True,
-        ).stdout.strip().splitlines()[-1]
+        line = (
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "loadtest.raw_model",
+                    "--repo",
+                    str(repo_root),
+                    "--version",
+                    str(version),
+                    "--threads",
+                    "2",
+                    "--duration-s",
+                    str(duration_s),
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            .stdout.strip()
+            .splitlines()[-1]
+        )
         out.append(json.loads(line))
         print(f"  raw {out[-1]}", flush=True)
     return out
@@ -245,13 +327,23 @@ def machine() -> dict[str, Any]:
         ort_version = None
     cpu = platform.processor() or ""
     try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                   if line.startswith("model name"))
+        cpu = next(
+            line.split(":", 1)[1].strip()
+            for line in open("/proc/cpuinfo")
+            if line.startswith("model name")
+        )
     except (OSError, StopIteration):
         pass
-    return {"date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "cpus": os.cpu_count(),
-            "cpu_model": cpu, "python": platform.python_version(), "ray": ray.__version__,
-            "torch": torch.__version__, "onnxruntime": ort_version, "platform": platform.platform()}
+    return {
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "cpus": os.cpu_count(),
+        "cpu_model": cpu,
+        "python": platform.python_version(),
+        "ray": ray.__version__,
+        "torch": torch.__version__,
+        "onnxruntime": ort_version,
+        "platform": platform.platform(),
+    }
 
 
 def render_table(results: dict[str, Any]) -> str:
@@ -289,7 +381,9 @@ def render_table(results: dict[str, Any]) -> str:
 
 def main() -> None:
     """Run raw baselines and every scenario; write JSON and Markdown results."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--quick", action="store_true", help="4 s loads instead of 10 s")
     p.add_argument("--repo", default="model-repository")
     p.add_argument("--only", default="", help="comma-separated scenario names")

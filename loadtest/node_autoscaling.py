@@ -617,6 +617,10 @@ def _rel(t: float | None, t0: float) -> float | None:
     return None if t is None else round(t - t0, 2)
 
 
+def _between(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else round(b - a, 2)
+
+
 def _ms(values: list[float], q: int) -> float | None:
     if len(values) < 2:
         return round(values[0] * 1000, 1) if values else None
@@ -680,10 +684,7 @@ def analyse(s: Settings, rec: Recorder, stats: LoadStats, logs_dir: Path) -> dic
         if new_nodes
         else None,
     }
-    durations = {
-        f"{a}_to_{b}_s": None if ev[a] is None or ev[b] is None else round(ev[b] - ev[a], 2)  # type: ignore[operator]
-        for _, a, b in DURATIONS
-    }
+    durations = {f"{a}_to_{b}_s": _between(ev[a], ev[b]) for _, a, b in DURATIONS}
     lat = [x for _, x, _ in stats.records]
     requests = {
         "ok": stats.ok,

@@ -24,10 +24,10 @@ def build_app(args: dict[str, Any]) -> Application:
     if isinstance(parsed, ModelAppArgs):
         from serve_app.server.model_deployment import ModelDeployment
 
-        return ModelDeployment.bind(parsed.model_dump(mode="json"))
+        return ModelDeployment.bind(parsed.model_dump(mode="json"))  # type: ignore[attr-defined]
     from serve_app.server.oip_server import OIPServer
 
-    return OIPServer.bind(parsed.model_dump(mode="json"))
+    return OIPServer.bind(parsed.model_dump(mode="json"))  # type: ignore[attr-defined]
 
 
 def build_model_app(app: AppConfig, name: str, **bind_kwargs: Any) -> Application:
@@ -39,4 +39,4 @@ def build_model_app(app: AppConfig, name: str, **bind_kwargs: Any) -> Applicatio
     opts = deployment_options(model)
     opts.pop("name")
     args = ModelAppArgs.from_config(app, model).model_dump(mode="json")
-    return ModelDeployment.options(**opts).bind(args, **bind_kwargs)
+    return ModelDeployment.options(**opts).bind(args, **bind_kwargs)  # type: ignore[attr-defined]

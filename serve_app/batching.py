@@ -23,7 +23,9 @@ def flatten_rows(requests: Sequence[Sequence[Any]]) -> tuple[list[Any], list[int
     return rows, counts
 
 
-def split_rows(outputs: dict[str, np.ndarray], counts: Sequence[int]) -> list[dict[str, np.ndarray]]:
+def split_rows(
+    outputs: dict[str, np.ndarray], counts: Sequence[int]
+) -> list[dict[str, np.ndarray]]:
     """Inverse of ``flatten_rows`` for stacked outputs: one dict per request."""
     total = sum(counts)
     for name, array in outputs.items():

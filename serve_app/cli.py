@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import Literal
 
 from serve_app.constants import DEFAULT_APP_CONFIG, DEFAULT_SERVE_CONFIG
 
@@ -42,11 +43,14 @@ def _models_verify(a: argparse.Namespace) -> int:
     names = [a.name] if a.name else list(repo.models())
     bad = 0
     for name in names:
-        versions = [a.version] if a.version else repo.versions(name) or ["latest"]
+        versions: list[Literal["latest"] | int] = (
+            [a.version] if a.version else [*repo.versions(name)] or ["latest"]
+        )
         for v in versions:
             try:
                 ok = repo.verify(name, v)
-                print(f"OK   {name}/{ok.version} ({ok.manifest.total_bytes} bytes, {ok.verify_s:.2f} s)")
+                size = ok.manifest.total_bytes
+                print(f"OK   {name}/{ok.version} ({size} bytes, {ok.verify_s:.2f} s)")
             except RepositoryError as e:
                 print(f"FAIL {e}")
                 bad += 1
@@ -90,7 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     pub.add_argument("--name", required=True, help="model name")
     pub.add_argument("--version", type=int, default=None, help="version (default: next)")
     pub.add_argument(
-        "--format", choices=["auto", "onnx"], default="auto",
+        "--format",
+        choices=["auto", "onnx"],
+        default="auto",
         help="onnx: export a Hugging Face sentence-embedding folder to ONNX first",
     )
     pub.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -114,7 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="publish demo models and serve them locally")
     demo.add_argument("--config", default=DEFAULT_APP_CONFIG, help="AppConfig file")
     demo.add_argument(
-        "--serve-config", default=DEFAULT_SERVE_CONFIG,
+        "--serve-config",
+        default=DEFAULT_SERVE_CONFIG,
         help="committed Serve config to check for drift ('' to skip)",
     )
     demo.add_argument("--timeout-s", type=float, default=300.0)

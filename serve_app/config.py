@@ -87,7 +87,9 @@ class AutoscalingConfig(StrictModel):
         16, gt=0, description="Ongoing (running + queued) requests per replica to aim for."
     )
     upscale_delay_s: float = Field(5.0, ge=0, description="Sustained demand before scaling up.")
-    downscale_delay_s: float = Field(60.0, ge=0, description="Sustained idleness before scaling down.")
+    downscale_delay_s: float = Field(
+        60.0, ge=0, description="Sustained idleness before scaling down."
+    )
     look_back_period_s: float = Field(10.0, gt=0, description="Window the metric is averaged over.")
     metrics_interval_s: float = Field(2.0, gt=0, description="How often replicas report metrics.")
 

@@ -56,7 +56,9 @@ def onnx_available() -> bool:
     return all(importlib.util.find_spec(m) for m in ("onnx", "onnxruntime"))
 
 
-def ensure_demo_models(root: str | Path, progress: bool = True, with_onnx: bool = True) -> list[str]:
+def ensure_demo_models(
+    root: str | Path, progress: bool = True, with_onnx: bool = True
+) -> list[str]:
     """Publish the demo models into ``root`` unless present; returns what was published.
 
     ``minilm`` version 1 is the Hugging Face folder; version 2 (with the ``onnx`` extra)
@@ -115,8 +117,11 @@ def run_demo(app_config_path: str, serve_config_path: str | None, timeout_s: flo
     if serve_config_path is not None:
         current = Path(serve_config_path).read_text() if Path(serve_config_path).exists() else ""
         if current != render_local(app, app_config_path, serve_config_path):
-            print(f"warning: {serve_config_path} differs from {app_config_path}; "
-                  "serving the latter (run `serve-app render`)", file=sys.stderr)
+            print(
+                f"warning: {serve_config_path} differs from {app_config_path}; "
+                "serving the latter (run `serve-app render`)",
+                file=sys.stderr,
+            )
     model_apps = [a for a in config["applications"] if a["args"].get("kind") == "model"]
     for a in model_apps:  # replicas may not share our working directory
         repo = a["args"]["repository"]
@@ -148,8 +153,11 @@ def run_demo(app_config_path: str, serve_config_path: str | None, timeout_s: flo
         )
         http = config.get("http_options", {})
         base = f"http://{http.get('host', '127.0.0.1')}:{http.get('port', 8000)}"
-        print(f"\nserve_app is up in {time.monotonic() - t0:.1f} s at {base} "
-              f"(ingress: {app.http.ingress})", flush=True)
+        print(
+            f"\nserve_app is up in {time.monotonic() - t0:.1f} s at {base} "
+            f"(ingress: {app.http.ingress})",
+            flush=True,
+        )
         print(f"  models:  curl -s {base}/v2/models", flush=True)
         print(f"  embed:   {example_curl(base)}", flush=True)
         print(f"  {local.auth_hint()}", flush=True)

@@ -80,6 +80,5 @@ def render_serve_config(
         "proxy_location": proxy_location,
         "http_options": http_options,
         "logging_config": {"enable_access_log": app.http.access_log},
-        "applications": [server_application(app)]
-        + [model_application(app, m) for m in app.models],
+        "applications": [server_application(app)] + [model_application(app, m) for m in app.models],
     }

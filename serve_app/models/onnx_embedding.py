@@ -35,8 +35,11 @@ class OnnxEmbeddingAdapter(ModelAdapter):
         if device.startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
             providers.insert(0, "CUDAExecutionProvider")
         self.session = ort.InferenceSession(str(folder / "model.onnx"), opts, providers=providers)
-        dim = int(self.session.get_outputs()[0].shape[-1]) if isinstance(
-            self.session.get_outputs()[0].shape[-1], int) else 384
+        dim = (
+            int(self.session.get_outputs()[0].shape[-1])
+            if isinstance(self.session.get_outputs()[0].shape[-1], int)
+            else 384
+        )
         self.info = ModelInfo(
             platform="onnxruntime",
             inputs=[TEXT_INPUT],

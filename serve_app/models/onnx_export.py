@@ -49,13 +49,18 @@ def export_onnx(hf_folder: Path, out_dir: Path) -> dict[str, Any]:
             self.model = model
 
         def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-            hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            hidden = self.model(
+                input_ids=input_ids, attention_mask=attention_mask
+            ).last_hidden_state
             return mean_pool_normalize(hidden, attention_mask)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     ids = torch.ones(2, 16, dtype=torch.int64)
-    dynamic = {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"},
-               "embedding": {0: "batch"}}
+    dynamic = {
+        "input_ids": {0: "batch", 1: "seq"},
+        "attention_mask": {0: "batch", 1: "seq"},
+        "embedding": {0: "batch"},
+    }
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         # The TorchScript-based exporter: the dynamo one needs onnxscript, which the
@@ -80,7 +85,11 @@ def export_onnx(hf_folder: Path, out_dir: Path) -> dict[str, Any]:
     text = np.array(CHECK_SENTENCES, dtype=object)
     ref = eager.forward(eager.prepare({"text": text}))["embedding"]
     got = fast.forward(fast.prepare({"text": text}))["embedding"]
-    cosine = float(np.min(np.sum(ref * got, axis=1) / (np.linalg.norm(ref, axis=1) * np.linalg.norm(got, axis=1))))
+    cosine = float(
+        np.min(
+            np.sum(ref * got, axis=1) / (np.linalg.norm(ref, axis=1) * np.linalg.norm(got, axis=1))
+        )
+    )
     max_abs = float(np.abs(ref - got).max())
     if cosine < MIN_COSINE:
         raise PublishError(f"ONNX export disagrees with the eager model: min cosine {cosine:.6f}")
@@ -88,7 +97,12 @@ def export_onnx(hf_folder: Path, out_dir: Path) -> dict[str, Any]:
 
 
 def publish_onnx(
-    src: str | Path, root: str | Path, name: str, *, version: int | None = None, progress: bool = False
+    src: str | Path,
+    root: str | Path,
+    name: str,
+    *,
+    version: int | None = None,
+    progress: bool = False,
 ) -> Path:
     """Export ``src`` (a Hugging Face folder, e.g. an existing version) and publish it."""
     from serve_app.repository.publish import publish
@@ -100,6 +114,13 @@ def publish_onnx(
         meta = export_onnx(src, Path(tmp))
         meta["exported_from"] = str(src.resolve())
         return publish(
-            tmp, root, name, version=version, format="onnx", task="sentence-embedding",
-            source=f"onnx export of {src.resolve()}", metadata=meta, progress=progress,
+            tmp,
+            root,
+            name,
+            version=version,
+            format="onnx",
+            task="sentence-embedding",
+            source=f"onnx export of {src.resolve()}",
+            metadata=meta,
+            progress=progress,
         )

@@ -48,7 +48,9 @@ class TextTokenizer:
         if text.ndim == 2 and text.shape[1] == 1:
             text = text[:, 0]
         if text.ndim != 1:
-            raise InvalidInput(f"input 'text' must have shape [N] or [N, 1], got {list(text.shape)}")
+            raise InvalidInput(
+                f"input 'text' must have shape [N] or [N, 1], got {list(text.shape)}"
+            )
         if len(text) == 0:
             raise InvalidInput("input 'text' is empty")
         sentences = []

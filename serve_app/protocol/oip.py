@@ -258,7 +258,9 @@ def encode_response(
     if wanted is not None:
         unknown = sorted(set(wanted) - set(outputs))
         if unknown:
-            raise InvalidInput(f"unknown output(s) requested: {unknown}; model has {sorted(outputs)}")
+            raise InvalidInput(
+                f"unknown output(s) requested: {unknown}; model has {sorted(outputs)}"
+            )
         names = list(wanted)
     else:
         names = list(outputs)
@@ -281,7 +283,9 @@ def encode_response(
             entry["parameters"] = {"binary_data_size": len(buf)}
             buffers.append(buf)
         elif array.dtype == object:
-            entry["data"] = [x.decode("utf-8") if isinstance(x, bytes) else x for x in array.reshape(-1)]
+            entry["data"] = [
+                x.decode("utf-8") if isinstance(x, bytes) else x for x in array.reshape(-1)
+            ]
         else:
             entry["data"] = array.reshape(-1)
         out_json.append(entry)

@@ -103,7 +103,9 @@ class ModelRepository:
         version = int(policy)
         version_dir = model_dir / str(version)
         if not version_dir.is_dir():
-            raise ModelVersionNotFound(f"model {name!r} version {version} not found at {version_dir}")
+            raise ModelVersionNotFound(
+                f"model {name!r} version {version} not found at {version_dir}"
+            )
         return version
 
     def read_manifest(self, name: str, version: int) -> Manifest:

@@ -140,9 +140,7 @@ def publish(
     try:
         on_bytes = bar.update if bar is not None else None
         with ThreadPoolExecutor(max_workers=max(1, min(workers, len(files)))) as pool:
-            digests = list(
-                pool.map(lambda f: _copy_and_hash(f[0], tmp / f[1], on_bytes), files)
-            )
+            digests = list(pool.map(lambda f: _copy_and_hash(f[0], tmp / f[1], on_bytes), files))
         entries = [
             FileEntry(path=rel, size_bytes=(tmp / rel).stat().st_size, sha256=digest)
             for (_, rel), digest in zip(files, digests, strict=True)

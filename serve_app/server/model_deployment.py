@@ -31,9 +31,7 @@ from serve_app.server.runtime import AdapterLoader, ModelRuntime
 
 logger = logging.getLogger("ray.serve")
 
-model_api = FastAPI(
-    title="serve_app model", docs_url=None, redoc_url=None, openapi_url=None
-)
+model_api = FastAPI(title="serve_app model", docs_url=None, redoc_url=None, openapi_url=None)
 model_api.add_middleware(ExactPrefixMiddleware)
 install_error_handlers(model_api)
 

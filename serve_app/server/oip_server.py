@@ -36,7 +36,12 @@ class ModelState:
 
     def to_json(self) -> dict[str, Any]:
         """Body form for ``/v2/models``."""
-        return {"name": self.name, "ready": self.ready, "state": self.status, "reason": self.message}
+        return {
+            "name": self.name,
+            "ready": self.ready,
+            "state": self.status,
+            "reason": self.message,
+        }
 
 
 def status_name(status: Any) -> str:

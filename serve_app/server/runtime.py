@@ -142,10 +142,11 @@ class ModelRuntime:
         t0 = time.perf_counter()
         self.version = self.repository.verify(self.name, self.version_policy)
         t1 = time.perf_counter()
-        self.adapter = self.adapter_loader(self.version, self.device)
+        adapter = self.adapter_loader(self.version, self.device)
         t2 = time.perf_counter()
-        items = self.adapter.warmup_items(probe_rows)
-        per_row = measure_peak_bytes(lambda: self.adapter.forward(items), self.device) // probe_rows
+        items = adapter.warmup_items(probe_rows)
+        per_row = measure_peak_bytes(lambda: adapter.forward(items), self.device) // probe_rows
+        self.adapter = adapter
         t3 = time.perf_counter()
         if cap_to_memory and per_row > 0:
             free = free_memory_bytes(self.device)

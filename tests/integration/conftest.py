@@ -83,7 +83,9 @@ def model_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for name in (BROKEN, GPU_MODEL):
         shutil.copytree(root / MLP_HEAD, root / name)
         manifest = root / name / "1" / "manifest.json"
-        manifest.write_text(manifest.read_text().replace(f'"name": "{MLP_HEAD}"', f'"name": "{name}"'))
+        manifest.write_text(
+            manifest.read_text().replace(f'"name": "{MLP_HEAD}"', f'"name": "{name}"')
+        )
     weights = root / BROKEN / "1" / "model.safetensors"
     data = bytearray(weights.read_bytes())
     data[len(data) // 2] ^= 0xFF

@@ -24,7 +24,9 @@ SENTENCES = [
 
 
 def infer_body(texts: list[str], rid: str | None = None) -> dict:
-    body: dict = {"inputs": [{"name": "text", "shape": [len(texts)], "datatype": "BYTES", "data": texts}]}
+    body: dict = {
+        "inputs": [{"name": "text", "shape": [len(texts)], "datatype": "BYTES", "data": texts}]
+    }
     if rid is not None:
         body["id"] = rid
     return body
@@ -44,7 +46,11 @@ def wait_for(predicate, timeout_s: float = 60.0, interval_s: float = 0.5):
 def test_server_metadata_and_liveness(client: httpx.Client) -> None:
     r = client.get("/v2")
     assert r.status_code == 200
-    assert r.json() == {"name": "serve_app", "version": "0.1.0", "extensions": ["binary_tensor_data"]}
+    assert r.json() == {
+        "name": "serve_app",
+        "version": "0.1.0",
+        "extensions": ["binary_tensor_data"],
+    }
     r = client.get("/v2/health/live")
     assert (r.status_code, r.json()) == (200, {"live": True})
 
@@ -69,9 +75,8 @@ def test_model_metadata_and_ready(client: httpx.Client) -> None:
 def test_unknown_model_and_version_are_404(client: httpx.Client) -> None:
     r = client.get("/v2/models/nope")
     assert r.status_code == 404
-    assert r.json() == {
-        "error": f"unknown model 'nope'; served models: ['minilm', 'mlp-head', '{BROKEN}', '{GPU_MODEL}']"
-    }
+    served = f"['minilm', 'mlp-head', '{BROKEN}', '{GPU_MODEL}']"
+    assert r.json() == {"error": f"unknown model 'nope'; served models: {served}"}
     r = client.post("/v2/models/nope/infer", json=infer_body(["x"]))
     assert r.status_code == 404
     r = client.get("/v2/models/minilm/versions/9")
@@ -107,23 +112,35 @@ def test_binary_extension_roundtrip(client: httpx.Client) -> None:
     buf = b"".join(struct.pack("<I", len(t)) + t for t in text)
     header = orjson.dumps(
         {
-            "inputs": [{"name": "text", "shape": [2], "datatype": "BYTES",
-                        "parameters": {"binary_data_size": len(buf)}}],
+            "inputs": [
+                {
+                    "name": "text",
+                    "shape": [2],
+                    "datatype": "BYTES",
+                    "parameters": {"binary_data_size": len(buf)},
+                }
+            ],
             "parameters": {"binary_data_output": True},
         }
     )
     r = client.post(
         "/v2/models/minilm/infer",
         content=header + buf,
-        headers={"Inference-Header-Content-Length": str(len(header)),
-                 "Content-Type": "application/octet-stream"},
+        headers={
+            "Inference-Header-Content-Length": str(len(header)),
+            "Content-Type": "application/octet-stream",
+        },
     )
     assert r.status_code == 200
     n = int(r.headers["inference-header-content-length"])
     meta = orjson.loads(r.content[:n])
     assert meta["outputs"] == [
-        {"name": "embedding", "datatype": "FP32", "shape": [2, 384],
-         "parameters": {"binary_data_size": 2 * 384 * 4}}
+        {
+            "name": "embedding",
+            "datatype": "FP32",
+            "shape": [2, 384],
+            "parameters": {"binary_data_size": 2 * 384 * 4},
+        }
     ]
     emb = np.frombuffer(r.content[n:], dtype="<f4").reshape(2, 384)
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), [1.0, 1.0], atol=1e-5)
@@ -140,7 +157,10 @@ def test_error_statuses(client: httpx.Client) -> None:
         "/v2/models/minilm/infer",
         json={"inputs": [{"name": "text", "shape": [2], "datatype": "BYTES", "data": ["a"]}]},
     )
-    assert (r.status_code, r.json()) == (400, {"error": "input 'text': shape [2] needs 2 elements, got 1"})
+    assert (r.status_code, r.json()) == (
+        400,
+        {"error": "input 'text': shape [2] needs 2 elements, got 1"},
+    )
     r = client.post(
         "/v2/models/minilm/infer",
         json={"inputs": [{"name": "wrong", "shape": [1], "datatype": "BYTES", "data": ["a"]}]},
@@ -148,9 +168,14 @@ def test_error_statuses(client: httpx.Client) -> None:
     assert (r.status_code, r.json()) == (400, {"error": "missing input 'text'; got ['wrong']"})
     r = client.post(
         "/v2/models/mlp-head/infer",
-        json={"inputs": [{"name": "input", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}]},
+        json={
+            "inputs": [{"name": "input", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}]
+        },
     )
-    assert (r.status_code, r.json()) == (400, {"error": "input 'input' must have shape [N, 384], got [1, 3]"})
+    assert (r.status_code, r.json()) == (
+        400,
+        {"error": "input 'input' must have shape [N, 384], got [1, 3]"},
+    )
     big = b"x" * (1024 * 1024 + 1)
     r = client.post("/v2/models/minilm/infer", content=big)
     assert r.status_code == 413
@@ -175,7 +200,7 @@ def test_concurrent_requests_are_batched(serve_app_url: str) -> None:
         codes = list(pool.map(one, range(48)))
     assert codes == [200] * 48
     after = handle.batch_stats.remote().result()
-    new_sizes = after["recent_sizes"][len(before["recent_sizes"]):]
+    new_sizes = after["recent_sizes"][len(before["recent_sizes"]) :]
     print(f"batch sizes under 24 concurrent clients: {new_sizes}")
     assert after["rows"] - before["rows"] == 48
     assert max(new_sizes) > 1
@@ -189,7 +214,9 @@ def test_user_config_change_applies_without_restart(model_root: Path, serve_app_
     handle = serve.get_app_handle("mlp-head")
     before = handle.batch_stats.remote().result()
     assert (before["max_batch_size"], before["batch_wait_timeout_s"]) == (8, 0.01)
-    app = make_app_config(model_root, port, mlp_batching={"max_batch_size": 3, "batch_wait_timeout_s": 0.02})
+    app = make_app_config(
+        model_root, port, mlp_batching={"max_batch_size": 3, "batch_wait_timeout_s": 0.02}
+    )
     deploy_and_wait(app, ["oip", "minilm", "mlp-head"])
     after = wait_for(
         lambda: (s := handle.batch_stats.remote().result())["max_batch_size"] == 3 and s
@@ -206,9 +233,11 @@ def test_corrupt_weights_keep_replica_unready(client: httpx.Client, model_root: 
 
     bad_file = model_root / BROKEN / "1" / "model.safetensors"
     app = wait_for(
-        lambda: (a := serve.status().applications.get(BROKEN))
-        and status_name(a.status) == "DEPLOY_FAILED"
-        and a,
+        lambda: (
+            (a := serve.status().applications.get(BROKEN))
+            and status_name(a.status) == "DEPLOY_FAILED"
+            and a
+        ),
         timeout_s=90,
     )
     message = app.deployments["ModelDeployment"].message

@@ -34,7 +34,9 @@ def test_batch_must_fit_ongoing_requests() -> None:
         in str(e.value)
     )
     ok = ModelConfig(
-        name="m", batching={"max_batch_size": 16, "max_concurrent_batches": 2}, max_ongoing_requests=32
+        name="m",
+        batching={"max_batch_size": 16, "max_concurrent_batches": 2},
+        max_ongoing_requests=32,
     )
     assert ok.max_ongoing_requests == 32
 
@@ -63,7 +65,10 @@ def test_autoscaling_bounds() -> None:
 
 
 def test_fractional_gpus() -> None:
-    assert ResourcesConfig(num_gpus=0.25).to_ray_actor_options() == {"num_cpus": 1.0, "num_gpus": 0.25}
+    assert ResourcesConfig(num_gpus=0.25).to_ray_actor_options() == {
+        "num_cpus": 1.0,
+        "num_gpus": 0.25,
+    }
     assert ResourcesConfig(num_gpus=2).num_gpus == 2
     with pytest.raises(ValidationError, match="num_gpus above 1 must be a whole number"):
         ResourcesConfig(num_gpus=1.5)

@@ -27,8 +27,13 @@ def test_wrapper_rebinds_admin_listeners_and_execs(tmp_path: Path) -> None:
     cfg = tmp_path / "haproxy.cfg"
     cfg.write_text(CONFIG)
     wrapper = write_wrapper("127.0.0.1", binary=str(fake), directory=str(tmp_path))
-    out = subprocess.run([str(wrapper), "-db", "-f", str(cfg), "-dR"], capture_output=True,
-                         text=True, check=True, timeout=10).stdout
+    out = subprocess.run(
+        [str(wrapper), "-db", "-f", str(cfg), "-dR"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=10,
+    ).stdout
     assert out == f"ran with: -db -f {cfg} -dR\n"
     binds = [line.strip() for line in cfg.read_text().splitlines() if "bind" in line]
     assert binds == ["bind 127.0.0.1:9101", "bind 127.0.0.1:8000", "bind 127.0.0.1:8404"]

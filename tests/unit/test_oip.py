@@ -38,18 +38,30 @@ def test_decode_bytes_and_fp32() -> None:
 @pytest.mark.parametrize(
     ("inp", "message"),
     [
-        ({"name": "x", "shape": [3], "datatype": "FP32", "data": [1, 2]},
-         "input 'x': shape [3] needs 3 elements, got 2"),
-        ({"name": "x", "shape": [1], "datatype": "FP99", "data": [1]},
-         "input 'x': unknown datatype 'FP99'"),
-        ({"name": "x", "shape": [1], "datatype": "INT64", "data": ["a"]},
-         "input 'x': data does not fit INT64: numeric data expected"),
-        ({"name": "x", "shape": [1], "datatype": "BYTES", "data": [1]},
-         "input 'x': BYTES data must be strings"),
-        ({"name": "x", "shape": [-1], "datatype": "FP32", "data": [1]},
-         "input 'x': shape [-1] has a negative dimension"),
-        ({"name": "x", "shape": [1], "datatype": "FP32"},
-         "input 'x': no data and no binary_data_size"),
+        (
+            {"name": "x", "shape": [3], "datatype": "FP32", "data": [1, 2]},
+            "input 'x': shape [3] needs 3 elements, got 2",
+        ),
+        (
+            {"name": "x", "shape": [1], "datatype": "FP99", "data": [1]},
+            "input 'x': unknown datatype 'FP99'",
+        ),
+        (
+            {"name": "x", "shape": [1], "datatype": "INT64", "data": ["a"]},
+            "input 'x': data does not fit INT64: numeric data expected",
+        ),
+        (
+            {"name": "x", "shape": [1], "datatype": "BYTES", "data": [1]},
+            "input 'x': BYTES data must be strings",
+        ),
+        (
+            {"name": "x", "shape": [-1], "datatype": "FP32", "data": [1]},
+            "input 'x': shape [-1] has a negative dimension",
+        ),
+        (
+            {"name": "x", "shape": [1], "datatype": "FP32"},
+            "input 'x': no data and no binary_data_size",
+        ),
     ],
 )
 def test_decode_errors_are_400(inp: dict, message: str) -> None:
@@ -77,10 +89,18 @@ def test_binary_request_roundtrip() -> None:
     header = _json(
         {
             "inputs": [
-                {"name": "x", "shape": [2, 3], "datatype": "FP32",
-                 "parameters": {"binary_data_size": x.nbytes}},
-                {"name": "t", "shape": [2], "datatype": "BYTES",
-                 "parameters": {"binary_data_size": len(text_buf)}},
+                {
+                    "name": "x",
+                    "shape": [2, 3],
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": x.nbytes},
+                },
+                {
+                    "name": "t",
+                    "shape": [2],
+                    "datatype": "BYTES",
+                    "parameters": {"binary_data_size": len(text_buf)},
+                },
             ],
             "outputs": [{"name": "y", "parameters": {"binary_data": True}}, {"name": "z"}],
         }
@@ -93,8 +113,16 @@ def test_binary_request_roundtrip() -> None:
 
 def test_binary_size_errors() -> None:
     header = _json(
-        {"inputs": [{"name": "x", "shape": [2], "datatype": "FP32",
-                     "parameters": {"binary_data_size": 8}}]}
+        {
+            "inputs": [
+                {
+                    "name": "x",
+                    "shape": [2],
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": 8},
+                }
+            ]
+        }
     )
     with pytest.raises(InvalidInput, match="binary_data_size 8 runs past the body"):
         oip.decode_request(header + b"1234", header_length=len(header))
@@ -103,8 +131,16 @@ def test_binary_size_errors() -> None:
     with pytest.raises(InvalidInput, match="Inference-Header-Content-Length 999 outside body"):
         oip.decode_request(header, header_length=999)
     bad_text = _json(
-        {"inputs": [{"name": "t", "shape": [1], "datatype": "BYTES",
-                     "parameters": {"binary_data_size": 6}}]}
+        {
+            "inputs": [
+                {
+                    "name": "t",
+                    "shape": [1],
+                    "datatype": "BYTES",
+                    "parameters": {"binary_data_size": 6},
+                }
+            ]
+        }
     )
     with pytest.raises(InvalidInput, match="BYTES element 0 runs past the buffer"):
         oip.decode_request(bad_text + struct.pack("<I", 9) + b"ab", header_length=len(bad_text))
@@ -119,7 +155,9 @@ def test_encode_json_response_echoes_id() -> None:
     assert orjson.loads(body) == {
         "model_name": "m",
         "model_version": "3",
-        "outputs": [{"name": "embedding", "datatype": "FP32", "shape": [1, 2], "data": [0.5, -1.25]}],
+        "outputs": [
+            {"name": "embedding", "datatype": "FP32", "shape": [1, 2], "data": [0.5, -1.25]}
+        ],
         "id": "abc",
     }
 

@@ -166,7 +166,9 @@ def test_read_only_root_loads_without_writing(repo: ModelRepository) -> None:
                 isinstance(flags, int) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT)
             ):
                 writes.append(str(args[0]))
-        elif event in ("os.remove", "os.rename", "os.mkdir", "os.chmod") and str(args[0]).startswith(root):
+        elif event in ("os.remove", "os.rename", "os.mkdir", "os.chmod") and str(
+            args[0]
+        ).startswith(root):
             writes.append(f"{event} {args[0]}")
 
     sys.addaudithook(hook)
@@ -192,7 +194,11 @@ def test_partial_state_dict_refused(tmp_path: Path) -> None:
     save_file({"net.0.weight": torch.zeros(3, 4)}, str(path))
     publish(path, tmp_path / "repo", "mlp", architecture=ARCH)
     v = ModelRepository(tmp_path / "repo").verify("mlp")
-    with pytest.raises(IntegrityError, match=r"w.safetensors does not match mlp: (?s:.*)Missing key\(s\) in state_dict: \"net.0.bias\""):
+    with pytest.raises(
+        IntegrityError,
+        match=r"w.safetensors does not match mlp: (?s:.*)"
+        r"Missing key\(s\) in state_dict: \"net.0.bias\"",
+    ):
         load_adapter(v, "cpu")
 
 
@@ -207,14 +213,35 @@ def test_cli_verify_exit_codes(repo: ModelRepository, capsys: pytest.CaptureFixt
     assert f"FAIL model 'mlp' version 1: sha256 mismatch for {path}" in capsys.readouterr().out
 
 
-def test_cli_publish_and_list(weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_publish_and_list(
+    weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     src = tmp_path / "hf"
     src.mkdir()
     (src / "config.json").write_text("{}")
     (src / "model.safetensors").write_bytes(weights.read_bytes())
     root = tmp_path / "r"
-    assert cli_main(["models", "publish", str(src), "--repo", str(root), "--name", "hf", "--quiet"]) == 0
-    assert cli_main(["models", "publish", str(src), "--repo", str(root), "--name", "hf", "--version", "1", "--quiet"]) == 2
+    assert (
+        cli_main(["models", "publish", str(src), "--repo", str(root), "--name", "hf", "--quiet"])
+        == 0
+    )
+    assert (
+        cli_main(
+            [
+                "models",
+                "publish",
+                str(src),
+                "--repo",
+                str(root),
+                "--name",
+                "hf",
+                "--version",
+                "1",
+                "--quiet",
+            ]
+        )
+        == 2
+    )
     assert "already exists" in capsys.readouterr().err
     assert cli_main(["models", "list", "--repo", str(root)]) == 0
     assert capsys.readouterr().out.startswith("hf\t1\thuggingface\tsentence-embedding\t")
