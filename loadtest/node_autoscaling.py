@@ -847,6 +847,8 @@ def summary_markdown(result: dict[str, Any]) -> str:
     """Human-readable summary: durations, events, replicas, requests, checks."""
     s, r, m = result["settings"], result["requests"], result["machine"]
     lat = r["latency_ms"]
+    failures = f" {r['failures']}" if r["failures"] else ""
+    events = sorted(result["events"].items(), key=lambda kv: 1e9 if kv[1] is None else kv[1])
     rows = [
         f"| {label} | {_fmt(result['durations'][f'{a}_to_{b}_s'])} |" for label, a, b in DURATIONS
     ]
@@ -878,7 +880,7 @@ def summary_markdown(result: dict[str, Any]) -> str:
             "",
             "| event | t from load start (s) |",
             "|---|---|",
-            *[f"| {k} | {_fmt(v)} |" for k, v in result["events"].items()],
+            *[f"| {k} | {_fmt(v)} |" for k, v in events],
             "",
             "| replica | node | first seen (s) | RUNNING (s) | gone (s) |",
             "|---|---|---|---|---|",
@@ -888,7 +890,7 @@ def summary_markdown(result: dict[str, Any]) -> str:
                 for x in result["replicas"]
             ],
             "",
-            f"Requests: {r['ok']} ok, {r['failed']} failed {r['failures'] or ''}, "
+            f"Requests: {r['ok']} ok, {r['failed']} failed{failures}, "
             f"{r['throughput_rps']} req/s, latency p50 {lat['p50']} ms, p95 {lat['p95']} ms, max "
             f"{lat['max']} ms. Served per GPU node (at deploy {result['baseline_gpu_workers']}, "
             f"added under load {result['new_gpu_workers']}): {r['by_node']}. Node removed after "

@@ -31,6 +31,9 @@ class OnnxEmbeddingAdapter(ModelAdapter):
         opts.intra_op_num_threads = threads or session_threads()
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # No busy-waiting between ops: the replica's event loop and the ingress share
+        # these cores; measured equal or better batch throughput with less CPU.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = ["CPUExecutionProvider"]
         if device.startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
             providers.insert(0, "CUDAExecutionProvider")

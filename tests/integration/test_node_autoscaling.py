@@ -29,8 +29,15 @@ SETTLE_BOUND_S = 40.0
 3 s downscale delay and a 6 s node idle timeout; 2 shared cores make it slower)."""
 
 
-def run_short_experiment(out: Path, run_id: str) -> subprocess.CompletedProcess[str]:
-    """The same chain, with the load stopped 3 s after a replica runs on the new node."""
+def run_short_experiment(
+    out: Path, run_id: str
+) -> tuple[subprocess.CompletedProcess[str], list[int], bool]:
+    """The same chain, with the load stopped 3 s after a replica runs on the new node.
+
+    Returns the finished run, the pids of the run's Ray processes still alive after it
+    exited, and whether its temp dir was left; both are cleaned up here in any case (also
+    when the run times out), never by name and never beyond this run.
+    """
     cmd = [
         sys.executable,
         "-m",
@@ -46,25 +53,28 @@ def run_short_experiment(out: Path, run_id: str) -> subprocess.CompletedProcess[
         "--settle-timeout-s",
         str(SETTLE_BOUND_S),
     ]
+    temp_dir = Path(nas.cluster_temp_dir(run_id))
     try:
-        return subprocess.run(
+        proc = subprocess.run(
             cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=RUN_TIMEOUT_S
         )
     finally:
-        # Only matters if the run was killed before its own cleanup: the leftovers are
-        # checked (and failed on) by the test, but never left running.
-        leftovers = nas.find_cluster_processes(run_id)
+        leftovers = [p.pid for p in nas.find_cluster_processes(run_id)]
+        temp_left = temp_dir.exists()
         if leftovers:
             nas.kill_cluster_processes(run_id)
-            shutil.rmtree(nas.cluster_temp_dir(run_id), ignore_errors=True)
-            pytest.fail(f"run {run_id} left Ray processes behind: {leftovers}")
+        shutil.rmtree(temp_dir, ignore_errors=True)
+    return proc, leftovers, temp_left
 
 
 def test_gpu_node_added_under_load_and_removed_after(tmp_path: Path) -> None:
     run_id = "t" + uuid.uuid4().hex[:9]
     out = tmp_path / "node_autoscaling.json"
-    proc = run_short_experiment(out, run_id)
+    proc, leftovers, temp_left = run_short_experiment(out, run_id)
     log = f"\nstdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-4000:]}"
+    # The run cleaned up after itself: no Ray process of its cluster, no temp dir.
+    assert leftovers == [], f"Ray processes left behind: {leftovers}{log}"
+    assert not temp_left, log
     assert out.exists(), f"no results (exit {proc.returncode}){log}"
     result = json.loads(out.read_text())
     ev, d, req = result["events"], result["durations"], result["requests"]
@@ -86,9 +96,7 @@ def test_gpu_node_added_under_load_and_removed_after(tmp_path: Path) -> None:
     assert 0 <= d["load_stop_to_replicas_scaled_down_s"] <= SETTLE_BOUND_S, d
     assert 0 <= d["load_stop_to_node_removed_s"] <= SETTLE_BOUND_S, d
     assert len(result["removed_gpu_workers"]) == 1, result["removed_gpu_workers"]
-    assert len(result["timeline"][-1]["gpu_workers"]) == 1, result["timeline"][-1]
-    assert result["timeline"][-1]["replica_states"] == {"RUNNING": 1}, result["timeline"][-1]
+    last = [x for x in result["timeline"] if "error" not in x][-1]
+    assert len(last["gpu_workers"]) == 1 and last["replica_states"] == {"RUNNING": 1}, last
     assert all(result["checks"].values()), result["checks"]
     assert proc.returncode == 0, log
-    # The cluster's temp dir went with it (processes were checked in the helper).
-    assert not Path(nas.cluster_temp_dir(run_id)).exists()
