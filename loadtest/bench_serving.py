@@ -119,20 +119,39 @@ SCENARIOS = [
         http={"ingress": "haproxy", "access_log": False},
     ),
     Scenario(
-        "+length-aware",
-        "mixed-length traffic, max_batch_tokens 2048 (sort + split by length)",
+        "+same-loop",
+        "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD=0: user code on the replica's main "
+        "event loop, no cross-thread hop per request",
+        _model(version=2, resources={"torch_threads": 2}, batching={"batch_wait_timeout_s": 0.002}),
+        http={"ingress": "haproxy", "access_log": False},
+        env={"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0"},
+    ),
+    Scenario(
+        "2-replicas-x-1-thread",
+        "(instead of +same-loop, on +onnx) two replicas with one ONNX thread each",
         _model(
             version=2,
-            resources={"torch_threads": 2},
-            batching={"batch_wait_timeout_s": 0.002, "max_batch_tokens": 2048},
+            num_replicas=2,
+            resources={"torch_threads": 1, "num_cpus": 1},
+            batching={"batch_wait_timeout_s": 0.002},
         ),
+        http={"ingress": "haproxy", "access_log": False},
+    ),
+    Scenario(
+        "mixed-lengths",
+        "(on +onnx) mixed-length traffic, one forward per batch padded to its longest row",
+        _model(version=2, resources={"torch_threads": 2}, batching={"batch_wait_timeout_s": 0.002}),
         http={"ingress": "haproxy", "access_log": False},
         mixed=True,
     ),
     Scenario(
-        "onnx-mixed-no-length-aware",
-        "mixed-length traffic, one padded forward per batch",
-        _model(version=2, resources={"torch_threads": 2}, batching={"batch_wait_timeout_s": 0.002}),
+        "mixed+length-aware",
+        "mixed-length traffic, max_batch_tokens 1024: rows sorted by length, forwards split",
+        _model(
+            version=2,
+            resources={"torch_threads": 2},
+            batching={"batch_wait_timeout_s": 0.002, "max_batch_tokens": 1024},
+        ),
         http={"ingress": "haproxy", "access_log": False},
         mixed=True,
     ),
@@ -395,7 +414,7 @@ def main() -> None:
 
     repo_root = Path(a.repo).resolve()
     ensure_demo_models(repo_root, progress=False)
-    duration_s = 4.0 if a.quick else 10.0
+    duration_s = 4.0 if a.quick else 8.0
     results: dict[str, Any] = {"machine": machine(), "duration_s": duration_s}
     print("raw model:", flush=True)
     results["raw"] = raw_baselines(repo_root, 3.0 if a.quick else 5.0)

@@ -171,5 +171,8 @@ def run_demo(app_config_path: str, serve_config_path: str | None, timeout_s: flo
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 1
     finally:
+        # A second Ctrl-C must not cut the cleanup short; it is bounded anyway.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         local.stop_ray()
         print("stopped; no Ray processes left.", flush=True)

@@ -119,12 +119,43 @@ def stop_ray(timeout_s: float = 15.0) -> None:
 
     if not ray.is_initialized():
         return
+    # HAProxy is a child of a Ray actor; killing the actor orphans it (it keeps :8000),
+    # so note our HAProxy processes first and end any that outlive Ray.
+    haproxies = _descendants_named("haproxy")
     t = threading.Thread(target=serve.shutdown, daemon=True)
     t.start()
     t.join(timeout_s * 0.6)
     if t.is_alive():
         logger.warning("serve.shutdown did not finish in %.0f s; stopping Ray", timeout_s * 0.6)
     ray.shutdown()
+    _terminate(haproxies, timeout_s=3.0)
+
+
+def _descendants_named(name: str) -> list[Any]:
+    import psutil
+
+    found = []
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if p.name() == name:
+                found.append(p)
+        except psutil.NoSuchProcess:
+            pass
+    return found
+
+
+def _terminate(procs: list[Any], timeout_s: float) -> None:
+    import psutil
+
+    alive = [p for p in procs if p.is_running()]
+    for p in alive:
+        try:
+            p.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _gone, still = psutil.wait_procs(alive, timeout=timeout_s)
+    for p in still:
+        p.kill()
 
 
 def auth_hint() -> str:

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import logging
 import uuid
+from typing import Any
 
-from fastapi import FastAPI, Request
+import orjson
+from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.requests import Request
+from starlette.responses import Response
 
 from serve_app.errors import PayloadTooLarge, ServeAppError, ServiceUnavailable
 from serve_app.protocol.oip import JSON_CONTENT_TYPE
@@ -22,16 +24,16 @@ from serve_app.protocol.oip import JSON_CONTENT_TYPE
 logger = logging.getLogger(__name__)
 
 
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    """``body`` as JSON (orjson) with ``status``."""
+    return Response(
+        orjson.dumps(body), status_code=status, media_type=JSON_CONTENT_TYPE, headers=headers
+    )
+
+
 def json_error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
     """``{"error": message}`` with ``status``."""
-    import orjson
-
-    return Response(
-        orjson.dumps({"error": message}),
-        status_code=status,
-        media_type=JSON_CONTENT_TYPE,
-        headers=headers,
-    )
+    return json_response({"error": message}, status, headers)
 
 
 def error_response(exc: BaseException, retry_after_s: int = 1) -> Response:
@@ -79,18 +81,3 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
             raise PayloadTooLarge(f"request body exceeds the limit of {max_bytes} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
-
-
-class ExactPrefixMiddleware:
-    """Let a route ``/`` answer the bare route prefix (``/v2/models/x``) instead of
-    redirecting to ``/v2/models/x/``: OIP metadata URLs have no trailing slash."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            root = scope.get("root_path", "")
-            if root and scope["path"] == root:
-                scope = dict(scope, path=root + "/", raw_path=(root + "/").encode())
-        await self.app(scope, receive, send)

@@ -13,27 +13,20 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
-from fastapi import FastAPI, Request
-from fastapi.responses import Response
 from ray import serve
+from starlette.requests import Request
+from starlette.responses import Response
 
 from serve_app.batching import flatten_rows, split_rows
 from serve_app.config import BatchingConfig, ModelAppArgs
 from serve_app.errors import ModelNotFound
 from serve_app.protocol import oip
 from serve_app.repository.loader import ModelRepository
-from serve_app.server.http import (
-    ExactPrefixMiddleware,
-    install_error_handlers,
-    read_body,
-)
+from serve_app.server.http import error_response, json_response, read_body
+from serve_app.server.routes import match
 from serve_app.server.runtime import AdapterLoader, ModelRuntime
 
 logger = logging.getLogger("ray.serve")
-
-model_api = FastAPI(title="serve_app model", docs_url=None, redoc_url=None, openapi_url=None)
-model_api.add_middleware(ExactPrefixMiddleware)
-install_error_handlers(model_api)
 
 
 def _rows_of(requests: list[list[Any]]) -> int:
@@ -41,7 +34,6 @@ def _rows_of(requests: list[list[Any]]) -> int:
 
 
 @serve.deployment(name="ModelDeployment", max_ongoing_requests=64)
-@serve.ingress(model_api)
 class ModelDeployment:
     """A model replica. ``args`` are ``ModelAppArgs``; ``adapter_loader`` is injectable
     so tests can run the real Serve path around a stand-in model."""
@@ -68,6 +60,7 @@ class ModelDeployment:
         self._apply_batching(self.batching, rebuild=True)
         assert self.runtime.version is not None
         self.version = str(self.runtime.version.version)
+        self.route_prefix = f"/v2/models/{self.args.name}"
 
     # --- configuration -------------------------------------------------------------
 
@@ -138,8 +131,7 @@ class ModelDeployment:
                 f"(serving version {self.version})"
             )
 
-    async def _infer(self, request: Request, version: str | None) -> Response:
-        self._check_version(version)
+    async def _infer(self, request: Request) -> Response:
         body = await read_body(request, self.args.http.max_request_bytes)
         header_length = request.headers.get(oip.HEADER_LENGTH)
         decoded = oip.decode_request(
@@ -179,29 +171,19 @@ class ModelDeployment:
             "device": self.runtime.device,
         }
 
-    @model_api.get("/")
-    async def get_metadata(self) -> dict[str, Any]:
-        return self.metadata()
-
-    @model_api.get("/ready")
-    async def get_ready(self) -> dict[str, Any]:
-        self.runtime.require()
-        return {"name": self.args.name, "ready": True}
-
-    @model_api.post("/infer")
-    async def post_infer(self, request: Request) -> Response:
-        return await self._infer(request, None)
-
-    @model_api.get("/versions/{version}")
-    async def get_version_metadata(self, version: str) -> dict[str, Any]:
-        self._check_version(version)
-        return self.metadata()
-
-    @model_api.get("/versions/{version}/ready")
-    async def get_version_ready(self, version: str) -> dict[str, Any]:
-        self._check_version(version)
-        return {"name": self.args.name, "version": version, "ready": True}
-
-    @model_api.post("/versions/{version}/infer")
-    async def post_version_infer(self, request: Request, version: str) -> Response:
-        return await self._infer(request, version)
+    async def __call__(self, request: Request) -> Response:
+        """HTTP entry point: ``/v2/models/<name>[/versions/<v>][/ready|/infer]``."""
+        try:
+            route = match(request.method, request.url.path, self.route_prefix)
+            self._check_version(route.version)
+            if route.action == "infer":
+                return await self._infer(request)
+            if route.action == "ready":
+                self.runtime.require()
+                body: dict[str, Any] = {"name": self.args.name, "ready": True}
+                if route.version is not None:
+                    body["version"] = route.version
+                return json_response(body)
+            return json_response(self.metadata())
+        except Exception as e:  # one mapper for every error, never a traceback
+            return error_response(e, self.args.http.retry_after_s)

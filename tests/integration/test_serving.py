@@ -58,18 +58,20 @@ def test_server_metadata_and_liveness(client: httpx.Client) -> None:
 def test_model_metadata_and_ready(client: httpx.Client) -> None:
     expected = {
         "name": "minilm",
-        "versions": ["1"],
-        "platform": "pytorch_transformers",
+        "versions": ["2"],
+        "platform": "onnxruntime",
         "inputs": [{"name": "text", "datatype": "BYTES", "shape": [-1]}],
         "outputs": [{"name": "embedding", "datatype": "FP32", "shape": [-1, 384]}],
     }
-    for path in ("/v2/models/minilm", "/v2/models/minilm/versions/1"):
+    for path in ("/v2/models/minilm", "/v2/models/minilm/versions/2"):
         r = client.get(path)
         assert (r.status_code, r.json()) == (200, expected)
     r = client.get("/v2/models/minilm/ready")
     assert (r.status_code, r.json()) == (200, {"name": "minilm", "ready": True})
-    r = client.get("/v2/models/minilm/versions/1/ready")
-    assert (r.status_code, r.json()) == (200, {"name": "minilm", "version": "1", "ready": True})
+    r = client.get("/v2/models/minilm/versions/2/ready")
+    assert (r.status_code, r.json()) == (200, {"name": "minilm", "version": "2", "ready": True})
+    r = client.post("/v2/models/minilm/ready")
+    assert (r.status_code, r.json()) == (405, {"error": "POST not allowed on /v2/models/minilm/ready; use GET"})
 
 
 def test_unknown_model_and_version_are_404(client: httpx.Client) -> None:
@@ -81,12 +83,14 @@ def test_unknown_model_and_version_are_404(client: httpx.Client) -> None:
     assert r.status_code == 404
     r = client.get("/v2/models/minilm/versions/9")
     assert r.status_code == 404
-    assert r.json() == {"error": "model 'minilm' version 9 not found (serving version 1)"}
+    assert r.json() == {"error": "model 'minilm' version 9 not found (serving version 2)"}
     r = client.post("/v2/models/minilm/versions/9/infer", json=infer_body(["x"]))
     assert r.status_code == 404
 
 
 def test_infer_matches_in_process_model(client: httpx.Client) -> None:
+    """The demo serves minilm's latest version (the ONNX export); the reference is the
+    original model run in-process by sentence-transformers."""
     from sentence_transformers import SentenceTransformer
 
     from serve_app.demo import minilm_source
@@ -95,7 +99,7 @@ def test_infer_matches_in_process_model(client: httpx.Client) -> None:
     assert r.status_code == 200
     body = r.json()
     assert body["id"] == "req-7"
-    assert (body["model_name"], body["model_version"]) == ("minilm", "1")
+    assert (body["model_name"], body["model_version"]) == ("minilm", "2")
     (out,) = body["outputs"]
     assert (out["name"], out["datatype"], out["shape"]) == ("embedding", "FP32", [3, 384])
     served = np.asarray(out["data"], dtype=np.float32).reshape(3, 384)

@@ -49,3 +49,14 @@ def test_onnx_matches_eager_within_tolerance(onnx_dir: tuple[Path, dict]) -> Non
     assert float(cosine.min()) >= 0.9999
     assert float(np.abs(ref - got).max()) < 1e-5
     assert fast.info.platform == "onnxruntime"
+
+
+def test_eager_adapter_matches_sentence_transformers() -> None:
+    from sentence_transformers import SentenceTransformer
+
+    eager = HFEmbeddingAdapter(minilm_source(), "cpu")
+    got = eager.forward(eager.prepare({"text": np.array(SENTENCES, dtype=object)}))["embedding"]
+    ref = SentenceTransformer(str(minilm_source()), device="cpu").encode(
+        SENTENCES, convert_to_numpy=True, normalize_embeddings=True
+    )
+    assert float(np.abs(got - ref).max()) < 1e-5
