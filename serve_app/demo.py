@@ -104,6 +104,12 @@ def example_curl(base_url: str) -> str:
     )
 
 
+def _ignore_interrupts() -> None:
+    """A second Ctrl-C must not cut the cleanup short (it is bounded anyway)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def run_demo(app_config_path: str, serve_config_path: str | None, timeout_s: float = 300.0) -> int:
     """Serve the config rendered from ``app_config_path`` (the same content as the
     committed ``serve_config_path``) on a local Ray until Ctrl-C; returns an exit code."""
@@ -165,14 +171,13 @@ def run_demo(app_config_path: str, serve_config_path: str | None, timeout_s: flo
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
+        _ignore_interrupts()
         print("\nstopping...", flush=True)
         return 0
     except (local.DeployFailed, TimeoutError) as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 1
     finally:
-        # A second Ctrl-C must not cut the cleanup short; it is bounded anyway.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        _ignore_interrupts()
         local.stop_ray()
         print("stopped; no Ray processes left.", flush=True)

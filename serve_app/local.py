@@ -119,28 +119,28 @@ def stop_ray(timeout_s: float = 15.0) -> None:
 
     if not ray.is_initialized():
         return
-    # HAProxy is a child of a Ray actor; killing the actor orphans it (it keeps :8000),
-    # so note our HAProxy processes first and end any that outlive Ray.
-    haproxies = _descendants_named("haproxy")
+    # HAProxy is a child of a Ray actor; when the actor dies first (a terminal's Ctrl-C
+    # reaches every process of the group) HAProxy is orphaned and keeps :8000. Find ours
+    # by the node id in its config path and end any that outlive Ray.
+    node_id = ray.get_runtime_context().get_node_id()
+    haproxies = _haproxies_of(node_id)
     t = threading.Thread(target=serve.shutdown, daemon=True)
     t.start()
     t.join(timeout_s * 0.6)
     if t.is_alive():
         logger.warning("serve.shutdown did not finish in %.0f s; stopping Ray", timeout_s * 0.6)
     ray.shutdown()
-    _terminate(haproxies, timeout_s=3.0)
+    _terminate(haproxies + _haproxies_of(node_id), timeout_s=3.0)
 
 
-def _descendants_named(name: str) -> list[Any]:
+def _haproxies_of(node_id: str) -> list[Any]:
+    """HAProxy processes started for Ray node ``node_id`` (its id is in their -f path)."""
     import psutil
 
     found = []
-    for p in psutil.Process().children(recursive=True):
-        try:
-            if p.name() == name:
-                found.append(p)
-        except psutil.NoSuchProcess:
-            pass
+    for p in psutil.process_iter(["name", "cmdline"]):
+        if p.info["name"] == "haproxy" and any(node_id in a for a in p.info["cmdline"] or []):
+            found.append(p)
     return found
 
 

@@ -228,10 +228,14 @@ def test_models_configmap_feeds_job_and_workers(profile: ClusterProfile) -> None
 @pytest.mark.parametrize("profile", OVERLAYS)
 def test_ray_containers_get_the_ingress_environment(profile: ClusterProfile) -> None:
     app = load_app_config(REPO_ROOT / profile.app_config)
-    assert app.http.ingress == "proxy"
+    assert (app.http.ingress, app.http.admin_host, app.http.host) == ("haproxy", None, "0.0.0.0")
     for spec in pod_specs(profile).values():
         env = {e["name"]: e.get("value") for e in spec["containers"][0]["env"]}
-        assert env["RAY_SERVE_ENABLE_HA_PROXY"] == "0"
+        assert env["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
+        # The admin-port wrapper is a laptop concern; in a pod Ray's binary runs as is.
+        assert "RAY_SERVE_HAPROXY_BINARY_PATH" not in env
+        ports = {p["containerPort"] for p in spec["containers"][0].get("ports", [])}
+        assert not ports & {8404, 9101}, "HAProxy stats/metrics must not be declared"
 
 
 @pytest.mark.parametrize("profile", OVERLAYS)
