@@ -36,7 +36,7 @@ def build_model_app(app: AppConfig, name: str, **bind_kwargs: Any) -> Applicatio
     from serve_app.server.model_deployment import ModelDeployment
 
     model = app.model(name)
-    opts = deployment_options(model)
+    opts = deployment_options(model, app.http.retry_after_s)
     opts.pop("name")
     args = ModelAppArgs.from_config(app, model).model_dump(mode="json")
     return ModelDeployment.options(**opts).bind(args, **bind_kwargs)  # type: ignore[attr-defined]

@@ -149,7 +149,10 @@ def run_demo(app_config_path: str, serve_config_path: str | None, timeout_s: flo
         raise KeyboardInterrupt
 
     local.start_ray(http=app.http)
-    signal.signal(signal.SIGTERM, _stop)  # after ray.init, which installs its own handler
+    # After ray.init, which installs its own handlers. SIGINT explicitly too: a process
+    # started in the background by a shell inherits SIGINT ignored.
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         local.deploy_config(config)
         local.wait_running(

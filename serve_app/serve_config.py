@@ -15,8 +15,11 @@ MAX_CONSTRUCTOR_RETRIES = 3
 application turns DEPLOY_FAILED and requests fail fast instead of waiting for a replica."""
 
 
-def deployment_options(model: ModelConfig) -> dict[str, Any]:
-    """Serve deployment options of a model, as in the config file's ``deployments``."""
+def deployment_options(model: ModelConfig, retry_after_s: int = 1) -> dict[str, Any]:
+    """Serve deployment options of a model, as in the config file's ``deployments``.
+
+    Beyond ``max_queued_requests`` Serve rejects with 503 and ``Retry-After``
+    (``backpressure_config``), also on the HAProxy/direct-ingress path."""
     opts: dict[str, Any] = {
         "name": MODEL_DEPLOYMENT,
         "max_ongoing_requests": model.max_ongoing_requests,
@@ -27,6 +30,7 @@ def deployment_options(model: ModelConfig) -> dict[str, Any]:
         "health_check_timeout_s": model.health_check_timeout_s,
         "graceful_shutdown_timeout_s": model.graceful_shutdown_timeout_s,
         "max_constructor_retry_count": MAX_CONSTRUCTOR_RETRIES,
+        "backpressure_config": {"status_code": 503, "retry_after_s": retry_after_s},
     }
     if model.autoscaling is not None:
         opts["autoscaling_config"] = model.autoscaling.to_serve()
@@ -43,7 +47,7 @@ def model_application(app: AppConfig, model: ModelConfig) -> dict[str, Any]:
         "route_prefix": model.route_prefix,
         "import_path": IMPORT_PATH,
         "args": ModelAppArgs.from_config(app, model).model_dump(mode="json"),
-        "deployments": [deployment_options(model)],
+        "deployments": [deployment_options(model, app.http.retry_after_s)],
     }
 
 

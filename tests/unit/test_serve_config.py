@@ -50,4 +50,6 @@ def test_batching_lives_in_user_config_not_args() -> None:
     assert dep["user_config"] == app.model("minilm").batching.model_dump()
     assert dep["max_ongoing_requests"] == 64
     assert dep["max_constructor_retry_count"] == 3
+    assert dep["backpressure_config"] == {"status_code": 503, "retry_after_s": 1}
     assert dep["ray_actor_options"] == {"num_cpus": 1.0, "num_gpus": 0.0}
+    assert (dep["num_replicas"], minilm["args"]["torch_threads"]) == (2, 1)
