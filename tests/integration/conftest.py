@@ -6,6 +6,7 @@ a model with five 0.25-GPU replicas on a Ray that has one logical GPU.
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import time
@@ -99,6 +100,11 @@ def serve_app_url(model_root: Path) -> Iterator[str]:
     from serve_app import local
 
     local.prepare_environment({"SERVE_APP_LOG_TO_DRIVER": "0"})
+    port = free_port()
+    app = make_app_config(model_root, port)
+    # The demo's ingress (HAProxy by default), set before Ray starts.
+    ingress_env = local.ingress_environment(app.http)
+    os.environ.update(ingress_env)
     import ray
 
     ray.init(
@@ -109,13 +115,13 @@ def serve_app_url(model_root: Path) -> Iterator[str]:
         _node_ip_address="127.0.0.1",
         log_to_driver=False,
     )
-    port = free_port()
-    app = make_app_config(model_root, port)
     try:
         deploy_and_wait(app, ["oip", "minilm", MLP_HEAD])
         yield f"http://127.0.0.1:{port}"
     finally:
         local.stop_ray(timeout_s=20)
+        for key in ingress_env:  # later subprocess tests choose their own ingress
+            os.environ.pop(key, None)
 
 
 @pytest.fixture(scope="session")
