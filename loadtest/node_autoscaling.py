@@ -161,21 +161,10 @@ def find_cluster_processes(run_id: str) -> list[Any]:
 def kill_cluster_processes(run_id: str, grace_s: float = 8.0) -> int:
     """SIGTERM the run's processes, SIGKILL what is left after ``grace_s``; returns how
     many there were. Only this run's processes, by pid: never ``ray stop``."""
-    import psutil
+    from serve_app.local import terminate_processes
 
     procs = find_cluster_processes(run_id)
-    for p in procs:
-        try:
-            p.terminate()
-        except psutil.Error:
-            pass
-    _, alive = psutil.wait_procs(procs, timeout=grace_s)
-    for p in alive:
-        try:
-            p.kill()
-        except psutil.Error:
-            pass
-    psutil.wait_procs(alive, timeout=5)
+    terminate_processes(procs, timeout_s=grace_s)
     return len(procs)
 
 

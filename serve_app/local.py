@@ -130,7 +130,7 @@ def stop_ray(timeout_s: float = 15.0) -> None:
     if t.is_alive():
         logger.warning("serve.shutdown did not finish in %.0f s; stopping Ray", timeout_s * 0.6)
     ray.shutdown()
-    _terminate(haproxies + _haproxies_of(node_id), timeout_s=3.0)
+    terminate_processes(haproxies + _haproxies_of(node_id), timeout_s=3.0)
 
 
 def _haproxies_of(node_id: str) -> list[Any]:
@@ -144,18 +144,22 @@ def _haproxies_of(node_id: str) -> list[Any]:
     return found
 
 
-def _terminate(procs: list[Any], timeout_s: float) -> None:
+def terminate_processes(procs: list[Any], timeout_s: float) -> None:
+    """SIGTERM ``procs`` (psutil processes), SIGKILL those alive after ``timeout_s``."""
     import psutil
 
-    alive = [p for p in procs if p.is_running()]
-    for p in alive:
+    for p in procs:
         try:
             p.terminate()
-        except psutil.NoSuchProcess:
+        except psutil.Error:
             pass
-    _gone, still = psutil.wait_procs(alive, timeout=timeout_s)
+    _gone, still = psutil.wait_procs(procs, timeout=timeout_s)
     for p in still:
-        p.kill()
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(still, timeout=5)
 
 
 def auth_hint() -> str:

@@ -71,7 +71,8 @@ def test_model_metadata_and_ready(client: httpx.Client) -> None:
     r = client.get("/v2/models/minilm/versions/2/ready")
     assert (r.status_code, r.json()) == (200, {"name": "minilm", "version": "2", "ready": True})
     r = client.post("/v2/models/minilm/ready")
-    assert (r.status_code, r.json()) == (405, {"error": "POST not allowed on /v2/models/minilm/ready; use GET"})
+    expected_405 = {"error": "POST not allowed on /v2/models/minilm/ready; use GET"}
+    assert (r.status_code, r.json()) == (405, expected_405)
 
 
 def test_unknown_model_and_version_are_404(client: httpx.Client) -> None:
