@@ -16,6 +16,8 @@ run: $(STAMP)
 	$(VENV)/bin/serve-app demo
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check serve_app tests loadtest
+	$(VENV)/bin/mypy serve_app
 	$(VENV)/bin/pytest -q
 
 lint: $(STAMP)
