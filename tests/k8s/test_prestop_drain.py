@@ -10,6 +10,7 @@ pytest process may hold another Ray (tests/integration).
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import subprocess
@@ -91,8 +92,13 @@ def test_drain_args_of_hook() -> None:
 @pytest.mark.integration
 @pytest.mark.slow
 def test_drained_node_hands_its_replica_to_another_node() -> None:
+    # Three nodes on one machine share 127.0.0.1: Serve's Python proxy, whatever ingress
+    # an earlier test of the session put in the environment.
+    env = {**os.environ, "RAY_SERVE_ENABLE_HA_PROXY": "0"}
+    env.pop("RAY_SERVE_HAPROXY_BINARY_PATH", None)
     out = subprocess.run(
         [sys.executable, "-c", EXPERIMENT, json.dumps(drain_args_of_hook())],
+        env=env,
         capture_output=True,
         text=True,
         timeout=240,
