@@ -18,6 +18,11 @@ MODEL_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 _MODEL_NAME_RE = re.compile(MODEL_NAME_PATTERN)
 
 
+def model_route_prefix(name: str) -> str:
+    """Route prefix of a model's application: it answers its own OIP routes there."""
+    return f"/v2/models/{name}"
+
+
 class StrictModel(BaseModel):
     """Base for every config model: unknown keys are an error, values are immutable."""
 
@@ -199,7 +204,7 @@ class ModelConfig(StrictModel):
     @property
     def route_prefix(self) -> str:
         """Route prefix: the model's deployment answers its own OIP routes (one hop)."""
-        return f"/v2/models/{self.name}"
+        return model_route_prefix(self.name)
 
 
 class HttpConfig(StrictModel):

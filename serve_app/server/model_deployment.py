@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from serve_app.batching import flatten_rows, split_rows
-from serve_app.config import BatchingConfig, ModelAppArgs
+from serve_app.config import BatchingConfig, ModelAppArgs, model_route_prefix
 from serve_app.errors import ModelNotFound
 from serve_app.protocol import oip
 from serve_app.repository.loader import ModelRepository
@@ -60,7 +60,7 @@ class ModelDeployment:
         self._apply_batching(self.batching, rebuild=True)
         assert self.runtime.version is not None
         self.version = str(self.runtime.version.version)
-        self.route_prefix = f"/v2/models/{self.args.name}"
+        self.route_prefix = model_route_prefix(self.args.name)
 
     # --- configuration -------------------------------------------------------------
 
