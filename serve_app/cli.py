@@ -75,6 +75,29 @@ def _render(a: argparse.Namespace) -> int:
     return 0
 
 
+def _train_demo_heads(a: argparse.Namespace) -> int:
+    from serve_app.demo import ensure_demo_models
+    from serve_app.demo_heads import train_demo_heads
+
+    ensure_demo_models(a.repo, progress=not a.quiet, with_heads=False)
+    for name, acc in train_demo_heads(a.repo, progress=not a.quiet).items():
+        print(
+            f"{name}: held-out accuracy {acc['held_out_accuracy']:.3f} "
+            f"(train {acc['train_accuracy']:.3f})"
+        )
+    return 0
+
+
+def _validate(a: argparse.Namespace) -> int:
+    from serve_app.config import load_app_config
+    from serve_app.graph.check import check_pipelines
+
+    app = load_app_config(a.config)
+    for line in check_pipelines(app, a.repo):
+        print(line)
+    return 0
+
+
 def _demo(a: argparse.Namespace) -> int:
     from serve_app.demo import run_demo
 
@@ -116,6 +139,22 @@ def build_parser() -> argparse.ArgumentParser:
     ren.add_argument("--out", default=DEFAULT_SERVE_CONFIG)
     ren.add_argument("--check", action="store_true", help="fail if the file would change")
     ren.set_defaults(func=_render)
+
+    heads = sub.add_parser(
+        "train-demo-heads",
+        help="train the triage heads of the demo pipeline on the shipped tickets and publish them",
+    )
+    heads.add_argument("--repo", default="./model-repository", help="repository root")
+    heads.add_argument("--quiet", action="store_true", help="no progress bar")
+    heads.set_defaults(func=_train_demo_heads)
+
+    val = sub.add_parser(
+        "validate",
+        help="check the AppConfig's pipelines (datatypes, shapes) against the repository",
+    )
+    val.add_argument("--config", default=DEFAULT_APP_CONFIG)
+    val.add_argument("--repo", default=None, help="repository root (default: the config's)")
+    val.set_defaults(func=_validate)
 
     demo = sub.add_parser("demo", help="publish demo models and serve them locally")
     demo.add_argument("--config", default=DEFAULT_APP_CONFIG, help="AppConfig file")

@@ -7,40 +7,20 @@ model is validated here, including the couplings Ray only warns about.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-MODEL_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
-_MODEL_NAME_RE = re.compile(MODEL_NAME_PATTERN)
-
-
-def model_route_prefix(name: str) -> str:
-    """Route prefix of a model's application: it answers its own OIP routes there."""
-    return f"/v2/models/{name}"
-
-
-class StrictModel(BaseModel):
-    """Base for every config model: unknown keys are an error, values are immutable."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-def validate_model_name(name: str) -> str:
-    """Return ``name`` if it is a safe model name, else raise ``ValueError``.
-
-    Names become folder names in the repository and URL path segments, so path
-    separators, ``..`` and upper case are refused.
-    """
-    if not _MODEL_NAME_RE.match(name):
-        raise ValueError(
-            f"invalid model name {name!r}: use lower-case letters, digits, '-' and '_' "
-            "(1-63 characters, no path separators or '..')"
-        )
-    return name
+from serve_app.graph.spec import PipelineConfig
+from serve_app.graph.structure import model_nodes
+from serve_app.schema_base import (  # noqa: F401  (re-exported)
+    MODEL_NAME_PATTERN,
+    StrictModel,
+    model_route_prefix,
+    validate_model_name,
+)
 
 
 class RepositoryConfig(StrictModel):
@@ -143,10 +123,47 @@ class ResourcesConfig(StrictModel):
         return {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus}
 
 
+class StageConfig(StrictModel):
+    """One pipeline-parallel stage of a model: a range of encoder layers in its own
+    deployment, loading only its own tensors, with its own resources and replicas."""
+
+    layers: tuple[int, int] = Field(
+        description="Encoder layers [start, end) of this stage (start 0 adds the embeddings)."
+    )
+    num_replicas: int = Field(1, ge=1, description="Replicas when autoscaling is not set.")
+    autoscaling: AutoscalingConfig | None = Field(None, description="Autoscaling of this stage.")
+    resources: ResourcesConfig = Field(
+        default_factory=ResourcesConfig, description="CPUs/GPUs of one replica of this stage."
+    )
+
+    @field_validator("layers")
+    @classmethod
+    def _range(cls, v: tuple[int, int]) -> tuple[int, int]:
+        if not 0 <= v[0] < v[1]:
+            raise ValueError(f"stage layers must be [start, end) with 0 <= start < end, got {v}")
+        return v
+
+
 class ModelConfig(StrictModel):
     """One served model: a Serve application whose deployment answers its own OIP routes."""
 
-    name: str = Field(description="Model name: repository folder and URL path segment.")
+    name: str = Field(description="Model name: URL path segment (and repository folder).")
+    repository_name: str | None = Field(
+        None,
+        description=(
+            "Folder in the repository when it differs from ``name`` (e.g. the same weights "
+            "served whole and as stages)."
+        ),
+    )
+    stages: list[StageConfig] | None = Field(
+        None,
+        min_length=2,
+        description=(
+            "Pipeline parallelism: split a Hugging Face encoder (one safetensors file) into "
+            "consecutive layer ranges, each its own deployment; the model's route chains "
+            "them. None serves the model whole in one deployment."
+        ),
+    )
     version: Literal["latest"] | int = Field(
         "latest", description="Version policy: 'latest' (highest integer) or a pinned version."
     )
@@ -183,6 +200,30 @@ class ModelConfig(StrictModel):
         if v != "latest" and int(v) < 1:
             raise ValueError("version must be 'latest' or an integer >= 1")
         return v
+
+    @field_validator("repository_name")
+    @classmethod
+    def _check_repository_name(cls, v: str | None) -> str | None:
+        return None if v is None else validate_model_name(v)
+
+    @field_validator("stages")
+    @classmethod
+    def _consecutive(cls, v: list[StageConfig] | None) -> list[StageConfig] | None:
+        if v is None:
+            return v
+        if v[0].layers[0] != 0:
+            raise ValueError(f"the first stage must start at layer 0, got {list(v[0].layers)}")
+        for a, b in zip(v, v[1:], strict=False):
+            if a.layers[1] != b.layers[0]:
+                raise ValueError(
+                    f"stages must be consecutive: {list(a.layers)} then {list(b.layers)}"
+                )
+        return v
+
+    @property
+    def folder(self) -> str:
+        """The model's folder in the repository."""
+        return self.repository_name or self.name
 
     @model_validator(mode="after")
     def _batch_fits_ongoing(self) -> ModelConfig:
@@ -250,16 +291,47 @@ class AppConfig(StrictModel):
         "oip", description="Serve application name of the server routes (/v2, health, list)."
     )
     models: list[ModelConfig] = Field(min_length=1, description="The models to serve.")
+    pipelines: list[PipelineConfig] = Field(
+        default_factory=list,
+        description="Inference graphs over the models, each served at /v2/models/<name>.",
+    )
 
     @model_validator(mode="after")
     def _unique(self) -> AppConfig:
-        names = [m.name for m in self.models]
+        names = [m.name for m in self.models] + [p.name for p in self.pipelines]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
-            raise ValueError(f"duplicate model names: {dupes}")
+            raise ValueError(f"duplicate model/pipeline names: {dupes}")
         if self.server_name in names:
             raise ValueError(f"server_name {self.server_name!r} clashes with a model name")
         return self
+
+    @model_validator(mode="after")
+    def _pipeline_models(self) -> AppConfig:
+        models = {m.name: m for m in self.models}
+        for p in self.pipelines:
+            for node in model_nodes(p):
+                model = models.get(node.model)
+                if model is None:
+                    raise ValueError(
+                        f"pipeline {p.name!r} node {node.name!r}: unknown model {node.model!r} "
+                        f"(models: {sorted(models)})"
+                    )
+                if node.version is not None and node.version != model.version:
+                    raise ValueError(
+                        f"pipeline {p.name!r} node {node.name!r}: wants {node.model!r} version "
+                        f"{node.version!r}, but the model is served at version "
+                        f"{model.version!r} (one deployment per model; serve another version "
+                        "under its own name with repository_name)"
+                    )
+        return self
+
+    def pipeline(self, name: str) -> PipelineConfig:
+        """Return the pipeline called ``name`` (``KeyError`` if absent)."""
+        for p in self.pipelines:
+            if p.name == name:
+                return p
+        raise KeyError(name)
 
     def model(self, name: str) -> ModelConfig:
         """Return the config of model ``name`` (``KeyError`` if absent)."""
@@ -274,44 +346,3 @@ def load_app_config(path: str | Path) -> AppConfig:
     with open(path, encoding="utf-8") as f:
         data = yaml.safe_load(f)
     return AppConfig.model_validate(data)
-
-
-class ModelAppArgs(StrictModel):
-    """Builder args of one model application (what ``build_app`` receives).
-
-    Deployment options (replicas, autoscaling, resources, batching) are not here: they
-    live in the Serve config's ``deployments`` section, so changing them updates replicas
-    in place (``user_config``) or restarts them without rebuilding the application.
-    """
-
-    kind: Literal["model"] = "model"
-    repository: RepositoryConfig = Field(default_factory=RepositoryConfig)
-    http: HttpConfig = Field(default_factory=HttpConfig)
-    name: str = Field(description="Model name.")
-    version: Literal["latest"] | int = Field("latest", description="Version policy.")
-    torch_threads: int = Field(1, ge=1, description="torch intra-op threads in the replica.")
-
-    @classmethod
-    def from_config(cls, app: AppConfig, model: ModelConfig) -> ModelAppArgs:
-        """Slice of ``app`` that a model replica needs."""
-        threads = model.resources.torch_threads or max(1, int(model.resources.num_cpus))
-        return cls(
-            repository=app.repository,
-            http=app.http,
-            name=model.name,
-            version=model.version,
-            torch_threads=threads,
-        )
-
-
-class ServerAppArgs(StrictModel):
-    """Builder args of the server application (``/v2``, health, model list)."""
-
-    kind: Literal["server"] = "server"
-    http: HttpConfig = Field(default_factory=HttpConfig)
-    models: list[str] = Field(description="Names of the served models (their app names).")
-
-    @classmethod
-    def from_config(cls, app: AppConfig) -> ServerAppArgs:
-        """Slice of ``app`` that the server needs."""
-        return cls(http=app.http, models=[m.name for m in app.models])

@@ -19,6 +19,7 @@ MLP_HEAD_ARCH = Architecture(
     name="mlp", kwargs={"in_features": 384, "hidden": [128], "out_features": 8}
 )
 MLP_HEAD_SEED = 0
+TRIAGE = "triage"
 
 
 def minilm_source() -> Path:
@@ -57,12 +58,13 @@ def onnx_available() -> bool:
 
 
 def ensure_demo_models(
-    root: str | Path, progress: bool = True, with_onnx: bool = True
+    root: str | Path, progress: bool = True, with_onnx: bool = True, with_heads: bool = True
 ) -> list[str]:
     """Publish the demo models into ``root`` unless present; returns what was published.
 
     ``minilm`` version 1 is the Hugging Face folder; version 2 (with the ``onnx`` extra)
-    is its ONNX export, the faster runtime the demo serves as ``latest``."""
+    is its ONNX export, the faster runtime the demo serves as ``latest``. The triage
+    heads are trained on the shipped tickets (``serve-app train-demo-heads``)."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     repo = ModelRepository(root)
@@ -89,6 +91,18 @@ def ensure_demo_models(
                 progress=progress,
             )
         done.append(MLP_HEAD)
+    if with_heads:
+        from serve_app.demo_heads import HEADS, train_demo_heads
+
+        missing = [h.name for h in HEADS if not repo.versions(h.name)]
+        if missing:
+            for name, acc in train_demo_heads(root, progress=progress).items():
+                print(
+                    f"{name}: held-out accuracy {acc['held_out_accuracy']:.3f} "
+                    f"(train {acc['train_accuracy']:.3f})",
+                    flush=True,
+                )
+            done.extend(missing)
     return done
 
 
@@ -100,6 +114,19 @@ def example_curl(base_url: str) -> str:
     )
     return (
         f"curl -s {base_url}/v2/models/{MINILM}/infer -H 'Content-Type: application/json' "
+        f"-d '{body}'"
+    )
+
+
+def example_pipeline_curl(base_url: str) -> str:
+    """A ready-to-paste request to the demo's triage pipeline."""
+    body = (
+        '{"inputs": [{"name": "text", "shape": [2], "datatype": "BYTES", "data": '
+        '["I was charged twice for my subscription this month, please refund ASAP", '
+        '"How do I change the delivery address of an order?"]}]}'
+    )
+    return (
+        f"curl -s {base_url}/v2/models/{TRIAGE}/infer -H 'Content-Type: application/json' "
         f"-d '{body}'"
     )
 
@@ -138,6 +165,11 @@ def run_demo(app_config_path: str, serve_config_path: str | None, timeout_s: flo
         published = ensure_demo_models(root)
         if published:
             print(f"published {published} into {root}", flush=True)
+    from serve_app.graph.check import check_pipelines
+
+    for root in roots:  # datatypes and shapes of every pipeline edge, before deploying
+        for line in check_pipelines(app, root):
+            print(line, flush=True)
 
     stopping = False
 
@@ -169,6 +201,8 @@ def run_demo(app_config_path: str, serve_config_path: str | None, timeout_s: flo
         )
         print(f"  models:  curl -s {base}/v2/models", flush=True)
         print(f"  embed:   {example_curl(base)}", flush=True)
+        if app.pipelines:
+            print(f"  triage:  {example_pipeline_curl(base)}", flush=True)
         print(f"  {local.auth_hint()}", flush=True)
         print("Ctrl-C to stop.", flush=True)
         while True:

@@ -1,8 +1,9 @@
 """Typed errors that carry their HTTP status.
 
-Every error passes all its constructor arguments to ``super().__init__`` so that it
-survives pickling across Ray processes (a replica raising in ``__init__`` or in a
-batch reaches the ingress or the controller intact). One mapper in
+One pickling rule: every error passes all its constructor arguments, in order, to
+``super().__init__`` (they become ``args``, which is what pickle replays), so it
+survives the trip across Ray processes (a replica raising in ``__init__``, in a batch
+or in a pipeline node reaches the ingress or the controller intact). One mapper in
 ``serve_app.server.http`` turns them into responses.
 """
 
@@ -14,8 +15,8 @@ class ServeAppError(Exception):
 
     status_code: int = 500
 
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, *details: object) -> None:
+        super().__init__(message, *details)
         self.message = message
 
     def __str__(self) -> str:
@@ -52,12 +53,17 @@ class ServiceUnavailable(ServeAppError):
     status_code = 503
 
     def __init__(self, message: str, retry_after_s: int = 1) -> None:
-        super().__init__(message)
-        self.message = message
+        super().__init__(message, retry_after_s)
         self.retry_after_s = retry_after_s
 
-    def __reduce__(self):  # keep retry_after_s across pickling
-        return (type(self), (self.message, self.retry_after_s))
+
+class NodeError(ServeAppError):
+    """A pipeline node failed; answered with the node's own status, tagged with its name."""
+
+    def __init__(self, message: str, node: str, status_code: int = 500) -> None:
+        super().__init__(message, node, status_code)
+        self.node = node
+        self.status_code = status_code
 
 
 class ConfigError(ServeAppError):

@@ -5,11 +5,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from serve_app.config import AppConfig, ModelAppArgs, ModelConfig, ServerAppArgs
+from serve_app.app_args import (
+    MODEL_DEPLOYMENT,
+    ROUTER_DEPLOYMENT,
+    SERVER_DEPLOYMENT,
+    ModelAppArgs,
+    PipelineAppArgs,
+    ServerAppArgs,
+    StagedAppArgs,
+    stage_deployment,
+)
+from serve_app.config import AppConfig, ModelConfig
+from serve_app.graph.spec import PipelineConfig
 
 IMPORT_PATH = "serve_app.app:build_app"
-MODEL_DEPLOYMENT = "ModelDeployment"
-SERVER_DEPLOYMENT = "OIPServer"
 MAX_CONSTRUCTOR_RETRIES = 3
 """A model with bad weights fails the same way every time: give up after 3 tries, so the
 application turns DEPLOY_FAILED and requests fail fast instead of waiting for a replica."""
@@ -39,15 +48,65 @@ def deployment_options(model: ModelConfig, retry_after_s: int = 1) -> dict[str, 
     return opts
 
 
+def router_options(num_replicas: int = 1, max_ongoing_requests: int = 256) -> dict[str, Any]:
+    """Options of a ``PipelineRouter``: it mostly awaits its nodes, so no CPU is
+    reserved and it takes many requests at once."""
+    return {
+        "name": ROUTER_DEPLOYMENT,
+        "num_replicas": num_replicas,
+        "max_ongoing_requests": max_ongoing_requests,
+        "ray_actor_options": {"num_cpus": 0},
+    }
+
+
+def stage_options(model: ModelConfig, index: int, retry_after_s: int = 1) -> dict[str, Any]:
+    """Options of stage ``index`` of a staged model: the model's batching and limits,
+    the stage's own resources and replicas."""
+    assert model.stages is not None
+    stage = model.stages[index]
+    opts = deployment_options(model, retry_after_s)
+    opts["name"] = stage_deployment(index)
+    opts["ray_actor_options"] = stage.resources.to_ray_actor_options()
+    opts.pop("num_replicas", None)
+    opts.pop("autoscaling_config", None)
+    if stage.autoscaling is not None:
+        opts["autoscaling_config"] = stage.autoscaling.to_serve()
+    else:
+        opts["num_replicas"] = stage.num_replicas
+    return opts
+
+
 def model_application(app: AppConfig, model: ModelConfig) -> dict[str, Any]:
     """One Serve application per model, routed at ``/v2/models/<name>``: the model
-    deployment answers its own OIP routes, so a request takes one hop."""
+    deployment answers its own OIP routes, so a request takes one hop. A staged model's
+    application is a router plus one deployment per stage."""
+    if model.stages:
+        return {
+            "name": model.app_name,
+            "route_prefix": model.route_prefix,
+            "import_path": IMPORT_PATH,
+            "args": StagedAppArgs.from_config(app, model).model_dump(mode="json"),
+            "deployments": [router_options()]
+            + [stage_options(model, i, app.http.retry_after_s) for i in range(len(model.stages))],
+        }
     return {
         "name": model.app_name,
         "route_prefix": model.route_prefix,
         "import_path": IMPORT_PATH,
         "args": ModelAppArgs.from_config(app, model).model_dump(mode="json"),
         "deployments": [deployment_options(model, app.http.retry_after_s)],
+    }
+
+
+def pipeline_application(app: AppConfig, pipeline: PipelineConfig) -> dict[str, Any]:
+    """One Serve application per pipeline: its router at ``/v2/models/<pipeline>``,
+    calling the models' own applications (no model deployment is duplicated)."""
+    return {
+        "name": pipeline.name,
+        "route_prefix": pipeline.route_prefix,
+        "import_path": IMPORT_PATH,
+        "args": PipelineAppArgs.from_config(app, pipeline).model_dump(mode="json"),
+        "deployments": [router_options(pipeline.num_replicas, pipeline.max_ongoing_requests)],
     }
 
 
@@ -84,5 +143,7 @@ def render_serve_config(
         "proxy_location": proxy_location,
         "http_options": http_options,
         "logging_config": {"enable_access_log": app.http.access_log},
-        "applications": [server_application(app)] + [model_application(app, m) for m in app.models],
+        "applications": [server_application(app)]
+        + [model_application(app, m) for m in app.models]
+        + [pipeline_application(app, p) for p in app.pipelines],
     }

@@ -93,7 +93,12 @@ def export_onnx(hf_folder: Path, out_dir: Path) -> dict[str, Any]:
     max_abs = float(np.abs(ref - got).max())
     if cosine < MIN_COSINE:
         raise PublishError(f"ONNX export disagrees with the eager model: min cosine {cosine:.6f}")
-    return {"opset": OPSET, "check_min_cosine": cosine, "check_max_abs_diff": max_abs}
+    return {
+        "opset": OPSET,
+        "embedding_dim": int(got.shape[1]),
+        "check_min_cosine": cosine,
+        "check_max_abs_diff": max_abs,
+    }
 
 
 def publish_onnx(

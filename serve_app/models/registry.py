@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from serve_app.errors import ManifestError
 from serve_app.models.base import ModelAdapter
 from serve_app.repository.loader import VerifiedVersion
@@ -25,3 +27,27 @@ def load_adapter(version: VerifiedVersion, device: str) -> ModelAdapter:
     raise ManifestError(
         f"model {m.name!r} version {m.version}: no adapter for format {m.format!r} task {m.task!r}"
     )
+
+
+def load_stage_adapter(
+    version: VerifiedVersion, device: str, layers: tuple[int, int]
+) -> ModelAdapter:
+    """Load encoder layers ``layers`` of a Hugging Face model: only that stage's tensors."""
+    m = version.manifest
+    if m.format != "huggingface":
+        raise ManifestError(
+            f"model {m.name!r} version {m.version}: pipeline stages need the huggingface "
+            f"format (one safetensors state dict), got {m.format!r}"
+        )
+    from serve_app.models.hf_stages import HFEncoderStageAdapter
+
+    return HFEncoderStageAdapter(version.path, device, layers)
+
+
+def adapter_loader_for(
+    layers: tuple[int, int] | None,
+) -> Callable[[VerifiedVersion, str], ModelAdapter]:
+    """The loader of a whole model (``layers`` None) or of one stage."""
+    if layers is None:
+        return load_adapter
+    return lambda version, device: load_stage_adapter(version, device, layers)

@@ -11,12 +11,14 @@ from safetensors.torch import load_file
 
 from serve_app.errors import IntegrityError, InvalidInput, ManifestError
 from serve_app.models.architectures import ARCHITECTURES
-from serve_app.models.base import ModelAdapter, ModelInfo, TensorSpec
+from serve_app.models.base import ModelAdapter, ModelInfo
+from serve_app.models.specs import declared_specs
 from serve_app.repository.manifest import Manifest
 
 
 class TorchModuleAdapter(ModelAdapter):
-    """FP32 tensor in (``input``, shape [N, in_features]), FP32 tensor out (``output``)."""
+    """FP32 tensor in (``input``, shape [N, in_features]); FP32 ``output`` out, or for a
+    ``classification`` head ``probabilities``, the top ``label`` and its ``confidence``."""
 
     def __init__(self, folder: Path, manifest: Manifest, device: str) -> None:
         arch = manifest.architecture
@@ -35,13 +37,16 @@ class TorchModuleAdapter(ModelAdapter):
             raise IntegrityError(f"{where}: {weights} does not match {arch.name}: {e}") from None
         self.module = module.eval().to(self.device)
         self.in_features = int(arch.kwargs["in_features"])
-        out_features = int(arch.kwargs["out_features"])
+        specs = declared_specs(folder, manifest)
+        self.labels: np.ndarray | None = None
+        if manifest.task == "classification":
+            self.labels = np.array(manifest.metadata["labels"], dtype=object)
         self.info = ModelInfo(
             platform="pytorch_safetensors",
-            inputs=[TensorSpec("input", "FP32", (-1, self.in_features))],
-            outputs=[TensorSpec("output", "FP32", (-1, out_features))],
+            inputs=list(specs.inputs),
+            outputs=list(specs.outputs),
             device=str(self.device),
-            extra={"architecture": arch.name},
+            extra={"architecture": arch.name, "task": manifest.task},
         )
 
     def prepare(self, inputs: dict[str, np.ndarray]) -> list[Any]:
@@ -59,7 +64,16 @@ class TorchModuleAdapter(ModelAdapter):
     @torch.inference_mode()
     def forward(self, items: list[Any]) -> dict[str, np.ndarray]:
         x = torch.from_numpy(np.stack(items)).to(self.device)
-        return {"output": self.module(x).float().cpu().numpy()}
+        logits = self.module(x).float()
+        if self.labels is None:
+            return {"output": logits.cpu().numpy()}
+        probs = torch.softmax(logits, dim=-1)
+        confidence, top = probs.max(dim=-1)
+        return {
+            "probabilities": probs.cpu().numpy(),
+            "label": self.labels[top.cpu().numpy()],
+            "confidence": confidence.cpu().numpy(),
+        }
 
     def warmup_items(self, n: int) -> list[Any]:
         return [np.zeros(self.in_features, dtype=np.float32)] * n

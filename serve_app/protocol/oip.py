@@ -248,8 +248,12 @@ def encode_response(
     model_version: str,
     request: DecodedRequest,
     outputs: dict[str, np.ndarray],
+    parameters: dict[str, Any] | None = None,
 ) -> tuple[bytes, dict[str, str]]:
     """Encode outputs as an OIP response; returns ``(body, headers)``.
+
+    ``parameters`` (e.g. a pipeline's degraded nodes) go into the response's
+    ``parameters`` when not empty.
 
     Raises:
         InvalidInput: the client asked for an output the model does not have.
@@ -296,6 +300,8 @@ def encode_response(
     }
     if request.id is not None:
         response["id"] = request.id
+    if parameters:
+        response["parameters"] = parameters
     header = orjson.dumps(response, option=orjson.OPT_SERIALIZE_NUMPY)
     if not buffers:
         return header, {"content-type": JSON_CONTENT_TYPE}

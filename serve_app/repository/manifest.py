@@ -15,7 +15,9 @@ ModelFormat = Literal["huggingface", "safetensors", "onnx"]
 ``safetensors``: a state dict for a declared architecture; ``onnx``: an ONNX program
 exported from a Hugging Face folder, run with ONNX Runtime."""
 
-ModelTask = Literal["sentence-embedding", "tensor"]
+ModelTask = Literal["sentence-embedding", "tensor", "classification"]
+"""``classification``: a ``safetensors`` head whose manifest metadata lists ``labels``; it
+answers probabilities, the top label and its confidence."""
 
 
 class FileEntry(BaseModel):

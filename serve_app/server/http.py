@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from serve_app.errors import PayloadTooLarge, ServeAppError, ServiceUnavailable
+from serve_app.protocol import oip
 from serve_app.protocol.oip import JSON_CONTENT_TYPE
 
 logger = logging.getLogger(__name__)
@@ -81,3 +82,12 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
             raise PayloadTooLarge(f"request body exceeds the limit of {max_bytes} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+async def read_inference_request(request: Request, max_bytes: int) -> oip.DecodedRequest:
+    """Read and decode an OIP inference request (JSON or binary extension)."""
+    body = await read_body(request, max_bytes)
+    header_length = request.headers.get(oip.HEADER_LENGTH)
+    return oip.decode_request(
+        body, int(header_length) if header_length and header_length.isdigit() else None
+    )

@@ -17,12 +17,13 @@ from ray import serve
 from starlette.requests import Request
 from starlette.responses import Response
 
+from serve_app.app_args import ModelAppArgs
 from serve_app.batching import flatten_rows, split_rows
-from serve_app.config import BatchingConfig, ModelAppArgs, model_route_prefix
-from serve_app.errors import ModelNotFound
+from serve_app.config import BatchingConfig, model_route_prefix
+from serve_app.errors import InvalidInput, ModelNotFound
 from serve_app.protocol import oip
 from serve_app.repository.loader import ModelRepository
-from serve_app.server.http import error_response, json_response, read_body
+from serve_app.server.http import error_response, json_response, read_inference_request
 from serve_app.server.routes import match
 from serve_app.server.runtime import AdapterLoader, ModelRuntime
 
@@ -44,12 +45,12 @@ class ModelDeployment:
         self.args = ModelAppArgs.model_validate(args)
         torch.set_num_threads(self.args.torch_threads)
         if adapter_loader is None:
-            from serve_app.models.registry import load_adapter
+            from serve_app.models.registry import adapter_loader_for
 
-            adapter_loader = load_adapter
+            adapter_loader = adapter_loader_for(self.args.layers)
         self.runtime = ModelRuntime(
             ModelRepository(self.args.repository.root, self.args.repository.hash_workers),
-            self.args.name,
+            self.args.repository_folder,
             self.args.version,
             adapter_loader,
         )
@@ -124,6 +125,28 @@ class ModelDeployment:
             )
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
+    async def infer_tensors(
+        self, tensors: dict[str, np.ndarray], rename: dict[str, str]
+    ) -> dict[str, np.ndarray]:
+        """Pipeline entry point (DeploymentHandle): run the model on named arrays.
+
+        Args:
+            tensors: Arrays by name, e.g. the outputs of the previous node (Ray resolves
+                an upstream ``DeploymentResponse`` into this dict on this replica).
+            rename: Model input name -> key in ``tensors``.
+
+        Raises:
+            InvalidInput: a mapped tensor is missing, or the model rejects it.
+        """
+        missing = sorted(k for k, v in rename.items() if v not in tensors)
+        if missing:
+            raise InvalidInput(
+                f"model {self.args.name!r}: no tensor for input(s) {missing} "
+                f"(got {sorted(tensors)})"
+            )
+        rows = self.runtime.prepare({k: tensors[v] for k, v in rename.items()})
+        return await self.infer_rows(rows)
+
     def _check_version(self, version: str | None) -> None:
         if version is not None and version != self.version:
             raise ModelNotFound(
@@ -132,11 +155,7 @@ class ModelDeployment:
             )
 
     async def _infer(self, request: Request) -> Response:
-        body = await read_body(request, self.args.http.max_request_bytes)
-        header_length = request.headers.get(oip.HEADER_LENGTH)
-        decoded = oip.decode_request(
-            body, int(header_length) if header_length and header_length.isdigit() else None
-        )
+        decoded = await read_inference_request(request, self.args.http.max_request_bytes)
         rows = self.runtime.prepare(decoded.inputs)
         outputs = await self.infer_rows(rows)
         payload, headers = oip.encode_response(self.args.name, self.version, decoded, outputs)

@@ -15,7 +15,7 @@ from fastapi.responses import Response
 from ray import serve
 
 import serve_app
-from serve_app.config import ServerAppArgs
+from serve_app.app_args import ServerAppArgs
 from serve_app.errors import ModelNotFound, ServiceUnavailable
 from serve_app.server.http import install_error_handlers, json_error
 
@@ -79,9 +79,18 @@ class OIPServer:
         self._cache: tuple[float, dict[str, ModelState]] | None = None
 
     def _states(self) -> dict[str, ModelState]:
+        """Models and pipelines by name; a pipeline is ready when its own application
+        and every model its required nodes use are."""
         now = time.monotonic()
         if self._cache is None or now - self._cache[0] > STATUS_CACHE_S:
-            self._cache = (now, self._read_states(self.args.models))
+            apps = self._read_states(self.args.models + list(self.args.pipelines))
+            for name, needs in self.args.pipelines.items():
+                own = apps[name]
+                blocked = [apps[m] for m in needs if not apps[m].ready]
+                if own.ready and blocked:
+                    reason = "; ".join(f"model {b.name}: {b.status} {b.message}" for b in blocked)
+                    apps[name] = ModelState(name, False, "WAITING_FOR_MODELS", reason.strip())
+            self._cache = (now, apps)
         return self._cache[1]
 
     @server_api.get("/v2")
@@ -111,13 +120,20 @@ class OIPServer:
 
     @server_api.get("/v2/models")
     async def list_models(self) -> dict[str, Any]:
-        return {"models": [s.to_json() for s in self._states().values()]}
+        states = self._states()
+        models = [states[m].to_json() for m in self.args.models]
+        pipelines = [
+            states[p].to_json() | {"platform": "ensemble", "models": needs}
+            for p, needs in self.args.pipelines.items()
+        ]
+        return {"models": models + pipelines}
 
     @server_api.api_route("/v2/models/{name}", methods=["GET", "POST"])
     @server_api.api_route("/v2/models/{name}/{rest:path}", methods=["GET", "POST"])
     async def unrouted_model(self, name: str, rest: str = "") -> Response:
-        if name not in self.args.models:
-            raise ModelNotFound(f"unknown model {name!r}; served models: {self.args.models}")
+        if name not in self.args.models and name not in self.args.pipelines:
+            served = self.args.models + list(self.args.pipelines)
+            raise ModelNotFound(f"unknown model {name!r}; served models: {served}")
         state = self._states().get(name)
         reason = f"{state.status}: {state.message}" if state else "unknown state"
         raise ServiceUnavailable(

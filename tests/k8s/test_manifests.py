@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 import yaml
 
-from serve_app.config import ModelAppArgs, ServerAppArgs, load_app_config
+from serve_app.app_args import ModelAppArgs, ServerAppArgs
+from serve_app.config import load_app_config
 from serve_app.k8s.render import PROFILES, PROXY_LOCATION, ClusterProfile, serve_config_text
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

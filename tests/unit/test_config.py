@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
+from serve_app.app_args import ModelAppArgs
 from serve_app.config import (
     AppConfig,
     AutoscalingConfig,
-    ModelAppArgs,
     ModelConfig,
     ResourcesConfig,
     load_app_config,

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from ray.serve.schema import ServeDeploySchema
 
-from serve_app.config import ModelAppArgs, ServerAppArgs, load_app_config
+from serve_app.app_args import ModelAppArgs, ServerAppArgs
+from serve_app.config import load_app_config
 from serve_app.render import render_local
 from serve_app.serve_config import render_serve_config
 

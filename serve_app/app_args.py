@@ -1,0 +1,155 @@
+"""Builder args: the slice of an ``AppConfig`` each Serve application receives in its
+``args`` (what ``serve_app.app.build_app`` validates).
+
+Deployment options (replicas, autoscaling, resources, batching) are not here: they live
+in the Serve config's ``deployments`` section, so changing them updates replicas in
+place (``user_config``) or restarts them without rebuilding the application.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, TypeAdapter
+
+from serve_app.config import AppConfig, HttpConfig, ModelConfig, RepositoryConfig, ResourcesConfig
+from serve_app.graph.spec import PipelineConfig
+from serve_app.graph.structure import model_nodes
+from serve_app.schema_base import StrictModel
+
+MODEL_DEPLOYMENT = "ModelDeployment"
+"""Deployment of a model served whole (its app's ingress)."""
+ROUTER_DEPLOYMENT = "PipelineRouter"
+"""Ingress of a pipeline app and of a staged model's app."""
+SERVER_DEPLOYMENT = "OIPServer"
+
+
+def stage_deployment(index: int) -> str:
+    """Deployment name of pipeline-parallel stage ``index`` in a staged model's app."""
+    return f"Stage{index}"
+
+
+def torch_threads(resources: ResourcesConfig) -> int:
+    """Intra-op threads of a replica: configured, else its whole CPUs (at least 1)."""
+    return resources.torch_threads or max(1, int(resources.num_cpus))
+
+
+class ModelAppArgs(StrictModel):
+    """Args of a model replica (a whole model, or one stage of a staged model)."""
+
+    kind: Literal["model"] = "model"
+    repository: RepositoryConfig = Field(default_factory=RepositoryConfig)
+    http: HttpConfig = Field(default_factory=HttpConfig)
+    name: str = Field(description="Model name (route and messages).")
+    folder: str | None = Field(None, description="Repository folder; None: the name.")
+    version: Literal["latest"] | int = Field("latest", description="Version policy.")
+    torch_threads: int = Field(1, ge=1, description="torch intra-op threads in the replica.")
+    layers: tuple[int, int] | None = Field(
+        None, description="Encoder layers of a pipeline-parallel stage; None: whole model."
+    )
+
+    @classmethod
+    def from_config(cls, app: AppConfig, model: ModelConfig) -> ModelAppArgs:
+        """Slice of ``app`` that a model replica needs."""
+        return cls(
+            repository=app.repository,
+            http=app.http,
+            name=model.name,
+            folder=model.repository_name,
+            version=model.version,
+            torch_threads=torch_threads(model.resources),
+        )
+
+    @property
+    def repository_folder(self) -> str:
+        """Folder of the weights in the repository."""
+        return self.folder or self.name
+
+
+class StagedAppArgs(StrictModel):
+    """Args of a staged model's app: a router chaining one deployment per stage."""
+
+    kind: Literal["staged"] = "staged"
+    model: ModelAppArgs = Field(description="The whole model's args (stages copy them).")
+    stages: list[tuple[int, int]] = Field(min_length=2, description="Layer range per stage.")
+    stage_threads: list[int] = Field(description="torch threads per stage replica.")
+
+    @classmethod
+    def from_config(cls, app: AppConfig, model: ModelConfig) -> StagedAppArgs:
+        """Slice of ``app`` that a staged model needs."""
+        assert model.stages is not None
+        return cls(
+            model=ModelAppArgs.from_config(app, model),
+            stages=[s.layers for s in model.stages],
+            stage_threads=[torch_threads(s.resources) for s in model.stages],
+        )
+
+    def stage_args(self, index: int) -> ModelAppArgs:
+        """Args of stage ``index``'s replicas."""
+        return self.model.model_copy(
+            update={"layers": self.stages[index], "torch_threads": self.stage_threads[index]}
+        )
+
+
+class NodeTarget(StrictModel):
+    """Where a pipeline's model node sends its calls, and where its specs are read."""
+
+    app: str = Field(description="Serve application of the model.")
+    deployment: str = Field(description="Its ingress deployment (has ``infer_tensors``).")
+    folder: str = Field(description="Repository folder of the weights.")
+    version: Literal["latest"] | int = Field(description="Version policy of the model.")
+
+
+class PipelineAppArgs(StrictModel):
+    """Args of a pipeline's app (its router)."""
+
+    kind: Literal["pipeline"] = "pipeline"
+    repository: RepositoryConfig = Field(default_factory=RepositoryConfig)
+    http: HttpConfig = Field(default_factory=HttpConfig)
+    pipeline: PipelineConfig
+    models: dict[str, NodeTarget] = Field(description="Model name -> where it is served.")
+
+    @classmethod
+    def from_config(cls, app: AppConfig, pipeline: PipelineConfig) -> PipelineAppArgs:
+        """Slice of ``app`` that a pipeline router needs."""
+        targets = {}
+        for node in model_nodes(pipeline):
+            model = app.model(node.model)
+            targets[model.name] = NodeTarget(
+                app=model.app_name,
+                deployment=ROUTER_DEPLOYMENT if model.stages else MODEL_DEPLOYMENT,
+                folder=model.folder,
+                version=model.version,
+            )
+        return cls(repository=app.repository, http=app.http, pipeline=pipeline, models=targets)
+
+
+class ServerAppArgs(StrictModel):
+    """Builder args of the server application (``/v2``, health, model list)."""
+
+    kind: Literal["server"] = "server"
+    http: HttpConfig = Field(default_factory=HttpConfig)
+    models: list[str] = Field(description="Names of the served models (their app names).")
+    pipelines: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="Pipeline name -> the model apps it needs (its readiness depends on them).",
+    )
+
+    @classmethod
+    def from_config(cls, app: AppConfig) -> ServerAppArgs:
+        """Slice of ``app`` that the server needs."""
+        return cls(
+            http=app.http,
+            models=[m.name for m in app.models],
+            pipelines={
+                p.name: sorted({n.model for n in model_nodes(p) if not n.optional})
+                for p in app.pipelines
+            },
+        )
+
+
+AppArgs = Annotated[
+    ModelAppArgs | StagedAppArgs | PipelineAppArgs | ServerAppArgs, Field(discriminator="kind")
+]
+APP_ARGS: TypeAdapter[AppArgs] = TypeAdapter(AppArgs)
+"""Validates any application's ``args`` by its ``kind``."""

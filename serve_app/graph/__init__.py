@@ -1,0 +1,1 @@
+"""Inference graphs: declaration (``spec``), structure and type checks, execution."""

@@ -1,0 +1,74 @@
+"""The built-in combinators and switch rules, on numpy arrays. Pure functions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from serve_app.errors import InvalidInput
+from serve_app.graph.spec import COMBINE_OUTPUT, SwitchNode
+
+
+def combine(mode: str, values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``concat`` (last axis), ``mean`` (element-wise) or ``dict`` (pass through).
+
+    Raises:
+        InvalidInput: the tensors' shapes do not fit together at run time (e.g. a
+            different number of rows).
+    """
+    if mode == "dict":
+        return dict(values)
+    arrays = list(values.values())
+    try:
+        if mode == "concat":
+            return {COMBINE_OUTPUT: np.concatenate(arrays, axis=-1)}
+        if mode == "mean":
+            return {COMBINE_OUTPUT: np.mean(np.stack(arrays), axis=0).astype(arrays[0].dtype)}
+    except ValueError:
+        shapes = {k: list(v.shape) for k, v in values.items()}
+        raise InvalidInput(f"cannot {mode} tensors of shapes {shapes}") from None
+    raise InvalidInput(f"unknown combine mode {mode!r}")
+
+
+def reduce_value(array: np.ndarray, how: str) -> Any:
+    """One value out of a tensor for a switch: ``min``/``max``/``mean``/``first``.
+
+    BYTES tensors only support ``first`` (decoded as UTF-8 text).
+
+    Raises:
+        InvalidInput: the tensor is empty, or a BYTES tensor with a numeric reduction.
+    """
+    if array.size == 0:
+        raise InvalidInput("cannot switch on an empty tensor")
+    flat = array.reshape(-1)
+    if array.dtype == object:
+        if how != "first":
+            raise InvalidInput(f"cannot take the {how} of a BYTES tensor; use reduce: first")
+        item = flat[0]
+        return item.decode("utf-8", "replace") if isinstance(item, bytes) else item
+    if how == "first":
+        return flat[0].item()
+    return float(getattr(np, how)(flat))
+
+
+def switch_target(node: SwitchNode, value: Any) -> str | None:
+    """The target of the first case that ``value`` matches, else the default."""
+    for case in node.cases:
+        if case.equals is not None:
+            if _equal(value, case.equals):
+                return case.to
+            continue
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            continue
+        if case.below is not None and value < case.below:
+            return case.to
+        if case.at_least is not None and value >= case.at_least:
+            return case.to
+    return node.default
+
+
+def _equal(value: Any, expected: str | float) -> bool:
+    if isinstance(expected, str):
+        return isinstance(value, str) and value == expected
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == expected

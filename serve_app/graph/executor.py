@@ -1,0 +1,303 @@
+"""Run a pipeline for one request: concurrent where the graph allows, chained without
+waiting where one model feeds the next. Free of Ray; the backend that calls models is
+injected (DeploymentHandles in serving, plain coroutines in unit tests).
+
+Every node is a task started at once. A model node whose inputs all come from one
+other model node is *chained*: it is submitted with that node's pending result, so the
+tensors go from replica to replica (Ray's object store) and the router never waits in
+between. Other nodes wait for the values they need. Nodes that read the same tensor
+run concurrently (fan-out).
+
+Failures: a required node's failure fails the request with that node's status and
+message (the earliest failed node in topological order, so a chained node that failed
+because its upstream did is not blamed). An optional node's failure, a switch branch
+not taken, or a missing upstream value skips the node; its outputs are omitted and the
+response parameters say why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from serve_app.errors import InvalidInput, NodeError, ServeAppError
+from serve_app.graph.combine import combine, reduce_value, switch_target
+from serve_app.graph.spec import (
+    PARAMETERS,
+    REQUEST,
+    SWITCH_OUTPUT,
+    CombineNode,
+    ModelNode,
+    PipelineConfig,
+    SwitchNode,
+    split_ref,
+)
+from serve_app.graph.structure import dependencies, gates, topological_order
+
+logger = logging.getLogger("ray.serve")
+
+Tensors = dict[str, np.ndarray]
+
+
+class NodeBackend(Protocol):
+    """Calls models. ``submit`` must not block: it starts the call and returns an
+    awaitable. ``tensors`` is a dict of arrays, or the pending result of an earlier
+    ``submit`` (the backend passes it on unresolved); ``rename`` maps each model input
+    to the key it has in ``tensors``."""
+
+    def submit(self, node: ModelNode, tensors: Any, rename: dict[str, str]) -> Awaitable[Tensors]:
+        """Start ``node``'s model on ``tensors``."""
+        ...
+
+
+Classifier = Callable[[BaseException], tuple[int, str]]
+"""Maps an exception raised by a model call to ``(http_status, message)``."""
+
+
+def classify_error(exc: BaseException) -> tuple[int, str]:
+    """Status and message of an error: ours keep theirs, anything else is a masked 500."""
+    if isinstance(exc, ServeAppError):
+        return exc.status_code, exc.message
+    return 500, "internal error"
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A node that produced nothing: not chosen, upstream missing, or degraded."""
+
+    reason: str
+    degraded: bool = False
+
+
+@dataclass
+class GraphResult:
+    """What a pipeline run produced."""
+
+    outputs: Tensors
+    skipped: dict[str, str] = field(default_factory=dict)
+    """Node -> why it did not run (switch, missing upstream)."""
+    degraded: dict[str, str] = field(default_factory=dict)
+    """Optional node -> the error it failed with."""
+    omitted_outputs: list[str] = field(default_factory=list)
+
+    def parameters(self) -> dict[str, Any]:
+        """Response parameters describing degradation (empty when nothing was skipped)."""
+        params: dict[str, Any] = {}
+        if self.degraded:
+            params["degraded"] = self.degraded
+        if self.skipped:
+            params["skipped"] = self.skipped
+        if self.omitted_outputs:
+            params["omitted_outputs"] = self.omitted_outputs
+        return params
+
+
+Outcome = Tensors | Skipped
+
+
+@dataclass
+class _Run:
+    inputs: Tensors
+    parameters: Mapping[str, Any]
+    tasks: dict[str, asyncio.Task[Outcome]] = field(default_factory=dict)
+    submitted: dict[str, asyncio.Future[Any]] = field(default_factory=dict)
+
+
+class GraphExecutor:
+    """Executes one pipeline; reusable across requests (holds no per-request state).
+
+    Args:
+        pipeline: A validated pipeline.
+        backend: Calls the models (see ``NodeBackend``).
+        classify: Maps a model call's exception to a status and message.
+    """
+
+    def __init__(
+        self,
+        pipeline: PipelineConfig,
+        backend: NodeBackend,
+        classify: Classifier = classify_error,
+    ) -> None:
+        self.pipeline = pipeline
+        self.backend = backend
+        self.classify = classify
+        self.order = topological_order(pipeline)
+        self.rank = {name: i for i, name in enumerate(self.order)}
+        self.gate_of = gates(pipeline)
+        self.nodes = {n.name: n for n in pipeline.nodes}
+        self.chained = {
+            n.name: deps[0]
+            for n in pipeline.nodes
+            if isinstance(n, ModelNode)
+            and len(deps := dependencies(n)) == 1
+            and all(split_ref(r)[0] != REQUEST for r in n.inputs.values())
+            and isinstance(self.nodes[deps[0]], ModelNode)
+        }
+        """Model node -> the model node it is chained to (reads only that node's outputs)."""
+
+    async def run(
+        self, inputs: Tensors, parameters: Mapping[str, Any] | None = None
+    ) -> GraphResult:
+        """Run the graph on one request's decoded inputs.
+
+        Raises:
+            NodeError: a required node failed (its status, message and name).
+            InvalidInput: a pipeline input is missing.
+        """
+        missing = [i.name for i in self.pipeline.inputs if i.name not in inputs]
+        if missing:
+            raise InvalidInput(
+                f"pipeline {self.pipeline.name!r}: missing input(s) {missing}; got {sorted(inputs)}"
+            )
+        loop = asyncio.get_running_loop()
+        run = _Run(inputs=inputs, parameters=parameters or {})
+        for name in self.order:
+            if isinstance(self.nodes[name], ModelNode):
+                run.submitted[name] = loop.create_future()
+        for name in self.order:
+            run.tasks[name] = asyncio.create_task(self._node(name, run), name=f"node:{name}")
+        try:
+            await asyncio.wait(run.tasks.values(), return_when=asyncio.FIRST_EXCEPTION)
+            for name in self.order:  # earliest failure first
+                task = run.tasks[name]
+                if task.done() and not task.cancelled() and task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]
+        finally:
+            for task in run.tasks.values():
+                task.cancel()
+        return self._collect(run)
+
+    def _collect(self, run: _Run) -> GraphResult:
+        result = GraphResult(outputs={})
+        for name in self.order:
+            outcome = run.tasks[name].result()
+            if isinstance(outcome, Skipped):
+                target = result.degraded if outcome.degraded else result.skipped
+                target[name] = outcome.reason
+        for out, ref in self.pipeline.outputs.items():
+            value = self._value_now(ref, run)
+            if isinstance(value, Skipped):
+                result.omitted_outputs.append(out)
+            else:
+                result.outputs[out] = value
+        return result
+
+    def _value_now(self, ref: str, run: _Run) -> np.ndarray | Skipped:
+        source, tensor = split_ref(ref)
+        if source == REQUEST:
+            return run.inputs[tensor]
+        outcome = run.tasks[source].result()
+        if isinstance(outcome, Skipped):
+            return outcome
+        return self._pick(source, tensor, outcome)
+
+    def _pick(self, source: str, tensor: str, outcome: Tensors) -> np.ndarray:
+        if tensor not in outcome:
+            raise NodeError(
+                f"node {source!r} returned no tensor {tensor!r} (got {sorted(outcome)})", source
+            )
+        return outcome[tensor]
+
+    async def _value(self, ref: str, run: _Run) -> np.ndarray | Skipped:
+        source, tensor = split_ref(ref)
+        if source == REQUEST:
+            return run.inputs[tensor]
+        outcome = await run.tasks[source]
+        if isinstance(outcome, Skipped):
+            return Skipped(f"needs {ref!r}, but node {source!r} did not run")
+        return self._pick(source, tensor, outcome)
+
+    async def _node(self, name: str, run: _Run) -> Outcome:
+        node = self.nodes[name]
+        try:
+            gate = self.gate_of.get(name)
+            if gate is not None:
+                decision = await run.tasks[gate]
+                chosen = None if isinstance(decision, Skipped) else decision[SWITCH_OUTPUT][0]
+                if chosen != name:
+                    return Skipped(f"not chosen by switch {gate!r}")
+            if isinstance(node, ModelNode):
+                return await self._model(node, run)
+            if isinstance(node, CombineNode):
+                return await self._combine(node, run)
+            return await self._switch(node, run)
+        finally:
+            fut = run.submitted.get(name)
+            if fut is not None and not fut.done():
+                fut.set_result(None)
+
+    async def _model(self, node: ModelNode, run: _Run) -> Outcome:
+        upstream = self.chained.get(node.name)
+        if upstream is not None:
+            pending_upstream = await run.submitted[upstream]
+            if pending_upstream is None:
+                return Skipped(f"needs node {upstream!r}, which did not run")
+            rename = {inp: split_ref(ref)[1] for inp, ref in node.inputs.items()}
+            pending = self.backend.submit(node, pending_upstream, rename)
+        else:
+            values: Tensors = {}
+            for inp, ref in node.inputs.items():
+                value = await self._value(ref, run)
+                if isinstance(value, Skipped):
+                    return value
+                values[inp] = value
+            pending = self.backend.submit(node, values, {k: k for k in values})
+        run.submitted[node.name].set_result(pending)
+        try:
+            return await pending
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            if upstream is not None:  # blame the upstream node if it is what failed
+                up = await run.tasks[upstream]
+                if isinstance(up, Skipped):
+                    return Skipped(f"needs node {upstream!r}, which did not run")
+            status, message = self.classify(e)
+            tagged = f"node {node.name!r} (model {node.model!r}): {message}"
+            if node.optional:
+                logger.warning("pipeline %s degraded: %s", self.pipeline.name, tagged)
+                return Skipped(tagged, degraded=True)
+            if status >= 500:
+                logger.error("pipeline %s: %s", self.pipeline.name, tagged, exc_info=e)
+            raise NodeError(tagged, node.name, status) from None
+
+    async def _combine(self, node: CombineNode, run: _Run) -> Outcome:
+        values: dict[str, np.ndarray] = {}
+        for key, ref in node.inputs.items():
+            value = await self._value(ref, run)
+            if isinstance(value, Skipped):
+                if node.mode != "dict":
+                    return Skipped(f"{node.mode} needs {ref!r}, which is missing")
+                continue
+            values[key] = value
+        if not values:
+            return Skipped("every input is missing")
+        try:
+            return combine(node.mode, values)
+        except InvalidInput as e:
+            raise NodeError(
+                f"node {node.name!r} ({node.mode}): {e.message}", node.name, 400
+            ) from None
+
+    async def _switch(self, node: SwitchNode, run: _Run) -> Outcome:
+        if node.source.startswith(PARAMETERS + "."):
+            value: Any = run.parameters.get(node.source[len(PARAMETERS) + 1 :])
+        else:
+            array = await self._value(node.source, run)
+            if isinstance(array, Skipped):
+                return array
+            try:
+                value = reduce_value(array, node.reduce)
+            except InvalidInput as e:
+                raise NodeError(
+                    f"node {node.name!r} (switch): {e.message}", node.name, 400
+                ) from None
+        target = switch_target(node, value)
+        branch = np.empty(1, dtype=object)
+        branch[0] = target or ""
+        return {SWITCH_OUTPUT: branch}

@@ -1,0 +1,189 @@
+"""Structure of a pipeline graph: references, edges, order, gates. Pure functions.
+
+``check_structure`` raises ``ValueError`` (pydantic turns it into a config error) with
+a message that names the pipeline and the node at fault.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from serve_app.graph.spec import (
+    COMBINE_OUTPUT,
+    PARAMETERS,
+    REQUEST,
+    SWITCH_OUTPUT,
+    CombineNode,
+    ModelNode,
+    SwitchNode,
+    split_ref,
+)
+
+if TYPE_CHECKING:
+    from serve_app.graph.spec import PipelineConfig
+
+AnyNode = ModelNode | CombineNode | SwitchNode
+
+
+def node_refs(node: AnyNode) -> list[str]:
+    """Tensor references a node reads (a switch on a request parameter reads none)."""
+    if isinstance(node, SwitchNode):
+        return [] if node.source.startswith(PARAMETERS + ".") else [node.source]
+    return list(node.inputs.values())
+
+
+def dependencies(node: AnyNode) -> list[str]:
+    """Names of the nodes whose outputs ``node`` reads, in first-use order."""
+    sources = [split_ref(r)[0] for r in node_refs(node)]
+    return list(dict.fromkeys(s for s in sources if s != REQUEST))
+
+
+def gates(pipeline: PipelineConfig) -> dict[str, str]:
+    """Node -> the switch that gates it (runs it only when chosen)."""
+    out: dict[str, str] = {}
+    for node in pipeline.nodes:
+        if isinstance(node, SwitchNode):
+            for target in node.targets:
+                out[target] = node.name
+    return out
+
+
+def edges(pipeline: PipelineConfig) -> list[tuple[str, str]]:
+    """``(from, to)`` pairs: data edges, then switch -> target edges."""
+    data = [(dep, n.name) for n in pipeline.nodes for dep in dependencies(n)]
+    control = [(switch, target) for target, switch in gates(pipeline).items()]
+    return data + control
+
+
+def fixed_outputs(node: AnyNode) -> set[str] | None:
+    """Output names of a combinator (known from config); None for a model node."""
+    if isinstance(node, SwitchNode):
+        return {SWITCH_OUTPUT}
+    if isinstance(node, CombineNode):
+        return set(node.inputs) if node.mode == "dict" else {COMBINE_OUTPUT}
+    return None
+
+
+def topological_order(pipeline: PipelineConfig) -> list[str]:
+    """Node names so that every node comes after what it reads and what gates it.
+
+    Raises:
+        ValueError: the graph has a cycle (the message names the nodes on it).
+    """
+    preds: dict[str, set[str]] = {n.name: set() for n in pipeline.nodes}
+    for src, dst in edges(pipeline):
+        preds[dst].add(src)
+    order: list[str] = []
+    ready = [n.name for n in pipeline.nodes if not preds[n.name]]
+    remaining = {k: set(v) for k, v in preds.items()}
+    while ready:
+        name = ready.pop(0)
+        order.append(name)
+        for other, p in remaining.items():
+            if name in p:
+                p.discard(name)
+                if not p and other not in order and other not in ready:
+                    ready.append(other)
+    if len(order) != len(preds):
+        cyclic = sorted(set(preds) - set(order))
+        raise ValueError(f"pipeline {pipeline.name!r}: cycle through nodes {cyclic}")
+    return order
+
+
+def _check_refs(pipeline: PipelineConfig) -> None:
+    names = {n.name for n in pipeline.nodes}
+    inputs = {i.name for i in pipeline.inputs}
+    by_name = {n.name: n for n in pipeline.nodes}
+
+    def check(ref: str, where: str) -> None:
+        try:
+            source, tensor = split_ref(ref)
+        except ValueError as e:
+            raise ValueError(f"pipeline {pipeline.name!r}: {where}: {e}") from None
+        if source == REQUEST:
+            if tensor not in inputs:
+                raise ValueError(
+                    f"pipeline {pipeline.name!r}: {where} reads {ref!r}, but the pipeline "
+                    f"declares no input {tensor!r} (inputs: {sorted(inputs)})"
+                )
+            return
+        if source not in names:
+            raise ValueError(
+                f"pipeline {pipeline.name!r}: {where} reads {ref!r} from unknown node "
+                f"{source!r} (nodes: {sorted(names)})"
+            )
+        known = fixed_outputs(by_name[source])
+        if known is not None and tensor not in known:
+            raise ValueError(
+                f"pipeline {pipeline.name!r}: {where} reads {ref!r}, but node {source!r} "
+                f"has outputs {sorted(known)}"
+            )
+
+    for node in pipeline.nodes:
+        for ref in node_refs(node):
+            check(ref, f"node {node.name!r}")
+    for out, ref in pipeline.outputs.items():
+        check(ref, f"output {out!r}")
+
+
+def _reachable_from_outputs(pipeline: PipelineConfig) -> set[str]:
+    by_name = {n.name: n for n in pipeline.nodes}
+    gate_of = gates(pipeline)
+    seen: set[str] = set()
+    stack = [split_ref(r)[0] for r in pipeline.outputs.values()]
+    while stack:
+        name = stack.pop()
+        if name == REQUEST or name in seen:
+            continue
+        seen.add(name)
+        stack.extend(dependencies(by_name[name]))
+        if name in gate_of:
+            stack.append(gate_of[name])
+    return seen
+
+
+def check_structure(pipeline: PipelineConfig) -> None:
+    """Validate names, references, switch targets, cycles and unused nodes.
+
+    Raises:
+        ValueError: with a message naming the pipeline and the node.
+    """
+    names = [n.name for n in pipeline.nodes]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ValueError(f"pipeline {pipeline.name!r}: duplicate node names {dupes}")
+    input_names = [i.name for i in pipeline.inputs]
+    if len(set(input_names)) != len(input_names):
+        raise ValueError(f"pipeline {pipeline.name!r}: duplicate input names {input_names}")
+    _check_refs(pipeline)
+    gated: dict[str, str] = {}
+    for node in pipeline.nodes:
+        if not isinstance(node, SwitchNode):
+            continue
+        for target in node.targets:
+            if target not in names:
+                raise ValueError(
+                    f"pipeline {pipeline.name!r}: switch {node.name!r} targets unknown node "
+                    f"{target!r}"
+                )
+            if target == node.name:
+                raise ValueError(f"pipeline {pipeline.name!r}: switch {node.name!r} targets itself")
+            if target in gated:
+                raise ValueError(
+                    f"pipeline {pipeline.name!r}: node {target!r} is targeted by switches "
+                    f"{gated[target]!r} and {node.name!r}; a node has one gate"
+                )
+            gated[target] = node.name
+    topological_order(pipeline)
+    unused = [n for n in names if n not in _reachable_from_outputs(pipeline)]
+    if unused:
+        raise ValueError(
+            f"pipeline {pipeline.name!r}: nodes {unused} feed no pipeline output "
+            "(dangling); remove them or use their outputs"
+        )
+
+
+def model_nodes(pipeline: PipelineConfig) -> Iterator[ModelNode]:
+    """The pipeline's model nodes, in declaration order."""
+    return (n for n in pipeline.nodes if isinstance(n, ModelNode))

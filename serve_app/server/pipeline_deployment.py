@@ -1,0 +1,203 @@
+"""``PipelineRouter``: serves a pipeline (or a staged model) at ``/v2/models/<name>``.
+
+It decodes the OIP request once, runs the graph through DeploymentHandles (tensors go
+between model replicas as numpy arrays through Ray, never as JSON) and encodes one
+answer. Model nodes call the models' own deployments, so a model used by a pipeline
+and served on its own is one deployment that batches and autoscales for both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+from starlette.requests import Request
+from starlette.responses import Response
+
+from serve_app.app_args import APP_ARGS, PipelineAppArgs, StagedAppArgs
+from serve_app.errors import ModelNotFound, ServiceUnavailable
+from serve_app.graph.check import read_model_specs
+from serve_app.graph.executor import GraphExecutor, Tensors, classify_error
+from serve_app.graph.spec import ModelNode
+from serve_app.graph.staged import staged_pipeline
+from serve_app.graph.structure import edges, model_nodes
+from serve_app.graph.tensor_types import ModelSpecs, infer_specs
+from serve_app.protocol import oip
+from serve_app.repository.loader import ModelRepository
+from serve_app.schema_base import model_route_prefix
+from serve_app.server.http import error_response, json_response, read_inference_request
+from serve_app.server.routes import match
+
+logger = logging.getLogger("ray.serve")
+
+NODE_READY_TIMEOUT_S = 2.0
+"""How long ``/ready`` waits for each model node to answer."""
+
+
+def classify_serve_error(exc: BaseException) -> tuple[int, str]:
+    """Status and message of a failed model call, including Serve's own errors."""
+    from ray.exceptions import ActorDiedError, ActorUnavailableError
+    from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+
+    if isinstance(exc, BackPressureError):
+        return 503, "overloaded, retry later"
+    if isinstance(exc, (DeploymentUnavailableError, ActorDiedError, ActorUnavailableError)):
+        return 503, "model unavailable, retry later"
+    return classify_error(exc)
+
+
+class HandleBackend:
+    """Calls model nodes through DeploymentHandles (``infer_tensors``)."""
+
+    def __init__(self, handles: dict[str, DeploymentHandle]) -> None:
+        self.handles = handles
+
+    def submit(self, node: ModelNode, tensors: Any, rename: dict[str, str]) -> Any:
+        """Start the call; an upstream ``DeploymentResponse`` is passed on unresolved."""
+        return self.handles[node.model].infer_tensors.remote(tensors, rename)
+
+
+@serve.deployment(
+    name="PipelineRouter", max_ongoing_requests=256, ray_actor_options={"num_cpus": 0}
+)
+class PipelineRouter:
+    """Router of one pipeline or staged model.
+
+    Args:
+        args: ``PipelineAppArgs`` or ``StagedAppArgs``.
+        node_handles: Handles of the stage deployments (a staged model binds them);
+            a pipeline looks its models' deployments up by app name instead.
+        model_specs: Tensor specs per model (tests); None reads the manifests.
+    """
+
+    def __init__(
+        self,
+        args: dict[str, Any],
+        node_handles: dict[str, DeploymentHandle] | None = None,
+        model_specs: dict[str, ModelSpecs] | None = None,
+    ) -> None:
+        parsed = APP_ARGS.validate_python(args)
+        if isinstance(parsed, StagedAppArgs):
+            self._init_staged(parsed, node_handles or {})
+        elif isinstance(parsed, PipelineAppArgs):
+            self._init_pipeline(parsed, model_specs)
+        else:
+            raise TypeError(f"PipelineRouter cannot serve args of kind {parsed.kind!r}")
+        self.route_prefix = model_route_prefix(self.pipeline.name)
+        self.executor = GraphExecutor(
+            self.pipeline, HandleBackend(self.handles), classify_serve_error
+        )
+        logger.info("%s ready: nodes %s", self.pipeline.name, [n.name for n in self.pipeline.nodes])
+
+    def _init_pipeline(
+        self, args: PipelineAppArgs, model_specs: dict[str, ModelSpecs] | None
+    ) -> None:
+        self.pipeline = args.pipeline
+        self.http = args.http
+        self.version = str(args.pipeline.version)
+        self.platform = "ensemble"
+        # Datatype and shape of every edge, before serving anything: a mismatch fails
+        # this replica with a message naming the node.
+        if model_specs is None:
+            targets = {m: (t.folder, t.version) for m, t in args.models.items()}
+            model_specs = read_model_specs(args.repository.root, targets)
+        specs = infer_specs(self.pipeline, model_specs)
+        self.inputs = [specs.tensors[f"request.{i.name}"] for i in self.pipeline.inputs]
+        self.outputs = list(specs.outputs)
+        self.handles = {
+            name: serve.get_deployment_handle(t.deployment, app_name=t.app)
+            for name, t in args.models.items()
+        }
+
+    def _init_staged(self, args: StagedAppArgs, handles: dict[str, DeploymentHandle]) -> None:
+        from serve_app.models.specs import declared_specs
+
+        self.pipeline = staged_pipeline(args.model.name, len(args.stages))
+        self.http = args.model.http
+        repo = ModelRepository(args.model.repository.root)
+        folder = args.model.repository_folder
+        version = repo.resolve(folder, args.model.version)
+        specs = declared_specs(
+            repo.root / folder / str(version), repo.read_manifest(folder, version)
+        )
+        self.version = str(version)
+        self.platform = "pytorch_transformers_staged"
+        self.inputs = list(specs.inputs)
+        self.outputs = list(specs.outputs)
+        self.handles = handles
+
+    # --- composition ---------------------------------------------------------------
+
+    async def infer_tensors(self, tensors: Tensors, rename: dict[str, str]) -> Tensors:
+        """Run the graph as a node of another graph (same contract as a model)."""
+        result = await self.executor.run({k: tensors[v] for k, v in rename.items()})
+        return result.outputs
+
+    # --- HTTP ----------------------------------------------------------------------
+
+    def metadata(self) -> dict[str, Any]:
+        """OIP model metadata, plus the graph (nodes and edges) for a pipeline."""
+        body: dict[str, Any] = {
+            "name": self.pipeline.name,
+            "versions": [self.version],
+            "platform": self.platform,
+            "inputs": [s.to_json() for s in self.inputs],
+            "outputs": [s.to_json() for s in self.outputs],
+        }
+        if self.platform == "ensemble":
+            body["nodes"] = [
+                n.model_dump(mode="json", exclude_defaults=True) | {"kind": n.kind}
+                for n in self.pipeline.nodes
+            ]
+            body["edges"] = [list(e) for e in edges(self.pipeline)]
+        return body
+
+    async def _check_nodes_ready(self) -> None:
+        required = sorted({n.model for n in model_nodes(self.pipeline) if not n.optional})
+
+        async def ping(model: str) -> str | None:
+            try:
+                await asyncio.wait_for(self.handles[model].metadata.remote(), NODE_READY_TIMEOUT_S)
+                return None
+            except Exception as e:  # any failure means not ready; the reason is reported
+                return f"{model}: {type(e).__name__}"
+
+        failures = [f for f in await asyncio.gather(*(ping(m) for m in required)) if f]
+        if failures:
+            raise ServiceUnavailable(
+                f"pipeline {self.pipeline.name!r} is not ready: {'; '.join(failures)}",
+                self.http.retry_after_s,
+            )
+
+    async def _infer(self, request: Request) -> Response:
+        decoded = await read_inference_request(request, self.http.max_request_bytes)
+        result = await self.executor.run(decoded.inputs, decoded.parameters)
+        if decoded.requested_outputs is not None and result.omitted_outputs:
+            decoded.requested_outputs = {
+                k: v for k, v in decoded.requested_outputs.items() if k in result.outputs
+            }
+        payload, headers = oip.encode_response(
+            self.pipeline.name, self.version, decoded, result.outputs, result.parameters()
+        )
+        return Response(payload, headers=headers)
+
+    async def __call__(self, request: Request) -> Response:
+        """HTTP entry point: ``/v2/models/<name>[/versions/<v>][/ready|/infer]``."""
+        try:
+            route = match(request.method, request.url.path, self.route_prefix)
+            if route.version is not None and route.version != self.version:
+                raise ModelNotFound(
+                    f"{self.pipeline.name!r} version {route.version} not found "
+                    f"(serving version {self.version})"
+                )
+            if route.action == "infer":
+                return await self._infer(request)
+            if route.action == "ready":
+                await self._check_nodes_ready()
+                return json_response({"name": self.pipeline.name, "ready": True})
+            return json_response(self.metadata())
+        except Exception as e:  # one mapper for every error, never a traceback
+            return error_response(e, self.http.retry_after_s)
