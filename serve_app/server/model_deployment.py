@@ -180,6 +180,7 @@ class ModelDeployment:
             "rows": s.rows,
             "forwards": s.forwards,
             "max_rows_seen": s.max_rows_seen,
+            "compute_s": s.compute_s,
             "recent_sizes": list(s.recent_sizes),
             "max_batch_size": self._batch_limit(),
             "batch_wait_timeout_s": self.batching.batch_wait_timeout_s,

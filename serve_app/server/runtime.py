@@ -90,13 +90,16 @@ class BatchStats:
     rows: int = 0
     forwards: int = 0
     max_rows_seen: int = 0
+    compute_s: float = 0.0
+    """Total seconds spent in forwards (the model's own compute)."""
     recent_sizes: list[int] = field(default_factory=list)
 
-    def record(self, rows: int, forwards: int) -> None:
-        """Note one batch of ``rows`` rows run as ``forwards`` forwards."""
+    def record(self, rows: int, forwards: int, compute_s: float = 0.0) -> None:
+        """Note one batch of ``rows`` rows run as ``forwards`` forwards in ``compute_s``."""
         self.batches += 1
         self.rows += rows
         self.forwards += forwards
+        self.compute_s += compute_s
         self.max_rows_seen = max(self.max_rows_seen, rows)
         self.recent_sizes.append(rows)
         del self.recent_sizes[:-256]
@@ -190,8 +193,9 @@ class ModelRuntime:
         adapter = self.require()
         lengths = [adapter.item_length(r) for r in rows]
         groups = plan_forwards(lengths, self.max_batch_tokens)
+        t0 = time.perf_counter()
         out = run_planned(rows, groups, adapter.forward)
-        self.stats.record(len(rows), len(groups))
+        self.stats.record(len(rows), len(groups), time.perf_counter() - t0)
         return out
 
     def check_health(self) -> None:

@@ -48,7 +48,7 @@ def test_bad_model_names(name: str) -> None:
 
 
 def test_duplicate_models_and_server_clash() -> None:
-    with pytest.raises(ValidationError, match=r"duplicate model names: \['a'\]"):
+    with pytest.raises(ValidationError, match=r"duplicate model/pipeline names: \['a'\]"):
         AppConfig(models=[ModelConfig(name="a"), ModelConfig(name="a")])
     with pytest.raises(ValidationError, match="clashes with a model name"):
         AppConfig(models=[ModelConfig(name="oip")])
