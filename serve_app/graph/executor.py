@@ -196,7 +196,10 @@ class GraphExecutor:
             return outcome
         return self._pick(source, tensor, outcome)
 
-    def _pick(self, source: str, tensor: str, outcome: Tensors) -> np.ndarray:
+    def _pick(self, source: str, tensor: str, outcome: Tensors) -> np.ndarray | Skipped:
+        node = self.nodes[source]
+        if tensor not in outcome and isinstance(node, CombineNode):
+            return Skipped(f"node {source!r} has no {tensor!r}: its input was missing")
         if tensor not in outcome:
             raise NodeError(
                 f"node {source!r} returned no tensor {tensor!r} (got {sorted(outcome)})", source

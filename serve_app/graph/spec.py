@@ -20,9 +20,9 @@ tensor specs.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
 from serve_app.schema_base import StrictModel, model_route_prefix, validate_model_name
 
@@ -70,7 +70,7 @@ class ModelNode(_NodeBase):
     """Run a served model. The node calls the model's own deployment (one deployment per
     model, shared with its HTTP route), so the node batches and autoscales with it."""
 
-    kind: Literal["model"] = "model"
+    kind: Literal["model"] = Field("model", description="Node kind (the default).")
     model: str = Field(description="Name of a model in ``AppConfig.models``.")
     version: Literal["latest"] | int | None = Field(
         None,
@@ -95,7 +95,7 @@ class ModelNode(_NodeBase):
 class CombineNode(_NodeBase):
     """Combine tensors of other nodes without a model."""
 
-    kind: Literal["combine"] = "combine"
+    kind: Literal["combine"] = Field(description="Node kind.")
     mode: Literal["concat", "mean", "dict"] = Field(
         description=(
             "concat: along the last axis (output 'output'); mean: element-wise average of "
@@ -131,7 +131,7 @@ class SwitchNode(_NodeBase):
     """Choose which nodes run next. Its targets are gated: they run only when chosen, and
     anything that needs a skipped node's outputs is skipped too."""
 
-    kind: Literal["switch"] = "switch"
+    kind: Literal["switch"] = Field(description="Node kind.")
     source: str = Field(
         description=(
             "What decides: a tensor reference ('topic.confidence', 'request.lang') or "
@@ -155,7 +155,19 @@ class SwitchNode(_NodeBase):
         return list(dict.fromkeys(names))
 
 
-Node = Annotated[ModelNode | CombineNode | SwitchNode, Field(discriminator="kind")]
+def _node_kind(value: Any) -> str:
+    """``kind`` of a node; a node without one is a model node."""
+    if isinstance(value, dict):
+        return str(value.get("kind", "model"))
+    return str(getattr(value, "kind", "model"))
+
+
+Node = Annotated[
+    Annotated[ModelNode, Tag("model")]
+    | Annotated[CombineNode, Tag("combine")]
+    | Annotated[SwitchNode, Tag("switch")],
+    Discriminator(_node_kind),
+]
 
 
 class PipelineConfig(StrictModel):

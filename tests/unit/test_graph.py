@@ -1,0 +1,343 @@
+"""Pipeline declaration, structure and type checks, and the executor (no Ray)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from serve_app.config import AppConfig, load_app_config
+from serve_app.errors import ConfigError, InvalidInput, NodeError
+from serve_app.graph.executor import GraphExecutor
+from serve_app.graph.spec import ModelNode, PipelineConfig
+from serve_app.graph.structure import edges, topological_order
+from serve_app.graph.tensor_types import ModelSpecs, infer_specs
+from serve_app.models.base import TensorSpec
+
+ROOT = Path(__file__).resolve().parents[2]
+
+TEXT = (TensorSpec("text", "BYTES", (-1,)),)
+EMB = (TensorSpec("embedding", "FP32", (-1, 4)),)
+HEAD_IN = (TensorSpec("input", "FP32", (-1, 4)),)
+CLASSIFY = (
+    TensorSpec("probabilities", "FP32", (-1, 2)),
+    TensorSpec("label", "BYTES", (-1,)),
+    TensorSpec("confidence", "FP32", (-1,)),
+)
+SPECS = {
+    "enc": ModelSpecs(TEXT, EMB),
+    "head": ModelSpecs(HEAD_IN, CLASSIFY),
+    "head2": ModelSpecs(HEAD_IN, CLASSIFY),
+    "small": ModelSpecs((TensorSpec("input", "FP32", (-1, 8)),), CLASSIFY),
+}
+
+
+def pipeline(**changes: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "name": "p",
+        "inputs": [{"name": "text", "datatype": "BYTES", "shape": [-1]}],
+        "nodes": [
+            {"name": "embed", "model": "enc", "inputs": {"text": "request.text"}},
+            {"name": "a", "model": "head", "inputs": {"input": "embed.embedding"}},
+            {"name": "b", "model": "head2", "inputs": {"input": "embed.embedding"}},
+            {
+                "name": "both",
+                "kind": "combine",
+                "mode": "mean",
+                "inputs": {"a": "a.probabilities", "b": "b.probabilities"},
+            },
+        ],
+        "outputs": {"label": "a.label", "mean": "both.output"},
+    }
+    base.update(changes)
+    return base
+
+
+def app_with(p: dict[str, Any]) -> AppConfig:
+    return AppConfig.model_validate({"models": [{"name": n} for n in SPECS], "pipelines": [p]})
+
+
+# --- declaration and structure -------------------------------------------------------
+
+
+def test_demo_config_declares_the_triage_pipeline() -> None:
+    app = load_app_config(ROOT / "configs/app.yaml")
+    triage = app.pipeline("triage")
+    assert topological_order(triage) == [
+        "embed",
+        "topic",
+        "urgency",
+        "route",
+        "second-opinion",
+        "consensus",
+    ]
+    assert ("route", "second-opinion") in edges(triage)
+    assert ("embed", "topic") in edges(triage) and ("embed", "urgency") in edges(triage)
+
+
+def test_cycle_is_rejected_naming_the_nodes() -> None:
+    nodes = [
+        {"name": "x", "model": "head", "inputs": {"input": "y.probabilities"}},
+        {"name": "y", "model": "head", "inputs": {"input": "x.probabilities"}},
+    ]
+    with pytest.raises(ValidationError, match=r"pipeline 'p': cycle through nodes \['x', 'y'\]"):
+        PipelineConfig.model_validate(pipeline(nodes=nodes, outputs={"o": "x.label"}))
+
+
+def test_dangling_references_name_the_node() -> None:
+    bad = pipeline()
+    bad["nodes"][1]["inputs"] = {"input": "nope.embedding"}
+    with pytest.raises(ValidationError, match="node 'a' reads 'nope.embedding' from unknown node"):
+        PipelineConfig.model_validate(bad)
+    bad = pipeline()
+    bad["nodes"][0]["inputs"] = {"text": "request.txt"}
+    with pytest.raises(ValidationError, match="declares no input 'txt'"):
+        PipelineConfig.model_validate(bad)
+    bad = pipeline()
+    bad["nodes"][3]["inputs"]["a"] = "a.probs"
+    with (
+        pytest.raises(ValidationError, match="node 'both' reads 'a.probs'")
+        if False
+        else (
+            pytest.raises(ConfigError, match="node 'both': reads 'a.probs', which does not exist")
+        )
+    ):
+        infer_specs(PipelineConfig.model_validate(bad), SPECS)
+    with pytest.raises(ValidationError, match=r"output 'x' reads 'both.nope', but node 'both'"):
+        PipelineConfig.model_validate(pipeline(outputs={"x": "both.nope"}))
+
+
+def test_unused_nodes_and_bad_switches_are_rejected() -> None:
+    with pytest.raises(ValidationError, match=r"nodes \['b', 'both'\] feed no pipeline output"):
+        PipelineConfig.model_validate(pipeline(outputs={"label": "a.label"}))
+    sw = {
+        "name": "sw",
+        "kind": "switch",
+        "source": "a.confidence",
+        "cases": [{"below": 0.5, "to": "zz"}],
+    }
+    p = pipeline()
+    p["nodes"].append(sw)
+    with pytest.raises(ValidationError, match="switch 'sw' targets unknown node 'zz'"):
+        PipelineConfig.model_validate(p)
+    with pytest.raises(ValidationError, match="exactly one of below/at_least/equals"):
+        PipelineConfig.model_validate(
+            pipeline(nodes=[*pipeline()["nodes"], {**sw, "cases": [{"to": "b"}]}])
+        )
+
+
+def test_unknown_model_and_version_mismatch_name_the_node() -> None:
+    p = pipeline()
+    p["nodes"][1]["model"] = "ghost"
+    with pytest.raises(ValidationError, match="pipeline 'p' node 'a': unknown model 'ghost'"):
+        app_with(p)
+    p = pipeline()
+    p["nodes"][1]["version"] = 3
+    with pytest.raises(ValidationError, match="node 'a': wants 'head' version 3, but the model"):
+        app_with(p)
+    with pytest.raises(ValidationError, match="duplicate model/pipeline names"):
+        AppConfig.model_validate(
+            {
+                "models": [{"name": "enc"}, {"name": "head"}, {"name": "head2"}],
+                "pipelines": [pipeline(name="enc")],
+            }
+        )
+
+
+def test_unknown_keys_rejected_in_nodes() -> None:
+    p = pipeline()
+    p["nodes"][0]["batch"] = 3
+    with pytest.raises(ValidationError, match="Extra inputs are not permitted"):
+        PipelineConfig.model_validate(p)
+
+
+# --- datatypes and shapes ------------------------------------------------------------
+
+
+def test_types_flow_through_combinators() -> None:
+    specs = infer_specs(PipelineConfig.model_validate(pipeline()), SPECS)
+    assert [s.to_json() for s in specs.outputs] == [
+        {"name": "label", "datatype": "BYTES", "shape": [-1]},
+        {"name": "mean", "datatype": "FP32", "shape": [-1, 2]},
+    ]
+    cat = pipeline()
+    cat["nodes"][3]["mode"] = "concat"
+    specs = infer_specs(PipelineConfig.model_validate(cat), SPECS)
+    assert specs.outputs[1].shape == (-1, 4)
+
+
+def test_datatype_and_shape_mismatches_name_node_and_specs() -> None:
+    p = pipeline()
+    p["nodes"][1]["inputs"] = {"input": "request.text"}
+    with pytest.raises(
+        ConfigError,
+        match=r"pipeline 'p' node 'a': input 'input' of model 'head' is FP32 \[-1, 4\], "
+        r"but 'request.text' is BYTES \[-1\]",
+    ):
+        infer_specs(PipelineConfig.model_validate(p), SPECS)
+    p = pipeline()
+    p["nodes"][1]["model"] = "small"
+    with pytest.raises(
+        ConfigError, match=r"node 'a': input 'input' of model 'small' is FP32 \[-1, 8\]"
+    ):
+        infer_specs(PipelineConfig.model_validate(p), SPECS)
+    p = pipeline()
+    p["nodes"][1]["inputs"] = {"inp": "embed.embedding"}
+    with pytest.raises(ConfigError, match=r"takes inputs \['input'\]; the node maps \['inp'\]"):
+        infer_specs(PipelineConfig.model_validate(p), SPECS)
+    p = pipeline()
+    p["nodes"][3]["inputs"] = {"a": "a.probabilities", "b": "b.label"}
+    with pytest.raises(
+        ConfigError, match=r"node 'both': mean of mixed datatypes \['BYTES', 'FP32'\]"
+    ):
+        infer_specs(PipelineConfig.model_validate(p), SPECS)
+    p = pipeline()
+    p["nodes"].append(
+        {"name": "sw", "kind": "switch", "source": "a.label", "cases": [{"below": 1, "to": "b"}]}
+    )
+    with pytest.raises(
+        ConfigError, match="node 'sw': compares 'a.label' \\(BYTES\\) with a threshold"
+    ):
+        infer_specs(PipelineConfig.model_validate(p), SPECS)
+
+
+# --- executor ------------------------------------------------------------------------
+
+
+class FakeBackend:
+    """Runs a numpy function per model after resolving a chained upstream, like Ray does;
+    records what each call received and when it started."""
+
+    def __init__(self, fail: dict[str, Exception] | None = None, delay_s: float = 0.02) -> None:
+        self.fail = fail or {}
+        self.delay_s = delay_s
+        self.received: dict[str, Any] = {}
+        self.events: list[tuple[str, str]] = []
+
+    def submit(self, node: ModelNode, tensors: Any, rename: dict[str, str]) -> asyncio.Task[Any]:
+        self.received[node.name] = tensors
+        return asyncio.ensure_future(self._run(node, tensors, rename))
+
+    async def _run(self, node: ModelNode, tensors: Any, rename: dict[str, str]) -> dict[str, Any]:
+        if not isinstance(tensors, dict):
+            tensors = await tensors  # a chained upstream result
+        inputs = {k: tensors[v] for k, v in rename.items()}
+        self.events.append(("start", node.name))
+        await asyncio.sleep(self.delay_s)
+        self.events.append(("end", node.name))
+        if node.model in self.fail:
+            raise self.fail[node.model]
+        if node.model == "enc":
+            n = len(inputs["text"])
+            return {"embedding": np.arange(n * 4, dtype=np.float32).reshape(n, 4)}
+        x = inputs["input"]
+        conf = 0.9 if node.model == "head" else 0.6
+        probs = np.tile(np.array([conf, 1 - conf], dtype=np.float32), (len(x), 1))
+        label = np.array(["yes"] * len(x), dtype=object)
+        return {"probabilities": probs, "label": label, "confidence": probs[:, 0]}
+
+
+def run(p: dict[str, Any], backend: FakeBackend, **params: Any) -> Any:
+    executor = GraphExecutor(PipelineConfig.model_validate(p), backend)
+    text = np.array(["one", "two"], dtype=object)
+    return asyncio.run(executor.run({"text": text}, params))
+
+
+def test_sequence_is_chained_and_fan_out_runs_concurrently() -> None:
+    backend = FakeBackend()
+    result = run(pipeline(), backend)
+    # a and b got embed's pending result, not values the router had to wait for
+    assert not isinstance(backend.received["a"], dict)
+    assert backend.received["a"] is backend.received["b"]
+    assert isinstance(backend.received["embed"], dict)
+    starts = [e for e in backend.events if e[1] in ("a", "b")]
+    assert starts[:2] == [("start", "a"), ("start", "b")]  # both began before either ended
+    assert result.outputs["label"].tolist() == ["yes", "yes"]
+    np.testing.assert_allclose(result.outputs["mean"], [[0.75, 0.25], [0.75, 0.25]])
+    assert result.parameters() == {}
+
+
+def test_switch_runs_the_chosen_branch_only() -> None:
+    p = pipeline()
+    p["nodes"].append(
+        {
+            "name": "sw",
+            "kind": "switch",
+            "source": "a.confidence",
+            "reduce": "min",
+            "cases": [{"below": 0.95, "to": "b"}],
+        }
+    )
+    result = run(p, FakeBackend())
+    assert result.outputs["mean"].shape == (2, 2)
+    p["nodes"][-1]["cases"] = [{"below": 0.5, "to": "b"}]
+    result = run(p, FakeBackend())
+    assert sorted(result.outputs) == ["label"]
+    assert result.parameters() == {
+        "skipped": {
+            "b": "not chosen by switch 'sw'",
+            "both": "mean needs 'b.probabilities', which is missing",
+        },
+        "omitted_outputs": ["mean"],
+    }
+
+
+def test_switch_on_a_request_parameter() -> None:
+    p = pipeline()
+    p["nodes"].append(
+        {
+            "name": "sw",
+            "kind": "switch",
+            "source": "parameters.mode",
+            "cases": [{"equals": "thorough", "to": "b"}],
+        }
+    )
+    assert "mean" in run(p, FakeBackend(), mode="thorough").outputs
+    assert "mean" not in run(p, FakeBackend(), mode="fast").outputs
+    assert "mean" not in run(p, FakeBackend()).outputs
+
+
+def test_required_node_failure_keeps_its_status_and_names_the_node() -> None:
+    backend = FakeBackend(fail={"head2": InvalidInput("rows must be 4 wide")})
+    with pytest.raises(NodeError) as e:
+        run(pipeline(), backend)
+    assert (e.value.status_code, e.value.node, e.value.message) == (
+        400,
+        "b",
+        "node 'b' (model 'head2'): rows must be 4 wide",
+    )
+    with pytest.raises(NodeError) as e:
+        run(pipeline(), FakeBackend(fail={"head2": RuntimeError("secret detail")}))
+    assert (e.value.status_code, e.value.message) == (
+        500,
+        "node 'b' (model 'head2'): internal error",
+    )
+
+
+def test_a_chained_failure_is_blamed_on_the_upstream_node() -> None:
+    with pytest.raises(NodeError) as e:
+        run(pipeline(), FakeBackend(fail={"enc": InvalidInput("not UTF-8")}))
+    assert (e.value.node, e.value.status_code) == ("embed", 400)
+
+
+def test_optional_node_failure_degrades_the_answer() -> None:
+    p = pipeline()
+    p["nodes"][2]["optional"] = True
+    p["nodes"][3]["mode"] = "dict"
+    p["outputs"] = {"label": "a.label", "a": "both.a", "b": "both.b"}
+    result = run(p, FakeBackend(fail={"head2": InvalidInput("bad rows")}))
+    assert sorted(result.outputs) == ["a", "label"]
+    assert result.parameters() == {
+        "degraded": {"b": "node 'b' (model 'head2'): bad rows"},
+        "omitted_outputs": ["b"],
+    }
+
+
+def test_missing_pipeline_input_is_a_400() -> None:
+    executor = GraphExecutor(PipelineConfig.model_validate(pipeline()), FakeBackend())
+    with pytest.raises(InvalidInput, match=r"pipeline 'p': missing input\(s\) \['text'\]"):
+        asyncio.run(executor.run({"txt": np.array(["x"], dtype=object)}))
