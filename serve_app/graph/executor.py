@@ -104,6 +104,7 @@ Outcome = Tensors | Skipped
 class _Run:
     inputs: Tensors
     parameters: Mapping[str, Any]
+    unavailable: Mapping[str, str]
     tasks: dict[str, asyncio.Task[Outcome]] = field(default_factory=dict)
     submitted: dict[str, asyncio.Future[Any]] = field(default_factory=dict)
 
@@ -141,9 +142,18 @@ class GraphExecutor:
         """Model node -> the model node it is chained to (reads only that node's outputs)."""
 
     async def run(
-        self, inputs: Tensors, parameters: Mapping[str, Any] | None = None
+        self,
+        inputs: Tensors,
+        parameters: Mapping[str, Any] | None = None,
+        unavailable: Mapping[str, str] | None = None,
     ) -> GraphResult:
         """Run the graph on one request's decoded inputs.
+
+        Args:
+            inputs: The request's tensors by input name.
+            parameters: The request's parameters (a switch may read them).
+            unavailable: Models known not to be serving -> why. Their nodes are not
+                called: an optional one is degraded, a required one fails with 503.
 
         Raises:
             NodeError: a required node failed (its status, message and name).
@@ -155,7 +165,7 @@ class GraphExecutor:
                 f"pipeline {self.pipeline.name!r}: missing input(s) {missing}; got {sorted(inputs)}"
             )
         loop = asyncio.get_running_loop()
-        run = _Run(inputs=inputs, parameters=parameters or {})
+        run = _Run(inputs=inputs, parameters=parameters or {}, unavailable=unavailable or {})
         for name in self.order:
             if isinstance(self.nodes[name], ModelNode):
                 run.submitted[name] = loop.create_future()
@@ -235,6 +245,12 @@ class GraphExecutor:
                 fut.set_result(None)
 
     async def _model(self, node: ModelNode, run: _Run) -> Outcome:
+        reason = run.unavailable.get(node.model)
+        if reason is not None:
+            tagged = f"node {node.name!r} (model {node.model!r}) is not ready: {reason}"
+            if node.optional:
+                return Skipped(tagged, degraded=True)
+            raise NodeError(tagged, node.name, 503)
         upstream = self.chained.get(node.name)
         if upstream is not None:
             pending_upstream = await run.submitted[upstream]

@@ -189,6 +189,7 @@ class ModelDeployment:
             "version": self.version,
             "pid": os.getpid(),
             "device": self.runtime.device,
+            "adapter": self.runtime.require().info.extra,
         }
 
     async def __call__(self, request: Request) -> Response:

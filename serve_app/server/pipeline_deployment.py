@@ -29,6 +29,7 @@ from serve_app.protocol import oip
 from serve_app.repository.loader import ModelRepository
 from serve_app.schema_base import model_route_prefix
 from serve_app.server.http import error_response, json_response, read_inference_request
+from serve_app.server.node_status import NodeStatus
 from serve_app.server.routes import match
 
 logger = logging.getLogger("ray.serve")
@@ -73,7 +74,7 @@ class PipelineRouter:
         model_specs: Tensor specs per model (tests); None reads the manifests.
     """
 
-    def __init__(
+    async def __init__(  # type: ignore[misc]  # Serve awaits an async constructor
         self,
         args: dict[str, Any],
         node_handles: dict[str, DeploymentHandle] | None = None,
@@ -90,6 +91,7 @@ class PipelineRouter:
         self.executor = GraphExecutor(
             self.pipeline, HandleBackend(self.handles), classify_serve_error
         )
+        self.node_status.start()  # the first request already knows which nodes are down
         logger.info("%s ready: nodes %s", self.pipeline.name, [n.name for n in self.pipeline.nodes])
 
     def _init_pipeline(
@@ -111,6 +113,7 @@ class PipelineRouter:
             name: serve.get_deployment_handle(t.deployment, app_name=t.app)
             for name, t in args.models.items()
         }
+        self.node_status = NodeStatus({m: (t.app, t.deployment) for m, t in args.models.items()})
 
     def _init_staged(self, args: StagedAppArgs, handles: dict[str, DeploymentHandle]) -> None:
         from serve_app.models.specs import declared_specs
@@ -128,12 +131,15 @@ class PipelineRouter:
         self.inputs = list(specs.inputs)
         self.outputs = list(specs.outputs)
         self.handles = handles
+        self.node_status = NodeStatus({})  # stages live and fail with this app
 
     # --- composition ---------------------------------------------------------------
 
     async def infer_tensors(self, tensors: Tensors, rename: dict[str, str]) -> Tensors:
         """Run the graph as a node of another graph (same contract as a model)."""
-        result = await self.executor.run({k: tensors[v] for k, v in rename.items()})
+        result = await self.executor.run(
+            {k: tensors[v] for k, v in rename.items()}, None, self.node_status.unserving()
+        )
         return result.outputs
 
     # --- HTTP ----------------------------------------------------------------------
@@ -174,7 +180,9 @@ class PipelineRouter:
 
     async def _infer(self, request: Request) -> Response:
         decoded = await read_inference_request(request, self.http.max_request_bytes)
-        result = await self.executor.run(decoded.inputs, decoded.parameters)
+        result = await self.executor.run(
+            decoded.inputs, decoded.parameters, self.node_status.unserving()
+        )
         if decoded.requested_outputs is not None and result.omitted_outputs:
             decoded.requested_outputs = {
                 k: v for k, v in decoded.requested_outputs.items() if k in result.outputs

@@ -17,10 +17,11 @@ from typing import Any
 import httpx
 import pytest
 
-from serve_app.config import AppConfig, ModelConfig
+from serve_app.config import AppConfig, ModelConfig, load_app_config
 from serve_app.demo import MLP_HEAD, ensure_demo_models
 from serve_app.serve_config import render_serve_config
 
+ROOT = Path(__file__).resolve().parents[2]
 BROKEN = "broken"
 GPU_MODEL = "gpu-mlp"
 
@@ -29,6 +30,82 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+STAGED = "minilm-pp"
+HEAD_MODELS = ["ticket-topic", "ticket-urgency", "ticket-topic-large"]
+MISTYPED = "mistyped"
+
+
+def session_pipelines() -> list[dict[str, Any]]:
+    """The demo's triage pipeline plus small graphs that exercise each node kind."""
+    triage = load_app_config(ROOT / "configs/app.yaml").pipeline("triage")
+    embed = {"name": "embed", "model": "minilm", "inputs": {"text": "request.text"}}
+    return [
+        triage.model_dump(mode="json"),
+        {  # sequence with an explicit tensor mapping
+            "name": "chain",
+            "inputs": [{"name": "text", "datatype": "BYTES", "shape": [-1]}],
+            "nodes": [
+                embed,
+                {"name": "head", "model": MLP_HEAD, "inputs": {"input": "embed.embedding"}},
+            ],
+            "outputs": {"scores": "head.output", "embedding": "embed.embedding"},
+        },
+        {  # an optional node whose failure degrades the answer
+            "name": "with-note",
+            "inputs": [
+                {"name": "text", "datatype": "BYTES", "shape": [-1]},
+                {"name": "note", "datatype": "BYTES", "shape": [-1]},
+            ],
+            "nodes": [
+                embed,
+                {
+                    "name": "note-embed",
+                    "model": "minilm",
+                    "inputs": {"text": "request.note"},
+                    "optional": True,
+                },
+                {
+                    "name": "both",
+                    "kind": "combine",
+                    "mode": "dict",
+                    "inputs": {
+                        "text_embedding": "embed.embedding",
+                        "note_embedding": "note-embed.embedding",
+                    },
+                },
+            ],
+            "outputs": {
+                "text_embedding": "both.text_embedding",
+                "note_embedding": "both.note_embedding",
+            },
+        },
+        {  # a staged (pipeline-parallel) model as a node
+            "name": "pp-head",
+            "inputs": [{"name": "text", "datatype": "BYTES", "shape": [-1]}],
+            "nodes": [
+                {"name": "embed", "model": STAGED, "inputs": {"text": "request.text"}},
+                {"name": "head", "model": MLP_HEAD, "inputs": {"input": "embed.embedding"}},
+            ],
+            "outputs": {"scores": "head.output"},
+        },
+        {  # a required node whose model never starts (corrupt weights)
+            "name": "needs-broken",
+            "inputs": [{"name": "text", "datatype": "BYTES", "shape": [-1]}],
+            "nodes": [
+                embed,
+                {"name": "head", "model": BROKEN, "inputs": {"input": "embed.embedding"}},
+            ],
+            "outputs": {"scores": "head.output"},
+        },
+        {  # structurally fine, but BYTES into an FP32 input: its router must refuse to start
+            "name": MISTYPED,
+            "inputs": [{"name": "text", "datatype": "BYTES", "shape": [-1]}],
+            "nodes": [{"name": "head", "model": MLP_HEAD, "inputs": {"input": "request.text"}}],
+            "outputs": {"scores": "head.output"},
+        },
+    ]
 
 
 def make_app_config(root: Path, port: int, mlp_batching: dict[str, Any] | None = None) -> AppConfig:
@@ -56,9 +133,36 @@ def make_app_config(root: Path, port: int, mlp_batching: dict[str, Any] | None =
                     resources={"num_cpus": 0, "num_gpus": 0.25},
                     health_check_period_s=60,
                 ).model_dump(),
+                *({"name": h, "resources": {"num_cpus": 0}} for h in HEAD_MODELS),
+                {  # MiniLM v1 split 3/3 over two deployments
+                    "name": STAGED,
+                    "repository_name": "minilm",
+                    "version": 1,
+                    "batching": {"max_batch_size": 16, "batch_wait_timeout_s": 0.005},
+                    "stages": [
+                        {"layers": [0, 3], "resources": {"num_cpus": 0.5}},
+                        {"layers": [3, 6], "resources": {"num_cpus": 0.5}},
+                    ],
+                },
             ],
+            "pipelines": session_pipelines(),
         }
     )
+
+
+READY_APPS = [
+    "oip",
+    "minilm",
+    MLP_HEAD,
+    *HEAD_MODELS,
+    STAGED,
+    "triage",
+    "chain",
+    "with-note",
+    "pp-head",
+    "needs-broken",
+]
+"""Applications a test may rely on (broken, gpu-mlp and mistyped never all become RUNNING)."""
 
 
 def deploy_and_wait(app: AppConfig, ready: list[str], timeout_s: float = 180) -> None:
@@ -116,7 +220,7 @@ def serve_app_url(model_root: Path) -> Iterator[str]:
         log_to_driver=False,
     )
     try:
-        deploy_and_wait(app, ["oip", "minilm", MLP_HEAD])
+        deploy_and_wait(app, READY_APPS)
         yield f"http://127.0.0.1:{port}"
     finally:
         local.stop_ray(timeout_s=20)

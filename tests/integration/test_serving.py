@@ -12,7 +12,13 @@ import numpy as np
 import orjson
 import pytest
 
-from tests.integration.conftest import BROKEN, GPU_MODEL, deploy_and_wait, make_app_config
+from tests.integration.conftest import (
+    BROKEN,
+    GPU_MODEL,
+    READY_APPS,
+    deploy_and_wait,
+    make_app_config,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -222,7 +228,7 @@ def test_user_config_change_applies_without_restart(model_root: Path, serve_app_
     app = make_app_config(
         model_root, port, mlp_batching={"max_batch_size": 3, "batch_wait_timeout_s": 0.02}
     )
-    deploy_and_wait(app, ["oip", "minilm", "mlp-head"])
+    deploy_and_wait(app, READY_APPS)
     after = wait_for(
         lambda: (s := handle.batch_stats.remote().result())["max_batch_size"] == 3 and s
     )

@@ -341,3 +341,24 @@ def test_missing_pipeline_input_is_a_400() -> None:
     executor = GraphExecutor(PipelineConfig.model_validate(pipeline()), FakeBackend())
     with pytest.raises(InvalidInput, match=r"pipeline 'p': missing input\(s\) \['text'\]"):
         asyncio.run(executor.run({"txt": np.array(["x"], dtype=object)}))
+
+
+def test_unserving_models_fail_fast_or_degrade() -> None:
+    backend = FakeBackend()
+    executor = GraphExecutor(PipelineConfig.model_validate(pipeline()), backend)
+    text = np.array(["x"], dtype=object)
+    with pytest.raises(NodeError) as e:
+        asyncio.run(executor.run({"text": text}, None, {"head2": "DEPLOY_FAILED: bad sha256"}))
+    assert (e.value.status_code, e.value.message) == (
+        503,
+        "node 'b' (model 'head2') is not ready: DEPLOY_FAILED: bad sha256",
+    )
+    assert "b" not in backend.received
+    p = pipeline()
+    p["nodes"][2]["optional"] = True
+    p["nodes"][3]["mode"] = "dict"
+    p["outputs"] = {"a": "both.a", "b": "both.b"}
+    executor = GraphExecutor(PipelineConfig.model_validate(p), FakeBackend())
+    result = asyncio.run(executor.run({"text": text}, None, {"head2": "UNHEALTHY"}))
+    assert sorted(result.outputs) == ["a"]
+    assert result.degraded == {"b": "node 'b' (model 'head2') is not ready: UNHEALTHY"}

@@ -1,0 +1,577 @@
+"""What the inference graph costs: latency per DeploymentHandle hop, and the demo
+pipeline's throughput against its bottleneck model. One run, two parts, each on its own
+fresh local Ray (a child process each, so nothing is shared but the machine):
+
+**Part 1, hops.** Three seeded MLPs 384 -> [384] -> 384 (``chain-a``, ``chain-b``,
+``chain-c``; ``num_cpus`` 0, one torch thread, batch wait ``--chain-wait-s``) are served
+as models, plus the pipelines ``chain3`` (a -> b -> c) and ``chain1`` (a alone). One
+FP32 [1, 384] request, closed loop at c=1 and c=16 (Python threads, one keep-alive
+``http.client`` connection each, in the same process on the same cores), over:
+
+- ``graph_chain3`` (a): POST ``/v2/models/chain3/infer``;
+- ``graph_chain1``: POST ``/v2/models/chain1/infer`` (one node);
+- ``client_chain`` (b): the same chain as three HTTP calls, the client decoding each
+  answer and posting its ``output`` to the next model;
+- ``direct`` (c): POST ``/v2/models/chain-a/infer``.
+
+A *hop* is one DeploymentHandle call (submit, run, result back): ``chain3`` makes 3
+(router -> a, -> b, -> c; b and c get the upstream result unresolved), ``chain1`` makes
+1, ``direct`` none. The router's HTTP decode/encode takes the place of the model's, so
+at c=1, with p50 latencies L, mean forward time per request C_n of node n (deltas of
+``batch_stats()`` ``compute_s``/``rows`` over the ``graph_chain3`` window) and the batch
+wait w (a lone request waits all of it in every node: its batch never fills)::
+
+    hop_single            = L(chain1) - L(direct)
+    hop_per_call          = (L(chain3) - L(direct) - C_b - C_c - 2 w) / 3
+    hop_per_call_incl_wait = (L(chain3) - L(direct) - C_b - C_c) / 3
+    hop_chained           = (L(chain3) - L(chain1) - C_b - C_c - 2 w) / 2
+
+The target is ``hop_per_call`` <= 2 ms. Every raw number is in the JSON to recompute.
+
+**Part 2, demo.** ``configs/app.yaml`` (minilm x2 + triage heads + ``triage``) on models
+published into a temporary repository, wrk at c=64: ``/v2/models/triage/infer`` and
+``/v2/models/minilm/infer`` (the bottleneck node alone) with one ~12-word ticket.
+
+Results: ``loadtest/results/graph.json`` and ``graph.md``. Needs ``wrk``; traffic goes to
+127.0.0.1 only.
+
+    python -m loadtest.bench_graph            # full run, ~8 min on 2 cores
+    python -m loadtest.bench_graph --quick    # shorter loads, for a smoke check
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import http.client
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from loadtest.bench_serving import PORT, body, machine, run_wrk, wrk_script
+
+CHAIN = ("chain-a", "chain-b", "chain-c")
+DIM = 384
+TICKET = "I was charged twice for my subscription this month, please refund ASAP"
+PART_TIMEOUT_S = 900
+HOP_PATHS = ("graph_chain3", "graph_chain1", "client_chain", "direct")
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def infer_path(name: str) -> str:
+    """OIP infer route of a model or pipeline."""
+    return f"/v2/models/{name}/infer"
+
+
+def fp32_body(data: list[float], shape: list[int]) -> bytes:
+    """OIP JSON request with one FP32 tensor ``input``."""
+    tensor = {"name": "input", "shape": shape, "datatype": "FP32", "data": data}
+    return json.dumps({"inputs": [tensor]}).encode()
+
+
+# --- serving -----------------------------------------------------------------------
+
+
+def publish_chain(root: Path) -> None:
+    """Publish the three seeded chain MLPs (seed = position in the chain) into ``root``."""
+    import torch
+    from safetensors.torch import save_file
+
+    from serve_app.models.architectures import MLP
+    from serve_app.repository.manifest import Architecture
+    from serve_app.repository.publish import publish
+
+    kwargs: dict[str, Any] = {"in_features": DIM, "hidden": [DIM], "out_features": DIM}
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed, name in enumerate(CHAIN):
+            torch.manual_seed(seed)
+            weights = Path(tmp) / f"{name}.safetensors"
+            save_file({k: v.contiguous() for k, v in MLP(**kwargs).state_dict().items()}, weights)
+            publish(
+                weights,
+                root,
+                name,
+                architecture=Architecture(name="mlp", kwargs=kwargs),
+                source=f"seeded random init (torch.manual_seed({seed}))",
+            )
+
+
+def chain_app_config(root: Path, wait_s: float) -> dict[str, Any]:
+    """AppConfig (as a dict) of the chain models and the ``chain3``/``chain1`` pipelines."""
+    model = {
+        "batching": {"max_batch_size": 32, "batch_wait_timeout_s": wait_s},
+        "max_ongoing_requests": 64,
+        "resources": {"num_cpus": 0, "torch_threads": 1},
+    }
+    inputs = [{"name": "input", "datatype": "FP32", "shape": [-1, DIM]}]
+    nodes = [
+        {"name": "a", "kind": "model", "model": CHAIN[0], "inputs": {"input": "request.input"}},
+        {"name": "b", "kind": "model", "model": CHAIN[1], "inputs": {"input": "a.output"}},
+        {"name": "c", "kind": "model", "model": CHAIN[2], "inputs": {"input": "b.output"}},
+    ]
+    return {
+        "repository": {"root": str(root)},
+        "http": {"host": "127.0.0.1", "port": PORT, "ingress": "haproxy"},
+        "models": [{"name": n, **model} for n in CHAIN],
+        "pipelines": [
+            {"name": "chain3", "inputs": inputs, "nodes": nodes, "outputs": {"output": "c.output"}},
+            {
+                "name": "chain1",
+                "inputs": inputs,
+                "nodes": nodes[:1],
+                "outputs": {"output": "a.output"},
+            },
+        ],
+    }
+
+
+def demo_app_config(root: Path) -> dict[str, Any]:
+    """``configs/app.yaml`` with the repository root replaced by ``root``."""
+    data = yaml.safe_load((REPO_ROOT / "configs" / "app.yaml").read_text())
+    data["repository"]["root"] = str(root)
+    return data
+
+
+@contextmanager
+def serving(app_dict: dict[str, Any], timeout_s: float = 300) -> Iterator[Any]:
+    """Start a local Ray (2 CPUs, 127.0.0.1, the config's ingress), deploy ``app_dict``,
+    wait until every application is RUNNING; stop Ray (bounded) on exit."""
+    from serve_app import local
+    from serve_app.config import AppConfig
+    from serve_app.serve_config import render_serve_config
+
+    app = AppConfig.model_validate(app_dict)
+    config = render_serve_config(app)
+    local.start_ray(num_cpus=2, http=app.http)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the cleanup below
+    try:
+        local.deploy_config(config)
+        local.wait_running([a["name"] for a in config["applications"]], timeout_s)
+        yield app
+    finally:
+        # serve.shutdown often needs more than 20 s here; a stop_ray that gives up on it
+        # can end this process (see run_part), so it gets a generous bound.
+        local.stop_ray(timeout_s=60)
+
+
+def wait_ok(path: str, payload: bytes, timeout_s: float = 60) -> bytes:
+    """POST until the route answers 200 (HAProxy picks routes up after RUNNING)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        conn = http.client.HTTPConnection("127.0.0.1", PORT, timeout=10)
+        try:
+            data = post(conn, path, payload)
+            if data is not None:
+                return data
+        except (OSError, http.client.HTTPException):
+            pass
+        finally:
+            conn.close()
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no 200 from {path} in {timeout_s:.0f} s")
+        time.sleep(0.2)
+
+
+# --- closed-loop client ------------------------------------------------------------
+
+
+def post(conn: http.client.HTTPConnection, path: str, payload: bytes) -> bytes | None:
+    """One POST on a keep-alive connection; the body on 200, else None."""
+    conn.request("POST", path, body=payload, headers={"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    data = resp.read()
+    return data if resp.status == 200 else None
+
+
+Call = Callable[[http.client.HTTPConnection], bool]
+
+
+def closed_loop(
+    call: Call, concurrency: int, warmup_s: float, duration_s: float, probe: Callable[[], Any]
+) -> tuple[dict[str, Any], Any, Any]:
+    """``concurrency`` threads each repeat ``call`` back to back for ``warmup_s +
+    duration_s``; only calls started in the measured window count.
+
+    Returns:
+        The summary (rps, p50/p99/mean ms, ok, errors), and ``probe()`` taken at the
+        start and at the end of the window.
+    """
+    t_start = time.perf_counter() + warmup_s
+    t_end = t_start + duration_s
+    latencies: list[list[float]] = [[] for _ in range(concurrency)]
+    errors = [0] * concurrency
+
+    def worker(i: int) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", PORT, timeout=30)
+        while (t0 := time.perf_counter()) < t_end:
+            try:
+                ok = call(conn)
+            except (OSError, http.client.HTTPException):
+                ok = False
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", PORT, timeout=30)
+            if t0 >= t_start:
+                if ok:
+                    latencies[i].append((time.perf_counter() - t0) * 1e3)
+                else:
+                    errors[i] += 1
+        conn.close()
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(concurrency)]
+    for t in threads:
+        t.start()
+    time.sleep(max(0.0, t_start - time.perf_counter()))
+    before = probe()
+    time.sleep(max(0.0, t_end - time.perf_counter()))
+    after = probe()
+    for t in threads:
+        t.join()
+    lat = np.array([x for per in latencies for x in per])
+    summary = {
+        "concurrency": concurrency,
+        "duration_s": duration_s,
+        "ok": int(lat.size),
+        "errors": sum(errors),
+        "rps": round(lat.size / duration_s, 1),
+        "p50_ms": round(float(np.percentile(lat, 50)), 3) if lat.size else None,
+        "p99_ms": round(float(np.percentile(lat, 99)), 3) if lat.size else None,
+        "mean_ms": round(float(lat.mean()), 3) if lat.size else None,
+    }
+    return summary, before, after
+
+
+def client_chain(request: bytes) -> Call:
+    """Three HTTP calls per logical request, each answer's ``output`` posted onward."""
+
+    def call(conn: http.client.HTTPConnection) -> bool:
+        payload = request
+        for i, name in enumerate(CHAIN):
+            data = post(conn, infer_path(name), payload)
+            if data is None:
+                return False
+            if i < len(CHAIN) - 1:
+                out = json.loads(data)["outputs"][0]
+                payload = fp32_body(out["data"], out["shape"])
+        return True
+
+    return call
+
+
+def node_stats() -> dict[str, dict[str, Any]]:
+    """``batch_stats()`` of each chain model (one replica each)."""
+    from ray import serve
+
+    from serve_app.app_args import MODEL_DEPLOYMENT
+
+    return {
+        n: serve.get_deployment_handle(MODEL_DEPLOYMENT, app_name=n)
+        .batch_stats.remote()
+        .result(timeout_s=30)
+        for n in CHAIN
+    }
+
+
+def stats_delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """Per node: batches, rows, mean rows per batch, compute per batch and per row (ms)."""
+    out = {}
+    for n in CHAIN:
+        batches = after[n]["batches"] - before[n]["batches"]
+        rows = after[n]["rows"] - before[n]["rows"]
+        compute_s = after[n]["compute_s"] - before[n]["compute_s"]
+        out[n] = {
+            "batches": batches,
+            "rows": rows,
+            "compute_s": round(compute_s, 4),
+            "rows_per_batch": round(rows / batches, 2) if batches else None,
+            "compute_per_batch_ms": round(compute_s / batches * 1e3, 4) if batches else None,
+            "compute_per_row_ms": round(compute_s / rows * 1e3, 4) if rows else None,
+        }
+    return out
+
+
+# --- the two parts -----------------------------------------------------------------
+
+
+def derive_hops(points: dict[str, Any], wait_s: float) -> dict[str, Any]:
+    """The per-hop figures of the module docstring, from the c=1 points."""
+    L = {p: points[f"{p}_c1"]["p50_ms"] for p in HOP_PATHS}
+    nodes = points["graph_chain3_c1"]["nodes"]
+    C = {n: nodes[n]["compute_per_row_ms"] for n in CHAIN}
+    w = wait_s * 1e3
+    bc = C["chain-b"] + C["chain-c"]
+    per_call = (L["graph_chain3"] - L["direct"] - bc - 2 * w) / 3
+    return {
+        "p50_ms_c1": L,
+        "compute_per_request_ms_c1": C,
+        "node_compute_sum_ms_c1": round(sum(C.values()), 4),
+        "batch_wait_ms": w,
+        "hop_single_ms": round(L["graph_chain1"] - L["direct"], 3),
+        "hop_per_call_ms": round(per_call, 3),
+        "hop_per_call_incl_wait_ms": round((L["graph_chain3"] - L["direct"] - bc) / 3, 3),
+        "hop_chained_ms": round((L["graph_chain3"] - L["graph_chain1"] - bc - 2 * w) / 2, 3),
+        "target_hop_ms": 2.0,
+        "meets_target": per_call <= 2.0,
+        "client_chain_over_graph_p50": round(L["client_chain"] / L["graph_chain3"], 3),
+        "client_chain_minus_graph_p50_ms": round(L["client_chain"] - L["graph_chain3"], 3),
+    }
+
+
+def part_hops(a: argparse.Namespace, save: Callable[[dict[str, Any]], None]) -> None:
+    """Part 1: serve the chain, measure every path at c=1 and c=16, ``save`` the result."""
+    rng = np.random.default_rng(0)
+    request = fp32_body(rng.standard_normal(DIM).astype(np.float32).tolist(), [1, DIM])
+    calls: dict[str, Call] = {
+        "graph_chain3": lambda conn: post(conn, infer_path("chain3"), request) is not None,
+        "graph_chain1": lambda conn: post(conn, infer_path("chain1"), request) is not None,
+        "client_chain": client_chain(request),
+        "direct": lambda conn: post(conn, infer_path(CHAIN[0]), request) is not None,
+    }
+    with tempfile.TemporaryDirectory(prefix="bench-graph-") as root:
+        publish_chain(Path(root))
+        app = chain_app_config(Path(root), a.chain_wait_s)
+        with serving(app):
+            for name in ("chain3", "chain1", CHAIN[0]):
+                wait_ok(infer_path(name), request)
+            points = {}
+            for c in (1, 16):
+                for path in HOP_PATHS:
+                    summary, before, after = closed_loop(
+                        calls[path], c, a.warmup_s, a.duration_s, node_stats
+                    )
+                    summary["nodes"] = stats_delta(before, after)
+                    points[f"{path}_c{c}"] = summary
+                    print(
+                        f"  {path:14s} c={c:<3d} {summary['rps']:8.1f} req/s "
+                        f"p50 {summary['p50_ms']} ms p99 {summary['p99_ms']} ms "
+                        f"errors {summary['errors']}",
+                        flush=True,
+                    )
+            save(
+                {
+                    "app_config": app,
+                    "warmup_s": a.warmup_s,
+                    "duration_s": a.duration_s,
+                    "points": points,
+                    "derived": derive_hops(points, a.chain_wait_s),
+                }
+            )
+
+
+def routed_script(payloads: list[str], route: str, path: Path) -> Path:
+    """``wrk_script`` aimed at ``route`` (``run_wrk`` always targets minilm's URL; the
+    script's ``wrk.path`` replaces the URL's path)."""
+    wrk_script(payloads, path)
+    path.write_text(f'wrk.path = "{route}"\n' + path.read_text())
+    return path
+
+
+def part_demo(a: argparse.Namespace, save: Callable[[dict[str, Any]], None]) -> None:
+    """Part 2: the demo config, wrk at c=64 on triage and on minilm alone; ``save`` it."""
+    from serve_app.demo import ensure_demo_models
+
+    payload = body([TICKET])
+    with tempfile.TemporaryDirectory(prefix="bench-graph-demo-") as root:
+        ensure_demo_models(root, progress=False)
+        app = demo_app_config(Path(root))
+        with serving(app):
+            sample = json.loads(wait_ok(infer_path("triage"), payload.encode()))
+            wait_ok(infer_path("minilm"), payload.encode())
+            loads = {}
+            for target in ("triage", "minilm"):
+                script = routed_script([payload], infer_path(target), Path(root) / "load.lua")
+                r = run_wrk(script, 64, a.demo_duration_s)
+                loads[f"{target}_c64"] = r
+                print(
+                    f"  {target:8s} c=64 {r['rps']:8.1f} req/s p50 {r.get('p50_ms')} ms "
+                    f"p99 {r.get('p99_ms')} ms errors {r['errors']}",
+                    flush=True,
+                )
+            save(
+                {
+                    "app_config": app,
+                    "ticket": TICKET,
+                    "duration_s": a.demo_duration_s,
+                    "sample_outputs": {
+                        o["name"]: o.get("data")
+                        for o in sample["outputs"]
+                        if o["name"] != "consensus_probabilities"
+                    },
+                    "sample_parameters": sample.get("parameters"),
+                    "loads": loads,
+                    "triage_over_minilm_rps": round(
+                        loads["triage_c64"]["rps"] / loads["minilm_c64"]["rps"], 3
+                    ),
+                }
+            )
+
+
+PARTS = {"hops": part_hops, "demo": part_demo}
+
+
+# --- orchestration and report ------------------------------------------------------
+
+
+def run_part(part: str, a: argparse.Namespace, out: Path) -> dict[str, Any]:
+    """Run one part in a child process (its own Ray); returns its result or the error.
+
+    The child saves its result before stopping Ray: ``local.stop_ray`` calls
+    ``ray.shutdown`` while a timed-out ``serve.shutdown`` thread still runs, and that
+    thread's next Ray call can make the core worker end the process (exit status 1)."""
+    cmd = [sys.executable, "-m", "loadtest.bench_graph", "--part", part, "--part-out", str(out)]
+    cmd += ["--quick"] if a.quick else []
+    cmd += ["--chain-wait-s", str(a.chain_wait_s)]
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT)
+    try:
+        rc = proc.wait(timeout=PART_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        proc.terminate()  # the child's handler stops its Ray within ~30 s
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        return {"error": f"timed out after {PART_TIMEOUT_S} s"}
+    if not out.exists():
+        return {"error": f"exit status {rc}"}
+    result = json.loads(out.read_text())
+    if rc != 0:
+        result["child_exit_status"] = rc
+    return result
+
+
+def render_md(results: dict[str, Any]) -> str:
+    """Markdown summary: the tables, the formulas with their values, date and machine."""
+    m = results["machine"]
+    lines = [
+        f"# Graph cost ({m['date']}, {m['cpus']} CPUs, {m['cpu_model']}, Ray {m['ray']}, "
+        f"torch {m['torch']})",
+        "",
+        f"`python -m loadtest.bench_graph{' --quick' if results['quick'] else ''}`; "
+        "raw numbers in `graph.json`.",
+        "",
+    ]
+    hops = results["hops"]
+    if "error" in hops:
+        lines += [f"Part 1 (hops) failed: {hops['error']}", ""]
+    else:
+        d = hops["derived"]
+        lines += [
+            f"## Part 1: per-hop cost (chain of 3 MLPs 384->[384]->384, batch wait "
+            f"{d['batch_wait_ms']} ms, {hops['duration_s']} s per point, Python client)",
+            "",
+            "| path | c | req/s | p50 ms | p99 ms | errors | a / b / c compute per request ms |",
+            "|---|---:|---:|---:|---:|---:|---|",
+        ]
+        for key, p in hops["points"].items():
+            comp = " / ".join(
+                f"{v['compute_per_row_ms']}" if v["rows"] else "-" for v in p["nodes"].values()
+            )
+            lines.append(
+                f"| {key.rsplit('_c', 1)[0]} | {p['concurrency']} | {p['rps']} | {p['p50_ms']} "
+                f"| {p['p99_ms']} | {p['errors']} | {comp} |"
+            )
+        L, C = d["p50_ms_c1"], d["compute_per_request_ms_c1"]
+        lines += [
+            "",
+            "A hop is one DeploymentHandle call (chain3 makes 3, chain1 makes 1, direct 0). "
+            "At c=1, L = p50, C = forward time per request of a node during graph_chain3 "
+            f"(a {C['chain-a']}, b {C['chain-b']}, c {C['chain-c']} ms; sum "
+            f"{d['node_compute_sum_ms_c1']} ms), w = batch wait ({d['batch_wait_ms']} ms, "
+            "waited in full by a lone request):",
+            "",
+            f"- hop_single = L(chain1) - L(direct) = {L['graph_chain1']} - {L['direct']} = "
+            f"**{d['hop_single_ms']} ms**",
+            f"- hop_per_call = (L(chain3) - L(direct) - C_b - C_c - 2w) / 3 = "
+            f"**{d['hop_per_call_ms']} ms** (target <= {d['target_hop_ms']} ms: "
+            f"{'met' if d['meets_target'] else 'NOT met'})",
+            f"- hop_per_call_incl_wait = (L(chain3) - L(direct) - C_b - C_c) / 3 = "
+            f"{d['hop_per_call_incl_wait_ms']} ms",
+            f"- hop_chained = (L(chain3) - L(chain1) - C_b - C_c - 2w) / 2 = "
+            f"{d['hop_chained_ms']} ms",
+            f"- client-side chain (3 HTTP calls) vs graph, p50 at c=1: "
+            f"{L['client_chain']} vs {L['graph_chain3']} ms "
+            f"(x{d['client_chain_over_graph_p50']}, {d['client_chain_minus_graph_p50_ms']:+} ms)",
+            "",
+        ]
+    demo = results["demo"]
+    if "error" in demo:
+        lines += [f"Part 2 (demo) failed: {demo['error']}", ""]
+    else:
+        lines += [
+            f"## Part 2: demo pipeline throughput (configs/app.yaml, wrk -t1 c=64, "
+            f"{demo['duration_s']} s, one ~12-word ticket per request)",
+            "",
+            "| route | req/s | p50 ms | p99 ms | errors |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for key, r in demo["loads"].items():
+            lines.append(
+                f"| /v2/models/{key.rsplit('_c', 1)[0]}/infer | {r['rps']} | "
+                f"{r.get('p50_ms')} | {r.get('p99_ms')} | {r['errors']} |"
+            )
+        route = demo["sample_outputs"].get("route")
+        lines += [
+            "",
+            f"triage / minilm req/s = **{demo['triage_over_minilm_rps']}**. "
+            f"The ticket's route branch: {route} (second opinion "
+            f"{'runs' if route and route[0] else 'does not run'}).",
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    """Run both parts (or one, as a child), then write JSON and Markdown results."""
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--quick", action="store_true", help="4 s / 5 s loads instead of 15 s")
+    p.add_argument("--chain-wait-s", type=float, default=0.001, help="chain batch wait")
+    p.add_argument("--out", default="loadtest/results/graph")
+    p.add_argument("--part", choices=sorted(PARTS), help=argparse.SUPPRESS)
+    p.add_argument("--part-out", help=argparse.SUPPRESS)
+    a = p.parse_args()
+    a.duration_s = 4.0 if a.quick else 15.0
+    a.warmup_s = 1.0 if a.quick else 3.0
+    a.demo_duration_s = 5.0 if a.quick else 15.0
+    if a.part:
+        from serve_app import local
+
+        local.prepare_environment({"SERVE_APP_LOG_TO_DRIVER": "0"})  # before Ray is imported
+
+        def save(result: dict[str, Any]) -> None:
+            Path(a.part_out).write_text(json.dumps(result, indent=2))
+
+        PARTS[a.part](a, save)
+        return
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is needed: apt-get install wrk")
+    started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    results: dict[str, Any] = {"quick": a.quick, "started": started}
+    with tempfile.TemporaryDirectory() as tmp:
+        for part in PARTS:
+            print(f"part {part}:", flush=True)
+            results[part] = run_part(part, a, Path(tmp) / f"{part}.json")
+    results["machine"] = machine()
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(results, indent=2))
+    table = render_md(results)
+    out.with_suffix(".md").write_text(table)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()

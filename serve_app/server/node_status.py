@@ -1,0 +1,85 @@
+"""Which models of a pipeline are serving, as Serve's controller reports them, refreshed
+off the event loop and cached, so a request to a pipeline whose model is down is
+answered 503 at once instead of waiting for a replica until the request times out."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping
+
+logger = logging.getLogger("ray.serve")
+
+REFRESH_PERIOD_S = 2.0
+"""How often the controller is asked."""
+READ_TIMEOUT_S = 5.0
+"""A read slower than this is dropped; the previous answer stays."""
+STALE_AFTER_S = 15.0
+"""An answer older than this is not trusted: nodes are called as if serving."""
+
+StatusReader = Callable[[Mapping[str, tuple[str, str]]], dict[str, str]]
+"""``model -> (app, deployment)`` to ``model -> reason`` for those not serving."""
+
+
+def read_unserving(targets: Mapping[str, tuple[str, str]]) -> dict[str, str]:
+    """Ask the Serve controller (blocking) which targets have no running replica."""
+    from ray import serve
+
+    from serve_app.server.oip_server import status_name
+
+    apps = serve.status().applications
+    out = {}
+    for model, (app_name, deployment) in targets.items():
+        app = apps.get(app_name)
+        if app is None:
+            out[model] = "application not deployed"
+            continue
+        dep = app.deployments.get(deployment)
+        states = {} if dep is None else dep.replica_states
+        running = sum(n for state, n in states.items() if status_name(state) == "RUNNING")
+        if running == 0:
+            reason = (dep.message if dep is not None else "") or app.message
+            out[model] = f"{status_name(app.status)}: {reason}".strip(": ")
+    return out
+
+
+class NodeStatus:
+    """A cached, periodically refreshed view of which models are not serving.
+
+    Args:
+        targets: ``model -> (app, deployment)`` of the nodes to watch.
+        reader: Reads the states (blocking; run in a thread). Injected for tests.
+    """
+
+    def __init__(
+        self, targets: Mapping[str, tuple[str, str]], reader: StatusReader = read_unserving
+    ) -> None:
+        self.targets = dict(targets)
+        self.reader = reader
+        self._unserving: dict[str, str] = {}
+        self._read_at = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Start refreshing on the running loop (idempotent; no-op without targets)."""
+        if self._task is None and self.targets:
+            self._task = asyncio.get_running_loop().create_task(self._refresh_forever())
+
+    def unserving(self) -> dict[str, str]:
+        """Models not serving -> why (empty while the view is stale or not read yet)."""
+        self.start()
+        if time.monotonic() - self._read_at > STALE_AFTER_S:
+            return {}
+        return self._unserving
+
+    async def _refresh_forever(self) -> None:
+        while True:
+            try:
+                self._unserving = await asyncio.wait_for(
+                    asyncio.to_thread(self.reader, self.targets), READ_TIMEOUT_S
+                )
+                self._read_at = time.monotonic()
+            except Exception as e:  # keep the last view; it turns stale on its own
+                logger.warning("reading node states failed: %s", e)
+            await asyncio.sleep(REFRESH_PERIOD_S)

@@ -1,0 +1,293 @@
+"""Pipelines and staged models on real Serve with real MiniLM and the trained triage
+heads: every node kind, type checks at start, errors tagged with the node, degraded
+answers, the stock OIP client, and a 3/3 stage split equal to the whole model."""
+
+from __future__ import annotations
+
+import struct
+
+import httpx
+import numpy as np
+import orjson
+import pytest
+
+from serve_app.demo import MLP_HEAD
+from tests.integration.conftest import MISTYPED, STAGED
+
+pytestmark = pytest.mark.integration
+
+TICKETS = [
+    "I was charged twice for my subscription this month, please refund ASAP",
+    "The parcel tracking page has not updated for a week, where is my order?",
+    "hello, I have a question about my thing",
+]
+
+
+def body(name: str, texts: list[str], **extra: object) -> dict:
+    inputs = [{"name": name, "shape": [len(texts)], "datatype": "BYTES", "data": texts}]
+    return {"inputs": inputs, **extra}
+
+
+def outputs(response: httpx.Response) -> dict[str, np.ndarray]:
+    assert response.status_code == 200, response.text
+    out = {}
+    for o in response.json()["outputs"]:
+        dtype = object if o["datatype"] == "BYTES" else np.float32
+        out[o["name"]] = np.asarray(o["data"], dtype=dtype).reshape(o["shape"])
+    return out
+
+
+def infer(client: httpx.Client, model: str, payload: dict) -> httpx.Response:
+    return client.post(f"/v2/models/{model}/infer", json=payload)
+
+
+def test_triage_equals_its_models_called_one_by_one(client: httpx.Client) -> None:
+    got = outputs(infer(client, "triage", body("text", TICKETS)))
+    emb = outputs(infer(client, "minilm", body("text", TICKETS)))["embedding"]
+    head_body = {
+        "inputs": [
+            {
+                "name": "input",
+                "shape": list(emb.shape),
+                "datatype": "FP32",
+                "data": emb.reshape(-1).tolist(),
+            }
+        ]
+    }
+    topic = outputs(infer(client, "ticket-topic", head_body))
+    urgency = outputs(infer(client, "ticket-urgency", head_body))
+    assert got["topic"].tolist() == topic["label"].tolist()
+    assert got["urgency"].tolist() == urgency["label"].tolist()
+    np.testing.assert_allclose(got["topic_confidence"], topic["confidence"], atol=1e-6)
+    assert got["topic"][0] == "billing" and got["urgency"][0] == "high"
+    assert got["topic"][1] == "shipping"
+
+
+def test_switch_sends_low_confidence_tickets_to_a_second_opinion(client: httpx.Client) -> None:
+    routed = 0
+    for ticket in TICKETS:
+        r = infer(client, "triage", body("text", [ticket]))
+        got = outputs(r)
+        low = float(got["topic_confidence"].min()) < 0.7
+        assert got["route"].tolist() == (["second-opinion"] if low else [""])
+        assert ("second_opinion" in got) == low and ("consensus_probabilities" in got) == low
+        if low:
+            routed += 1
+            np.testing.assert_allclose(got["consensus_probabilities"].sum(axis=1), [1.0], atol=1e-5)
+        else:
+            assert r.json()["parameters"]["skipped"]["second-opinion"] == (
+                "not chosen by switch 'route'"
+            )
+    assert 0 < routed < len(TICKETS)
+
+
+def test_sequence_with_tensor_mapping(client: httpx.Client) -> None:
+    got = outputs(infer(client, "chain", body("text", TICKETS[:2])))
+    emb = got["embedding"]
+    direct = outputs(
+        infer(
+            client,
+            MLP_HEAD,
+            {
+                "inputs": [
+                    {
+                        "name": "input",
+                        "shape": [2, 384],
+                        "datatype": "FP32",
+                        "data": emb.reshape(-1).tolist(),
+                    }
+                ]
+            },
+        )
+    )
+    np.testing.assert_allclose(got["scores"], direct["output"], atol=1e-5)
+
+
+def test_pipeline_metadata_ready_and_listing(client: httpx.Client) -> None:
+    meta = client.get("/v2/models/triage").json()
+    assert (meta["name"], meta["versions"], meta["platform"]) == ("triage", ["1"], "ensemble")
+    assert meta["inputs"] == [{"name": "text", "datatype": "BYTES", "shape": [-1]}]
+    assert {"name": "consensus_probabilities", "datatype": "FP32", "shape": [-1, 4]} in meta[
+        "outputs"
+    ]
+    assert [n["name"] for n in meta["nodes"]] == [
+        "embed",
+        "topic",
+        "urgency",
+        "route",
+        "second-opinion",
+        "consensus",
+    ]
+    assert ["embed", "topic"] in meta["edges"] and ["route", "second-opinion"] in meta["edges"]
+    r = client.get("/v2/models/triage/ready")
+    assert (r.status_code, r.json()) == (200, {"name": "triage", "ready": True})
+    listed = {m["name"]: m for m in client.get("/v2/models").json()["models"]}
+    assert listed["triage"]["ready"] is True and listed["triage"]["platform"] == "ensemble"
+    assert listed["triage"]["models"] == ["minilm", "ticket-topic", "ticket-topic-large"]
+    r = client.post("/v2/models/triage/versions/7/infer", json=body("text", TICKETS))
+    assert (r.status_code, r.json()) == (
+        404,
+        {"error": "'triage' version 7 not found (serving version 1)"},
+    )
+
+
+def test_mistyped_pipeline_is_refused_naming_the_node(client: httpx.Client) -> None:
+    from tests.integration.test_serving import wait_for
+
+    def state() -> dict | None:
+        listed = {m["name"]: m for m in client.get("/v2/models").json()["models"]}
+        s = listed[MISTYPED]
+        return s if s["state"] == "DEPLOY_FAILED" else None
+
+    s = wait_for(state, timeout_s=120)
+    assert s["ready"] is False
+    assert (
+        "pipeline 'mistyped' node 'head': input 'input' of model 'mlp-head' is FP32 [-1, 384], "
+        "but 'request.text' is BYTES [-1]"
+    ) in s["reason"]
+    r = infer(client, MISTYPED, body("text", ["x"]))
+    assert r.status_code == 503 and r.headers["retry-after"] == "1"
+
+
+def _binary_texts(name: str, texts: list[bytes]) -> tuple[bytes, dict[str, str]]:
+    buf = b"".join(struct.pack("<I", len(t)) + t for t in texts)
+    header = orjson.dumps(
+        {
+            "inputs": [
+                {
+                    "name": name,
+                    "shape": [len(texts)],
+                    "datatype": "BYTES",
+                    "parameters": {"binary_data_size": len(buf)},
+                }
+            ]
+        }
+    )
+    return header + buf, {"Inference-Header-Content-Length": str(len(header))}
+
+
+def test_node_error_reaches_the_client_with_status_and_node(client: httpx.Client) -> None:
+    payload, headers = _binary_texts("text", [b"\xff\xfe not utf-8"])
+    r = client.post("/v2/models/chain/infer", content=payload, headers=headers)
+    assert (r.status_code, r.json()) == (
+        400,
+        {"error": "node 'embed' (model 'minilm'): input 'text' holds bytes that are not UTF-8"},
+    )
+
+
+def test_optional_node_failure_degrades_the_answer(client: httpx.Client) -> None:
+    text = [b"a good ticket"]
+    note = [b"\xff bad note"]
+    buf_t = b"".join(struct.pack("<I", len(t)) + t for t in text)
+    buf_n = b"".join(struct.pack("<I", len(t)) + t for t in note)
+    header = orjson.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "text",
+                    "shape": [1],
+                    "datatype": "BYTES",
+                    "parameters": {"binary_data_size": len(buf_t)},
+                },
+                {
+                    "name": "note",
+                    "shape": [1],
+                    "datatype": "BYTES",
+                    "parameters": {"binary_data_size": len(buf_n)},
+                },
+            ]
+        }
+    )
+    r = client.post(
+        "/v2/models/with-note/infer",
+        content=header + buf_t + buf_n,
+        headers={"Inference-Header-Content-Length": str(len(header))},
+    )
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert [o["name"] for o in out["outputs"]] == ["text_embedding"]
+    assert out["parameters"] == {
+        "degraded": {
+            "note-embed": "node 'note-embed' (model 'minilm'): input 'text' holds bytes that "
+            "are not UTF-8"
+        },
+        "omitted_outputs": ["note_embedding"],
+    }
+    ok = outputs(
+        infer(
+            client,
+            "with-note",
+            {
+                "inputs": [
+                    {"name": "text", "shape": [1], "datatype": "BYTES", "data": ["a"]},
+                    {"name": "note", "shape": [1], "datatype": "BYTES", "data": ["b"]},
+                ]
+            },
+        )
+    )
+    assert sorted(ok) == ["note_embedding", "text_embedding"]
+
+
+def test_stock_triton_client_calls_a_pipeline(serve_app_url: str) -> None:
+    import tritonclient.http as triton
+
+    c = triton.InferenceServerClient(serve_app_url.removeprefix("http://"))
+    assert c.is_model_ready("triage")
+    assert c.get_model_metadata("triage")["platform"] == "ensemble"
+    text = triton.InferInput("text", [2], "BYTES")
+    text.set_data_from_numpy(np.array([t.encode() for t in TICKETS[:2]], dtype=object))
+    wanted = [triton.InferRequestedOutput(n, binary_data=True) for n in ("topic", "urgency")]
+    result = c.infer("triage", [text], outputs=wanted)
+    assert [x.decode() for x in result.as_numpy("topic")] == ["billing", "shipping"]
+    assert result.as_numpy("urgency").shape == (2,)
+    c.close()
+
+
+def test_staged_model_equals_the_whole_model(client: httpx.Client) -> None:
+    from serve_app.demo import minilm_source
+    from serve_app.models.hf_embedding import HFEmbeddingAdapter
+
+    texts = [*TICKETS, "short", "a much longer sentence that goes on " * 8]
+    got = outputs(infer(client, STAGED, body("text", texts)))["embedding"]
+    whole = HFEmbeddingAdapter(minilm_source(), "cpu")
+    ref = whole.forward(whole.prepare({"text": np.array(texts, dtype=object)}))["embedding"]
+    np.testing.assert_allclose(got, ref, atol=1e-5)
+    meta = client.get(f"/v2/models/{STAGED}").json()
+    assert (meta["platform"], meta["versions"]) == ("pytorch_transformers_staged", ["1"])
+
+
+def test_each_stage_holds_only_its_share_of_the_weights(serve_app_url: str) -> None:
+    from ray import serve
+
+    extras = [
+        serve.get_deployment_handle(f"Stage{i}", app_name=STAGED)
+        .batch_stats.remote()
+        .result()["adapter"]
+        for i in (0, 1)
+    ]
+    assert [e["layers"] for e in extras] == [[0, 3], [3, 6]]
+    total = extras[0]["file_weight_bytes"]
+    held = [e["weight_bytes"] for e in extras]
+    print(f"stage weight bytes {held} of {total} in the file")
+    assert all(h < total for h in held) and sum(held) <= total
+    assert held[1] < held[0] < total * 0.8  # stage 0 also holds the embeddings
+
+
+def test_staged_model_as_a_pipeline_node(client: httpx.Client) -> None:
+    got = outputs(infer(client, "pp-head", body("text", TICKETS[:2])))
+    direct = outputs(infer(client, "chain", body("text", TICKETS[:2])))
+    # minilm v2 (ONNX) vs the staged v1 (eager): same weights, agreement ~1e-5
+    np.testing.assert_allclose(got["scores"], direct["scores"], atol=1e-4)
+
+
+def test_a_down_node_is_a_fast_503_naming_it(client: httpx.Client) -> None:
+    import time
+
+    t0 = time.monotonic()
+    r = infer(client, "needs-broken", body("text", ["x"]))
+    elapsed = time.monotonic() - t0
+    assert r.status_code == 503 and r.headers["retry-after"] == "1"
+    message = r.json()["error"]
+    assert message.startswith("node 'head' (model 'broken') is not ready: DEPLOY_FAILED")
+    assert "sha256 mismatch" in message
+    assert elapsed < 2.0
