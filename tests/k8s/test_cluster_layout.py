@@ -94,8 +94,9 @@ def test_serving_claim_is_read_only_many_and_mounted_read_only(profile: ClusterP
     # The wait-for-models init container and the Ray container of every worker group.
     for name in workers:
         assert claim_mounts(specs[name]) == [(SERVING_CLAIM, MODELS_MOUNT_PATH, True, True)] * 2
-    # The head hosts no model replica (0 CPUs, 0 GPUs) and needs no weights.
-    assert claim_mounts(specs["head"]) == []
+    # The head hosts no model replica (0 CPUs, 0 GPUs) but may host 0-CPU pipeline
+    # routers, which read the manifests: the same claim, read-only.
+    assert claim_mounts(specs["head"]) == [(SERVING_CLAIM, MODELS_MOUNT_PATH, True, True)]
 
 
 @pytest.mark.parametrize("profile", OVERLAYS)
