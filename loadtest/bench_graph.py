@@ -21,10 +21,10 @@ at c=1, with p50 latencies L, mean forward time per request C_n of node n (delta
 ``batch_stats()`` ``compute_s``/``rows`` over the ``graph_chain3`` window) and the batch
 wait w (a lone request waits all of it in every node: its batch never fills)::
 
-    hop_single            = L(chain1) - L(direct)
-    hop_per_call          = (L(chain3) - L(direct) - C_b - C_c - 2 w) / 3
+    hop_single             = L(chain1) - L(direct)
+    hop_per_call           = (L(chain3) - L(direct) - C_b - C_c - 2 w) / 3
     hop_per_call_incl_wait = (L(chain3) - L(direct) - C_b - C_c) / 3
-    hop_chained           = (L(chain3) - L(chain1) - C_b - C_c - 2 w) / 2
+    hop_chained            = (L(chain3) - L(chain1) - C_b - C_c - 2 w) / 2
 
 The target is ``hop_per_call`` <= 2 ms. Every raw number is in the JSON to recompute.
 
@@ -35,7 +35,7 @@ published into a temporary repository, wrk at c=64: ``/v2/models/triage/infer`` 
 Results: ``loadtest/results/graph.json`` and ``graph.md``. Needs ``wrk``; traffic goes to
 127.0.0.1 only.
 
-    python -m loadtest.bench_graph            # full run, ~8 min on 2 cores
+    python -m loadtest.bench_graph            # full run, ~5 min on 2 cores
     python -m loadtest.bench_graph --quick    # shorter loads, for a smoke check
 """
 
@@ -43,8 +43,10 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import hashlib
 import http.client
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -252,21 +254,22 @@ def closed_loop(
     return summary, before, after
 
 
-def client_chain(request: bytes) -> Call:
-    """Three HTTP calls per logical request, each answer's ``output`` posted onward."""
+def chained_output(conn: http.client.HTTPConnection, request: bytes, decode: bool = True) -> Any:
+    """The chain as three HTTP calls, each answer's ``output`` posted to the next model.
 
-    def call(conn: http.client.HTTPConnection) -> bool:
-        payload = request
-        for i, name in enumerate(CHAIN):
-            data = post(conn, infer_path(name), payload)
-            if data is None:
-                return False
-            if i < len(CHAIN) - 1:
-                out = json.loads(data)["outputs"][0]
-                payload = fp32_body(out["data"], out["shape"])
-        return True
-
-    return call
+    Returns:
+        The last ``output`` tensor (the last answer is left undecoded, like the other
+        paths, when ``decode`` is False); None when a call was not answered 200.
+    """
+    payload = request
+    for i, name in enumerate(CHAIN):
+        data = post(conn, infer_path(name), payload)
+        if data is None:
+            return None
+        if decode or i < len(CHAIN) - 1:
+            out = json.loads(data)["outputs"][0]
+            payload = fp32_body(out["data"], out["shape"])
+    return out if decode else True
 
 
 def node_stats() -> dict[str, dict[str, Any]]:
@@ -298,6 +301,26 @@ def stats_delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]
             "compute_per_batch_ms": round(compute_s / batches * 1e3, 4) if batches else None,
             "compute_per_row_ms": round(compute_s / rows * 1e3, 4) if rows else None,
         }
+    return out
+
+
+def bare_handle_ms(calls: int) -> dict[str, float]:
+    """p50 of ``calls`` back-to-back ``metadata`` calls (no batcher, no forward) from this
+    driver to chain-a, per transport: the hop alone, as a cross-check."""
+    from ray import serve
+
+    from serve_app.app_args import MODEL_DEPLOYMENT
+
+    handle = serve.get_deployment_handle(MODEL_DEPLOYMENT, app_name=CHAIN[0])
+    out = {}
+    for label, h in (("by_reference", handle), ("grpc", handle.options(_by_reference=False))):
+        lat = []
+        for i in range(calls + calls // 10):  # the first tenth warms up
+            t0 = time.perf_counter()
+            h.metadata.remote().result(timeout_s=30)
+            if i >= calls // 10:
+                lat.append((time.perf_counter() - t0) * 1e3)
+        out[f"{label}_p50_ms"] = round(float(np.percentile(lat, 50)), 3)
     return out
 
 
@@ -335,15 +358,20 @@ def part_hops(a: argparse.Namespace, save: Callable[[dict[str, Any]], None]) -> 
     calls: dict[str, Call] = {
         "graph_chain3": lambda conn: post(conn, infer_path("chain3"), request) is not None,
         "graph_chain1": lambda conn: post(conn, infer_path("chain1"), request) is not None,
-        "client_chain": client_chain(request),
+        "client_chain": lambda conn: chained_output(conn, request, decode=False) is not None,
         "direct": lambda conn: post(conn, infer_path(CHAIN[0]), request) is not None,
     }
     with tempfile.TemporaryDirectory(prefix="bench-graph-") as root:
         publish_chain(Path(root))
         app = chain_app_config(Path(root), a.chain_wait_s)
         with serving(app):
-            for name in ("chain3", "chain1", CHAIN[0]):
-                wait_ok(infer_path(name), request)
+            graph_out = json.loads(wait_ok(infer_path("chain3"), request))["outputs"][0]
+            wait_ok(infer_path("chain1"), request)
+            conn = http.client.HTTPConnection("127.0.0.1", PORT, timeout=30)
+            client_out = chained_output(conn, request)
+            conn.close()
+            # Same numbers both ways, or the comparison means nothing.
+            diff = float(np.max(np.abs(np.subtract(graph_out["data"], client_out["data"]))))
             points = {}
             for c in (1, 16):
                 for path in HOP_PATHS:
@@ -358,9 +386,12 @@ def part_hops(a: argparse.Namespace, save: Callable[[dict[str, Any]], None]) -> 
                         f"errors {summary['errors']}",
                         flush=True,
                     )
+            bare = bare_handle_ms(100 if a.quick else 500)
             save(
                 {
                     "app_config": app,
+                    "bare_handle_call": bare,
+                    "graph_vs_client_chain_max_abs_diff": diff,
                     "warmup_s": a.warmup_s,
                     "duration_s": a.duration_s,
                     "points": points,
@@ -423,6 +454,14 @@ PARTS = {"hops": part_hops, "demo": part_demo}
 # --- orchestration and report ------------------------------------------------------
 
 
+def code_fingerprint() -> str:
+    """sha256 of every ``serve_app/**/*.py`` (the tree is edited concurrently; no git)."""
+    h = hashlib.sha256()
+    for f in sorted((REPO_ROOT / "serve_app").rglob("*.py")):
+        h.update(f.relative_to(REPO_ROOT).as_posix().encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def run_part(part: str, a: argparse.Namespace, out: Path) -> dict[str, Any]:
     """Run one part in a child process (its own Ray); returns its result or the error.
 
@@ -436,9 +475,9 @@ def run_part(part: str, a: argparse.Namespace, out: Path) -> dict[str, Any]:
     try:
         rc = proc.wait(timeout=PART_TIMEOUT_S)
     except subprocess.TimeoutExpired:
-        proc.terminate()  # the child's handler stops its Ray within ~30 s
+        proc.terminate()  # the child's handler stops its Ray (bounded: stop_ray 60 s)
         try:
-            proc.wait(timeout=60)
+            proc.wait(timeout=90)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
@@ -458,15 +497,22 @@ def render_md(results: dict[str, Any]) -> str:
         f"# Graph cost ({m['date']}, {m['cpus']} CPUs, {m['cpu_model']}, Ray {m['ray']}, "
         f"torch {m['torch']})",
         "",
-        f"`python -m loadtest.bench_graph{' --quick' if results['quick'] else ''}`; "
-        "raw numbers in `graph.json`.",
+        f"`python -m loadtest.bench_graph{' --quick' if results['quick'] else ''}`, started "
+        f"{results['started']}; serve_app sources sha256 {results['serve_app_sha256_start']}"
+        + (
+            ""
+            if results["serve_app_sha256_start"] == results["serve_app_sha256_end"]
+            else f" (changed during the run, end {results['serve_app_sha256_end']})"
+        )
+        + f"; load average at start {results['loadavg_start'][0]:.2f}, at end "
+        f"{results['loadavg_end'][0]:.2f}; raw numbers in `graph.json`.",
         "",
     ]
     hops = results["hops"]
     if "error" in hops:
         lines += [f"Part 1 (hops) failed: {hops['error']}", ""]
     else:
-        d = hops["derived"]
+        d, bare = hops["derived"], hops["bare_handle_call"]
         lines += [
             f"## Part 1: per-hop cost (chain of 3 MLPs 384->[384]->384, batch wait "
             f"{d['batch_wait_ms']} ms, {hops['duration_s']} s per point, Python client)",
@@ -503,6 +549,11 @@ def render_md(results: dict[str, Any]) -> str:
             f"- client-side chain (3 HTTP calls) vs graph, p50 at c=1: "
             f"{L['client_chain']} vs {L['graph_chain3']} ms "
             f"(x{d['client_chain_over_graph_p50']}, {d['client_chain_minus_graph_p50_ms']:+} ms)",
+            f"- cross-check, a bare handle call from the driver to chain-a (`metadata`: no "
+            f"batcher, no forward), p50: by reference {bare['by_reference_p50_ms']} ms, "
+            f"gRPC transport (`_by_reference=False`) {bare['grpc_p50_ms']} ms",
+            f"- graph and client-side chain agree: max |difference| of the outputs "
+            f"{hops['graph_vs_client_chain_max_abs_diff']:.2e}",
             "",
         ]
     demo = results["demo"]
@@ -560,10 +611,14 @@ def main() -> None:
         raise SystemExit("wrk is needed: apt-get install wrk")
     started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     results: dict[str, Any] = {"quick": a.quick, "started": started}
+    results["serve_app_sha256_start"] = code_fingerprint()
+    results["loadavg_start"] = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         for part in PARTS:
             print(f"part {part}:", flush=True)
             results[part] = run_part(part, a, Path(tmp) / f"{part}.json")
+    results["serve_app_sha256_end"] = code_fingerprint()
+    results["loadavg_end"] = os.getloadavg()
     results["machine"] = machine()
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
