@@ -272,18 +272,39 @@ def chained_output(conn: http.client.HTTPConnection, request: bytes, decode: boo
     return out if decode else True
 
 
+_DRIVER_LOOP: Any = None
+
+
+def on_driver_loop(make: Callable[[], Any], timeout_s: float = 60) -> Any:
+    """Run the coroutine ``make()`` on one long-lived event loop of this driver.
+
+    Handles are used from that loop only, so this works whether or not Serve runs the
+    handle router in a loop of its own (``RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP``, off
+    under ``RAY_SERVE_THROUGHPUT_OPTIMIZED=1``)."""
+    global _DRIVER_LOOP
+    if _DRIVER_LOOP is None:
+        import asyncio
+
+        _DRIVER_LOOP = asyncio.new_event_loop()
+        threading.Thread(target=_DRIVER_LOOP.run_forever, daemon=True).start()
+    import asyncio
+
+    return asyncio.run_coroutine_threadsafe(make(), _DRIVER_LOOP).result(timeout_s)
+
+
 def node_stats() -> dict[str, dict[str, Any]]:
     """``batch_stats()`` of each chain model (one replica each)."""
     from ray import serve
 
     from serve_app.app_args import MODEL_DEPLOYMENT
 
-    return {
-        n: serve.get_deployment_handle(MODEL_DEPLOYMENT, app_name=n)
-        .batch_stats.remote()
-        .result(timeout_s=30)
-        for n in CHAIN
-    }
+    async def read() -> dict[str, dict[str, Any]]:
+        return {
+            n: await serve.get_deployment_handle(MODEL_DEPLOYMENT, app_name=n).batch_stats.remote()
+            for n in CHAIN
+        }
+
+    return on_driver_loop(read)
 
 
 def stats_delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
@@ -311,17 +332,21 @@ def bare_handle_ms(calls: int) -> dict[str, float]:
 
     from serve_app.app_args import MODEL_DEPLOYMENT
 
-    handle = serve.get_deployment_handle(MODEL_DEPLOYMENT, app_name=CHAIN[0])
-    out = {}
-    for label, h in (("by_reference", handle), ("grpc", handle.options(_by_reference=False))):
-        lat = []
-        for i in range(calls + calls // 10):  # the first tenth warms up
-            t0 = time.perf_counter()
-            h.metadata.remote().result(timeout_s=30)
-            if i >= calls // 10:
-                lat.append((time.perf_counter() - t0) * 1e3)
-        out[f"{label}_p50_ms"] = round(float(np.percentile(lat, 50)), 3)
-    return out
+    async def measure() -> dict[str, float]:
+        handle = serve.get_deployment_handle(MODEL_DEPLOYMENT, app_name=CHAIN[0])
+        out = {}
+        grpc = handle.options(_by_reference=False)
+        for label, h in (("by_reference", handle), ("grpc", grpc)):
+            lat = []
+            for i in range(calls + calls // 10):  # the first tenth warms up
+                t0 = time.perf_counter()
+                await h.metadata.remote()
+                if i >= calls // 10:
+                    lat.append((time.perf_counter() - t0) * 1e3)
+            out[f"{label}_p50_ms"] = round(float(np.percentile(lat, 50)), 3)
+        return out
+
+    return on_driver_loop(measure, timeout_s=300)
 
 
 # --- the two parts -----------------------------------------------------------------

@@ -184,6 +184,16 @@ class PipelineConfig(StrictModel):
         256, ge=1, description="Requests one router replica handles at once (it mostly waits)."
     )
     num_replicas: int = Field(1, ge=1, description="Router replicas (the router is light).")
+    transport: Literal["grpc", "object_store"] = Field(
+        "grpc",
+        description=(
+            "How tensors travel between the router and model replicas. grpc: by value over "
+            "Serve's replica gRPC channel (about half the CPU per hop of the object store, "
+            "measured in loadtest/results/graph.md; messages up to 4 MiB). object_store: "
+            "by reference through Ray's object store, a chained node fetching its upstream's "
+            "result straight from that replica (for large tensors)."
+        ),
+    )
 
     @field_validator("name")
     @classmethod

@@ -35,4 +35,7 @@ def staged_pipeline(name: str, num_stages: int) -> PipelineConfig:
         inputs=[PipelineInput(name="text", datatype="BYTES", shape=[-1])],
         nodes=nodes,
         outputs={"embedding": f"{stage_node(num_stages - 1)}.embedding"},
+        # Hidden states of a full batch reach megabytes: each stage fetches its
+        # upstream's result from the object store, the router never touches them.
+        transport="object_store",
     )

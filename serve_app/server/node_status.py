@@ -22,25 +22,34 @@ StatusReader = Callable[[Mapping[str, tuple[str, str]]], dict[str, str]]
 """``model -> (app, deployment)`` to ``model -> reason`` for those not serving."""
 
 
+FAILED_STATES = frozenset({"DEPLOY_FAILED", "UNHEALTHY"})
+
+
 def read_unserving(targets: Mapping[str, tuple[str, str]]) -> dict[str, str]:
-    """Ask the Serve controller (blocking) which targets have no running replica."""
-    from ray import serve
+    """Ask the Serve controller (blocking) which targets' applications or deployments
+    have failed. One RPC returning only statuses: ``serve.status()`` builds the full
+    instance details (every deployment config, cloudpickled) and cost ~9% of a router's
+    CPU under load when polled every 2 s (profiled with py-spy)."""
+    from ray.serve.context import _get_global_client
 
     from serve_app.server.oip_server import status_name
 
-    apps = serve.status().applications
+    client = _get_global_client()
+    if client is None:
+        return {}
+    statuses = {s.name: s for s in client.list_serve_statuses()}
     out = {}
     for model, (app_name, deployment) in targets.items():
-        app = apps.get(app_name)
-        if app is None:
+        overview = statuses.get(app_name)
+        if overview is None:
             out[model] = "application not deployed"
             continue
-        dep = app.deployments.get(deployment)
-        states = {} if dep is None else dep.replica_states
-        running = sum(n for state, n in states.items() if status_name(state) == "RUNNING")
-        if running == 0:
-            reason = (dep.message if dep is not None else "") or app.message
-            out[model] = f"{status_name(app.status)}: {reason}".strip(": ")
+        app_state = status_name(overview.app_status.status)
+        dep = overview.get_deployment_status(deployment)
+        dep_state = status_name(dep.status) if dep is not None else "MISSING"
+        if app_state in FAILED_STATES or dep_state in FAILED_STATES | {"MISSING"}:
+            reason = (dep.message if dep is not None else "") or overview.app_status.message
+            out[model] = f"{app_state}: {reason}".strip(": ")
     return out
 
 

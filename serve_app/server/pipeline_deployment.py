@@ -51,14 +51,27 @@ def classify_serve_error(exc: BaseException) -> tuple[int, str]:
 
 
 class HandleBackend:
-    """Calls model nodes through DeploymentHandles (``infer_tensors``)."""
+    """Calls model nodes through DeploymentHandles (``infer_tensors``).
 
-    def __init__(self, handles: dict[str, DeploymentHandle]) -> None:
-        self.handles = handles
+    Args:
+        handles: Model name -> handle of its deployment.
+        transport: ``grpc`` (by value, pickled numpy) or ``object_store`` (by reference).
+    """
+
+    def __init__(self, handles: dict[str, DeploymentHandle], transport: str = "grpc") -> None:
+        options: dict[str, Any] = {"method_name": "infer_tensors"}
+        if transport == "grpc":
+            options.update(
+                _by_reference=False,
+                request_serialization="pickle",
+                response_serialization="pickle",
+            )
+        # Options applied once: ``handle.method`` builds new handle options on every access.
+        self.handles = {k: h.options(**options) for k, h in handles.items()}
 
     def submit(self, node: ModelNode, tensors: Any, rename: dict[str, str]) -> Any:
         """Start the call; an upstream ``DeploymentResponse`` is passed on unresolved."""
-        return self.handles[node.model].infer_tensors.remote(tensors, rename)
+        return self.handles[node.model].remote(tensors, rename)
 
 
 @serve.deployment(
@@ -89,7 +102,9 @@ class PipelineRouter:
             raise TypeError(f"PipelineRouter cannot serve args of kind {parsed.kind!r}")
         self.route_prefix = model_route_prefix(self.pipeline.name)
         self.executor = GraphExecutor(
-            self.pipeline, HandleBackend(self.handles), classify_serve_error
+            self.pipeline,
+            HandleBackend(self.handles, self.pipeline.transport),
+            classify_serve_error,
         )
         self.node_status.start()  # the first request already knows which nodes are down
         logger.info("%s ready: nodes %s", self.pipeline.name, [n.name for n in self.pipeline.nodes])
