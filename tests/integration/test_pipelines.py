@@ -145,8 +145,9 @@ def test_mistyped_pipeline_is_refused_naming_the_node(client: httpx.Client) -> N
         "pipeline 'mistyped' node 'head': input 'input' of model 'mlp-head' is FP32 [-1, 384], "
         "but 'request.text' is BYTES [-1]"
     ) in s["reason"]
-    r = infer(client, MISTYPED, body("text", ["x"]))
-    assert r.status_code == 503 and r.headers["retry-after"] == "1"
+    # The app has no replica: the ingress answers 503 for its route (HAProxy's own 503
+    # carries no Retry-After; see the same case for a model with corrupt weights).
+    assert infer(client, MISTYPED, body("text", ["x"])).status_code == 503
 
 
 def _binary_texts(name: str, texts: list[bytes]) -> tuple[bytes, dict[str, str]]:
