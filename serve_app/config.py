@@ -15,6 +15,7 @@ from pydantic import Field, field_validator, model_validator
 
 from serve_app.graph.spec import PipelineConfig
 from serve_app.graph.structure import model_nodes
+from serve_app.protocol.limits import RequestLimits
 from serve_app.schema_base import (  # noqa: F401  (re-exported)
     MODEL_NAME_PATTERN,
     StrictModel,
@@ -255,6 +256,10 @@ class HttpConfig(StrictModel):
     port: int = Field(8000, ge=1, le=65535, description="Port of the Serve HTTP ingress.")
     max_request_bytes: int = Field(
         16 * 1024 * 1024, ge=1024, description="Largest accepted request body (else 413)."
+    )
+    limits: RequestLimits = Field(
+        default_factory=RequestLimits,
+        description="What one inference request may declare (checked before decoding).",
     )
     request_timeout_s: float | None = Field(
         30.0, gt=0, description="End-to-end request timeout enforced by Serve (408 after)."

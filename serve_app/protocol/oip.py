@@ -16,7 +16,12 @@ import numpy as np
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from serve_app.errors import InvalidInput, SchemaViolation
+from serve_app.errors import InvalidInput, PayloadTooLarge, SchemaViolation
+from serve_app.protocol.limits import RequestLimits
+
+BYTES_OBJECT_OVERHEAD = 64
+"""Bytes a decoded BYTES element costs beyond its content (a Python bytes/str object)."""
+DEFAULT_LIMITS = RequestLimits()
 
 HEADER_LENGTH = "inference-header-content-length"
 JSON_CONTENT_TYPE = "application/json"
@@ -106,17 +111,22 @@ def _flatten(data: list[Any]) -> list[Any]:
     return data
 
 
-def _element_count(shape: list[int], name: str) -> int:
-    if any(d < 0 for d in shape):
-        raise InvalidInput(f"input {name!r}: shape {shape} has a negative dimension")
-    count = 1
-    for d in shape:
-        count *= d
-    return count
+def decode_bytes_buffer(
+    buf: memoryview, count: int, name: str, max_element_bytes: int | None = None
+) -> np.ndarray:
+    """Parse ``count`` length-prefixed BYTES elements.
 
+    The buffer must hold at least ``4 * count`` bytes before anything is allocated.
 
-def decode_bytes_buffer(buf: memoryview, count: int, name: str) -> np.ndarray:
-    """Parse ``count`` length-prefixed BYTES elements."""
+    Raises:
+        InvalidInput: a buffer that does not hold ``count`` elements exactly.
+        PayloadTooLarge: an element above ``max_element_bytes``.
+    """
+    if 4 * count > len(buf):
+        raise InvalidInput(
+            f"input {name!r}: {count} BYTES elements need at least {4 * count} bytes, "
+            f"the buffer has {len(buf)}"
+        )
     out = np.empty(count, dtype=object)
     pos = 0
     for i in range(count):
@@ -124,6 +134,11 @@ def decode_bytes_buffer(buf: memoryview, count: int, name: str) -> np.ndarray:
             raise InvalidInput(f"input {name!r}: BYTES buffer ends inside element {i}")
         (n,) = struct.unpack_from("<I", buf, pos)
         pos += 4
+        if max_element_bytes is not None and n > max_element_bytes:
+            raise PayloadTooLarge(
+                f"input {name!r}: BYTES element {i} has {n} bytes, above the limit of "
+                f"{max_element_bytes} (http.limits.max_element_bytes)"
+            )
         if pos + n > len(buf):
             raise InvalidInput(f"input {name!r}: BYTES element {i} runs past the buffer")
         out[i] = bytes(buf[pos : pos + n])
@@ -143,14 +158,36 @@ def encode_bytes_buffer(array: np.ndarray) -> bytes:
     return b"".join(parts)
 
 
-def _decode_input(inp: RequestInput, binary: memoryview | None) -> np.ndarray:
-    dtype = DATATYPES.get(inp.datatype)
-    if dtype is None:
-        raise InvalidInput(f"input {inp.name!r}: unknown datatype {inp.datatype!r}")
-    count = _element_count(inp.shape, inp.name)
+def _decoded_bytes(inp: RequestInput, count: int, binary: memoryview | None) -> int:
+    """Upper bound of what decoding ``inp`` allocates, known before decoding it."""
+    if inp.datatype != "BYTES":
+        return count * DATATYPES[inp.datatype].itemsize
+    content = len(binary) if binary is not None else 0
+    return content + count * BYTES_OBJECT_OVERHEAD
+
+
+def _check_json_bytes(name: str, flat: list[Any], limit: int) -> int:
+    """Total UTF-8 bytes of JSON BYTES elements, each within ``limit``."""
+    total = 0
+    for i, x in enumerate(flat):
+        n = len(x) if len(x) * 4 <= limit else len(x.encode("utf-8", "surrogatepass"))
+        if n > limit:
+            raise PayloadTooLarge(
+                f"input {name!r}: BYTES element {i} has {n} bytes, above the limit of "
+                f"{limit} (http.limits.max_element_bytes)"
+            )
+        total += n
+    return total
+
+
+def _decode_input(
+    inp: RequestInput, binary: memoryview | None, limits: RequestLimits, count: int
+) -> np.ndarray:
+    dtype = DATATYPES[inp.datatype]
     if binary is not None:
         if inp.datatype == "BYTES":
-            return decode_bytes_buffer(binary, count, inp.name).reshape(inp.shape)
+            out = decode_bytes_buffer(binary, count, inp.name, limits.max_element_bytes)
+            return out.reshape(inp.shape)
         if len(binary) != count * dtype.itemsize:
             raise InvalidInput(
                 f"input {inp.name!r}: binary data has {len(binary)} bytes, shape {inp.shape} "
@@ -167,6 +204,7 @@ def _decode_input(inp: RequestInput, binary: memoryview | None) -> np.ndarray:
     if inp.datatype == "BYTES":
         if not all(isinstance(x, str) for x in flat):
             raise InvalidInput(f"input {inp.name!r}: BYTES data must be strings")
+        _check_json_bytes(inp.name, flat, limits.max_element_bytes)
         array = np.empty(count, dtype=object)
         array[:] = flat
         return array.reshape(inp.shape)
@@ -181,16 +219,22 @@ def _decode_input(inp: RequestInput, binary: memoryview | None) -> np.ndarray:
         raise InvalidInput(f"input {inp.name!r}: data does not fit {inp.datatype}: {e}") from None
 
 
-def decode_request(body: bytes, header_length: int | None = None) -> DecodedRequest:
+def decode_request(
+    body: bytes, header_length: int | None = None, limits: RequestLimits = DEFAULT_LIMITS
+) -> DecodedRequest:
     """Decode an OIP request body (JSON, or JSON + binary tensors).
+
+    Every declared size is checked against ``limits`` before anything is allocated.
 
     Args:
         body: The whole HTTP body.
         header_length: Value of ``Inference-Header-Content-Length`` when present.
+        limits: Per-request limits.
 
     Raises:
         SchemaViolation: the JSON does not follow the schema (422).
         InvalidInput: tensors do not match their shape or datatype (400).
+        PayloadTooLarge: a declared size above a limit (413).
     """
     if header_length is not None:
         if not 0 < header_length <= len(body):
@@ -205,11 +249,20 @@ def decode_request(body: bytes, header_length: int | None = None) -> DecodedRequ
     except ValidationError as e:
         raise SchemaViolation(_validation_message(e)) from None
 
+    if len(req.inputs) > limits.max_inputs:
+        raise PayloadTooLarge(
+            f"{len(req.inputs)} inputs, above the limit of {limits.max_inputs} "
+            "(http.limits.max_inputs)"
+        )
     inputs: dict[str, np.ndarray] = {}
     offset = 0
+    budget = limits.max_decoded_bytes
     for inp in req.inputs:
         if inp.name in inputs:
             raise InvalidInput(f"input {inp.name!r} given twice")
+        if inp.datatype not in DATATYPES:
+            raise InvalidInput(f"input {inp.name!r}: unknown datatype {inp.datatype!r}")
+        count = limits.element_count(inp.name, inp.shape)
         size = (inp.parameters or {}).get("binary_data_size")
         binary = None
         if size is not None:
@@ -223,7 +276,13 @@ def decode_request(body: bytes, header_length: int | None = None) -> DecodedRequ
                 )
             binary = rest[offset : offset + size]
             offset += size
-        inputs[inp.name] = _decode_input(inp, binary)
+        budget -= _decoded_bytes(inp, count, binary)
+        if budget < 0:
+            raise PayloadTooLarge(
+                f"input {inp.name!r}: the decoded inputs exceed {limits.max_decoded_bytes} "
+                "bytes (http.limits.max_decoded_bytes)"
+            )
+        inputs[inp.name] = _decode_input(inp, binary, limits, count)
     if offset != len(rest):
         raise InvalidInput(f"{len(rest) - offset} bytes of binary data not claimed by any input")
 

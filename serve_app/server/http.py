@@ -18,8 +18,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
+from serve_app.config import HttpConfig
 from serve_app.errors import PayloadTooLarge, ServeAppError, ServiceUnavailable
 from serve_app.protocol import oip
+from serve_app.protocol.limits import parse_header_length
 from serve_app.protocol.oip import JSON_CONTENT_TYPE
 
 logger = logging.getLogger(__name__)
@@ -72,7 +74,12 @@ def install_error_handlers(app: FastAPI) -> None:
 async def read_body(request: Request, max_bytes: int) -> bytes:
     """Read the body, refusing more than ``max_bytes`` before and while reading (413)."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+    if (
+        declared is not None
+        and declared.isascii()
+        and declared.isdigit()
+        and (len(declared) > 18 or int(declared) > max_bytes)
+    ):
         raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {max_bytes}")
     chunks = []
     size = 0
@@ -84,10 +91,9 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
     return b"".join(chunks)
 
 
-async def read_inference_request(request: Request, max_bytes: int) -> oip.DecodedRequest:
-    """Read and decode an OIP inference request (JSON or binary extension)."""
-    body = await read_body(request, max_bytes)
-    header_length = request.headers.get(oip.HEADER_LENGTH)
-    return oip.decode_request(
-        body, int(header_length) if header_length and header_length.isdigit() else None
-    )
+async def read_inference_request(request: Request, http: HttpConfig) -> oip.DecodedRequest:
+    """Read and decode an OIP inference request (JSON or binary extension) within the
+    body size and the decoder limits of ``http``."""
+    body = await read_body(request, http.max_request_bytes)
+    header_length = parse_header_length(request.headers.get(oip.HEADER_LENGTH), len(body))
+    return oip.decode_request(body, header_length, http.limits)

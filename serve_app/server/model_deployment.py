@@ -155,7 +155,7 @@ class ModelDeployment:
             )
 
     async def _infer(self, request: Request) -> Response:
-        decoded = await read_inference_request(request, self.args.http.max_request_bytes)
+        decoded = await read_inference_request(request, self.args.http)
         rows = self.runtime.prepare(decoded.inputs)
         outputs = await self.infer_rows(rows)
         payload, headers = oip.encode_response(self.args.name, self.version, decoded, outputs)

@@ -194,7 +194,7 @@ class PipelineRouter:
             )
 
     async def _infer(self, request: Request) -> Response:
-        decoded = await read_inference_request(request, self.http.max_request_bytes)
+        decoded = await read_inference_request(request, self.http)
         result = await self.executor.run(
             decoded.inputs, decoded.parameters, self.node_status.unserving()
         )

@@ -89,4 +89,6 @@ def test_model_args_default_threads_follow_cpus() -> None:
 
 def test_committed_app_config_loads() -> None:
     app = load_app_config("configs/app.yaml")
-    assert [m.name for m in app.models] == ["minilm", "mlp-head"]
+    heads = ["ticket-topic", "ticket-urgency", "ticket-topic-large"]
+    assert [m.name for m in app.models] == ["minilm", "mlp-head", *heads]
+    assert [p.name for p in app.pipelines] == ["triage"]

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import re
 import struct
 
 import numpy as np
 import orjson
 import pytest
 
-from serve_app.errors import InvalidInput, SchemaViolation
+from serve_app.errors import InvalidInput, PayloadTooLarge, SchemaViolation
 from serve_app.protocol import oip
+from serve_app.protocol.limits import RequestLimits, parse_header_length
 
 
 def _json(obj: object) -> bytes:
@@ -179,3 +181,88 @@ def test_unknown_requested_output() -> None:
     req = oip.DecodedRequest(id=None, inputs={}, requested_outputs={"nope": False})
     with pytest.raises(InvalidInput, match=r"unknown output\(s\) requested: \['nope'\]"):
         oip.encode_response("m", "1", req, {"y": np.zeros((1, 1), dtype=np.float32)})
+
+
+# --- limits: every declared size is checked before anything is allocated -------------
+
+
+def _binary(inputs: list[dict], buffers: bytes = b"") -> tuple[bytes, int]:
+    import json  # orjson refuses integers beyond 64 bits; clients may still send them
+
+    header = json.dumps({"inputs": inputs}).encode()
+    return header + buffers, len(header)
+
+
+@pytest.mark.parametrize(
+    ("shape", "error", "message"),
+    [
+        ([100_000_000], PayloadTooLarge, "100000000 rows, above the limit of 1024"),
+        ([1000, 100_000], PayloadTooLarge, "shape [1000, 100000] holds more than 4194304 elements"),
+        ([0, 10**20], PayloadTooLarge, "holds more than 4194304 elements"),
+        ([1] * 15_000, InvalidInput, "shape has 15000 dimensions, above the limit of 8"),
+        ([2000, 1], PayloadTooLarge, "2000 rows, above the limit of 1024"),
+        ([1, -3], InvalidInput, "has a negative dimension"),
+    ],
+)
+def test_declared_shapes_are_bounded_before_allocation(
+    shape: list[int], error: type[Exception], message: str
+) -> None:
+    import time
+
+    body, n = _binary(
+        [{"name": "t", "shape": shape, "datatype": "BYTES", "parameters": {"binary_data_size": 0}}]
+    )
+    t0 = time.perf_counter()
+    with pytest.raises(error, match=re.escape(message)):
+        oip.decode_request(body, n)
+    assert time.perf_counter() - t0 < 0.1  # nothing proportional to the declared size
+
+
+def test_bytes_count_needs_the_buffer_before_allocating() -> None:
+    body, n = _binary(
+        [
+            {
+                "name": "t",
+                "shape": [1000],
+                "datatype": "BYTES",
+                "parameters": {"binary_data_size": 8},
+            }
+        ],
+        b"\x00" * 8,
+    )
+    with pytest.raises(InvalidInput, match="1000 BYTES elements need at least 4000 bytes"):
+        oip.decode_request(body, n)
+
+
+def test_element_and_total_size_limits() -> None:
+    limits = RequestLimits(max_element_bytes=10, max_decoded_bytes=2048)
+    big = {"name": "t", "shape": [1], "datatype": "BYTES", "data": ["x" * 11]}
+    with pytest.raises(
+        PayloadTooLarge, match="BYTES element 0 has 11 bytes, above the limit of 10"
+    ):
+        oip.decode_request(orjson.dumps({"inputs": [big]}), None, limits)
+    floats = {"name": "f", "shape": [1000], "datatype": "FP32", "data": [0.0] * 1000}
+    with pytest.raises(PayloadTooLarge, match="decoded inputs exceed 2048 bytes"):
+        oip.decode_request(orjson.dumps({"inputs": [floats]}), None, limits)
+    many = [{"name": f"i{k}", "shape": [1], "datatype": "FP32", "data": [0.0]} for k in range(17)]
+    with pytest.raises(PayloadTooLarge, match="17 inputs, above the limit of 16"):
+        oip.decode_request(orjson.dumps({"inputs": many}))
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("9" * 5000, "must be 1-10 ASCII digits"),
+        ("\u00b9", "must be 1-10 ASCII digits"),  # superscript one: str.isdigit() is True
+        ("-5", "must be a non-negative integer"),
+        ("abc", "must be a non-negative integer"),
+        ("", "must be 1-10 ASCII digits"),
+        ("0", "outside the body of 100 bytes"),
+        ("101", "outside the body of 100 bytes"),
+    ],
+)
+def test_header_length_is_parsed_strictly(value: str, message: str) -> None:
+    with pytest.raises(InvalidInput, match=re.escape(message)):
+        parse_header_length(value, 100)
+    assert parse_header_length("100", 100) == 100
+    assert parse_header_length(None, 100) is None

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ray.serve.schema import ServeDeploySchema
 
-from serve_app.app_args import ModelAppArgs, ServerAppArgs
+from serve_app.app_args import APP_ARGS
 from serve_app.config import load_app_config
 from serve_app.render import render_local
 from serve_app.serve_config import render_serve_config
@@ -28,17 +28,13 @@ def test_rendered_config_validates_against_ray_schema() -> None:
     config = render_serve_config(app)
     schema = ServeDeploySchema.model_validate(config)
     names = [a.name for a in schema.applications]
-    assert names == ["oip", "minilm", "mlp-head"]
-    assert [a.route_prefix for a in schema.applications] == [
-        "/",
-        "/v2/models/minilm",
-        "/v2/models/mlp-head",
+    heads = ["ticket-topic", "ticket-urgency", "ticket-topic-large"]
+    assert names == ["oip", "minilm", "mlp-head", *heads, "triage"]
+    assert [a.route_prefix for a in schema.applications] == ["/"] + [
+        f"/v2/models/{n}" for n in names[1:]
     ]
-    for a in config["applications"]:
-        if a["args"]["kind"] == "model":
-            ModelAppArgs.model_validate(a["args"])
-        else:
-            ServerAppArgs.model_validate(a["args"])
+    kinds = [APP_ARGS.validate_python(a["args"]).kind for a in config["applications"]]
+    assert kinds == ["server"] + ["model"] * 5 + ["pipeline"]
 
 
 def test_batching_lives_in_user_config_not_args() -> None:
