@@ -84,7 +84,7 @@ def test_model_metadata_and_ready(client: httpx.Client) -> None:
 def test_unknown_model_and_version_are_404(client: httpx.Client) -> None:
     r = client.get("/v2/models/nope")
     assert r.status_code == 404
-    app = make_app_config(Path("unused"), 0)
+    app = make_app_config(Path("unused"), 8000)
     served = [m.name for m in app.models] + [p.name for p in app.pipelines]
     assert served[:4] == ["minilm", "mlp-head", BROKEN, GPU_MODEL] and "triage" in served
     assert r.json() == {"error": f"unknown model 'nope'; served models: {served}"}
