@@ -47,6 +47,7 @@ class ModelAppArgs(StrictModel):
     layers: tuple[int, int] | None = Field(
         None, description="Encoder layers of a pipeline-parallel stage; None: whole model."
     )
+    hung_forward_s: float = Field(60.0, gt=0, description="Health fails past this forward.")
 
     @classmethod
     def from_config(cls, app: AppConfig, model: ModelConfig) -> ModelAppArgs:
@@ -58,6 +59,7 @@ class ModelAppArgs(StrictModel):
             folder=model.repository_name,
             version=model.version,
             torch_threads=torch_threads(model.resources),
+            hung_forward_s=model.hung_forward_s,
         )
 
     @property

@@ -175,7 +175,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``serve-app`` console script."""
+    """Entry point of the ``serve-app`` console script.
+
+    The local Ray environment (loopback-only gRPC, no usage stats) is set first: Ray
+    reads it once, when its constants module is first imported, so setting it later
+    (e.g. when the demo starts Ray) misses it if anything imported ray before."""
+    import os
+
+    from serve_app.constants import LOCAL_RAY_ENV
+
+    for key, value in LOCAL_RAY_ENV.items():
+        os.environ.setdefault(key, value)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     from serve_app.errors import ServeAppError

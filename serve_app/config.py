@@ -189,6 +189,14 @@ class ModelConfig(StrictModel):
     graceful_shutdown_timeout_s: float = Field(
         20.0, ge=0, description="Time a stopping replica gets to finish its requests."
     )
+    hung_forward_s: float = Field(
+        60.0,
+        gt=0,
+        description=(
+            "A forward running longer than this fails the replica's health check, so Serve "
+            "replaces a replica stuck in its model (after its failed-check threshold)."
+        ),
+    )
 
     @field_validator("name")
     @classmethod

@@ -39,14 +39,32 @@ def json_error(status: int, message: str, headers: dict[str, str] | None = None)
     return json_response({"error": message}, status, headers)
 
 
+def current_request_id() -> str:
+    """Serve's id of the request being handled (the ``x-request-id`` the ingress set or
+    accepted, returned to the client in that header); a fresh one outside Serve."""
+    try:
+        from ray.serve.context import _get_serve_request_context
+
+        request_id = _get_serve_request_context().request_id
+    except Exception:  # not inside a Serve request
+        request_id = ""
+    return request_id or uuid.uuid4().hex
+
+
 def error_response(exc: BaseException, retry_after_s: int = 1) -> Response:
-    """Map any exception to a response; never leaks a traceback."""
+    """Map any exception to a response; never leaks a traceback.
+
+    503/429 carry ``Retry-After``, 405 carries ``Allow``; an unexpected exception is a
+    500 whose body names Serve's request id, which the log line also names."""
     if isinstance(exc, ServeAppError):
-        headers = None
+        headers = {}
         if isinstance(exc, ServiceUnavailable) or exc.status_code in (429, 503):
-            headers = {"Retry-After": str(getattr(exc, "retry_after_s", retry_after_s))}
-        return json_error(exc.status_code, exc.message, headers)
-    request_id = uuid.uuid4().hex[:12]
+            headers["Retry-After"] = str(getattr(exc, "retry_after_s", retry_after_s))
+        allow = getattr(exc, "allow", None)
+        if exc.status_code == 405 and isinstance(allow, str):
+            headers["Allow"] = allow
+        return json_error(exc.status_code, exc.message, headers or None)
+    request_id = current_request_id()
     logger.exception("internal error (request %s)", request_id, exc_info=exc)
     return json_error(500, f"internal error, request id {request_id}")
 

@@ -30,6 +30,16 @@ from serve_app.server.runtime import AdapterLoader, ModelRuntime
 logger = logging.getLogger("ray.serve")
 
 
+def assigned_gpus() -> float:
+    """This replica's ``num_gpus`` as Ray assigned it (1.0 outside Ray or without GPUs)."""
+    try:
+        import ray
+
+        return float(ray.get_runtime_context().get_assigned_resources().get("GPU", 1.0))
+    except Exception:  # not in a Ray worker
+        return 1.0
+
+
 def _rows_of(requests: list[list[Any]]) -> int:
     return sum(len(r) for r in requests)
 
@@ -53,7 +63,9 @@ class ModelDeployment:
             self.args.repository_folder,
             self.args.version,
             adapter_loader,
+            gpu_share=assigned_gpus(),
         )
+        self.runtime.hung_forward_s = self.args.hung_forward_s
         self.batching = BatchingConfig()
         self.runtime.load()
         self._executor: ThreadPoolExecutor | None = None
@@ -97,7 +109,8 @@ class ModelDeployment:
         logger.info("%s batching: %s (effective max_batch_size %d)", self.args.name, cfg, size)
 
     def check_health(self) -> None:
-        """Serve health check: the model is loaded and its files are in place."""
+        """Serve health check: the model is loaded, no forward has hung, and its files
+        are in place."""
         self.runtime.check_health()
 
     # --- inference -----------------------------------------------------------------

@@ -4,12 +4,9 @@ answered 503 at once instead of waiting for a replica until the request times ou
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import time
 from collections.abc import Callable, Mapping
 
-logger = logging.getLogger("ray.serve")
+from serve_app.server.controller_view import ControllerView
 
 REFRESH_PERIOD_S = 2.0
 """How often the controller is asked."""
@@ -65,30 +62,19 @@ class NodeStatus:
         self, targets: Mapping[str, tuple[str, str]], reader: StatusReader = read_unserving
     ) -> None:
         self.targets = dict(targets)
-        self.reader = reader
-        self._unserving: dict[str, str] = {}
-        self._read_at = 0.0
-        self._task: asyncio.Task[None] | None = None
+        self.view: ControllerView[dict[str, str]] = ControllerView(
+            lambda: reader(self.targets), REFRESH_PERIOD_S, READ_TIMEOUT_S
+        )
 
     def start(self) -> None:
-        """Start refreshing on the running loop (idempotent; no-op without targets)."""
-        if self._task is None and self.targets:
-            self._task = asyncio.get_running_loop().create_task(self._refresh_forever())
+        """Start refreshing on the running loop (no-op without targets)."""
+        if self.targets:
+            self.view.start()
 
     def unserving(self) -> dict[str, str]:
         """Models not serving -> why (empty while the view is stale or not read yet)."""
         self.start()
-        if time.monotonic() - self._read_at > STALE_AFTER_S:
+        latest = self.view.latest()
+        if latest is None or latest[1] > STALE_AFTER_S:
             return {}
-        return self._unserving
-
-    async def _refresh_forever(self) -> None:
-        while True:
-            try:
-                self._unserving = await asyncio.wait_for(
-                    asyncio.to_thread(self.reader, self.targets), READ_TIMEOUT_S
-                )
-                self._read_at = time.monotonic()
-            except Exception as e:  # keep the last view; it turns stale on its own
-                logger.warning("reading node states failed: %s", e)
-            await asyncio.sleep(REFRESH_PERIOD_S)
+        return latest[0]

@@ -6,7 +6,6 @@ a model whose application is not running (503 with ``Retry-After`` and the reaso
 Serve reports, e.g. the weight file that failed verification).
 """
 
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,12 +16,18 @@ from ray import serve
 import serve_app
 from serve_app.app_args import ServerAppArgs
 from serve_app.errors import ModelNotFound, ServiceUnavailable
-from serve_app.server.http import install_error_handlers, json_error
+from serve_app.server.controller_view import ControllerView
+from serve_app.server.http import install_error_handlers
 
 server_api = FastAPI(title="serve_app", docs_url=None, redoc_url=None, openapi_url=None)
 install_error_handlers(server_api)
 
-STATUS_CACHE_S = 1.0
+STATUS_PERIOD_S = 1.0
+"""How often the controller is asked for the applications' states."""
+STATUS_TIMEOUT_S = 5.0
+"""A controller read slower than this is abandoned (the last answer stays)."""
+STATUS_STALE_S = 15.0
+"""Older than this, the state is unknown: readiness answers 503 and says why."""
 
 
 @dataclass(frozen=True)
@@ -50,20 +55,24 @@ def status_name(status: Any) -> str:
 
 
 def read_model_states(names: list[str]) -> dict[str, ModelState]:
-    """Ask the Serve controller for each model application's status."""
-    apps = serve.status().applications
+    """Ask the Serve controller (blocking) for each application's status: one RPC that
+    returns statuses only (``serve.status()`` builds every deployment's full details)."""
+    from ray.serve.context import _get_global_client
+
+    client = _get_global_client()
+    if client is None:
+        raise RuntimeError("no Serve controller")
+    apps = {s.name: s for s in client.list_serve_statuses()}
     states = {}
     for name in names:
         app = apps.get(name)
         if app is None:
             states[name] = ModelState(name, False, "NOT_STARTED", "application not deployed")
             continue
-        messages = [app.message] + [d.message for d in app.deployments.values() if d.message]
+        messages = [app.app_status.message] + [d.message for d in app.deployment_statuses]
+        state = status_name(app.app_status.status)
         states[name] = ModelState(
-            name,
-            status_name(app.status) == "RUNNING",
-            status_name(app.status),
-            " | ".join(m for m in messages if m),
+            name, state == "RUNNING", state, " | ".join(m for m in messages if m)
         )
     return states
 
@@ -75,23 +84,34 @@ class OIPServer:
 
     def __init__(self, args: dict[str, Any], state_reader: Any = None) -> None:
         self.args = ServerAppArgs.model_validate(args)
-        self._read_states = state_reader or read_model_states
-        self._cache: tuple[float, dict[str, ModelState]] | None = None
+        read = state_reader or read_model_states
+        names = self.args.models + list(self.args.pipelines)
+        self._view: ControllerView[dict[str, ModelState]] = ControllerView(
+            lambda: read(names), STATUS_PERIOD_S, STATUS_TIMEOUT_S
+        )
 
-    def _states(self) -> dict[str, ModelState]:
-        """Models and pipelines by name; a pipeline is ready when its own application
-        and every model its required nodes use are."""
-        now = time.monotonic()
-        if self._cache is None or now - self._cache[0] > STATUS_CACHE_S:
-            apps = self._read_states(self.args.models + list(self.args.pipelines))
-            for name, needs in self.args.pipelines.items():
-                own = apps[name]
-                blocked = [apps[m] for m in needs if not apps[m].ready]
-                if own.ready and blocked:
-                    reason = "; ".join(f"model {b.name}: {b.status} {b.message}" for b in blocked)
-                    apps[name] = ModelState(name, False, "WAITING_FOR_MODELS", reason.strip())
-            self._cache = (now, apps)
-        return self._cache[1]
+    async def _states(self) -> dict[str, ModelState]:
+        """Models and pipelines by name, from the cached controller view; a pipeline is
+        ready when its own application and every model its required nodes use are.
+
+        Raises:
+            ServiceUnavailable: the controller has not answered for ``STATUS_STALE_S``.
+        """
+        latest = await self._view.get()
+        if latest is None or latest[1] > STATUS_STALE_S:
+            age = "never" if latest is None else f"for {latest[1]:.0f} s"
+            raise ServiceUnavailable(
+                f"state unknown: the Serve controller has not answered {age}",
+                self.args.http.retry_after_s,
+            )
+        apps = dict(latest[0])
+        for name, needs in self.args.pipelines.items():
+            own = apps[name]
+            blocked = [apps[m] for m in needs if not apps[m].ready]
+            if own.ready and blocked:
+                reason = "; ".join(f"model {b.name}: {b.status} {b.message}" for b in blocked)
+                apps[name] = ModelState(name, False, "WAITING_FOR_MODELS", reason.strip())
+        return apps
 
     @server_api.get("/v2")
     async def server_metadata(self) -> dict[str, Any]:
@@ -107,20 +127,16 @@ class OIPServer:
 
     @server_api.get("/v2/health/ready")
     async def ready(self) -> Response:
-        states = self._states()
+        states = await self._states()
         not_ready = [s for s in states.values() if not s.ready]
         if not_ready:
             detail = "; ".join(f"{s.name}: {s.status} {s.message}".strip() for s in not_ready)
-            return json_error(
-                503,
-                f"not ready: {detail}",
-                headers={"Retry-After": str(self.args.http.retry_after_s)},
-            )
+            raise ServiceUnavailable(f"not ready: {detail}", self.args.http.retry_after_s)
         return Response(b'{"ready":true}', media_type="application/json")
 
     @server_api.get("/v2/models")
     async def list_models(self) -> dict[str, Any]:
-        states = self._states()
+        states = await self._states()
         models = [states[m].to_json() for m in self.args.models]
         pipelines = [
             states[p].to_json() | {"platform": "ensemble", "models": needs}
@@ -134,7 +150,7 @@ class OIPServer:
         if name not in self.args.models and name not in self.args.pipelines:
             served = self.args.models + list(self.args.pipelines)
             raise ModelNotFound(f"unknown model {name!r}; served models: {served}")
-        state = self._states().get(name)
+        state = (await self._states()).get(name)
         reason = f"{state.status}: {state.message}" if state else "unknown state"
         raise ServiceUnavailable(
             f"model {name!r} is not ready ({reason})", retry_after_s=self.args.http.retry_after_s

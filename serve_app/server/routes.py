@@ -19,9 +19,13 @@ class NotFound(ServeAppError):
 
 
 class MethodNotAllowed(ServeAppError):
-    """Route exists, method does not (HTTP 405)."""
+    """Route exists, method does not (HTTP 405, with ``Allow``)."""
 
     status_code = 405
+
+    def __init__(self, message: str, allow: str) -> None:
+        super().__init__(message, allow)
+        self.allow = allow
 
 
 @dataclass(frozen=True)
@@ -56,5 +60,6 @@ def match(method: str, path: str, prefix: str) -> Route:
         raise NotFound(f"no route for {path}")
     allowed, action = entry
     if method != allowed and not (allowed == "GET" and method == "HEAD"):
-        raise MethodNotAllowed(f"{method} not allowed on {path}; use {allowed}")
+        allow = "GET, HEAD" if allowed == "GET" else allowed
+        raise MethodNotAllowed(f"{method} not allowed on {path}; use {allowed}", allow)
     return Route(action, version)

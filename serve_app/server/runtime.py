@@ -8,7 +8,6 @@ a warm-up batch. Only then is the replica ready.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -21,6 +20,7 @@ from serve_app.batching import plan_forwards, run_planned
 from serve_app.errors import ServiceUnavailable
 from serve_app.models.base import ModelAdapter
 from serve_app.repository.loader import ModelRepository, VerifiedVersion
+from serve_app.server.memory import free_memory_bytes, measure_peak_bytes
 
 logger = logging.getLogger("ray.serve")
 
@@ -33,53 +33,6 @@ def pick_device() -> str:
     import torch
 
     return "cuda:0" if torch.cuda.is_available() else "cpu"
-
-
-def free_memory_bytes(device: str) -> int:
-    """Free device memory: CUDA free memory, or available host memory on CPU."""
-    if device.startswith("cuda"):
-        import torch
-
-        free, _total = torch.cuda.mem_get_info()
-        return int(free)
-    import psutil
-
-    return int(psutil.virtual_memory().available)
-
-
-def measure_peak_bytes(run: Callable[[], Any], device: str) -> int:
-    """Peak memory growth while ``run()`` executes (CUDA allocator peak, or sampled RSS)."""
-    if device.startswith("cuda"):
-        import torch
-
-        torch.cuda.synchronize()
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        run()
-        torch.cuda.synchronize()
-        return max(0, torch.cuda.max_memory_allocated() - base)
-    import psutil
-
-    proc = psutil.Process(os.getpid())
-    base = proc.memory_info().rss
-    peak = base
-    done = threading.Event()
-
-    def sample() -> None:
-        nonlocal peak
-        while not done.is_set():
-            peak = max(peak, proc.memory_info().rss)
-            time.sleep(0.001)
-
-    t = threading.Thread(target=sample, daemon=True)
-    t.start()
-    try:
-        run()
-    finally:
-        done.set()
-        t.join()
-    peak = max(peak, proc.memory_info().rss)
-    return max(0, peak - base)
 
 
 @dataclass
@@ -117,6 +70,7 @@ class ModelRuntime:
         version_policy: ``latest`` or a pinned version.
         adapter_loader: Builds the adapter (injected so tests can stand in a model).
         device: Device string; ``None`` picks CUDA when visible, else CPU.
+        gpu_share: This replica's ``num_gpus`` (a fraction shares the device).
     """
 
     def __init__(
@@ -126,12 +80,17 @@ class ModelRuntime:
         version_policy: Literal["latest"] | int,
         adapter_loader: AdapterLoader,
         device: str | None = None,
+        gpu_share: float = 1.0,
     ) -> None:
         self.repository = repository
         self.name = name
         self.version_policy = version_policy
         self.adapter_loader = adapter_loader
         self.device = device or pick_device()
+        self.gpu_share = gpu_share
+        self.hung_forward_s: float | None = None
+        """A forward running longer than this fails the health check (None: never)."""
+        self._forwards_in_flight: dict[int, float] = {}
         self.adapter: ModelAdapter | None = None
         self.version: VerifiedVersion | None = None
         self.memory_cap_rows: int | None = None
@@ -152,7 +111,7 @@ class ModelRuntime:
         self.adapter = adapter
         t3 = time.perf_counter()
         if cap_to_memory and per_row > 0:
-            free = free_memory_bytes(self.device)
+            free = free_memory_bytes(self.device, self.gpu_share)
             self.memory_cap_rows = max(1, int(free * MEMORY_HEADROOM // per_row))
             logger.info(
                 "%s v%d on %s: one row of the longest input costs %.1f MiB, %.1f GiB free "
@@ -193,14 +152,27 @@ class ModelRuntime:
         adapter = self.require()
         lengths = [adapter.item_length(r) for r in rows]
         groups = plan_forwards(lengths, self.max_batch_tokens)
+        key = threading.get_ident()
         t0 = time.perf_counter()
-        out = run_planned(rows, groups, adapter.forward)
+        self._forwards_in_flight[key] = time.monotonic()
+        try:
+            out = run_planned(rows, groups, adapter.forward)
+        finally:
+            del self._forwards_in_flight[key]
         self.stats.record(len(rows), len(groups), time.perf_counter() - t0)
         return out
 
     def check_health(self) -> None:
-        """Raise unless the model is loaded and its weight files are still in place."""
+        """Raise unless the model is loaded, no forward has hung (run longer than
+        ``hung_forward_s``) and its weight files are still in place."""
         self.require()
+        if self.hung_forward_s is not None and self._forwards_in_flight:
+            running_s = time.monotonic() - min(self._forwards_in_flight.values())
+            if running_s > self.hung_forward_s:
+                raise ServiceUnavailable(
+                    f"model {self.name!r}: a forward has been running for {running_s:.0f} s "
+                    f"(limit {self.hung_forward_s:.0f} s); the replica is stuck"
+                )
         assert self.version is not None
         for entry in self.version.manifest.files:
             path = self.version.path / entry.path

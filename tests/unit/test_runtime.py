@@ -1,0 +1,75 @@
+"""ModelRuntime with a stand-in adapter (no Ray): health fails when a forward hangs."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from serve_app.errors import ServiceUnavailable
+from serve_app.models.base import ModelAdapter, ModelInfo, TensorSpec
+from serve_app.repository import ModelRepository, publish
+from serve_app.repository.loader import VerifiedVersion
+from serve_app.repository.manifest import Architecture
+from serve_app.server.runtime import ModelRuntime
+
+
+class BlockingAdapter(ModelAdapter):
+    """Forwards block until released (a model stuck in a kernel or a deadlock)."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.started = threading.Event()
+        self.info = ModelInfo("test", [TensorSpec("x", "FP32", (-1,))], [], "cpu")
+
+    def prepare(self, inputs: dict[str, np.ndarray]) -> list[Any]:
+        return list(inputs["x"])
+
+    def forward(self, items: list[Any]) -> dict[str, np.ndarray]:
+        if items and items[0] == -1.0:
+            self.started.set()
+            self.release.wait(10)
+        return {"y": np.asarray(items, dtype=np.float32)}
+
+    def warmup_items(self, n: int) -> list[Any]:
+        return [0.0] * n
+
+
+@pytest.fixture
+def runtime(tmp_path: Path) -> tuple[ModelRuntime, BlockingAdapter]:
+    weights = tmp_path / "w.safetensors"
+    save_file({"w": torch.zeros(1)}, str(weights))
+    publish(weights, tmp_path / "repo", "m", architecture=Architecture(name="mlp"))
+    adapter = BlockingAdapter()
+
+    def loader(_: VerifiedVersion, __: str) -> ModelAdapter:
+        return adapter
+
+    rt = ModelRuntime(ModelRepository(tmp_path / "repo"), "m", "latest", loader, device="cpu")
+    rt.load(cap_to_memory=False)
+    return rt, adapter
+
+
+def test_health_fails_while_a_forward_hangs_and_recovers(
+    runtime: tuple[ModelRuntime, BlockingAdapter],
+) -> None:
+    rt, adapter = runtime
+    rt.hung_forward_s = 0.2
+    rt.check_health()
+    worker = threading.Thread(target=rt.forward_rows, args=([-1.0],))
+    worker.start()
+    assert adapter.started.wait(5)
+    rt.check_health()  # running, not yet hung
+    time.sleep(0.3)
+    with pytest.raises(ServiceUnavailable, match=r"model 'm': a forward has been running for"):
+        rt.check_health()
+    adapter.release.set()
+    worker.join(5)
+    rt.check_health()
+    assert rt.forward_rows([1.0, 2.0])["y"].tolist() == [1.0, 2.0]
