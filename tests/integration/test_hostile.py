@@ -1,0 +1,79 @@
+"""The attacks measured against the demo in issue 12, through the real ingress: each is
+answered 4xx quickly, naming the limit, and the model keeps serving."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.integration
+
+INFER = "/v2/models/minilm/infer"
+
+
+def binary_bytes_request(shape: list[int]) -> tuple[bytes, dict[str, str]]:
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "text",
+                    "shape": shape,
+                    "datatype": "BYTES",
+                    "parameters": {"binary_data_size": 0},
+                }
+            ]
+        }
+    ).encode()
+    return header, {"Inference-Header-Content-Length": str(len(header))}
+
+
+@pytest.mark.parametrize(
+    ("shape", "status", "message"),
+    [
+        ([100_000_000], 413, "100000000 rows, above the limit of 1024 (http.limits.max_rows)"),
+        ([1, 1_000_000_000], 413, "holds more than 4194304 elements (http.limits.max_elements)"),
+        ([0, 10**20], 413, "holds more than 4194304 elements"),
+        ([1] * 15_000, 400, "shape has 15000 dimensions, above the limit of 8"),
+    ],
+)
+def test_declared_sizes_are_refused_before_allocation(
+    client: httpx.Client, shape: list[int], status: int, message: str
+) -> None:
+    body, headers = binary_bytes_request(shape)
+    t0 = time.monotonic()
+    r = client.post(INFER, content=body, headers=headers)
+    assert time.monotonic() - t0 < 2.0
+    assert r.status_code == status
+    assert message in r.json()["error"]
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("9" * 5000, "must be 1-10 ASCII digits"),
+        ("\u00b9", "must be 1-10 ASCII digits"),
+        ("-5", "must be a non-negative integer"),
+    ],
+)
+def test_lying_header_length_is_a_400(client: httpx.Client, value: str, message: str) -> None:
+    body, _ = binary_bytes_request([1])
+    r = client.post(
+        INFER, content=body, headers={"Inference-Header-Content-Length": value.encode("utf-8")}
+    )
+    assert r.status_code == 400
+    assert message in r.json()["error"]
+
+
+def test_still_serving_and_405_says_allow(client: httpx.Client) -> None:
+    r = client.post(
+        INFER,
+        json={
+            "inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["still here"]}]
+        },
+    )
+    assert r.status_code == 200
+    r = client.post("/v2/models/minilm/ready")
+    assert (r.status_code, r.headers["allow"]) == (405, "GET, HEAD")
