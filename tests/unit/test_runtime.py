@@ -73,3 +73,28 @@ def test_health_fails_while_a_forward_hangs_and_recovers(
     worker.join(5)
     rt.check_health()
     assert rt.forward_rows([1.0, 2.0])["y"].tolist() == [1.0, 2.0]
+
+
+def test_large_requests_are_prepared_off_the_event_loop() -> None:
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    from serve_app.server.model_deployment import PREPARE_OFF_LOOP_BYTES, prepare_rows
+
+    threads: list[int] = []
+
+    def prepare(inputs: dict[str, np.ndarray]) -> list[Any]:
+        threads.append(threading.get_ident())
+        return list(inputs["text"])
+
+    small = {"text": np.array(["a" * 100], dtype=object)}
+    large = {"text": np.array(["a" * (PREPARE_OFF_LOOP_BYTES + 1)], dtype=object)}
+
+    async def scenario() -> int:
+        with ThreadPoolExecutor(1) as pool:
+            await prepare_rows(prepare, small, pool)
+            await prepare_rows(prepare, large, pool)
+        return threading.get_ident()
+
+    loop_thread = asyncio.run(scenario())
+    assert threads[0] == loop_thread and threads[1] != loop_thread
