@@ -63,27 +63,21 @@ import numpy as np
 import yaml
 
 from loadtest.bench_serving import PORT, body, machine, run_wrk, wrk_script
+from loadtest.graph_report import CHAIN, HOP_PATHS, derive_hops, render_md
+from loadtest.http_load import (
+    Call,
+    chained_output,
+    closed_loop,
+    fp32_body,
+    infer_path,
+    post,
+    wait_ok,
+)
 
-CHAIN = ("chain-a", "chain-b", "chain-c")
 DIM = 384
 TICKET = "I was charged twice for my subscription this month, please refund ASAP"
 PART_TIMEOUT_S = 900
-HOP_PATHS = ("graph_chain3", "graph_chain1", "client_chain", "direct")
 REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def infer_path(name: str) -> str:
-    """OIP infer route of a model or pipeline."""
-    return f"/v2/models/{name}/infer"
-
-
-def fp32_body(data: list[float], shape: list[int]) -> bytes:
-    """OIP JSON request with one FP32 tensor ``input``."""
-    tensor = {"name": "input", "shape": shape, "datatype": "FP32", "data": data}
-    return json.dumps({"inputs": [tensor]}).encode()
-
-
-# --- serving -----------------------------------------------------------------------
 
 
 def publish_chain(root: Path) -> None:
@@ -168,110 +162,6 @@ def serving(app_dict: dict[str, Any], timeout_s: float = 300) -> Iterator[Any]:
         local.stop_ray(timeout_s=60)
 
 
-def wait_ok(path: str, payload: bytes, timeout_s: float = 60) -> bytes:
-    """POST until the route answers 200 (HAProxy picks routes up after RUNNING)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        conn = http.client.HTTPConnection("127.0.0.1", PORT, timeout=10)
-        try:
-            data = post(conn, path, payload)
-            if data is not None:
-                return data
-        except (OSError, http.client.HTTPException):
-            pass
-        finally:
-            conn.close()
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"no 200 from {path} in {timeout_s:.0f} s")
-        time.sleep(0.2)
-
-
-# --- closed-loop client ------------------------------------------------------------
-
-
-def post(conn: http.client.HTTPConnection, path: str, payload: bytes) -> bytes | None:
-    """One POST on a keep-alive connection; the body on 200, else None."""
-    conn.request("POST", path, body=payload, headers={"Content-Type": "application/json"})
-    resp = conn.getresponse()
-    data = resp.read()
-    return data if resp.status == 200 else None
-
-
-Call = Callable[[http.client.HTTPConnection], bool]
-
-
-def closed_loop(
-    call: Call, concurrency: int, warmup_s: float, duration_s: float, probe: Callable[[], Any]
-) -> tuple[dict[str, Any], Any, Any]:
-    """``concurrency`` threads each repeat ``call`` back to back for ``warmup_s +
-    duration_s``; only calls started in the measured window count.
-
-    Returns:
-        The summary (rps, p50/p99/mean ms, ok, errors), and ``probe()`` taken at the
-        start and at the end of the window.
-    """
-    t_start = time.perf_counter() + warmup_s
-    t_end = t_start + duration_s
-    latencies: list[list[float]] = [[] for _ in range(concurrency)]
-    errors = [0] * concurrency
-
-    def worker(i: int) -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", PORT, timeout=30)
-        while (t0 := time.perf_counter()) < t_end:
-            try:
-                ok = call(conn)
-            except (OSError, http.client.HTTPException):
-                ok = False
-                conn.close()
-                conn = http.client.HTTPConnection("127.0.0.1", PORT, timeout=30)
-            if t0 >= t_start:
-                if ok:
-                    latencies[i].append((time.perf_counter() - t0) * 1e3)
-                else:
-                    errors[i] += 1
-        conn.close()
-
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(concurrency)]
-    for t in threads:
-        t.start()
-    time.sleep(max(0.0, t_start - time.perf_counter()))
-    before = probe()
-    time.sleep(max(0.0, t_end - time.perf_counter()))
-    after = probe()
-    for t in threads:
-        t.join()
-    lat = np.array([x for per in latencies for x in per])
-    summary = {
-        "concurrency": concurrency,
-        "duration_s": duration_s,
-        "ok": int(lat.size),
-        "errors": sum(errors),
-        "rps": round(lat.size / duration_s, 1),
-        "p50_ms": round(float(np.percentile(lat, 50)), 3) if lat.size else None,
-        "p99_ms": round(float(np.percentile(lat, 99)), 3) if lat.size else None,
-        "mean_ms": round(float(lat.mean()), 3) if lat.size else None,
-    }
-    return summary, before, after
-
-
-def chained_output(conn: http.client.HTTPConnection, request: bytes, decode: bool = True) -> Any:
-    """The chain as three HTTP calls, each answer's ``output`` posted to the next model.
-
-    Returns:
-        The last ``output`` tensor (the last answer is left undecoded, like the other
-        paths, when ``decode`` is False); None when a call was not answered 200.
-    """
-    payload = request
-    for i, name in enumerate(CHAIN):
-        data = post(conn, infer_path(name), payload)
-        if data is None:
-            return None
-        if decode or i < len(CHAIN) - 1:
-            out = json.loads(data)["outputs"][0]
-            payload = fp32_body(out["data"], out["shape"])
-    return out if decode else True
-
-
 _DRIVER_LOOP: Any = None
 
 
@@ -352,30 +242,6 @@ def bare_handle_ms(calls: int) -> dict[str, float]:
 # --- the two parts -----------------------------------------------------------------
 
 
-def derive_hops(points: dict[str, Any], wait_s: float) -> dict[str, Any]:
-    """The per-hop figures of the module docstring, from the c=1 points."""
-    L = {p: points[f"{p}_c1"]["p50_ms"] for p in HOP_PATHS}
-    nodes = points["graph_chain3_c1"]["nodes"]
-    C = {n: nodes[n]["compute_per_row_ms"] for n in CHAIN}
-    w = wait_s * 1e3
-    bc = C["chain-b"] + C["chain-c"]
-    per_call = (L["graph_chain3"] - L["direct"] - bc - 2 * w) / 3
-    return {
-        "p50_ms_c1": L,
-        "compute_per_request_ms_c1": C,
-        "node_compute_sum_ms_c1": round(sum(C.values()), 4),
-        "batch_wait_ms": w,
-        "hop_single_ms": round(L["graph_chain1"] - L["direct"], 3),
-        "hop_per_call_ms": round(per_call, 3),
-        "hop_per_call_incl_wait_ms": round((L["graph_chain3"] - L["direct"] - bc) / 3, 3),
-        "hop_chained_ms": round((L["graph_chain3"] - L["graph_chain1"] - bc - 2 * w) / 2, 3),
-        "target_hop_ms": 2.0,
-        "meets_target": per_call <= 2.0,
-        "client_chain_over_graph_p50": round(L["client_chain"] / L["graph_chain3"], 3),
-        "client_chain_minus_graph_p50_ms": round(L["client_chain"] - L["graph_chain3"], 3),
-    }
-
-
 def part_hops(a: argparse.Namespace, save: Callable[[dict[str, Any]], None]) -> None:
     """Part 1: serve the chain, measure every path at c=1 and c=16, ``save`` the result."""
     rng = np.random.default_rng(0)
@@ -383,7 +249,7 @@ def part_hops(a: argparse.Namespace, save: Callable[[dict[str, Any]], None]) -> 
     calls: dict[str, Call] = {
         "graph_chain3": lambda conn: post(conn, infer_path("chain3"), request) is not None,
         "graph_chain1": lambda conn: post(conn, infer_path("chain1"), request) is not None,
-        "client_chain": lambda conn: chained_output(conn, request, decode=False) is not None,
+        "client_chain": lambda conn: chained_output(conn, request, CHAIN, decode=False) is not None,
         "direct": lambda conn: post(conn, infer_path(CHAIN[0]), request) is not None,
     }
     with tempfile.TemporaryDirectory(prefix="bench-graph-") as root:
@@ -393,7 +259,7 @@ def part_hops(a: argparse.Namespace, save: Callable[[dict[str, Any]], None]) -> 
             graph_out = json.loads(wait_ok(infer_path("chain3"), request))["outputs"][0]
             wait_ok(infer_path("chain1"), request)
             conn = http.client.HTTPConnection("127.0.0.1", PORT, timeout=30)
-            client_out = chained_output(conn, request)
+            client_out = chained_output(conn, request, CHAIN)
             conn.close()
             # Same numbers both ways, or the comparison means nothing.
             diff = float(np.max(np.abs(np.subtract(graph_out["data"], client_out["data"]))))
@@ -513,99 +379,6 @@ def run_part(part: str, a: argparse.Namespace, out: Path) -> dict[str, Any]:
     if rc != 0:
         result["child_exit_status"] = rc
     return result
-
-
-def render_md(results: dict[str, Any]) -> str:
-    """Markdown summary: the tables, the formulas with their values, date and machine."""
-    m = results["machine"]
-    lines = [
-        f"# Graph cost ({m['date']}, {m['cpus']} CPUs, {m['cpu_model']}, Ray {m['ray']}, "
-        f"torch {m['torch']})",
-        "",
-        f"`python -m loadtest.bench_graph{' --quick' if results['quick'] else ''}`, started "
-        f"{results['started']}; serve_app sources sha256 {results['serve_app_sha256_start']}"
-        + (
-            ""
-            if results["serve_app_sha256_start"] == results["serve_app_sha256_end"]
-            else f" (changed during the run, end {results['serve_app_sha256_end']})"
-        )
-        + f"; load average at start {results['loadavg_start'][0]:.2f}, at end "
-        f"{results['loadavg_end'][0]:.2f}; raw numbers in `graph.json`.",
-        "",
-    ]
-    hops = results["hops"]
-    if "error" in hops:
-        lines += [f"Part 1 (hops) failed: {hops['error']}", ""]
-    else:
-        d, bare = hops["derived"], hops["bare_handle_call"]
-        lines += [
-            f"## Part 1: per-hop cost (chain of 3 MLPs 384->[384]->384, batch wait "
-            f"{d['batch_wait_ms']} ms, {hops['duration_s']} s per point, Python client)",
-            "",
-            "| path | c | req/s | p50 ms | p99 ms | errors | a / b / c compute per request ms |",
-            "|---|---:|---:|---:|---:|---:|---|",
-        ]
-        for key, p in hops["points"].items():
-            comp = " / ".join(
-                f"{v['compute_per_row_ms']}" if v["rows"] else "-" for v in p["nodes"].values()
-            )
-            lines.append(
-                f"| {key.rsplit('_c', 1)[0]} | {p['concurrency']} | {p['rps']} | {p['p50_ms']} "
-                f"| {p['p99_ms']} | {p['errors']} | {comp} |"
-            )
-        L, C = d["p50_ms_c1"], d["compute_per_request_ms_c1"]
-        lines += [
-            "",
-            "A hop is one DeploymentHandle call (chain3 makes 3, chain1 makes 1, direct 0). "
-            "At c=1, L = p50, C = forward time per request of a node during graph_chain3 "
-            f"(a {C['chain-a']}, b {C['chain-b']}, c {C['chain-c']} ms; sum "
-            f"{d['node_compute_sum_ms_c1']} ms), w = batch wait ({d['batch_wait_ms']} ms, "
-            "waited in full by a lone request):",
-            "",
-            f"- hop_single = L(chain1) - L(direct) = {L['graph_chain1']} - {L['direct']} = "
-            f"**{d['hop_single_ms']} ms**",
-            f"- hop_per_call = (L(chain3) - L(direct) - C_b - C_c - 2w) / 3 = "
-            f"**{d['hop_per_call_ms']} ms** (target <= {d['target_hop_ms']} ms: "
-            f"{'met' if d['meets_target'] else 'NOT met'})",
-            f"- hop_per_call_incl_wait = (L(chain3) - L(direct) - C_b - C_c) / 3 = "
-            f"{d['hop_per_call_incl_wait_ms']} ms",
-            f"- hop_chained = (L(chain3) - L(chain1) - C_b - C_c - 2w) / 2 = "
-            f"{d['hop_chained_ms']} ms",
-            f"- client-side chain (3 HTTP calls) vs graph, p50 at c=1: "
-            f"{L['client_chain']} vs {L['graph_chain3']} ms "
-            f"(x{d['client_chain_over_graph_p50']}, {d['client_chain_minus_graph_p50_ms']:+} ms)",
-            f"- cross-check, a bare handle call from the driver to chain-a (`metadata`: no "
-            f"batcher, no forward), p50: by reference {bare['by_reference_p50_ms']} ms, "
-            f"gRPC transport (`_by_reference=False`) {bare['grpc_p50_ms']} ms",
-            f"- graph and client-side chain agree: max |difference| of the outputs "
-            f"{hops['graph_vs_client_chain_max_abs_diff']:.2e}",
-            "",
-        ]
-    demo = results["demo"]
-    if "error" in demo:
-        lines += [f"Part 2 (demo) failed: {demo['error']}", ""]
-    else:
-        lines += [
-            f"## Part 2: demo pipeline throughput (configs/app.yaml, wrk -t1 c=64, "
-            f"{demo['duration_s']} s, one ~12-word ticket per request)",
-            "",
-            "| route | req/s | p50 ms | p99 ms | errors |",
-            "|---|---:|---:|---:|---:|",
-        ]
-        for key, r in demo["loads"].items():
-            lines.append(
-                f"| /v2/models/{key.rsplit('_c', 1)[0]}/infer | {r['rps']} | "
-                f"{r.get('p50_ms')} | {r.get('p99_ms')} | {r['errors']} |"
-            )
-        route = demo["sample_outputs"].get("route")
-        lines += [
-            "",
-            f"triage / minilm req/s = **{demo['triage_over_minilm_rps']}**. "
-            f"The ticket's route branch: {route} (second opinion "
-            f"{'runs' if route and route[0] else 'does not run'}).",
-            "",
-        ]
-    return "\n".join(lines)
 
 
 def main() -> None:
