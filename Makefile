@@ -17,12 +17,12 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check serve_app tests loadtest
-	$(VENV)/bin/mypy serve_app
+	$(VENV)/bin/mypy serve_app loadtest
 	$(VENV)/bin/pytest -q
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check serve_app tests loadtest
-	$(VENV)/bin/mypy serve_app
+	$(VENV)/bin/mypy serve_app loadtest
 
 render: $(STAMP)
 	$(VENV)/bin/serve-app render
