@@ -33,6 +33,7 @@ def free_port() -> int:
 
 
 STAGED = "minilm-pp"
+OVERLOADED = "overloaded"
 HEAD_MODELS = ["ticket-topic", "ticket-urgency", "ticket-topic-large"]
 MISTYPED = "mistyped"
 
@@ -134,6 +135,15 @@ def make_app_config(root: Path, port: int, mlp_batching: dict[str, Any] | None =
                     health_check_period_s=60,
                 ).model_dump(),
                 *({"name": h, "resources": {"num_cpus": 0}} for h in HEAD_MODELS),
+                {  # tiny admission limits: a burst must get 503 + Retry-After, not 500
+                    "name": OVERLOADED,
+                    "repository_name": "minilm",
+                    "version": 1,
+                    "batching": {"max_batch_size": 1, "batch_wait_timeout_s": 0.0},
+                    "max_ongoing_requests": 1,
+                    "max_queued_requests": 1,
+                    "resources": {"num_cpus": 0.1},
+                },
                 {  # MiniLM v1 split 3/3 over two deployments
                     "name": STAGED,
                     "repository_name": "minilm",
@@ -161,6 +171,7 @@ READY_APPS = [
     "with-note",
     "pp-head",
     "needs-broken",
+    OVERLOADED,
 ]
 """Applications a test may rely on (broken, gpu-mlp and mistyped never all become RUNNING)."""
 
