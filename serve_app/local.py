@@ -59,11 +59,14 @@ def start_ray(
 
 
 def deploy_config(config: dict[str, Any]) -> None:
-    """Deploy a Serve config dict the way ``serve run config.yaml`` does."""
+    """Deploy a Serve config dict the way ``serve run config.yaml`` does, with every
+    ``version: latest`` resolved once, here, for all replicas of a deployment."""
     from ray.serve._private import api as serve_api
     from ray.serve.schema import ServeDeploySchema
 
-    schema = ServeDeploySchema.model_validate(config)
+    from serve_app.versions import pin_latest_versions
+
+    schema = ServeDeploySchema.model_validate(pin_latest_versions(config))
     client = serve_api.serve_start(
         http_options=schema.http_options.model_dump(),
         proxy_location=schema.proxy_location,
