@@ -150,25 +150,31 @@ def test_mistyped_pipeline_is_refused_naming_the_node(client: httpx.Client) -> N
     assert infer(client, MISTYPED, body("text", ["x"])).status_code == 503
 
 
-def _binary_texts(name: str, texts: list[bytes]) -> tuple[bytes, dict[str, str]]:
-    buf = b"".join(struct.pack("<I", len(t)) + t for t in texts)
+def binary_request(inputs: dict[str, list[bytes]]) -> tuple[bytes, dict[str, str]]:
+    """An OIP body with BYTES inputs in the binary extension, and its header."""
+    buffers = {
+        name: b"".join(struct.pack("<I", len(t)) + t for t in texts)
+        for name, texts in inputs.items()
+    }
     header = orjson.dumps(
         {
             "inputs": [
                 {
                     "name": name,
-                    "shape": [len(texts)],
+                    "shape": [len(inputs[name])],
                     "datatype": "BYTES",
                     "parameters": {"binary_data_size": len(buf)},
                 }
+                for name, buf in buffers.items()
             ]
         }
     )
-    return header + buf, {"Inference-Header-Content-Length": str(len(header))}
+    body = header + b"".join(buffers.values())
+    return body, {"Inference-Header-Content-Length": str(len(header))}
 
 
 def test_node_error_reaches_the_client_with_status_and_node(client: httpx.Client) -> None:
-    payload, headers = _binary_texts("text", [b"\xff\xfe not utf-8"])
+    payload, headers = binary_request({"text": [b"\xff\xfe not utf-8"]})
     r = client.post("/v2/models/chain/infer", content=payload, headers=headers)
     assert (r.status_code, r.json()) == (
         400,
@@ -177,33 +183,8 @@ def test_node_error_reaches_the_client_with_status_and_node(client: httpx.Client
 
 
 def test_optional_node_failure_degrades_the_answer(client: httpx.Client) -> None:
-    text = [b"a good ticket"]
-    note = [b"\xff bad note"]
-    buf_t = b"".join(struct.pack("<I", len(t)) + t for t in text)
-    buf_n = b"".join(struct.pack("<I", len(t)) + t for t in note)
-    header = orjson.dumps(
-        {
-            "inputs": [
-                {
-                    "name": "text",
-                    "shape": [1],
-                    "datatype": "BYTES",
-                    "parameters": {"binary_data_size": len(buf_t)},
-                },
-                {
-                    "name": "note",
-                    "shape": [1],
-                    "datatype": "BYTES",
-                    "parameters": {"binary_data_size": len(buf_n)},
-                },
-            ]
-        }
-    )
-    r = client.post(
-        "/v2/models/with-note/infer",
-        content=header + buf_t + buf_n,
-        headers={"Inference-Header-Content-Length": str(len(header))},
-    )
+    payload, headers = binary_request({"text": [b"a good ticket"], "note": [b"\xff bad note"]})
+    r = client.post("/v2/models/with-note/infer", content=payload, headers=headers)
     assert r.status_code == 200, r.text
     out = r.json()
     assert [o["name"] for o in out["outputs"]] == ["text_embedding"]
