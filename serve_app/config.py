@@ -289,6 +289,13 @@ class HttpConfig(StrictModel):
             "all-interfaces default (inside a pod)."
         ),
     )
+    admin_ports: tuple[int, int] = Field(
+        (8404, 9101),
+        description=(
+            "HAProxy's stats and Prometheus ports on a local run (with admin_host set); "
+            "two local Rays with HAProxy ingress on one machine need different ones."
+        ),
+    )
     access_log: bool = Field(
         False,
         description="Serve's per-request access log line (costs CPU on the request path).",

@@ -61,14 +61,30 @@ def write_wrapper(admin_host: str, binary: str | None = None, directory: str | N
     return path
 
 
-def haproxy_env(admin_host: str | None) -> dict[str, str]:
+def haproxy_env(
+    admin_host: str | None, admin_ports: tuple[int, int] | None = None
+) -> dict[str, str]:
     """Environment for the Ray processes to run HAProxy ingress.
 
     Args:
         admin_host: Address for HAProxy's stats/metrics listeners; ``None`` keeps Ray's
-            all-interfaces default (in a pod, where the pod network is the boundary).
+            all-interfaces default and its ports (in a pod, where the pod network is the
+            boundary and one Ray owns the pod).
+        admin_ports: Stats and Prometheus ports of a local run (Ray's admin sockets are
+            already per node: ``/tmp/haproxy-serve/<node id>/``).
     """
     env = {"RAY_SERVE_ENABLE_HA_PROXY": "1"}
-    if admin_host is not None:
-        env["RAY_SERVE_HAPROXY_BINARY_PATH"] = str(write_wrapper(admin_host))
+    if admin_host is None:
+        return env
+    stats_port, metrics_port = admin_ports or (8404, 9101)
+    folder = Path(tempfile.gettempdir()) / f"serve-app-{os.getuid()}"
+    env |= {
+        "RAY_SERVE_HAPROXY_BINARY_PATH": str(write_wrapper(admin_host)),
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(stats_port),
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(metrics_port),
+        # Ray's default access-log target, UDP 127.0.0.1:514, has no listener on a
+        # laptop, and its sending socket is bound to every interface; a Unix socket
+        # path drops the lines the same way without opening an inet socket.
+        "RAY_SERVE_HAPROXY_LOG_TARGET": str(folder / "haproxy-access.sock"),
+    }
     return env

@@ -111,6 +111,14 @@ def check_cluster_app(app: AppConfig, profile: ClusterProfile) -> None:
         # that starts Ray; in a pod the pod network is the boundary.
         raise ValueError("http.admin_host must be null with ingress haproxy in a cluster config")
     for m in app.models:
+        if m.version == "latest":
+            # Locally the deploy step pins `latest` once for every replica; on a cluster
+            # the committed serveConfigV2 is what runs, and each replica would resolve
+            # `latest` on its own mount: after a publish, two replicas could differ.
+            raise ValueError(
+                f"model {m.name!r}: pin a version in a cluster config (version: latest "
+                "would be resolved by each replica on its own)"
+            )
         r = m.resources
         if r.num_cpus == 0 and r.num_gpus == 0:
             raise ValueError(

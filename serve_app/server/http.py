@@ -1,8 +1,9 @@
 """The one place where errors become HTTP responses, plus request-body helpers.
 
-Every response body of an error is ``{"error": "..."}``; 503 carries ``Retry-After``;
-unexpected exceptions become a 500 whose body hides the traceback but names the request
-id so the log line can be found.
+Every error body is ``{"error": "...", "request_id": "..."}``: the id is Serve's (the
+``x-request-id`` the ingress accepted or set, also returned in that header), so any error
+a client reports can be found in the replica's log. 503/429 carry ``Retry-After``, 405
+carries ``Allow``; unexpected exceptions become a 500 whose body hides the traceback.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from serve_app.protocol import oip
 from serve_app.protocol.limits import parse_header_length
 from serve_app.protocol.oip import JSON_CONTENT_TYPE
 
-logger = logging.getLogger(__name__)
+# Serve's logger: its replica handlers add the request id and route to the replica log.
+logger = logging.getLogger("ray.serve")
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -35,8 +37,8 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
 
 
 def json_error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
-    """``{"error": message}`` with ``status``."""
-    return json_response({"error": message}, status, headers)
+    """``{"error": message, "request_id": ...}`` with ``status``."""
+    return json_response({"error": message, "request_id": current_request_id()}, status, headers)
 
 
 def current_request_id() -> str:
@@ -65,8 +67,10 @@ def error_response(exc: BaseException, retry_after_s: int = 1) -> Response:
             headers["Allow"] = allow
         return json_error(exc.status_code, exc.message, headers or None)
     request_id = current_request_id()
-    logger.exception("internal error (request %s)", request_id, exc_info=exc)
-    return json_error(500, f"internal error, request id {request_id}")
+    logger.error("internal error (request %s)", request_id, exc_info=exc)
+    return json_response(
+        {"error": f"internal error, request id {request_id}", "request_id": request_id}, 500
+    )
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -63,12 +63,11 @@ async def prepare_rows(
 
 def assigned_gpus() -> float:
     """This replica's ``num_gpus`` as Ray assigned it (1.0 outside Ray or without GPUs)."""
-    try:
-        import ray
+    import ray
 
-        return float(ray.get_runtime_context().get_assigned_resources().get("GPU", 1.0))
-    except Exception:  # not in a Ray worker
+    if not ray.is_initialized():  # get_runtime_context() would start a local Ray
         return 1.0
+    return float(ray.get_runtime_context().get_assigned_resources().get("GPU", 1.0))
 
 
 def _rows_of(requests: list[list[Any]]) -> int:

@@ -99,9 +99,9 @@ class OIPServer:
         """
         latest = await self._view.get()
         if latest is None or latest[1] > STATUS_STALE_S:
-            age = "never" if latest is None else f"for {latest[1]:.0f} s"
+            silence = "never answered" if latest is None else f"not answered for {latest[1]:.0f} s"
             raise ServiceUnavailable(
-                f"state unknown: the Serve controller has not answered {age}",
+                f"state unknown: the Serve controller has {silence}",
                 self.args.http.retry_after_s,
             )
         apps = dict(latest[0])

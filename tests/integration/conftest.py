@@ -243,3 +243,12 @@ def serve_app_url(model_root: Path) -> Iterator[str]:
 def client(serve_app_url: str) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=serve_app_url, timeout=30) as c:
         yield c
+
+
+def error_of(r: httpx.Response) -> tuple[int, str]:
+    """``(status, message)`` of an error answer, after checking its body is exactly
+    ``{"error", "request_id"}`` and the id is the ``x-request-id`` Serve answered with."""
+    body = r.json()
+    assert set(body) == {"error", "request_id"}, body
+    assert body["request_id"] == r.headers["x-request-id"], (body, dict(r.headers))
+    return r.status_code, str(body["error"])

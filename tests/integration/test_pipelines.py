@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from serve_app.demo import MLP_HEAD
-from tests.integration.conftest import MISTYPED, STAGED
+from tests.integration.conftest import MISTYPED, STAGED, error_of
 
 pytestmark = pytest.mark.integration
 
@@ -125,9 +125,9 @@ def test_pipeline_metadata_ready_and_listing(client: httpx.Client) -> None:
     assert listed["triage"]["ready"] is True and listed["triage"]["platform"] == "ensemble"
     assert listed["triage"]["models"] == ["minilm", "ticket-topic", "ticket-topic-large"]
     r = client.post("/v2/models/triage/versions/7/infer", json=body("text", TICKETS))
-    assert (r.status_code, r.json()) == (
+    assert error_of(r) == (
         404,
-        {"error": "'triage' version 7 not found (serving version 1)"},
+        "'triage' version 7 not found (serving version 1)",
     )
 
 
@@ -176,9 +176,9 @@ def binary_request(inputs: dict[str, list[bytes]]) -> tuple[bytes, dict[str, str
 def test_node_error_reaches_the_client_with_status_and_node(client: httpx.Client) -> None:
     payload, headers = binary_request({"text": [b"\xff\xfe not utf-8"]})
     r = client.post("/v2/models/chain/infer", content=payload, headers=headers)
-    assert (r.status_code, r.json()) == (
+    assert error_of(r) == (
         400,
-        {"error": "node 'embed' (model 'minilm'): input 'text' holds bytes that are not UTF-8"},
+        "node 'embed' (model 'minilm'): input 'text' holds bytes that are not UTF-8",
     )
 
 
@@ -269,7 +269,7 @@ def test_a_down_node_is_a_fast_503_naming_it(client: httpx.Client) -> None:
     r = infer(client, "needs-broken", body("text", ["x"]))
     elapsed = time.monotonic() - t0
     assert r.status_code == 503 and r.headers["retry-after"] == "1"
-    message = r.json()["error"]
+    message = error_of(r)[1]
     assert message.startswith("node 'head' (model 'broken') is not ready: DEPLOY_FAILED")
     assert "sha256 mismatch" in message
     assert elapsed < 2.0

@@ -17,6 +17,7 @@ from tests.integration.conftest import (
     GPU_MODEL,
     READY_APPS,
     deploy_and_wait,
+    error_of,
     make_app_config,
 )
 
@@ -77,8 +78,7 @@ def test_model_metadata_and_ready(client: httpx.Client) -> None:
     r = client.get("/v2/models/minilm/versions/2/ready")
     assert (r.status_code, r.json()) == (200, {"name": "minilm", "version": "2", "ready": True})
     r = client.post("/v2/models/minilm/ready")
-    expected_405 = {"error": "POST not allowed on /v2/models/minilm/ready; use GET"}
-    assert (r.status_code, r.json()) == (405, expected_405)
+    assert error_of(r) == (405, "POST not allowed on /v2/models/minilm/ready; use GET")
 
 
 def test_unknown_model_and_version_are_404(client: httpx.Client) -> None:
@@ -87,12 +87,12 @@ def test_unknown_model_and_version_are_404(client: httpx.Client) -> None:
     app = make_app_config(Path("unused"), 8000)
     served = [m.name for m in app.models] + [p.name for p in app.pipelines]
     assert served[:4] == ["minilm", "mlp-head", BROKEN, GPU_MODEL] and "triage" in served
-    assert r.json() == {"error": f"unknown model 'nope'; served models: {served}"}
+    assert error_of(r) == (404, f"unknown model 'nope'; served models: {served}")
     r = client.post("/v2/models/nope/infer", json=infer_body(["x"]))
     assert r.status_code == 404
     r = client.get("/v2/models/minilm/versions/9")
     assert r.status_code == 404
-    assert r.json() == {"error": "model 'minilm' version 9 not found (serving version 2)"}
+    assert error_of(r) == (404, "model 'minilm' version 9 not found (serving version 2)")
     r = client.post("/v2/models/minilm/versions/9/infer", json=infer_body(["x"]))
     assert r.status_code == 404
 
@@ -165,34 +165,34 @@ def test_binary_extension_roundtrip(client: httpx.Client) -> None:
 def test_error_statuses(client: httpx.Client) -> None:
     r = client.post("/v2/models/minilm/infer", content=b"{not json")
     assert r.status_code == 422
-    assert r.json()["error"].startswith("invalid inference request: ")
+    assert error_of(r)[1].startswith("invalid inference request: ")
     r = client.post(
         "/v2/models/minilm/infer",
         json={"inputs": [{"name": "text", "shape": [2], "datatype": "BYTES", "data": ["a"]}]},
     )
-    assert (r.status_code, r.json()) == (
+    assert error_of(r) == (
         400,
-        {"error": "input 'text': shape [2] needs 2 elements, got 1"},
+        "input 'text': shape [2] needs 2 elements, got 1",
     )
     r = client.post(
         "/v2/models/minilm/infer",
         json={"inputs": [{"name": "wrong", "shape": [1], "datatype": "BYTES", "data": ["a"]}]},
     )
-    assert (r.status_code, r.json()) == (400, {"error": "missing input 'text'; got ['wrong']"})
+    assert error_of(r) == (400, "missing input 'text'; got ['wrong']")
     r = client.post(
         "/v2/models/mlp-head/infer",
         json={
             "inputs": [{"name": "input", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}]
         },
     )
-    assert (r.status_code, r.json()) == (
+    assert error_of(r) == (
         400,
-        {"error": "input 'input' must have shape [N, 384], got [1, 3]"},
+        "input 'input' must have shape [N, 384], got [1, 3]",
     )
     big = b"x" * (1024 * 1024 + 1)
     r = client.post("/v2/models/minilm/infer", content=big)
     assert r.status_code == 413
-    assert r.json() == {"error": f"request body of {len(big)} bytes exceeds the limit of 1048576"}
+    assert error_of(r)[1] == f"request body of {len(big)} bytes exceeds the limit of 1048576"
 
 
 def test_concurrent_requests_are_batched(serve_app_url: str) -> None:
@@ -258,7 +258,7 @@ def test_corrupt_weights_keep_replica_unready(client: httpx.Client, model_root: 
     r = client.get("/v2/health/ready")
     assert r.status_code == 503
     assert r.headers["retry-after"] == "1"
-    assert f"sha256 mismatch for {bad_file}" in r.json()["error"]
+    assert f"sha256 mismatch for {bad_file}" in error_of(r)[1]
     r = client.get(f"/v2/models/{BROKEN}/ready")
     assert r.status_code == 503
     models = {m["name"]: m for m in client.get("/v2/models").json()["models"]}

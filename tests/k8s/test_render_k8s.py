@@ -104,7 +104,16 @@ def test_cli_refuses_a_config_that_would_land_on_the_head(
             "http.admin_host must be null with ingress haproxy in a cluster config",
         ),
         (
-            {"models": [{"name": "big", "resources": {"num_cpus": 1, "num_gpus": 1}}]},
+            {"models": [{"name": "minilm", "version": "latest"}]},
+            "model 'minilm': pin a version in a cluster config (version: latest would be "
+            "resolved by each replica on its own)",
+        ),
+        (
+            {
+                "models": [
+                    {"name": "big", "version": 1, "resources": {"num_cpus": 1, "num_gpus": 1}}
+                ]
+            },
             "model 'big' (1.0 CPU, 1.0 GPU) does not fit a dev worker (2 CPU, 0 GPU)",
         ),
     ],
@@ -236,14 +245,14 @@ def test_populate_job_publishes_once_and_workers_then_start(tmp_path: Path) -> N
     (src / "model.safetensors").write_bytes(b"\0" * 1000)
     populate = base_script("populate-job.yaml", "populate")
     (tmp_path / "src" / "minilm-pinned").symlink_to(src)
-    first = run_script(populate, "minilm:latest minilm-pinned:3", tmp_path)
+    first = run_script(populate, "minilm:1 minilm-pinned:3", tmp_path)
     assert first.splitlines()[:2] == [
         f"published {tmp_path}/repo/minilm/1",
         f"published {tmp_path}/repo/minilm-pinned/3",
     ]
-    again = run_script(populate, "minilm:latest minilm-pinned:3", tmp_path)
+    again = run_script(populate, "minilm:1 minilm-pinned:3", tmp_path)
     assert again.splitlines()[:2] == [
-        "skip minilm: a version is already published",
+        "skip minilm: version 1 is already published",
         "skip minilm-pinned: version 3 is already published",
     ]
     assert [line.split(" (")[0] for line in again.splitlines()[2:]] == [
@@ -251,7 +260,7 @@ def test_populate_job_publishes_once_and_workers_then_start(tmp_path: Path) -> N
         "OK   minilm-pinned/3",
     ]
     wait = base_script("rayservice.yaml", "wait-for-models")
-    assert run_script(wait, "minilm:latest minilm-pinned:3", tmp_path, timeout_s=10) == ""
+    assert run_script(wait, "minilm:1 minilm-pinned:3", tmp_path, timeout_s=10) == ""
 
 
 def test_workers_wait_for_a_missing_model(tmp_path: Path) -> None:

@@ -44,3 +44,11 @@ def test_env_for_pods_keeps_ray_defaults() -> None:
     env = haproxy_env("127.0.0.1")
     assert env["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
     assert Path(env["RAY_SERVE_HAPROXY_BINARY_PATH"]).is_file()
+
+
+def test_two_local_runs_get_their_own_admin_ports() -> None:
+    a = haproxy_env("127.0.0.1", (8404, 9101))
+    b = haproxy_env("127.0.0.1", (18404, 19101))
+    ports = ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT")
+    assert [a[k] for k in ports] == ["8404", "9101"]
+    assert [b[k] for k in ports] == ["18404", "19101"]

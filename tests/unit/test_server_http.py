@@ -1,0 +1,346 @@
+"""The server package over HTTP on CPU, without Ray: the real ``ModelDeployment`` and
+``OIPServer`` classes (Serve's decorators peeled off) around a stand-in model, driven
+through an ASGI client. Covers routing, every error status, the masked 500 with Serve's
+request id, ``Retry-After`` and ``Allow``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+from starlette.requests import Request
+
+from serve_app.errors import ServiceUnavailable
+from serve_app.models.base import ModelAdapter, ModelInfo, TensorSpec
+from serve_app.repository import publish
+from serve_app.repository.loader import VerifiedVersion
+from serve_app.repository.manifest import Architecture
+from serve_app.server.model_deployment import ModelDeployment
+from serve_app.server.oip_server import ModelState, OIPServer
+
+pytestmark = pytest.mark.anyio
+
+BOOM = -7.0
+"""An input value on which the stand-in model raises an unexpected error."""
+BUSY = -8.0
+"""An input value on which the stand-in model says it is overloaded."""
+
+
+class DoublingAdapter(ModelAdapter):
+    """``y = 2 x`` on FP32 rows of width 2."""
+
+    def __init__(self) -> None:
+        self.info = ModelInfo(
+            "stand-in",
+            [TensorSpec("x", "FP32", (-1, 2))],
+            [TensorSpec("y", "FP32", (-1, 2))],
+            "cpu",
+        )
+
+    def prepare(self, inputs: dict[str, np.ndarray]) -> list[Any]:
+        from serve_app.errors import InvalidInput
+
+        x = inputs["x"]
+        if x.dtype != np.float32 or x.ndim != 2 or x.shape[1] != 2:
+            raise InvalidInput(f"input 'x' must be FP32 [N, 2], got {x.dtype} {list(x.shape)}")
+        return list(x)
+
+    def forward(self, items: list[Any]) -> dict[str, np.ndarray]:
+        if any(row[0] == BOOM for row in items):
+            raise RuntimeError("secret internal detail")
+        if any(row[0] == BUSY for row in items):
+            raise ServiceUnavailable("stand-in is overloaded", 7)
+        return {"y": np.stack(items) * 2}
+
+    def warmup_items(self, n: int) -> list[Any]:
+        return [np.zeros(2, np.float32)] * n
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def asgi(handler: Callable[[Request], Any]) -> Callable[..., Any]:
+    """An ASGI app that hands every request to ``handler(request)`` (what Serve's
+    ``__call__`` entry point does)."""
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        response = await handler(Request(scope, receive))
+        await response(scope, receive, send)
+
+    return app
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("repo")
+    weights = root / "w.safetensors"
+    save_file({"w": torch.zeros(1)}, str(weights))
+    publish(weights, root / "models", "double", architecture=Architecture(name="mlp"))
+    return root / "models"
+
+
+class ReplicaContext:
+    """What ``@serve.batch`` reads from Serve's replica context (a warning check)."""
+
+    class _deployment_config:  # noqa: N801 - mirrors Serve's attribute name
+        max_ongoing_requests = 64
+
+
+@pytest.fixture
+async def model_client(
+    repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[httpx.AsyncClient]:
+    from ray import serve
+
+    monkeypatch.setattr(serve, "get_replica_context", ReplicaContext)
+
+    def loader(_: VerifiedVersion, __: str) -> ModelAdapter:
+        return DoublingAdapter()
+
+    args = {
+        "name": "double",
+        "repository": {"root": str(repo)},
+        "http": {"max_request_bytes": 4096, "retry_after_s": 3},
+        "torch_threads": torch.get_num_threads(),
+    }
+    replica = ModelDeployment.func_or_class(args, adapter_loader=loader)
+    replica.reconfigure({"max_batch_size": 8, "cap_batch_to_memory": False})
+    transport = httpx.ASGITransport(app=asgi(replica.__call__))
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        yield client
+
+
+def infer_body(rows: list[list[float]]) -> dict[str, Any]:
+    return {"inputs": [{"name": "x", "shape": [len(rows), 2], "datatype": "FP32", "data": rows}]}
+
+
+def error_of(r: httpx.Response) -> str:
+    """The message of an error body, after checking its exact shape."""
+    body = r.json()
+    assert set(body) == {"error", "request_id"}, body
+    assert len(body["request_id"]) >= 16
+    return str(body["error"])
+
+
+async def test_routes_answer_metadata_ready_and_infer(model_client: httpx.AsyncClient) -> None:
+    meta = (await model_client.get("/v2/models/double")).json()
+    assert meta == {
+        "name": "double",
+        "versions": ["1"],
+        "platform": "stand-in",
+        "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 2]}],
+        "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 2]}],
+    }
+    r = await model_client.get("/v2/models/double/versions/1/ready")
+    assert (r.status_code, r.json()) == (200, {"name": "double", "ready": True, "version": "1"})
+    r = await model_client.post("/v2/models/double/infer", json=infer_body([[1, 2], [3, 4]]))
+    assert r.status_code == 200
+    assert r.json()["outputs"] == [
+        {"name": "y", "datatype": "FP32", "shape": [2, 2], "data": [2.0, 4.0, 6.0, 8.0]}
+    ]
+
+
+async def test_concurrent_requests_are_batched_and_split_back(
+    model_client: httpx.AsyncClient,
+) -> None:
+    bodies = [infer_body([[float(i), 0.0]]) for i in range(6)]
+    answers = await asyncio.gather(
+        *(model_client.post("/v2/models/double/infer", json=b) for b in bodies)
+    )
+    assert [a.json()["outputs"][0]["data"] for a in answers] == [[2.0 * i, 0.0] for i in range(6)]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status", "message"),
+    [
+        ("GET", "/v2/models/double/nope", None, 404, "no route for /v2/models/double/nope"),
+        ("GET", "/v2/models/double/versions", None, 404, "no route for /v2/models/double/versions"),
+        (
+            "GET",
+            "/v2/models/double/versions/9/ready",
+            None,
+            404,
+            "model 'double' version 9 not found (serving version 1)",
+        ),
+        (
+            "POST",
+            "/v2/models/double/infer",
+            b"{not json",
+            422,
+            "invalid inference request: ",
+        ),
+        (
+            "POST",
+            "/v2/models/double/infer",
+            json.dumps(
+                {"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}]}
+            ).encode(),
+            400,
+            "input 'x' must be FP32 [N, 2], got float32 [1, 3]",
+        ),
+        (
+            "POST",
+            "/v2/models/double/infer",
+            b"x" * 5000,
+            413,
+            "request body of 5000 bytes exceeds the limit of 4096",
+        ),
+    ],
+)
+async def test_each_client_error_has_its_status_and_a_message(
+    model_client: httpx.AsyncClient,
+    method: str,
+    path: str,
+    body: bytes | None,
+    status: int,
+    message: str,
+) -> None:
+    r = await model_client.request(method, path, content=body)
+    assert r.status_code == status
+    assert error_of(r).startswith(message), r.json()
+
+
+async def test_a_wrong_method_is_405_with_allow(model_client: httpx.AsyncClient) -> None:
+    r = await model_client.post("/v2/models/double/ready")
+    assert (r.status_code, r.headers["allow"]) == (405, "GET, HEAD")
+    assert error_of(r) == "POST not allowed on /v2/models/double/ready; use GET"
+    r = await model_client.get("/v2/models/double/infer")
+    assert (r.status_code, r.headers["allow"]) == (405, "POST")
+
+
+async def test_an_unexpected_error_is_a_masked_500_naming_the_request_id(
+    model_client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    r = await model_client.post("/v2/models/double/infer", json=infer_body([[BOOM, 0]]))
+    assert r.status_code == 500
+    request_id = r.json()["request_id"]
+    assert error_of(r) == f"internal error, request id {request_id}"
+    assert "secret" not in r.text
+    logged = [rec for rec in caplog.records if request_id in rec.getMessage()]
+    assert logged and "secret internal detail" in str(logged[0].exc_info[1])
+    # The replica keeps serving.
+    r = await model_client.post("/v2/models/double/infer", json=infer_body([[1, 1]]))
+    assert r.status_code == 200
+
+
+async def test_serve_request_id_is_the_one_in_the_body(
+    model_client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ray.serve import context
+
+    serve_context = context._RequestContext(request_id="req-from-the-proxy-0001")
+    monkeypatch.setattr(context, "_get_serve_request_context", lambda: serve_context)
+    r = await model_client.post("/v2/models/double/infer", json=infer_body([[BOOM, 0]]))
+    assert r.json() == {
+        "error": "internal error, request id req-from-the-proxy-0001",
+        "request_id": "req-from-the-proxy-0001",
+    }
+
+
+async def test_overload_is_503_with_retry_after(model_client: httpx.AsyncClient) -> None:
+    r = await model_client.post("/v2/models/double/infer", json=infer_body([[BUSY, 0]]))
+    assert (r.status_code, r.headers["retry-after"]) == (503, "7")
+    assert error_of(r) == "stand-in is overloaded"
+
+
+# --- OIPServer ----------------------------------------------------------------------
+
+
+class States:
+    """A stand-in controller: answers what ``self.states`` holds, or hangs/raises."""
+
+    def __init__(self) -> None:
+        self.states = {
+            "double": ModelState("double", True, "RUNNING", ""),
+            "sick": ModelState("sick", False, "DEPLOY_FAILED", "sha256 mismatch for w.bin"),
+        }
+        self.fail = False
+
+    def __call__(self, names: list[str]) -> dict[str, ModelState]:
+        if self.fail:
+            raise RuntimeError("controller gone")
+        return {n: self.states[n] for n in names}
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[tuple[httpx.AsyncClient, States, Any]]:
+    states = States()
+    args = {"models": ["double", "sick"], "http": {"retry_after_s": 4}}
+    from serve_app.server.oip_server import server_api
+
+    # serve.ingress wraps the class in an ASGI wrapper that needs a replica; its first
+    # base is the class as written.
+    server_class = OIPServer.func_or_class.__bases__[0]
+    assert server_class.__name__ == "OIPServer"
+    replica = server_class(args, state_reader=states)
+    # The routes' ``self`` is a FastAPI dependency that Serve resolves to the replica's
+    # instance; override it with ours, and the real app runs its real routes.
+    server_api.dependency_overrides[servable_instance_dependency(server_api)] = lambda: replica
+    transport = httpx.ASGITransport(app=server_api)
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            yield client, states, replica
+    finally:
+        server_api.dependency_overrides.clear()
+
+
+def servable_instance_dependency(api: Any) -> Any:
+    """The dependency ``serve.ingress`` put as the default of every route's ``self``."""
+    import inspect
+
+    from ray.serve._private.http_util import _walk_fastapi_routes
+
+    for route, _, _ in _walk_fastapi_routes(api):
+        if getattr(route.endpoint, "_serve_cls", None) is not None:
+            return inspect.signature(route.endpoint).parameters["self"].default.dependency
+    raise AssertionError("no class-based route in the app")
+
+
+async def test_live_answers_and_ready_names_the_model_that_is_not(
+    server: tuple[httpx.AsyncClient, States, Any],
+) -> None:
+    client, states, _ = server
+    assert (await client.get("/v2/health/live")).json() == {"live": True}
+    r = await client.get("/v2/health/ready")
+    assert (r.status_code, r.headers["retry-after"]) == (503, "4")
+    assert error_of(r) == "not ready: sick: DEPLOY_FAILED sha256 mismatch for w.bin"
+    states.states["sick"] = ModelState("sick", True, "RUNNING", "")
+    deadline = time.monotonic() + 5
+    while (r := await client.get("/v2/health/ready")).status_code != 200:
+        assert time.monotonic() < deadline, r.text
+        await asyncio.sleep(0.1)
+    assert r.json() == {"ready": True}
+
+
+async def test_unknown_model_is_404_and_a_down_model_503(
+    server: tuple[httpx.AsyncClient, States, Any],
+) -> None:
+    client, _, _ = server
+    r = await client.post("/v2/models/nope/infer")
+    assert r.status_code == 404
+    assert error_of(r) == "unknown model 'nope'; served models: ['double', 'sick']"
+    r = await client.get("/v2/models/sick/ready")
+    assert (r.status_code, r.headers["retry-after"]) == (503, "4")
+    assert error_of(r) == ("model 'sick' is not ready (DEPLOY_FAILED: sha256 mismatch for w.bin)")
+
+
+async def test_ready_is_503_state_unknown_when_the_controller_never_answered(
+    server: tuple[httpx.AsyncClient, States, Any],
+) -> None:
+    client, states, _ = server
+    states.fail = True
+    r = await client.get("/v2/health/ready")
+    assert (r.status_code, r.headers["retry-after"]) == (503, "4")
+    assert error_of(r) == "state unknown: the Serve controller has never answered"
+    assert (await client.get("/v2/health/live")).status_code == 200
