@@ -101,7 +101,15 @@ def _validate(a: argparse.Namespace) -> int:
 def _demo(a: argparse.Namespace) -> int:
     from serve_app.demo import run_demo
 
-    return run_demo(a.config, a.serve_config or None, timeout_s=a.timeout_s)
+    ray_options = {
+        "num_cpus": a.num_cpus,
+        "num_gpus": a.num_gpus,
+        "dashboard_port": a.dashboard_port,
+        "metrics_port": a.metrics_port,
+    }
+    return run_demo(
+        a.config, a.serve_config or None, timeout_s=a.timeout_s, ray_options=ray_options
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -164,6 +172,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="committed Serve config to check for drift ('' to skip)",
     )
     demo.add_argument("--timeout-s", type=float, default=300.0)
+    demo.add_argument("--num-cpus", type=int, default=None, help="logical CPUs for Ray")
+    demo.add_argument(
+        "--num-gpus", type=int, default=None, help="logical GPUs (placement works without CUDA)"
+    )
+    demo.add_argument(
+        "--dashboard-port",
+        type=int,
+        default=None,
+        help="serve Ray's dashboard and Serve REST API on 127.0.0.1 (for `serve-app loadtest`)",
+    )
+    demo.add_argument(
+        "--metrics-port", type=int, default=None, help="export Prometheus metrics on this port"
+    )
     demo.set_defaults(func=_demo)
 
     from serve_app.k8s.cli import add_k8s_commands
@@ -171,6 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_render_k8s_command(sub)
     add_k8s_commands(sub)
+    from loadtest.cli import add_loadtest_commands
+
+    add_loadtest_commands(sub)
     return p
 
 

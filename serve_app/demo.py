@@ -137,9 +137,15 @@ def _ignore_interrupts() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
-def run_demo(app_config_path: str, serve_config_path: str | None, timeout_s: float = 300.0) -> int:
+def run_demo(
+    app_config_path: str,
+    serve_config_path: str | None,
+    timeout_s: float = 300.0,
+    ray_options: dict[str, Any] | None = None,
+) -> int:
     """Serve the config rendered from ``app_config_path`` (the same content as the
-    committed ``serve_config_path``) on a local Ray until Ctrl-C; returns an exit code."""
+    committed ``serve_config_path``) on a local Ray until Ctrl-C; returns an exit code.
+    ``ray_options`` go to ``local.start_ray`` (logical CPUs/GPUs, dashboard, metrics)."""
     from serve_app import local
     from serve_app.config import load_app_config
     from serve_app.render import render_local
@@ -180,7 +186,7 @@ def run_demo(app_config_path: str, serve_config_path: str | None, timeout_s: flo
         stopping = True
         raise KeyboardInterrupt
 
-    local.start_ray(http=app.http)
+    local.start_ray(http=app.http, **(ray_options or {}))
     # After ray.init, which installs its own handlers. SIGINT explicitly too: a process
     # started in the background by a shell inherits SIGINT ignored.
     signal.signal(signal.SIGTERM, _stop)

@@ -38,23 +38,51 @@ def ingress_environment(http: HttpConfig) -> dict[str, str]:
     return {"RAY_SERVE_ENABLE_HA_PROXY": "0"}
 
 
+METRICS_REPORT_INTERVAL_MS = 500
+"""How often Ray's processes report metrics when a local run exports them (Ray's default,
+10 s, is too coarse to watch autoscaling follow a load step)."""
+
+
 def start_ray(
-    num_cpus: int | None = None, num_gpus: int | None = None, http: HttpConfig | None = None
+    num_cpus: int | None = None,
+    num_gpus: int | None = None,
+    http: HttpConfig | None = None,
+    dashboard_port: int | None = None,
+    metrics_port: int | None = None,
 ) -> None:
-    """Start a local Ray head bound to 127.0.0.1 (no dashboard), with the ingress
-    environment of ``http`` (set before Ray starts: the controller reads it once)."""
+    """Start a local Ray head bound to 127.0.0.1, with the ingress environment of
+    ``http`` (set before Ray starts: the controller reads it once).
+
+    Args:
+        num_cpus: Logical CPUs (default: the machine's).
+        num_gpus: Logical GPUs; on a machine without one, fractional-GPU placement and
+            autoscaling still run (torch then computes on CPU).
+        dashboard_port: Serve's REST API and the dashboard on 127.0.0.1 at this port
+            (what ``serve-app loadtest`` samples); None: no dashboard.
+        metrics_port: Export Prometheus metrics on this port, reported every
+            ``METRICS_REPORT_INTERVAL_MS``; None: Ray's defaults.
+    """
     import ray
 
     prepare_environment()
     if http is not None:
         os.environ.update(ingress_environment(http))
+    extra: dict[str, Any] = {}
+    if dashboard_port is not None:
+        extra.update(dashboard_host="127.0.0.1", dashboard_port=dashboard_port)
+    if metrics_port is not None:
+        extra.update(
+            _metrics_export_port=metrics_port,
+            _system_config={"metrics_report_interval_ms": METRICS_REPORT_INTERVAL_MS},
+        )
     ray.init(
         address="local",  # always a new cluster, never attach to one already running
         num_cpus=num_cpus,
         num_gpus=num_gpus,
-        include_dashboard=False,
+        include_dashboard=dashboard_port is not None,
         _node_ip_address="127.0.0.1",
         log_to_driver=os.environ.get("SERVE_APP_LOG_TO_DRIVER", "1") == "1",
+        **extra,
     )
 
 

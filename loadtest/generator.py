@@ -1,0 +1,177 @@
+"""HTTP load: open loop (requests leave on a schedule) and closed loop (N clients).
+
+One asyncio loop with aiohttp keep-alive connections. Every request is recorded: when it
+was scheduled, when it actually left (the generator's own lag), its latency, status and
+error. A 200 counts as served; anything else, including a connection error (status 0) or
+a client timeout (status 0, error ``timeout``), is a failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+STATUS_CLIENT_ERROR = 0
+"""Status recorded when no HTTP answer came back (connection error, client timeout)."""
+
+
+@dataclass
+class Target:
+    """Where requests go and what they carry."""
+
+    url: str
+    """Full URL, e.g. ``http://127.0.0.1:8000/v2/models/minilm/infer``."""
+    body: bytes
+    headers: dict[str, str] = field(default_factory=lambda: {"content-type": "application/json"})
+    name: str = ""
+    """Model or pipeline name (recorded with each request)."""
+
+
+@dataclass
+class Requests:
+    """Columns of one run's requests (seconds from the run's start)."""
+
+    scheduled_s: np.ndarray
+    sent_s: np.ndarray
+    latency_s: np.ndarray
+    status: np.ndarray
+    error: list[str]
+    phase: list[str]
+    target: str
+
+    @classmethod
+    def empty(cls, n: int, target: str) -> Requests:
+        nan = np.full(n, np.nan)
+        return cls(
+            nan.copy(), nan.copy(), nan.copy(), np.zeros(n, np.int16), [""] * n, [""] * n, target
+        )
+
+    def table(self, wall_start_s: float) -> pa.Table:
+        """As a pyarrow table; ``wall_start_s`` (Unix time of t=0) in the schema metadata."""
+        return pa.table(
+            {
+                "scheduled_s": self.scheduled_s,
+                "sent_s": self.sent_s,
+                "latency_s": self.latency_s,
+                "status": self.status,
+                "error": self.error,
+                "phase": self.phase,
+                "target": [self.target] * len(self.status),
+            },
+            metadata={"wall_start_s": str(wall_start_s)},
+        )
+
+
+async def _send(
+    session: Any, target: Target, out: Requests, i: int, t0: float, timeout_s: float
+) -> None:
+    import aiohttp
+
+    sent = time.monotonic()
+    out.sent_s[i] = sent - t0
+    try:
+        async with session.post(
+            target.url,
+            data=target.body,
+            headers=target.headers,
+            timeout=aiohttp.ClientTimeout(total=timeout_s),
+        ) as r:
+            await r.read()
+            out.status[i] = r.status
+    except TimeoutError:
+        out.error[i] = "timeout"
+    except aiohttp.ClientError as e:
+        out.error[i] = type(e).__name__
+    out.latency_s[i] = time.monotonic() - sent
+
+
+def _connector(max_connections: int) -> Any:
+    import aiohttp
+
+    # No DNS cache games, no per-host limit below the total: one target, many sockets.
+    return aiohttp.TCPConnector(limit=max_connections, limit_per_host=0, use_dns_cache=True)
+
+
+async def open_loop(
+    target: Target,
+    arrivals_s: np.ndarray,
+    phases: list[str] | None = None,
+    timeout_s: float = 30.0,
+    max_connections: int = 1024,
+    t0: float | None = None,
+) -> Requests:
+    """Send one request per arrival time (seconds from ``t0``, default now), without
+    waiting for answers; returns when every request has finished or timed out.
+
+    ``max_connections`` bounds open sockets; once that many requests are in flight, a
+    request waits for a socket and its ``sent_s`` (and latency, which counts from
+    ``sent_s``) shows it: ``sent_s - scheduled_s`` is the generator's lag.
+    """
+    import aiohttp
+
+    n = len(arrivals_s)
+    out = Requests.empty(n, target.name)
+    out.scheduled_s[:] = arrivals_s
+    if phases is not None:
+        out.phase = list(phases)
+    start = time.monotonic() if t0 is None else t0
+    tasks = []
+    async with aiohttp.ClientSession(connector=_connector(max_connections)) as session:
+        for i, at in enumerate(arrivals_s):
+            delay = start + at - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(_send(session, target, out, i, start, timeout_s)))
+        if tasks:
+            await asyncio.gather(*tasks)
+    return out
+
+
+async def closed_loop(
+    target: Target, concurrency: int, duration_s: float, timeout_s: float = 30.0, phase: str = ""
+) -> Requests:
+    """``concurrency`` clients, each sending its next request when the last one is
+    answered, for ``duration_s``."""
+    start = time.monotonic()
+    deadline = start + duration_s
+    rows: list[tuple[float, float, int, str]] = []
+    async with aiohttp_session(concurrency) as session:
+
+        async def client() -> None:
+            import aiohttp
+
+            while (sent := time.monotonic()) < deadline:
+                status, error = STATUS_CLIENT_ERROR, ""
+                try:
+                    async with session.post(
+                        target.url,
+                        data=target.body,
+                        headers=target.headers,
+                        timeout=aiohttp.ClientTimeout(total=timeout_s),
+                    ) as r:
+                        await r.read()
+                        status = r.status
+                except TimeoutError:
+                    error = "timeout"
+                except aiohttp.ClientError as e:
+                    error = type(e).__name__
+                rows.append((sent - start, time.monotonic() - sent, status, error))
+
+        await asyncio.gather(*(client() for _ in range(concurrency)))
+    out = Requests.empty(len(rows), target.name)
+    for i, (sent, latency, status, error) in enumerate(rows):
+        out.scheduled_s[i] = out.sent_s[i] = sent
+        out.latency_s[i], out.status[i], out.error[i], out.phase[i] = latency, status, error, phase
+    return out
+
+
+def aiohttp_session(max_connections: int) -> Any:
+    """A client session with ``max_connections`` keep-alive sockets."""
+    import aiohttp
+
+    return aiohttp.ClientSession(connector=_connector(max_connections))
