@@ -17,40 +17,21 @@ Ray.
 from __future__ import annotations
 
 import ipaddress
-import os
-import queue
-import signal
-import subprocess
-import sys
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import psutil
 import pytest
-import yaml
 
 from tests.integration.conftest import free_port
+from tests.integration.demo_process import Demo, demo_process, descendants
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-START_TIMEOUT_S = 240.0
 LONG_TEXT = "a long ticket about a parcel that never arrived and a refund that did not " * 6
-
-
-@dataclass
-class Demo:
-    """A running ``serve-app demo``: its process, base URL and collected output."""
-
-    proc: subprocess.Popen[str]
-    url: str
-    ingress: str
-    lines: list[str]
 
 
 def demo_config(root: Path, ingress: str) -> dict[str, object]:
@@ -86,86 +67,13 @@ def demo_config(root: Path, ingress: str) -> dict[str, object]:
     }
 
 
-def user_environment() -> dict[str, str]:
-    """This process's environment without what the session set for its own Ray: the
-    demo must set its loopback and ingress variables itself."""
-    return {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("RAY_", "SERVE_APP_")) or k == "RAY_AUTH_MODE"
-    }
-
-
 @pytest.fixture(scope="module", params=["haproxy", "proxy"])
 def demo(
     request: pytest.FixtureRequest, model_root: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Demo]:
-    config = demo_config(model_root, request.param)
-    path = tmp_path_factory.mktemp(f"demo-{request.param}") / "app.yaml"
-    path.write_text(yaml.safe_dump(config))
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "serve_app.cli",
-            "demo",
-            "--config",
-            str(path),
-            "--serve-config",
-            "",
-        ],
-        cwd=REPO_ROOT,
-        env=user_environment(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    lines: list[str] = []
-    up: queue.Queue[bool] = queue.Queue()
-
-    def pump() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.append(line)
-            if "serve_app is up" in line:
-                up.put(True)
-        up.put(False)
-
-    threading.Thread(target=pump, daemon=True).start()
-    try:
-        assert up.get(timeout=START_TIMEOUT_S), "".join(lines[-40:])
-        http = config["http"]
-        assert isinstance(http, dict)
-        yield Demo(proc, f"http://127.0.0.1:{http['port']}", request.param, lines)
-    finally:
-        tree = descendants(proc.pid)
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
-        _, alive = psutil.wait_procs(tree, timeout=15)
-        alive = [p for p in alive if running(p)]
-        for p in alive:
-            p.kill()
-    assert not alive, f"processes left after Ctrl-C: {[p.pid for p in alive]}"
-
-
-def running(p: psutil.Process) -> bool:
-    """Alive and not a zombie (an exited child this container's init has not reaped)."""
-    try:
-        return p.status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
-def descendants(pid: int) -> list[psutil.Process]:
-    try:
-        return psutil.Process(pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        return []
+    folder = tmp_path_factory.mktemp(f"demo-{request.param}")
+    with demo_process(demo_config(model_root, request.param), folder) as running_demo:
+        yield running_demo
 
 
 def is_loopback(ip: str) -> bool:

@@ -1,0 +1,139 @@
+"""Autoscaling under real traffic, measured the way a user measures it: ``serve-app
+demo`` (HAProxy ingress, dashboard and metrics on loopback) and ``serve-app loadtest``'s
+open-loop generator and sampler, with short autoscaling delays.
+
+- A step load raises an autoscaling model from 1 to at least 3 replicas, p99 comes back
+  under the objective, replicas return to 1 after the load, and no request fails.
+- With a fractional logical GPU (0.25 each, one GPU), scale-up stops at 4 running
+  replicas while the target asks for more; the excess requests wait (queue limits are
+  high), so none fails either.
+
+The model is ``mlp-head`` with a 20 ms batching window: each request waits for its batch,
+so ~20 ms x rate requests are in flight, which is what Serve scales on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from loadtest import profiles
+from loadtest.analysis import load_run, summarize, target_series
+from loadtest.payloads import generated_body, model_metadata
+from loadtest.run import RunSettings, run_open_loop
+from loadtest.sampler import read_token
+from serve_app.demo import MLP_HEAD
+from tests.integration.conftest import free_port
+from tests.integration.demo_process import Demo, demo_process
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+SCALER, SCALER_GPU = "scaler", "scaler-gpu"
+SLO_MS = 250.0
+"""p99 objective once scaled (generous: two shared cores also run the generator)."""
+
+
+def autoscaling(max_replicas: int) -> dict[str, Any]:
+    return {
+        "min_replicas": 1,
+        "max_replicas": max_replicas,
+        "target_ongoing_requests": 1,
+        "upscale_delay_s": 1,
+        "downscale_delay_s": 2,
+        "metrics_interval_s": 0.5,
+        "look_back_period_s": 1,
+    }
+
+
+def scaler(name: str, resources: dict[str, Any], max_replicas: int) -> dict[str, Any]:
+    return {
+        "name": name,
+        "repository_name": MLP_HEAD,
+        "batching": {"max_batch_size": 4, "batch_wait_timeout_s": 0.02},
+        "max_ongoing_requests": 4,
+        "max_queued_requests": 1024,
+        "graceful_shutdown_timeout_s": 2,
+        "resources": {**resources, "torch_threads": 1},
+        "autoscaling": autoscaling(max_replicas),
+    }
+
+
+@pytest.fixture(scope="module")
+def demo(
+    model_root: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Demo, RunSettings]]:
+    config = {
+        "repository": {"root": str(model_root)},
+        "http": {
+            "host": "127.0.0.1",
+            "port": free_port(),
+            "admin_ports": [free_port(), free_port()],
+        },
+        "models": [
+            scaler(SCALER, {"num_cpus": 0.25}, 4),
+            scaler(SCALER_GPU, {"num_cpus": 0, "num_gpus": 0.25}, 8),
+        ],
+    }
+    dashboard, metrics = free_port(), free_port()
+    folder = tmp_path_factory.mktemp("autoscaling-demo")
+    args = ["--num-cpus", "4", "--num-gpus", "1", "--dashboard-port", str(dashboard)]
+    with demo_process(config, folder, *args, "--metrics-port", str(metrics)) as running:
+        base = RunSettings(
+            base_url=running.url,
+            model=SCALER,
+            serve_api_url=f"http://127.0.0.1:{dashboard}",
+            metrics_urls=[f"http://127.0.0.1:{metrics}"],
+        )
+        yield running, base
+
+
+def load(
+    demo: tuple[Demo, RunSettings],
+    model: str,
+    profile: profiles.Profile,
+    cooldown_s: float,
+    out: Path,
+) -> Any:
+    running, base = demo
+    settings = base.model_copy(
+        update={"model": model, "profile": profile, "cooldown_s": cooldown_s}
+    )
+    body = generated_body(model_metadata(running.url, model))
+    run = load_run(run_open_loop(settings, body, out, read_token()))
+    return run, summarize(run, SLO_MS)
+
+
+def test_a_step_scales_out_recovers_and_scales_back_without_a_failure(
+    demo: tuple[Demo, RunSettings], tmp_path: Path
+) -> None:
+    profile = profiles.step(10, 150, at_s=5, duration_s=30)
+    run, s = load(demo, SCALER, profile, cooldown_s=20, out=tmp_path)
+    o = s["overall"]
+    d = s["deployments"][f"{SCALER}/ModelDeployment"]
+    print({"overall": o, "deployment": d})
+    assert (o["failed"], o["errors"]) == (0, {})
+    assert o["requests"] > 3000
+    assert d["max_running"] >= 3
+    late = (run.requests["sent_s"] >= 22) & (run.requests["sent_s"] < 30)
+    late_p99_ms = float(np.percentile(run.requests["latency_s"][late], 99) * 1e3)
+    print(f"p99 over the last 8 s of the step: {late_p99_ms:.0f} ms")
+    assert late_p99_ms < SLO_MS
+    assert d["scale_down"]["replicas_final"] == 1.0 and d["scale_down"]["scale_down_s"] is not None
+
+
+def test_fractional_gpus_cap_the_scale_out_and_the_excess_waits(
+    demo: tuple[Demo, RunSettings], tmp_path: Path
+) -> None:
+    profile = profiles.step(10, 300, at_s=3, duration_s=20)
+    run, s = load(demo, SCALER_GPU, profile, cooldown_s=8, out=tmp_path)
+    series = target_series(run)[f"{SCALER_GPU}/ModelDeployment"]
+    o = s["overall"]
+    print({"overall": o, "max_target": np.nanmax(series["target_replicas"])})
+    assert (o["failed"], o["errors"]) == (0, {})
+    assert np.nanmax(series["running"]) == 4  # 4 x 0.25 fills the one logical GPU
+    assert np.nanmax(series["target_replicas"]) > 4  # it asked for more
+    assert np.nanmax(series["starting"]) >= 1  # which pended, unplaceable
