@@ -62,7 +62,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from loadtest.bench_serving import PORT, body, machine, run_wrk, wrk_script
+from loadtest.bench_serving import PORT, body, run_wrk, wrk_script
 from loadtest.graph_report import CHAIN, HOP_PATHS, derive_hops, render_md
 from loadtest.http_load import (
     Call,
@@ -73,6 +73,7 @@ from loadtest.http_load import (
     post,
     wait_ok,
 )
+from loadtest.machine import machine_info
 
 DIM = 384
 TICKET = "I was charged twice for my subscription this month, please refund ASAP"
@@ -417,7 +418,7 @@ def main() -> None:
             results[part] = run_part(part, a, Path(tmp) / f"{part}.json")
     results["serve_app_sha256_end"] = code_fingerprint()
     results["loadavg_end"] = os.getloadavg()
-    results["machine"] = machine()
+    results["machine"] = machine_info()
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(results, indent=2))

@@ -13,10 +13,8 @@ a Markdown table. Needs ``wrk`` (``apt-get install wrk``); traffic goes to 127.0
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
-import platform
 import re
 import shutil
 import signal
@@ -31,6 +29,7 @@ from typing import Any
 
 import yaml
 
+from loadtest.machine import machine_info
 from loadtest.raw_model import SENTENCE
 
 PORT = 8000
@@ -336,38 +335,6 @@ def raw_baselines(repo_root: Path, duration_s: float) -> list[dict[str, Any]]:
     return out
 
 
-def machine() -> dict[str, Any]:
-    """Machine, versions and date for the results file."""
-    import ray
-    import torch
-
-    try:
-        import onnxruntime
-
-        ort_version = onnxruntime.__version__
-    except ImportError:
-        ort_version = None
-    cpu = platform.processor() or ""
-    try:
-        cpu = next(
-            line.split(":", 1)[1].strip()
-            for line in open("/proc/cpuinfo")
-            if line.startswith("model name")
-        )
-    except (OSError, StopIteration):
-        pass
-    return {
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "cpus": os.cpu_count(),
-        "cpu_model": cpu,
-        "python": platform.python_version(),
-        "ray": ray.__version__,
-        "torch": torch.__version__,
-        "onnxruntime": ort_version,
-        "platform": platform.platform(),
-    }
-
-
 def render_table(results: dict[str, Any]) -> str:
     """Markdown summary: each scenario against the raw torch batch-32 number."""
     raw = {r["runtime"]: r["sentences_per_s"] for r in results["raw"]}
@@ -418,7 +385,7 @@ def main() -> None:
     repo_root = Path(a.repo).resolve()
     ensure_demo_models(repo_root, progress=False)
     duration_s = 4.0 if a.quick else 8.0
-    results: dict[str, Any] = {"machine": machine(), "duration_s": duration_s}
+    results: dict[str, Any] = {"machine": machine_info(), "duration_s": duration_s}
     print("raw model:", flush=True)
     results["raw"] = raw_baselines(repo_root, 3.0 if a.quick else 5.0)
     wanted = {n for n in a.only.split(",") if n}

@@ -37,13 +37,13 @@ def machine_info() -> dict[str, Any]:
     import psutil
 
     info: dict[str, Any] = {
-        "date_utc": datetime.now(UTC).strftime("%Y-%m-%d %H:%M"),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "cpus": os.cpu_count(),
         "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
         "platform": platform.platform(),
         "python": platform.python_version(),
     }
-    for module in ("ray", "torch", "serve_app", "aiohttp"):
+    for module in ("ray", "torch", "onnxruntime", "serve_app", "aiohttp"):
         try:
             info[module] = __import__(module).__version__
         except Exception:  # noqa: BLE001 - a missing optional package is a fact, not an error

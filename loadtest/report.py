@@ -120,7 +120,7 @@ def markdown(summary: dict[str, Any], settings: dict[str, Any]) -> str:
         "",
         f"Machine: {machine.get('cpus')} CPUs ({machine.get('cpu_model')}), "
         f"{machine.get('memory_gib')} GiB; ray {machine.get('ray')}; "
-        f"{machine.get('date_utc')} UTC.",
+        f"{machine.get('date')}.",
         "",
         "| phase | requests | ok | failed | req/s | p50 ms | p95 ms | p99 ms | errors |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -161,3 +161,66 @@ def report(folder: Path, slo_ms: float, title: str = "") -> dict[str, Any]:
     (folder / "report.md").write_text(markdown(summary, run.settings))
     plot(run, summary, folder / "report.png", title or folder.name)
     return summary
+
+
+def compare_plot(
+    runs: dict[str, Run], summaries: dict[str, dict[str, Any]], path: Path, bin_s: float = 5.0
+) -> Path:
+    """Several runs of one profile on one time axis: served rate, p99 per ``bin_s`` and
+    running replicas, with replica-seconds and failures in the legend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(3, 1, figsize=(11, 8), sharex=True, constrained_layout=True)
+    first = next(iter(runs.values()))
+    if first.profile is not None:
+        knots = np.array(first.profile.knots)
+        axes[0].plot(knots[:, 0], knots[:, 1], color="0.6", ls="--", lw=1.2, label="offered rate")
+    slo = next(iter(summaries.values()))["slo_ms"]
+    for i, (name, run) in enumerate(runs.items()):
+        color = f"C{i}"
+        req, s = run.requests, summaries[name]
+        t_end = float(np.nanmax(req["sent_s"] + np.nan_to_num(req["latency_s"])))
+        edges = np.arange(0.0, t_end + bin_s, bin_s)
+        mids = edges[:-1] + bin_s / 2
+        ok = req["status"] == 200
+        done = (req["sent_s"] + req["latency_s"])[ok]
+        axes[0].plot(
+            mids,
+            _binned(done, None, edges, None) / bin_s,
+            color=color,
+            lw=1,
+            label=f"{name} served/s",
+        )
+        p99 = _binned(req["sent_s"][ok], req["latency_s"][ok] * 1e3, edges, 99)
+        o = s["overall"]
+        axes[1].plot(
+            mids,
+            p99,
+            color=color,
+            lw=1.2,
+            label=f"{name}: p99 {o['p99_ms']} ms, {o['failed']} failed",
+        )
+        for key, d in s["deployments"].items():
+            series = target_series(run)[key]
+            axes[2].step(
+                series["t_s"],
+                series["running"],
+                where="post",
+                color=color,
+                lw=1.5,
+                label=f"{name}: {d['replica_seconds']:.0f} replica-s",
+            )
+    axes[1].axhline(slo, color="0.4", ls=":", lw=1, label=f"SLO {slo:g} ms")
+    axes[1].set_yscale("log")
+    axes[0].set_ylabel("requests / s")
+    axes[1].set_ylabel(f"p99 ms per {bin_s:g} s")
+    axes[2].set_ylabel("running replicas")
+    axes[2].set_xlabel("seconds since the load started")
+    for ax in axes:
+        ax.legend(loc="upper left", fontsize=8)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path

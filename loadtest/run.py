@@ -68,7 +68,11 @@ def _sampler(settings: RunSettings, t0: float, token: str | None) -> Sampler | N
     if not settings.serve_api_url and not settings.metrics_urls:
         return None
     return Sampler(
-        settings.serve_api_url, settings.metrics_urls, token, settings.sample_period_s, t0
+        serve_api_url=settings.serve_api_url,
+        metrics_urls=settings.metrics_urls,
+        token=token,
+        period_s=settings.sample_period_s,
+        t0=t0,
     )
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
 import threading
 from collections.abc import Iterator
@@ -68,9 +69,31 @@ def noop_server() -> Iterator[str]:
     async def busy(_: web.Request) -> web.Response:
         return web.Response(status=503, headers={"Retry-After": "1"})
 
+    async def metrics(_: web.Request) -> web.Response:
+        return web.Response(
+            text='ray_serve_replica_processing_queries{application="m",deployment="D"} 2.0\n'
+        )
+
+    async def details(_: web.Request) -> web.Response:
+        replicas = [{"state": "RUNNING"}]
+        body = {
+            "applications": {
+                "m": {"deployments": {"D": {"target_num_replicas": 1, "replicas": replicas}}}
+            }
+        }
+        return web.json_response(body)
+
     loop = asyncio.new_event_loop()
     app = web.Application()
-    app.add_routes([web.post("/ok", ok), web.post("/busy", busy)])
+    app.add_routes(
+        [
+            web.post("/ok", ok),
+            web.post("/busy", busy),
+            web.post("/v2/models/{name}/infer", ok),
+            web.get("/metrics", metrics),
+            web.get("/api/serve/applications/", details),
+        ]
+    )
     runner = web.AppRunner(app)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -106,7 +129,28 @@ def test_closed_loop_keeps_n_requests_in_flight(noop_server: str) -> None:
     assert set(out.status.tolist()) == {200}
 
 
-# --- sampler parsers -------------------------------------------------------------------
+# --- sampler ---------------------------------------------------------------------------
+
+
+def test_a_run_samples_on_the_load_clock_and_scrapes_metrics_periodically(
+    noop_server: str, tmp_path: Path
+) -> None:
+    from loadtest.run import RunSettings, run_open_loop
+
+    settings = RunSettings(
+        base_url=noop_server,
+        model="m",
+        profile=profiles.constant(20, 4.5),
+        serve_api_url=noop_server,
+        metrics_urls=[f"{noop_server}/metrics"],
+    )
+    run = load_run(run_open_loop(settings, b"{}", tmp_path))
+    t, scraped = run.samples["t_s"].astype(float), set(run.samples["metrics_t_s"].tolist())
+    assert -0.6 < t.min() < 0.1 and t.max() > 4.0  # sampling starts with the load's clock
+    assert len(scraped) >= 2  # metrics every 2 s, REST API every 0.5 s
+    assert set(run.samples["running"].tolist()) == {1}
+    assert set(run.samples["processing"].tolist()) == {2.0}
+    assert (run.requests["status"] == 200).all()
 
 
 def test_metric_sums_add_up_replicas_per_deployment() -> None:
@@ -225,3 +269,44 @@ def test_report_writes_numbers_and_a_picture(tmp_path: Path) -> None:
     assert "| after-step | 1000 | 998 | 2 |" in md
     png = (tmp_path / "report.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
+
+
+# --- Locust ----------------------------------------------------------------------------
+
+
+def test_locust_runs_the_same_profile(noop_server: str, tmp_path: Path) -> None:
+    """Headless Locust with ``ProfileShape``: users follow the profile's rate, and a 4 s
+    constant 20 req/s profile sends ~80 requests, none failing."""
+    import subprocess
+    import sys
+
+    from loadtest.locust_profile import profile_from_env, users_at
+
+    env_profile = {"LOADTEST_PROFILE": "step", "LOADTEST_LOW": "2", "LOADTEST_HIGH": "9.5"}
+    shape = profile_from_env({**env_profile, "LOADTEST_AT_S": "3", "LOADTEST_DURATION_S": "6"})
+    assert [users_at(shape, t) for t in (0, 2.9, 3, 5)] == [2, 2, 10, 10]
+
+    payload = tmp_path / "request.json"
+    payload.write_text('{"inputs": []}')
+    env = {
+        **os.environ,
+        "LOADTEST_MODEL": "m",
+        "LOADTEST_PAYLOAD": str(payload),
+        "LOADTEST_PROFILE": "constant",
+        "LOADTEST_RATE": "20",
+        "LOADTEST_DURATION_S": "4",
+    }
+    cmd = [sys.executable, "-m", "locust", "-f", "loadtest/locustfile.py", "--headless"]
+    out = subprocess.run(
+        [*cmd, "--host", noop_server, "--csv", str(tmp_path / "stats"), "--only-summary"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = (tmp_path / "stats_stats.csv").read_text().splitlines()
+    total = next(r for r in rows if ",Aggregated," in r).split(",")
+    requests, failures = int(total[2]), int(total[3])
+    assert failures == 0 and 50 <= requests <= 100, total
