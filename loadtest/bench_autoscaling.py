@@ -33,7 +33,9 @@ from loadtest.sampler import read_token
 from serve_app.config import AppConfig
 
 MODEL = "minilm"
-SLO_MS = 100.0
+SLO_MS = {"economics": 100.0, "reaction": 150.0}
+"""p99 objectives: the day's (its peak fits two replicas); the step's, which two
+replicas hold at 150 req/s on this machine while one does not (p99 ~180 ms)."""
 MAX_REPLICAS = 2
 PEAK_RPS = 200
 """The evening peak: one replica here saturates at ~229 req/s closed loop (c=16), ~191
@@ -81,7 +83,7 @@ def scenarios(day_s: float) -> list[tuple[str, dict[str, Any], profiles.Profile,
     """(name, scaling, profile, cooldown_s). The day's delays are compressed with it: one
     "hour" is ``day_s / 24`` seconds."""
     day = profiles.diurnal(2, PEAK_RPS, day_s)
-    step = profiles.step(30, PEAK_RPS, at_s=10, duration_s=50)
+    step = profiles.step(30, 150, at_s=10, duration_s=50)
     return [
         ("economics-autoscale", autoscaling(3, 15), day, 20),
         ("economics-fixed", {"num_replicas": MAX_REPLICAS}, day, 5),
@@ -132,7 +134,13 @@ def main(argv: list[str] | None = None) -> int:
     base_app = app_config(repo, port, admin, autoscaling(3, 15))
     local.start_ray(http=base_app.http, dashboard_port=dashboard, metrics_port=metrics)
     out_root = Path(a.out)
-    results: dict[str, Any] = {"machine": machine_info(), "slo_ms": SLO_MS, "runs": {}}
+    summary_path = out_root / "summary.json"
+    previous = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    results: dict[str, Any] = {
+        "machine": machine_info(),
+        "slo_ms": SLO_MS,
+        "runs": previous.get("runs", {}),
+    }
     try:
         for name, scaling, profile, cooldown_s in scenarios(a.day_s):
             if a.only and name not in a.only.split(","):
@@ -153,13 +161,13 @@ def main(argv: list[str] | None = None) -> int:
             )
             print(f"{name}: ~{profile.expected_requests():.0f} requests", flush=True)
             folder = run_open_loop(settings, body, out_root / name, read_token())
-            summary = report(folder, SLO_MS, title=name)
+            summary = report(folder, SLO_MS[name.split("-")[0]], title=name)
             results["runs"][name] = summary
             print(json.dumps(summary["overall"]), flush=True)
             time.sleep(2)
     finally:
         local.stop_ray()
-    (out_root / "summary.json").write_text(json.dumps(results, indent=1) + "\n")
+    summary_path.write_text(json.dumps(results, indent=1) + "\n")
     pairs = {
         "economics": ["economics-autoscale", "economics-fixed"],
         "reaction": ["reaction-upscale-1s", "reaction-upscale-15s"],
@@ -168,9 +176,8 @@ def main(argv: list[str] | None = None) -> int:
         present = [n for n in names if (out_root / n / "requests.parquet").exists()]
         if present:
             runs = {n: load_run(out_root / n) for n in present}
-            compare_plot(
-                runs, {n: summarize(r, SLO_MS) for n, r in runs.items()}, out_root / f"{figure}.png"
-            )
+            summaries = {n: summarize(r, SLO_MS[figure]) for n, r in runs.items()}
+            compare_plot(runs, summaries, out_root / f"{figure}.png")
     return 0
 
 
