@@ -302,6 +302,30 @@ class HttpConfig(StrictModel):
     )
 
 
+class WorkerPodConfig(StrictModel):
+    """Shape of the Ray worker pods on Kubernetes (read by ``serve-app render-k8s`` only).
+
+    Size it from the node type's *allocatable* capacity minus its daemonsets, not from its
+    vCPUs and memory: a pod asking for a whole 8-vCPU / 32 GiB node stays Pending."""
+
+    cpus: int = Field(ge=1, description="CPU request and limit; Ray's logical CPUs there.")
+    memory: str = Field(description="Memory request and limit, a Kubernetes quantity.")
+    gpus: int = Field(0, ge=0, description="GPUs per pod (0: a CPU worker group).")
+    gpu_resource: str = Field(
+        "nvidia.com/gpu",
+        description=(
+            "Extended resource of a GPU: nvidia.com/gpu (whole or time-sliced GPUs), or a "
+            "MIG profile such as nvidia.com/mig-1g.10gb, each slice one GPU to Ray."
+        ),
+    )
+
+
+class ClusterConfig(StrictModel):
+    """What a cluster config adds for Kubernetes."""
+
+    worker: WorkerPodConfig = Field(description="The worker group's pod shape.")
+
+
 class AppConfig(StrictModel):
     """Everything serve_app serves: the repository, the HTTP ingress and the models."""
 
@@ -314,6 +338,11 @@ class AppConfig(StrictModel):
     pipelines: list[PipelineConfig] = Field(
         default_factory=list,
         description="Inference graphs over the models, each served at /v2/models/<name>.",
+    )
+    cluster: ClusterConfig | None = Field(
+        None,
+        description="Kubernetes only (serve-app render-k8s): the worker pod shape; "
+        "None keeps the overlay's default.",
     )
 
     @model_validator(mode="after")

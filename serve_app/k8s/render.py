@@ -16,6 +16,7 @@ Pure functions over ``AppConfig``; no Ray, no kubectl.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,10 +65,25 @@ class ClusterProfile:
     worker_memory: str
     """Memory of a worker pod, as a Kubernetes quantity."""
     worker_gpus: int
-    """``nvidia.com/gpu`` of a worker pod (0: a CPU worker group)."""
+    """GPUs of a worker pod (0: a CPU worker group)."""
     replica_migration_s: int
     """Time a replacement replica gets to start on another node before the replica on a
     draining node is stopped (added to graceful_shutdown_timeout_s for the drain deadline)."""
+    gpu_resource: str = "nvidia.com/gpu"
+    """Extended resource name of a GPU (a MIG profile such as ``nvidia.com/mig-1g.10gb``)."""
+
+    def for_app(self, app: AppConfig) -> ClusterProfile:
+        """This profile with the worker pod shape of ``app.cluster`` when it sets one."""
+        if app.cluster is None:
+            return self
+        w = app.cluster.worker
+        return dataclasses.replace(
+            self,
+            worker_cpus=w.cpus,
+            worker_memory=w.memory,
+            worker_gpus=w.gpus,
+            gpu_resource=w.gpu_resource,
+        )
 
     @property
     def overlay_dir(self) -> str:
@@ -78,8 +94,10 @@ class ClusterProfile:
 PROFILES: tuple[ClusterProfile, ...] = (
     ClusterProfile("dev", "configs/cluster-dev.yaml", 2, "4Gi", 0, 30),
     # One GPU per worker pod: fractional num_gpus packs replicas onto it, and a GPU node
-    # takes minutes to come up, so a replacement replica gets two minutes.
-    ClusterProfile("gpu", "configs/cluster-gpu.yaml", 8, "32Gi", 1, 120),
+    # takes minutes to come up, so a replacement replica gets two minutes. 6 CPUs / 24 GiB
+    # fit an 8-vCPU / 32 GiB GPU node once kube-reserved and daemonsets are taken; the
+    # cluster config's `cluster.worker` sets it per node type.
+    ClusterProfile("gpu", "configs/cluster-gpu.yaml", 6, "24Gi", 1, 120),
 )
 
 
@@ -94,10 +112,6 @@ class DrainTiming:
 
 def _max_replicas(model: ModelConfig) -> int:
     return model.autoscaling.max_replicas if model.autoscaling else model.num_replicas
-
-
-def _pods_for(demand: float, per_pod: float) -> int:
-    return math.ceil(round(demand / per_pod, 6)) if demand > 0 else 0
 
 
 def check_cluster_app(app: AppConfig, profile: ClusterProfile) -> None:
@@ -133,13 +147,54 @@ def check_cluster_app(app: AppConfig, profile: ClusterProfile) -> None:
 
 
 def worker_max_replicas(app: AppConfig, profile: ClusterProfile) -> int:
-    """Worker pods needed when every model runs its most replicas (at least one)."""
-    cpus = sum(_max_replicas(m) * m.resources.num_cpus for m in app.models)
-    gpus = sum(_max_replicas(m) * m.resources.num_gpus for m in app.models)
-    pods = _pods_for(cpus, profile.worker_cpus)
-    if profile.worker_gpus:
-        pods = max(pods, _pods_for(gpus, profile.worker_gpus))
-    return max(1, pods)
+    """Worker pods needed when every model runs its most replicas (at least one).
+
+    Replicas are bin-packed, not summed: Ray places a fractional ``num_gpus`` on one GPU
+    device, so five 0.4-GPU replicas need three 1-GPU pods (two per device), not two;
+    each pod's CPUs are checked together with its GPUs (first fit, largest first)."""
+    replicas = sorted(
+        (
+            (m.resources.num_gpus, m.resources.num_cpus)
+            for m in app.models
+            for _ in range(_max_replicas(m))
+        ),
+        reverse=True,
+    )
+    pods: list[tuple[list[float], list[float]]] = []  # ([free CPUs], [free share per GPU])
+    for gpus, cpus in replicas:
+        for cpu_free, gpu_free in pods:
+            if _place(cpu_free, gpu_free, cpus, gpus):
+                break
+        else:
+            pod = ([float(profile.worker_cpus)], [1.0] * profile.worker_gpus)
+            if not _place(*pod, cpus, gpus):
+                raise ValueError(
+                    f"a replica of {cpus} CPU, {gpus} GPU does not fit a {profile.name} worker"
+                )
+            pods.append(pod)
+    return max(1, len(pods))
+
+
+def _place(cpu_free: list[float], gpu_free: list[float], cpus: float, gpus: float) -> bool:
+    """Take ``cpus`` and ``gpus`` from one pod if they fit (a fraction of a GPU must fit
+    on one device, whole GPUs need whole free devices); False leaves the pod unchanged."""
+    eps = 1e-9
+    if cpus > cpu_free[0] + eps:
+        return False
+    if gpus <= 0:
+        devices: list[int] = []
+    elif gpus < 1:
+        devices = [next((i for i, f in enumerate(gpu_free) if f + eps >= gpus), -1)]
+        if devices == [-1]:
+            return False
+    else:
+        devices = [i for i, f in enumerate(gpu_free) if f >= 1 - eps][: math.ceil(gpus)]
+        if len(devices) < math.ceil(gpus):
+            return False
+    cpu_free[0] -= cpus
+    for i in devices:
+        gpu_free[i] -= min(gpus, 1.0)
+    return True
 
 
 def drain_timing(app: AppConfig, profile: ClusterProfile) -> DrainTiming:
@@ -201,8 +256,16 @@ def worker_resources(profile: ClusterProfile) -> dict[str, Any]:
     amounts = {"cpu": str(profile.worker_cpus), "memory": profile.worker_memory}
     limits = dict(amounts)
     if profile.worker_gpus:
-        limits["nvidia.com/gpu"] = str(profile.worker_gpus)
+        limits[profile.gpu_resource] = str(profile.worker_gpus)
     return {"requests": amounts, "limits": limits}
+
+
+def worker_start_params(profile: ClusterProfile) -> dict[str, str]:
+    """``rayStartParams`` the worker needs beyond the base: KubeRay derives ``num-gpus``
+    only from a limit whose name ends in "gpu", so a MIG profile's count is explicit."""
+    if profile.worker_gpus and not profile.gpu_resource.endswith("gpu"):
+        return {"num-gpus": str(profile.worker_gpus)}
+    return {}
 
 
 def ray_container_env(http: HttpConfig) -> dict[str, str]:
@@ -218,6 +281,7 @@ def serve_config_text(app: AppConfig) -> str:
 
 def rayservice_patch(app: AppConfig, profile: ClusterProfile) -> list[dict[str, Any]]:
     """JSON 6902 operations that turn the base RayService into this overlay's."""
+    profile = profile.for_app(app)
     check_cluster_app(app, profile)
     timing = drain_timing(app, profile)
     pod = f"{_WORKER}/template/spec"
@@ -243,6 +307,10 @@ def rayservice_patch(app: AppConfig, profile: ClusterProfile) -> list[dict[str, 
             "path": f"{pod}/containers/0/resources",
             "value": worker_resources(profile),
         },
+        *(
+            {"op": "add", "path": f"{_WORKER}/rayStartParams/{k}", "value": v}
+            for k, v in worker_start_params(profile).items()
+        ),
         {
             "op": "add",
             "path": f"{pod}/terminationGracePeriodSeconds",

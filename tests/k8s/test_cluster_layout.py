@@ -5,6 +5,7 @@ the Serve deployments' graceful_shutdown_timeout_s."""
 from __future__ import annotations
 
 import functools
+import os
 import re
 import shutil
 import subprocess
@@ -33,10 +34,14 @@ WRITER_CLAIM = "serve-app-models-writer"
 
 @functools.cache
 def _rendered(overlay: str) -> str:
+    return _kustomize(REPO_ROOT / "kuberay" / "overlays" / overlay)
+
+
+def _kustomize(folder: Path) -> str:
     here = Path(sys.executable).parent / "kubectl"
     exe = str(here) if here.exists() else shutil.which("kubectl") or "kubectl"
     out = subprocess.run(
-        [exe, "kustomize", str(REPO_ROOT / "kuberay" / "overlays" / overlay)],
+        [exe, "kustomize", str(folder)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -103,9 +108,10 @@ def test_serving_claim_is_read_only_many_and_mounted_read_only(profile: ClusterP
 def test_only_the_populate_job_gets_the_writer_claim(profile: ClusterProfile) -> None:
     (job,) = docs_of(profile, "Job")
     app = load_app_config(REPO_ROOT / profile.app_config)
+    # own-repository (init: makes the folder the publisher's) and populate.
     assert claim_mounts(job["spec"]["template"]["spec"]) == [
         (WRITER_CLAIM, app.repository.root, False, False)
-    ]
+    ] * 2
     ray_claims = {m[0] for spec in pod_specs(profile).values() for m in claim_mounts(spec)}
     assert ray_claims == {SERVING_CLAIM}
 
@@ -131,6 +137,7 @@ def test_head_has_no_logical_cpus_or_gpus(profile: ClusterProfile) -> None:
 def test_worker_group_shape(profile: ClusterProfile) -> None:
     (group,) = rayservice(profile)["spec"]["rayClusterConfig"]["workerGroupSpecs"]
     app = load_app_config(REPO_ROOT / profile.app_config)
+    profile = profile.for_app(app)
     limits = group["template"]["spec"]["containers"][0]["resources"]["limits"]
     assert group["minReplicas"] == 0
     assert group["maxReplicas"] == worker_max_replicas(app, profile)
@@ -194,9 +201,20 @@ def test_shutdown_timing_follows_graceful_shutdown_timeout(profile: ClusterProfi
     assert longer.termination_grace_period_s == timing.termination_grace_period_s + 100
 
 
-def test_pod_monitor_scrapes_every_ray_pod_on_the_metrics_port() -> None:
+def test_monitoring_is_opt_in_and_scrapes_every_ray_pod_on_the_metrics_port(
+    tmp_path: Path,
+) -> None:
+    """No overlay carries the PodMonitor (its CRD may be missing); an overlay of the
+    user's that adds the component gets one that selects every Ray pod."""
     gpu = next(p for p in PROFILES if p.name == "gpu")
-    (monitor,) = docs_of(gpu, "PodMonitor")
+    assert all(docs_of(p, "PodMonitor") == [] for p in PROFILES)
+    (tmp_path / "kustomization.yaml").write_text(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
+        f"resources: [{os.path.relpath(REPO_ROOT / 'kuberay/overlays/gpu', tmp_path)}]\n"
+        f"components: [{os.path.relpath(REPO_ROOT / 'kuberay/components/monitoring', tmp_path)}]\n"
+    )
+    docs = [d for d in yaml.safe_load_all(_kustomize(tmp_path)) if d]
+    (monitor,) = [d for d in docs if d["kind"] == "PodMonitor"]
     assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
     selector = monitor["spec"]["selector"]["matchLabels"]
     cluster = rayservice(gpu)["spec"]["rayClusterConfig"]

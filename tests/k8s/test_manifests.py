@@ -164,7 +164,6 @@ def ray_pod_templates(rs: dict[str, Any]) -> dict[str, dict[str, Any]]:
                 "Job",
                 "PersistentVolumeClaim",
                 "PersistentVolumeClaim",
-                "PodMonitor",
                 "RayService",
             ],
             id="gpu-overlay",
@@ -202,7 +201,7 @@ def test_crd_check_reports_typos_and_wrong_types() -> None:
 def test_core_objects_match_kubernetes_models(overlay: str) -> None:
     docs = render(overlay)
     core = [d for d in docs if d["kind"] in CORE_MODELS]
-    assert len(core) == len(docs) - 1 - (overlay == "gpu")  # all but RayService, PodMonitor
+    assert len(core) == len(docs) - 1  # all but the RayService
     assert {d["metadata"]["name"]: core_errors(d) for d in core} == {
         d["metadata"]["name"]: [] for d in core
     }

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from serve_app.config import AppConfig
+from serve_app.config import AppConfig, ClusterConfig, WorkerPodConfig
 from serve_app.k8s.cli_render import add_render_k8s_command
 from serve_app.k8s.render import (
     PROFILES,
@@ -25,6 +25,7 @@ from serve_app.k8s.render import (
     check_cluster_app,
     prestop_script,
     ray_container_env,
+    rayservice_patch,
     render_k8s_files,
     stale_k8s_files,
     worker_max_replicas,
@@ -125,6 +126,29 @@ def test_check_cluster_app_refuses(change: dict[str, object], message: str) -> N
     assert str(e.value) == message
 
 
+@pytest.mark.parametrize(
+    ("gpus", "replicas", "pods"),
+    [(0.4, 5, 3), (0.25, 9, 3), (0.5, 4, 2), (0.3, 3, 1), (1, 3, 3)],
+)
+def test_worker_max_replicas_bin_packs_fractional_gpus(
+    gpus: float, replicas: int, pods: int
+) -> None:
+    """floor(1 / g) replicas per 1-GPU pod: five 0.4-GPU replicas need 3 pods (a sum of
+    2.0 GPUs would say 2)."""
+    app = cluster_app(
+        {"name": "a", "num_replicas": replicas, "resources": {"num_cpus": 1, "num_gpus": gpus}}
+    )
+    assert worker_max_replicas(app, GPU) == pods
+
+
+def test_worker_max_replicas_checks_cpus_with_gpus() -> None:
+    """0.25-GPU replicas of 3 CPUs: 8-CPU pods take 2 each, whatever GPU share is left."""
+    app = cluster_app(
+        {"name": "a", "num_replicas": 4, "resources": {"num_cpus": 3, "num_gpus": 0.25}}
+    )
+    assert worker_max_replicas(app, GPU) == 2
+
+
 def test_worker_max_replicas_sums_the_models() -> None:
     app = cluster_app(
         {
@@ -141,6 +165,40 @@ def test_worker_max_replicas_sums_the_models() -> None:
     )
     assert worker_max_replicas(heavy, cpu_bound) == 3  # 24 CPUs on 8-CPU pods
     assert worker_max_replicas(cluster_app({"name": "d"}), DEV) == 1
+
+
+@pytest.mark.parametrize(
+    ("resource", "start_params"),
+    [("nvidia.com/gpu", {}), ("nvidia.com/mig-1g.10gb", {"num-gpus": "1"})],
+)
+def test_worker_pod_shape_comes_from_the_cluster_config(
+    resource: str, start_params: dict[str, str]
+) -> None:
+    """`cluster.worker` sets the pod's requests/limits, the GPU's resource name (a MIG
+    slice too), and num-gpus where KubeRay would not derive it from the limit."""
+    app = cluster_app(
+        {"name": "m", "version": 1, "resources": {"num_cpus": 1, "num_gpus": 0.5}}
+    ).model_copy(
+        update={
+            "cluster": ClusterConfig(
+                worker=WorkerPodConfig(cpus=5, memory="20Gi", gpus=1, gpu_resource=resource)
+            )
+        }
+    )
+    ops = {op["path"]: op["value"] for op in rayservice_patch(app, GPU)}
+    worker = "/spec/rayClusterConfig/workerGroupSpecs/0"
+    assert ops[f"{worker}/template/spec/containers/0/resources"] == {
+        "requests": {"cpu": "5", "memory": "20Gi"},
+        "limits": {"cpu": "5", "memory": "20Gi", resource: "1"},
+    }
+    assert {
+        k.rsplit("/", 1)[1]: v for k, v in ops.items() if k.startswith(f"{worker}/rayStartParams/")
+    } == start_params
+    with pytest.raises(ValueError, match="does not fit a gpu worker \\(5 CPU, 1 GPU\\)"):
+        big = app.models[0].model_copy(
+            update={"resources": app.models[0].resources.model_copy(update={"num_cpus": 6})}
+        )
+        rayservice_patch(app.model_copy(update={"models": [big]}), GPU)
 
 
 def test_ingress_mode_sets_the_pod_env() -> None:
@@ -261,6 +319,33 @@ def test_populate_job_publishes_once_and_workers_then_start(tmp_path: Path) -> N
     ]
     wait = base_script("rayservice.yaml", "wait-for-models")
     assert run_script(wait, "minilm:1 minilm-pinned:3", tmp_path, timeout_s=10) == ""
+
+
+def test_populate_job_first_makes_the_repository_its_own(tmp_path: Path) -> None:
+    """The init step changes the owner of the repository folder only, and says what it
+    did; a folder already owned passes untouched; one it cannot chown fails the Job
+    with the remedy, instead of leaving the workers waiting for weights forever."""
+    own = base_script("populate-job.yaml", "own-repository")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    me = f"{os.getuid()}:{os.getgid()}"
+
+    def run(owner: str) -> subprocess.CompletedProcess[str]:
+        env = dict(os.environ, OWNER=owner, REPOSITORY_ROOT=str(repo))
+        return subprocess.run(["bash", "-c", own], env=env, capture_output=True, text=True)
+
+    ok = run(me)
+    assert (ok.returncode, ok.stdout) == (0, f"{repo} is owned by {me}\n")
+    if os.getuid() != 0:  # an ordinary user cannot give a folder away
+        refused = run("4242:4242")
+        assert refused.returncode == 1
+        assert refused.stderr.endswith(
+            "own the volume's folder by 4242:4242 (NFS root_squash, restricted pods)\n"
+        )
+    else:
+        moved = run("4242:4242")
+        assert (moved.returncode, moved.stdout) == (0, f"{repo}: owner {me} -> 4242:4242\n")
+        assert (repo.stat().st_uid, repo.stat().st_gid) == (4242, 4242)
 
 
 def test_workers_wait_for_a_missing_model(tmp_path: Path) -> None:
