@@ -128,8 +128,9 @@ def test_a_step_scales_out_recovers_and_scales_back_without_a_failure(
 def test_fractional_gpus_cap_the_scale_out_and_the_excess_waits(
     demo: tuple[Demo, RunSettings], tmp_path: Path
 ) -> None:
-    profile = profiles.step(10, 300, at_s=3, duration_s=20)
-    run, s = load(demo, SCALER_GPU, profile, cooldown_s=8, out=tmp_path)
+    # 40 s: on two busy cores each new replica takes several seconds to start.
+    profile = profiles.step(10, 200, at_s=3, duration_s=40)
+    run, s = load(demo, SCALER_GPU, profile, cooldown_s=5, out=tmp_path)
     series = target_series(run)[f"{SCALER_GPU}/ModelDeployment"]
     o = s["overall"]
     print({"overall": o, "max_target": np.nanmax(series["target_replicas"])})

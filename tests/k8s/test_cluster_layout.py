@@ -109,9 +109,10 @@ def test_only_the_populate_job_gets_the_writer_claim(profile: ClusterProfile) ->
     (job,) = docs_of(profile, "Job")
     app = load_app_config(REPO_ROOT / profile.app_config)
     # own-repository (init: makes the folder the publisher's) and populate.
-    assert claim_mounts(job["spec"]["template"]["spec"]) == [
-        (WRITER_CLAIM, app.repository.root, False, False)
-    ] * 2
+    assert (
+        claim_mounts(job["spec"]["template"]["spec"])
+        == [(WRITER_CLAIM, app.repository.root, False, False)] * 2
+    )
     ray_claims = {m[0] for spec in pod_specs(profile).values() for m in claim_mounts(spec)}
     assert ray_claims == {SERVING_CLAIM}
 
