@@ -87,13 +87,14 @@ def test_the_demo_listens_and_connects_on_loopback_only(demo: Demo) -> None:
         body = {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["hi"]}]}
         assert c.post("/v2/models/minilm/infer", json=body).status_code == 200
     processes = [psutil.Process(demo.proc.pid), *descendants(demo.proc.pid)]
-    listening, connected, outside = 0, 0, []
+    listening, connected, outside, names = 0, 0, [], []
     for p in processes:
-        try:
+        try:  # a short-lived worker may exit while we look
             conns = p.net_connections(kind="inet")
             name = p.name()
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
+        names.append(name)
         for c in conns:
             ends = [c.laddr] + ([c.raddr] if c.raddr else [])
             if c.status == psutil.CONN_LISTEN:
@@ -107,7 +108,7 @@ def test_the_demo_listens_and_connects_on_loopback_only(demo: Demo) -> None:
     # The one exception, Ray's and not configurable: each Serve replica starts its
     # inter-deployment gRPC server on "[::]:0" (ray/serve/_private/replica.py,
     # ``_on_initialized``). Nothing connects to it from outside loopback.
-    replicas = [p for p in processes if p.name().startswith("ray::ServeReplica:")]
+    replicas = [n for n in names if n.startswith("ray::ServeReplica:")]
     grpc_listeners = [o for o in outside if o.startswith("ray::ServeReplica:") and " LISTEN " in o]
     assert len(grpc_listeners) == len(replicas) == 3, outside
     assert all("addr(ip='::'," in o for o in grpc_listeners), grpc_listeners

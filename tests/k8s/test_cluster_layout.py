@@ -277,3 +277,14 @@ def test_kuberay_admission_rules(profile: ClusterProfile) -> None:
         "NewClusterWithIncrementalUpgrade",
         "None",
     }
+
+
+@pytest.mark.parametrize("profile", OVERLAYS)
+def test_every_ray_container_gets_shared_memory_for_the_object_store(
+    profile: ClusterProfile,
+) -> None:
+    """A container's /dev/shm is 64 MiB; Ray's object store needs a memory-backed one."""
+    for name, spec in pod_specs(profile).items():
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        mounts = {m["mountPath"]: m["name"] for m in spec["containers"][0]["volumeMounts"]}
+        assert volumes[mounts["/dev/shm"]]["emptyDir"] == {"medium": "Memory"}, name
