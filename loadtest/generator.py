@@ -67,13 +67,10 @@ class Requests:
         )
 
 
-async def _send(
-    session: Any, target: Target, out: Requests, i: int, t0: float, timeout_s: float
-) -> None:
+async def post(session: Any, target: Target, timeout_s: float) -> tuple[int, str]:
+    """One request: (HTTP status, "") or (``STATUS_CLIENT_ERROR``, what went wrong)."""
     import aiohttp
 
-    sent = time.monotonic()
-    out.sent_s[i] = sent - t0
     try:
         async with session.post(
             target.url,
@@ -82,11 +79,19 @@ async def _send(
             timeout=aiohttp.ClientTimeout(total=timeout_s),
         ) as r:
             await r.read()
-            out.status[i] = r.status
+            return r.status, ""
     except TimeoutError:
-        out.error[i] = "timeout"
+        return STATUS_CLIENT_ERROR, "timeout"
     except aiohttp.ClientError as e:
-        out.error[i] = type(e).__name__
+        return STATUS_CLIENT_ERROR, type(e).__name__
+
+
+async def _send(
+    session: Any, target: Target, out: Requests, i: int, t0: float, timeout_s: float
+) -> None:
+    sent = time.monotonic()
+    out.sent_s[i] = sent - t0
+    out.status[i], out.error[i] = await post(session, target, timeout_s)
     out.latency_s[i] = time.monotonic() - sent
 
 
@@ -143,23 +148,8 @@ async def closed_loop(
     async with aiohttp_session(concurrency) as session:
 
         async def client() -> None:
-            import aiohttp
-
             while (sent := time.monotonic()) < deadline:
-                status, error = STATUS_CLIENT_ERROR, ""
-                try:
-                    async with session.post(
-                        target.url,
-                        data=target.body,
-                        headers=target.headers,
-                        timeout=aiohttp.ClientTimeout(total=timeout_s),
-                    ) as r:
-                        await r.read()
-                        status = r.status
-                except TimeoutError:
-                    error = "timeout"
-                except aiohttp.ClientError as e:
-                    error = type(e).__name__
+                status, error = await post(session, target, timeout_s)
                 rows.append((sent - start, time.monotonic() - sent, status, error))
 
         await asyncio.gather(*(client() for _ in range(concurrency)))
