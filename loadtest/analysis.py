@@ -145,13 +145,13 @@ def rolling_p99_ms(
 
 
 def reaction(
-    run: Run, deployment: str, slo_ms: float, window_s: float = 2.0
+    run: Run, series: dict[str, np.ndarray] | None, slo_ms: float, window_s: float = 2.0
 ) -> list[dict[str, Any]]:
-    """For each step of the profile: how long until the deployment's RUNNING replicas
-    reached the target it settled on after the step, and (for a step up) until the
-    rolling p99 came back under ``slo_ms`` and stayed there until the next step."""
+    """For each step of the profile: how long until a deployment's RUNNING replicas
+    (``series``: its columns from ``deployment_series``) reached the target it settled on
+    after the step, and (for a step up) until the rolling p99 came back under ``slo_ms``
+    and stayed there until the next step."""
     profile = run.profile
-    series = deployment_series(run.samples).get(deployment)
     if profile is None or series is None:
         return []
     t, running, target = series["t_s"], series["running"], series["target_replicas"]
@@ -183,10 +183,9 @@ def reaction(
     return out
 
 
-def scale_down(run: Run, deployment: str) -> dict[str, Any] | None:
+def scale_down(run: Run, series: dict[str, np.ndarray] | None) -> dict[str, Any] | None:
     """After the load ends: how long until RUNNING replicas fell to their final count."""
     profile = run.profile
-    series = deployment_series(run.samples).get(deployment)
     if series is None or series["t_s"].size == 0:
         return None
     load_end = profile.duration_s if profile else float(run.requests["sent_s"].max())
@@ -233,7 +232,7 @@ def summarize(run: Run, slo_ms: float) -> dict[str, Any]:
         out["deployments"][key] = {
             "replica_seconds": round(replica_seconds(s, 0.0, t_end), 1),
             "max_running": float(np.nanmax(s["running"])) if s["running"].size else None,
-            "reaction": reaction(run, key, slo_ms),
-            "scale_down": scale_down(run, key),
+            "reaction": reaction(run, s, slo_ms),
+            "scale_down": scale_down(run, s),
         }
     return out

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from loadtest import profiles
+
+if TYPE_CHECKING:  # loadtest.run imports pyarrow: not at every serve-app start
+    from loadtest.run import RunSettings
 
 
 def profile_from_args(a: argparse.Namespace) -> profiles.Profile:
@@ -29,7 +33,7 @@ def _body(a: argparse.Namespace) -> bytes:
     return generated_body(model_metadata(a.url, a.model), rows=a.rows)
 
 
-def _settings(a: argparse.Namespace, **extra: object) -> object:
+def _settings(a: argparse.Namespace, **extra: object) -> RunSettings:
     from loadtest.run import RunSettings
 
     return RunSettings.model_validate(
@@ -53,13 +57,12 @@ def _token(a: argparse.Namespace) -> str | None:
 
 
 def _run(a: argparse.Namespace) -> int:
-    from loadtest.run import RunSettings, run_open_loop
+    from loadtest.run import run_open_loop
 
     profile = profile_from_args(a)
     settings = _settings(
         a, profile=profile, arrivals=a.arrivals, seed=a.seed, cooldown_s=a.cooldown_s
     )
-    assert isinstance(settings, RunSettings)
     print(
         f"{profile.kind}: ~{profile.expected_requests():.0f} requests over "
         f"{profile.duration_s:g} s (peak {profile.peak_rate:g} req/s) to {a.model}",
@@ -70,11 +73,10 @@ def _run(a: argparse.Namespace) -> int:
 
 
 def _sweep(a: argparse.Namespace) -> int:
-    from loadtest.run import RunSettings, run_sweep
+    from loadtest.run import run_sweep
 
     levels = [int(x) for x in a.concurrency.split(",")]
     settings = _settings(a, concurrency=levels, level_s=a.level_s)
-    assert isinstance(settings, RunSettings)
     out = run_sweep(settings, _body(a), Path(a.out), _token(a))
     return _report_and_print(out, a.slo_ms)
 

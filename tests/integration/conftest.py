@@ -109,6 +109,33 @@ def session_pipelines() -> list[dict[str, Any]]:
     ]
 
 
+OVERLOADED_MODEL: dict[str, Any] = {
+    # Tiny admission limits on eager MiniLM: a burst must get 503 + Retry-After, not 500.
+    "name": OVERLOADED,
+    "repository_name": "minilm",
+    "version": 1,
+    "batching": {"max_batch_size": 1, "batch_wait_timeout_s": 0.0},
+    "max_ongoing_requests": 1,
+    "max_queued_requests": 1,
+    "resources": {"num_cpus": 0.1},
+}
+
+
+def send_burst(
+    base_url: str, path: str, payload: dict[str, Any], n: int = 24, timeout_s: float = 60
+) -> list[tuple[int, str | None]]:
+    """``n`` concurrent POSTs of ``payload``: (status, Retry-After) of each."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def send(_: int) -> tuple[int, str | None]:
+        with httpx.Client(base_url=base_url, timeout=timeout_s) as c:
+            r = c.post(path, json=payload)
+            return r.status_code, r.headers.get("retry-after")
+
+    with ThreadPoolExecutor(n) as pool:
+        return list(pool.map(send, range(n)))
+
+
 def make_app_config(root: Path, port: int, mlp_batching: dict[str, Any] | None = None) -> AppConfig:
     """The session's AppConfig; ``mlp_batching`` varies only the user_config."""
     return AppConfig.model_validate(
@@ -135,15 +162,7 @@ def make_app_config(root: Path, port: int, mlp_batching: dict[str, Any] | None =
                     health_check_period_s=60,
                 ).model_dump(),
                 *({"name": h, "resources": {"num_cpus": 0}} for h in HEAD_MODELS),
-                {  # tiny admission limits: a burst must get 503 + Retry-After, not 500
-                    "name": OVERLOADED,
-                    "repository_name": "minilm",
-                    "version": 1,
-                    "batching": {"max_batch_size": 1, "batch_wait_timeout_s": 0.0},
-                    "max_ongoing_requests": 1,
-                    "max_queued_requests": 1,
-                    "resources": {"num_cpus": 0.1},
-                },
+                OVERLOADED_MODEL,
                 {  # MiniLM v1 split 3/3 over two deployments
                     "name": STAGED,
                     "repository_name": "minilm",

@@ -115,21 +115,12 @@ def test_a_burst_beyond_the_queue_gets_503_with_retry_after(serve_app_url: str) 
     """max_ongoing_requests 1 + max_queued_requests 1 on an eager MiniLM: a burst of 24
     long requests through the ingress is answered 200 or 503 with Retry-After (never a
     500 or a hang), and the model serves again right after."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from tests.integration.conftest import OVERLOADED
+    from tests.integration.conftest import OVERLOADED, send_burst
 
     text = "a long ticket about a parcel that never arrived " * 20
     payload = {"inputs": [{"name": "text", "shape": [4], "datatype": "BYTES", "data": [text] * 4}]}
     path = f"/v2/models/{OVERLOADED}/infer"
-
-    def send(_: int) -> tuple[int, str | None]:
-        with httpx.Client(base_url=serve_app_url, timeout=30) as c:
-            r = c.post(path, json=payload)
-            return r.status_code, r.headers.get("retry-after")
-
-    with ThreadPoolExecutor(24) as pool:
-        answers = list(pool.map(send, range(24)))
+    answers = send_burst(serve_app_url, path, payload, timeout_s=30)
     statuses = sorted({s for s, _ in answers})
     print(
         f"burst of 24: {[s for s, _ in answers].count(200)} x 200, "

@@ -26,7 +26,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.integration.conftest import free_port
+from tests.integration.conftest import OVERLOADED, OVERLOADED_MODEL, free_port, send_burst
 from tests.integration.demo_process import Demo, demo_process, descendants
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -54,15 +54,7 @@ def demo_config(root: Path, ingress: str) -> dict[str, object]:
                 "max_queued_requests": 64,
                 "resources": {"num_cpus": 1, "torch_threads": 1},
             },
-            {
-                "name": "overloaded",
-                "repository_name": "minilm",
-                "version": 1,
-                "batching": {"max_batch_size": 1, "batch_wait_timeout_s": 0.0},
-                "max_ongoing_requests": 1,
-                "max_queued_requests": 1,
-                "resources": {"num_cpus": 0.1},
-            },
+            OVERLOADED_MODEL,
         ],
     }
 
@@ -119,21 +111,14 @@ def test_a_burst_beyond_the_queue_is_503_with_retry_after(demo: Demo) -> None:
     payload = {
         "inputs": [{"name": "text", "shape": [4], "datatype": "BYTES", "data": [LONG_TEXT] * 4}]
     }
-
-    def send(_: int) -> tuple[int, str | None]:
-        with httpx.Client(base_url=demo.url, timeout=60) as c:
-            r = c.post("/v2/models/overloaded/infer", json=payload)
-            return r.status_code, r.headers.get("retry-after")
-
-    with ThreadPoolExecutor(24) as pool:
-        answers = list(pool.map(send, range(24)))
+    answers = send_burst(demo.url, f"/v2/models/{OVERLOADED}/infer", payload)
     statuses = [s for s, _ in answers]
     print(f"burst of 24: {statuses.count(200)} x 200, {statuses.count(503)} x 503")
     assert set(statuses) <= {200, 503}, answers
     assert 200 in statuses and 503 in statuses
     assert all(retry == "2" for s, retry in answers if s == 503), answers
     with httpx.Client(base_url=demo.url, timeout=60) as c:
-        assert c.post("/v2/models/overloaded/infer", json=payload).status_code == 200
+        assert c.post(f"/v2/models/{OVERLOADED}/infer", json=payload).status_code == 200
 
 
 def test_abandoned_requests_leave_no_work_behind(demo: Demo) -> None:
