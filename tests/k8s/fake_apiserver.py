@@ -1,17 +1,28 @@
-"""A stand-in Kubernetes API server for ``ray.io/v1`` RayServices, and KubeRay statuses.
+"""A stand-in Kubernetes API server for ``ray.io/v1`` RayServices.
 
 A real HTTP server on 127.0.0.1 (ephemeral port, one thread per request) that speaks
-the API server's REST paths, answers errors with ``Status`` objects, keeps
-``uid``/``resourceVersion``/``generation``/``creationTimestamp`` like the API server
-does for a CRD with a ``status`` subresource (spec writes ignore ``status``, status
-writes ignore the rest, ``generation`` moves only with the spec, a no-op write keeps
-the ``resourceVersion``), and applies JSON merge patches.
+the API server's REST paths and answers errors with ``Status`` objects. It is strict
+where the real one is, so a client that passes here does not lean on leniency:
 
-Not implemented: JSON patch, server-side apply and strategic merge patch (answered 415,
-as a CRD answers the last), watch, label selectors, dry run, finalizers.
+- ``uid``/``resourceVersion``/``generation``/``creationTimestamp`` as for a CRD with a
+  ``status`` subresource: spec writes ignore ``status``, status writes ignore the rest,
+  ``generation`` moves only with the spec, a no-op write keeps the ``resourceVersion``.
+- The vendored KubeRay v1.7.0 CRD schema (when ``shared/kuberay-crds`` is beside the
+  clone): undeclared fields are pruned with a ``Warning`` header, or rejected with 400
+  under ``fieldValidation=Strict``; violations are 422 ``Invalid`` with one cause per
+  field (:mod:`tests.k8s.crd_schema`).
+- JSON merge patch, and server-side apply (``application/apply-patch+yaml``) with
+  ``fieldManager``, ``force`` and ``managedFields`` (:mod:`tests.k8s.fake_ssa`).
+- Finalizers: DELETE of an object with finalizers sets ``deletionTimestamp`` and
+  returns the object; it goes when the last finalizer is removed; no finalizer can be
+  added to an object being deleted.
 
-Tests drive the "operator" side with :meth:`FakeApiServer.set_status` or
-:meth:`FakeApiServer.script_status`, built from the KubeRay v1.7 status builders below.
+Not implemented: JSON patch and strategic merge patch (415, as a CRD answers the last),
+watch, label selectors, dry run, CEL validation rules.
+
+Tests drive the operator's side with :meth:`FakeApiServer.set_status`,
+:meth:`FakeApiServer.script_status` and the finalizer hooks, with statuses built by
+:mod:`tests.k8s.kuberay_status`.
 """
 
 from __future__ import annotations
@@ -26,6 +37,10 @@ from collections import deque
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import parse_qs
+
+from tests.k8s import crd_schema as crds
+from tests.k8s import fake_ssa as ssa
 
 GROUP, VERSION, PLURAL, KIND = "ray.io", "v1", "rayservices", "RayService"
 RESOURCE = f"{PLURAL}.{GROUP}"
@@ -34,19 +49,36 @@ _PATH = re.compile(
     r"(?:/(?P<name>[^/]+)(?P<sub>/status)?)?$"
 )
 MERGE_PATCH = "application/merge-patch+json"
+APPLY_PATCH = "application/apply-patch+yaml"
 _IMMUTABLE_META = ("uid", "creationTimestamp", "generation", "namespace", "name")
-T0 = "2026-01-05T10:00:00Z"
+# Set by the server on create, whatever the request says.
+_SERVER_META = ("uid", "creationTimestamp", "generation", "managedFields", "deletionTimestamp",
+                "deletionGracePeriodSeconds")  # fmt: skip
+FIELD_VALIDATION = ("Ignore", "Warn", "Strict")
 
 
 class ApiError(Exception):
     """Raised inside the server; becomes a ``Status`` response."""
 
-    def __init__(self, code: int, reason: str, message: str, name: str | None = None) -> None:
-        super().__init__(code, reason, message, name)
+    def __init__(
+        self,
+        code: int,
+        reason: str,
+        message: str,
+        name: str | None = None,
+        causes: list[dict[str, str]] | None = None,
+    ) -> None:
+        super().__init__(code, reason, message, name, causes)
         self.code, self.reason, self.message, self.name = code, reason, message, name
+        self.causes = causes or []
 
     def to_status(self) -> dict[str, Any]:
-        details = {"name": self.name, "group": GROUP, "kind": PLURAL} if self.name else {}
+        details: dict[str, Any] = {"name": self.name, "group": GROUP, "kind": PLURAL}
+        if not self.name:
+            details = {}
+        if self.causes:
+            details = {"name": self.name or "", "group": GROUP, "kind": KIND,
+                       "causes": self.causes}  # fmt: skip
         return {
             "kind": "Status",
             "apiVersion": "v1",
@@ -90,13 +122,32 @@ def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-class FakeApiServer:
-    """The server plus its store. Use :meth:`start` / :meth:`stop` (or a fixture)."""
+class Request:
+    """One request as the handler parsed it."""
 
-    def __init__(self, token: str | None = None) -> None:
+    def __init__(self, method: str, path: str, ctype: str, body: Any,
+                 query: dict[str, str] | None = None, user_agent: str = "") -> None:  # fmt: skip
+        self.method, self.path, self.ctype, self.body = method, path, ctype, body
+        self.query = query or {}
+        # The API server's default field manager: the user agent up to the first "/".
+        self.manager = self.query.get("fieldManager") or user_agent.split("/")[0] or "unknown"
+        self.warnings: list[str] = []
+
+
+class FakeApiServer:
+    """The server plus its store. Use :meth:`start` / :meth:`stop` (or a fixture).
+
+    Args:
+        token: Bearer token every request must carry (``None``: no authentication).
+        schema: Validate and prune against the vendored CRD (default: when present).
+    """
+
+    def __init__(self, token: str | None = None, schema: bool | None = None) -> None:
         self.token = token
+        self.schema = crds.crds_available() if schema is None else schema
         self.objects: dict[tuple[str, str], dict[str, Any]] = {}
         self.requests: list[tuple[str, str, str]] = []  # (method, path, content type)
+        self.queries: list[dict[str, str]] = []  # query parameters, in request order
         self._scripts: dict[tuple[str, str], deque[dict[str, Any]]] = {}
         self._faults: deque[tuple[str, ApiError]] = deque()
         self._rv = 1000
@@ -122,16 +173,41 @@ class FakeApiServer:
 
     # Test hooks: what KubeRay (or a misbehaving server) would do.
     def set_status(self, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
-        """Replace the status as KubeRay's ``Status().Update`` does; returns the object."""
+        """Replace the status as KubeRay's ``Status().Update`` does; returns the object.
+
+        The status must match the CRD exactly (no field the server would prune): a
+        builder that emits another shape would test a status KubeRay never writes.
+        """
         with self._lock:
             obj = self._get(namespace, name)
+            self._check_operator_status(status)
             new = {**copy.deepcopy(obj), "status": copy.deepcopy(status)}
             return self._store(namespace, name, obj, new)
 
     def script_status(self, namespace: str, name: str, statuses: list[dict[str, Any]]) -> None:
         """Each later read of the object first applies the next of ``statuses``."""
+        for status in statuses:
+            self._check_operator_status(status)
         with self._lock:
             self._scripts[(namespace, name)] = deque(copy.deepcopy(statuses))
+
+    def add_finalizer(self, namespace: str, name: str, finalizer: str) -> None:
+        """Add a finalizer, as an operator does on its first reconcile."""
+        with self._lock:
+            obj = self._get(namespace, name)
+            new = copy.deepcopy(obj)
+            new["metadata"].setdefault("finalizers", []).append(finalizer)
+            self._store(namespace, name, obj, new)
+
+    def remove_finalizer(self, namespace: str, name: str, finalizer: str) -> None:
+        """Remove a finalizer; an object being deleted goes with its last one."""
+        with self._lock:
+            obj = self._get(namespace, name)
+            new = copy.deepcopy(obj)
+            new["metadata"]["finalizers"].remove(finalizer)
+            if not new["metadata"]["finalizers"]:
+                del new["metadata"]["finalizers"]
+            self._store(namespace, name, obj, new)
 
     def fail_next(self, method: str, code: int, reason: str, message: str) -> None:
         """The next request with ``method`` gets this error ``Status`` instead."""
@@ -142,12 +218,25 @@ class FakeApiServer:
         with self._lock:
             return copy.deepcopy(self._get(namespace, name))
 
+    def exists(self, namespace: str, name: str) -> bool:
+        with self._lock:
+            return (namespace, name) in self.objects
+
     # REST verbs. Each returns (HTTP code, body) or raises ApiError.
-    def handle(self, method: str, path: str, ctype: str, body: Any) -> tuple[int, Any]:
-        m = _PATH.match(path)
+    def handle(self, req: Request) -> tuple[int, Any]:
+        m = _PATH.match(req.path)
         if m is None:
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
         ns, name, sub = m["ns"], m["name"], bool(m["sub"])
+        method, body = req.method, req.body
+        validation = req.query.get("fieldValidation", "Warn")
+        if validation not in FIELD_VALIDATION:
+            raise ApiError(
+                400,
+                "BadRequest",
+                f'fieldValidation: Unsupported value: "{validation}": supported values: '
+                '"Ignore", "Strict", "Warn"',
+            )
         with self._lock:
             for i, (fault_method, err) in enumerate(self._faults):
                 if fault_method == method:
@@ -157,14 +246,16 @@ class FakeApiServer:
                 if method == "GET":
                     return 200, self._list(ns)
                 if method == "POST":
-                    return 201, self._create(ns, body)
+                    return 201, self._create(ns, body, req)
             elif method == "GET":
                 self._advance_script(ns, name)
                 return 200, copy.deepcopy(self._get(ns, name))
             elif method == "PUT":
-                return 200, self._update(ns, name, body, sub, replace=True)
+                return 200, self._update(ns, name, body, sub, req, replace=True)
+            elif method == "PATCH" and req.ctype == APPLY_PATCH and not sub:
+                return self._apply(ns, name, body, req)
             elif method == "PATCH":
-                if ctype != MERGE_PATCH:
+                if req.ctype != MERGE_PATCH:
                     raise ApiError(
                         415,
                         "UnsupportedMediaType",
@@ -172,25 +263,14 @@ class FakeApiServer:
                         "types include: application/json-patch+json, "
                         "application/merge-patch+json, application/apply-patch+yaml",
                     )
+                if "force" in req.query:
+                    raise ApiError(
+                        422, "Invalid", "force: Forbidden: may not be specified for non-apply patch"
+                    )
                 patched = merge_patch(self._get(ns, name), body)
-                return 200, self._update(ns, name, patched, sub, replace=False)
+                return 200, self._update(ns, name, patched, sub, req, replace=False)
             elif method == "DELETE" and not sub:
-                obj = self._get(ns, name)
-                del self.objects[(ns, name)]
-                self._scripts.pop((ns, name), None)
-                details = {
-                    "name": name,
-                    "group": GROUP,
-                    "kind": PLURAL,
-                    "uid": obj["metadata"]["uid"],
-                }
-                return 200, {
-                    "kind": "Status",
-                    "apiVersion": "v1",
-                    "metadata": {},
-                    "status": "Success",
-                    "details": details,
-                }
+                return self._delete(ns, name)
         raise ApiError(
             405,
             "MethodNotAllowed",
@@ -240,7 +320,44 @@ class FakeApiServer:
             )
         return obj
 
-    def _create(self, ns: str, body: Any) -> dict[str, Any]:
+    def _schema_check(self, obj: dict[str, Any], req: Request, apply: bool = False) -> None:
+        """Prune undeclared fields (per ``fieldValidation``), then validate: as the real
+        server does for a structural CRD schema."""
+        if not self.schema:
+            return
+        unknown = crds.prune(obj, crds.crd_schema(KIND))
+        validation = req.query.get("fieldValidation", "Warn")
+        if unknown and validation == "Strict":
+            if apply:  # the apply path types the patch first, and says so
+                fields = "\n".join(f"{p}: field not declared in schema" for p in unknown)
+                raise ApiError(
+                    400,
+                    "BadRequest",
+                    f"failed to create typed patch object ({obj['metadata'].get('namespace')}/"
+                    f"{obj['metadata'].get('name')}; {GROUP}/{VERSION}, Kind={KIND}): {fields}",
+                )
+            fields = ", ".join(f'unknown field "{p[1:]}"' for p in unknown)
+            raise ApiError(400, "BadRequest", f"strict decoding error: {fields}")
+        if validation == "Warn":
+            req.warnings += [f'unknown field "{p[1:]}"' for p in unknown]
+        errors = crds.validate(obj, KIND)
+        if errors:
+            name = obj["metadata"].get("name", "")
+            text = str(errors[0]) if len(errors) == 1 else f"[{', '.join(map(str, errors))}]"
+            raise ApiError(
+                422, "Invalid", f'{KIND}.{GROUP} "{name}" is invalid: {text}', name,
+                [e.cause() for e in errors],
+            )  # fmt: skip
+
+    def _check_operator_status(self, status: dict[str, Any] | None) -> None:
+        if not self.schema or status is None:  # None: the status is removed
+            return
+        obj = {"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND, "metadata": {}, "status": status}
+        problems = [str(e) for e in crds.validate(obj, KIND)]
+        problems += crds.unknown_fields(obj, crds.crd_schema(KIND))
+        assert not problems, f"this status does not match the KubeRay CRD: {problems}"
+
+    def _create(self, ns: str, body: Any, req: Request) -> dict[str, Any]:
         obj = self._check_type(ns, copy.deepcopy(body), None)
         meta = obj["metadata"]
         if not meta.get("name"):
@@ -259,6 +376,13 @@ class FakeApiServer:
                 409, "AlreadyExists", f'{RESOURCE} "{meta["name"]}" already exists', meta["name"]
             )
         obj.pop("status", None)  # the status subresource resets it on create
+        for key in _SERVER_META:
+            meta.pop(key, None)
+        self._schema_check(obj, req)
+        return self._insert(ns, obj, req)
+
+    def _insert(self, ns: str, obj: dict[str, Any], req: Request) -> dict[str, Any]:
+        meta = obj["metadata"]
         self._rv += 1
         meta.update(
             namespace=ns,
@@ -267,10 +391,74 @@ class FakeApiServer:
             generation=1,
             creationTimestamp=_now(),
         )
+        if req.ctype != APPLY_PATCH:
+            ssa.record_update(None, obj, req.manager, _now())
         self.objects[(ns, meta["name"])] = obj
         return copy.deepcopy(obj)
 
-    def _update(self, ns: str, name: str, new: Any, status_only: bool, replace: bool) -> Any:
+    def _apply(self, ns: str, name: str, body: Any, req: Request) -> tuple[int, Any]:
+        if not req.query.get("fieldManager"):
+            raise ApiError(
+                400,
+                "BadRequest",
+                'PatchOptions.meta.k8s.io "" is invalid: fieldManager: Required value: is '
+                "required for apply patch",
+            )
+        applied = self._check_type(ns, copy.deepcopy(body), name)
+        applied.pop("status", None)
+        for key in ("uid", "generation", "creationTimestamp", "managedFields"):
+            if key in applied["metadata"]:
+                raise ApiError(
+                    400, "BadRequest",
+                    f"metadata.{key}: Invalid value: must not be set in an apply configuration",
+                )  # fmt: skip
+        self._schema_check(applied, req, apply=True)
+        force = req.query.get("force") == "true"
+        cur = self.objects.get((ns, name))
+        rv = applied["metadata"].pop("resourceVersion", None)
+        if cur is None:
+            if rv:
+                raise not_found(name)
+            new = ssa.apply(None, applied, req.manager, force, _now())
+            new["metadata"]["name"] = name
+            return 201, self._insert(ns, new, req)
+        self._check_precondition(cur, name, rv)
+        try:
+            new = ssa.apply(cur, applied, req.manager, force, _now())
+        except ssa.ApplyConflict as e:
+            raise ApiError(409, "Conflict", e.message(), name) from None
+        self._check_finalizers(cur, new, name)
+        return 200, self._store(ns, name, cur, new)
+
+    def _check_precondition(self, cur: dict[str, Any], name: str, rv: str | None) -> None:
+        if rv and rv != cur["metadata"]["resourceVersion"]:
+            raise ApiError(
+                409,
+                "Conflict",
+                f"Operation cannot be fulfilled on {RESOURCE} "
+                f'"{name}": the object has been modified; please apply your '
+                "changes to the latest version and try again",
+                name,
+            )
+
+    def _check_finalizers(self, cur: dict[str, Any], new: dict[str, Any], name: str) -> None:
+        if "deletionTimestamp" not in cur["metadata"]:
+            return
+        added = set(new["metadata"].get("finalizers") or ()) - set(
+            cur["metadata"].get("finalizers") or ()
+        )
+        if added:
+            raise ApiError(
+                422, "Invalid",
+                f'{KIND}.{GROUP} "{name}" is invalid: metadata.finalizers: Forbidden: no new '
+                "finalizers can be added if the object is being deleted, found new finalizers "
+                f"{sorted(added)}",
+                name,
+            )  # fmt: skip
+
+    def _update(
+        self, ns: str, name: str, new: Any, status_only: bool, req: Request, replace: bool
+    ) -> Any:
         cur = self._get(ns, name)
         new = self._check_type(ns, copy.deepcopy(new), name)
         rv = new["metadata"].get("resourceVersion")
@@ -282,29 +470,57 @@ class FakeApiServer:
                 "metadata.resourceVersion: Invalid value: 0x0: must be specified "
                 "for an update",
             )
-        if rv and rv != cur["metadata"]["resourceVersion"]:
-            raise ApiError(
-                409,
-                "Conflict",
-                f"Operation cannot be fulfilled on {RESOURCE} "
-                f'"{name}": the object has been modified; please apply your '
-                "changes to the latest version and try again",
-                name,
-            )
+        self._check_precondition(cur, name, rv)
         if status_only:
             new = {**copy.deepcopy(cur), "status": new.get("status")}
         else:
             for key in _IMMUTABLE_META:
                 new["metadata"][key] = cur["metadata"][key]
+            for key in ("managedFields", "deletionTimestamp", "deletionGracePeriodSeconds"):
+                new["metadata"].pop(key, None)
+                if key in cur["metadata"]:
+                    new["metadata"][key] = copy.deepcopy(cur["metadata"][key])
             new.pop("status", None)
             if "status" in cur:
                 new["status"] = copy.deepcopy(cur["status"])
+            self._check_finalizers(cur, new, name)
+        self._schema_check(new, req)
+        if not status_only:
+            ssa.record_update(cur, new, req.manager, _now())
         return self._store(ns, name, cur, new)
+
+    def _delete(self, ns: str, name: str) -> tuple[int, Any]:
+        obj = self._get(ns, name)
+        if obj["metadata"].get("finalizers"):
+            # Graceful: the object stays, marked, until its finalizers are removed.
+            if "deletionTimestamp" not in obj["metadata"]:
+                new = copy.deepcopy(obj)
+                new["metadata"].update(deletionTimestamp=_now(), deletionGracePeriodSeconds=0)
+                # Marking for deletion is a spec-level change: generation moves.
+                new["metadata"]["generation"] = obj["metadata"]["generation"] + 1
+                obj = self._store(ns, name, obj, new)
+            return 200, copy.deepcopy(obj)
+        del self.objects[(ns, name)]
+        self._scripts.pop((ns, name), None)
+        details = {"name": name, "group": GROUP, "kind": PLURAL, "uid": obj["metadata"]["uid"]}
+        return 200, {
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Success",
+            "details": details,
+        }
 
     def _store(self, ns: str, name: str, cur: dict[str, Any], new: dict[str, Any]) -> Any:
         if new.get("status") is None:
             new.pop("status", None)
         new["metadata"]["resourceVersion"] = cur["metadata"]["resourceVersion"]
+        if "deletionTimestamp" in new["metadata"] and not new["metadata"].get("finalizers"):
+            del self.objects[(ns, name)]  # the last finalizer is gone
+            self._scripts.pop((ns, name), None)
+            self._rv += 1
+            new["metadata"]["resourceVersion"] = str(self._rv)
+            return copy.deepcopy(new)
         if new == cur:  # a no-op write: nothing stored, same resourceVersion
             return copy.deepcopy(cur)
         ignored = ("metadata", "status")
@@ -335,24 +551,30 @@ def _make_handler(server: FakeApiServer) -> type[BaseHTTPRequestHandler]:
             self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
         def _serve(self) -> None:
-            path = self.path.split("?", 1)[0]
+            path, _, query = self.path.partition("?")
+            params = {k: v[-1] for k, v in parse_qs(query).items()}
             ctype = (self.headers.get("Content-Type") or "").split(";")[0].strip()
             length = int(self.headers.get("Content-Length") or 0)
             raw = self.rfile.read(length) if length else b""
             server.requests.append((self.command, path, ctype))
+            server.queries.append(params)
+            req = Request(self.command, path, ctype, None, params,
+                          self.headers.get("User-Agent") or "")  # fmt: skip
             try:
                 if server.token and self.headers.get("Authorization") != f"Bearer {server.token}":
                     raise ApiError(401, "Unauthorized", "Unauthorized")
                 try:
-                    body = json.loads(raw) if raw else None
+                    req.body = json.loads(raw) if raw else None
                 except ValueError as e:
                     raise ApiError(400, "BadRequest", f"invalid JSON in the body: {e}") from e
-                code, out = server.handle(self.command, path, ctype, body)
+                code, out = server.handle(req)
             except ApiError as e:
                 code, out = e.code, e.to_status()
             data = json.dumps(out).encode()
             self.send_response(code)
             self.send_header("Content-Type", "application/json")
+            for warning in req.warnings:
+                self.send_header("Warning", f'299 - "{warning}"')
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)
@@ -394,101 +616,3 @@ def closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-# KubeRay v1.7 status builders (shapes from rayservice_types.go / raycluster_types.go;
-# condition reasons and messages from rayservice_controller.go calculateConditions).
-# fmt: off
-INITIALIZING = ("False", "Initializing", "RayService is initializing")
-READY = ("True", "NonZeroServeEndpoints", "Number of serve endpoints is greater than 0")
-NO_PENDING = ("False", "NoPendingCluster", "Active Ray cluster exists and no pending Ray cluster")
-BOTH_EXIST = ("True", "BothActivePendingClustersExist",
-              "Both active and pending Ray clusters exist")
-_DEPLOYMENT_STATUS = {"RUNNING": "HEALTHY", "DEPLOY_FAILED": "UNHEALTHY"}  # else UPDATING
-
-
-def condition(type_: str, status: str, reason: str, message: str, generation: int,
-              at: str = T0) -> dict[str, Any]:
-    return {"type": type_, "status": status, "reason": reason, "message": message,
-            "observedGeneration": generation, "lastTransitionTime": at}
-
-
-def empty_service_status() -> dict[str, Any]:
-    """How KubeRay serializes an empty RayServiceStatus (Go structs are never omitted)."""
-    zero = {"desiredCPU": "0", "desiredGPU": "0", "desiredMemory": "0", "desiredTPU": "0"}
-    return {"rayClusterStatus": {**zero, "head": {}}}
-
-
-def cluster_status(cluster: str, state: str | None = "ready", workers: int = 1) -> dict[str, Any]:
-    """``rayClusterStatus`` of a RayCluster (``state=None``: still provisioning)."""
-    n_ready = workers if state == "ready" else 0
-    head_ready = ("True", "HeadPodRunningAndReady") if state else ("False", "HeadPodNotFound")
-    out: dict[str, Any] = {
-        "desiredCPU": "4", "desiredGPU": "0", "desiredMemory": "8Gi", "desiredTPU": "0",
-        "desiredWorkerReplicas": workers, "minWorkerReplicas": 1, "maxWorkerReplicas": 4,
-        "readyWorkerReplicas": n_ready, "availableWorkerReplicas": n_ready,
-        "endpoints": {"client": "10001", "dashboard": "8265", "gcs-server": "6379",
-                      "metrics": "8080", "serve": "8000"},
-        "head": {"podName": f"{cluster}-head-x2kq9", "podIP": "10.0.0.12",
-                 "serviceName": f"{cluster}-head-svc", "serviceIP": "10.0.0.12"},
-        "observedGeneration": 1, "lastUpdateTime": T0,
-        "conditions": [condition("HeadPodReady", *head_ready, "", 1)],
-    }
-    if state:
-        out.update(state=state, stateTransitionTimes={state: T0})
-    return out
-
-
-def service_status(cluster: str, apps: dict[str, str] | None,
-                   state: str | None = "ready") -> dict[str, Any]:
-    """activeServiceStatus/pendingServiceStatus; ``apps``: app name -> Serve app status
-    (``None``: KubeRay does not poll this cluster's apps). One deployment per app."""
-    out: dict[str, Any] = {"rayClusterName": cluster,
-                           "rayClusterStatus": cluster_status(cluster, state)}
-    if apps is not None:
-        out["applicationStatuses"] = {app: {
-            "status": st,
-            **({"message": f"Deploying app '{app}' failed."} if st == "DEPLOY_FAILED" else {}),
-            "serveDeploymentStatuses": {
-                f"{app.title()}Model": {"status": _DEPLOYMENT_STATUS.get(st, "UPDATING")}},
-        } for app, st in apps.items()}
-    return out
-
-
-def rayservice_status(generation: int, *, ready: tuple[str, str, str],
-                      upgrade: tuple[str, str, str], endpoints: int,
-                      active: dict[str, Any] | None, pending: dict[str, Any] | None,
-                      serve_status: str | None = None) -> dict[str, Any]:
-    """A whole status; ``ready``/``upgrade`` are (status, reason, message)."""
-    return {
-        "conditions": [condition("Ready", *ready, generation),
-                       condition("UpgradeInProgress", *upgrade, generation)],
-        "activeServiceStatus": active or empty_service_status(),
-        "pendingServiceStatus": pending or empty_service_status(),
-        "numServeEndpoints": endpoints, "observedGeneration": generation, "lastUpdateTime": T0,
-        # Deprecated; tests make it disagree with Ready to prove it is never read.
-        "serviceStatus": serve_status or ("Running" if ready[0] == "True" else "NotRunning"),
-    }
-
-
-def initializing(generation: int, cluster: str, apps: dict[str, str] | None = None,
-                 state: str | None = None) -> dict[str, Any]:
-    """First rollout: the only cluster is still the pending one, nothing serves."""
-    return rayservice_status(generation, ready=INITIALIZING, upgrade=INITIALIZING, endpoints=0,
-                             active=None, pending=service_status(cluster, apps, state))
-
-
-def ready(generation: int, cluster: str, apps: dict[str, str],
-          endpoints: int = 2) -> dict[str, Any]:
-    """Serving from ``cluster``, no pending cluster."""
-    return rayservice_status(generation, ready=READY, upgrade=NO_PENDING, endpoints=endpoints,
-                             active=service_status(cluster, apps), pending=None)
-
-
-def upgrading(generation: int, active: str, pending: str, pending_apps: dict[str, str] | None,
-              endpoints: int = 2) -> dict[str, Any]:
-    """NewCluster upgrade: the old cluster serves; KubeRay stops polling its apps."""
-    return rayservice_status(generation, ready=READY, upgrade=BOTH_EXIST, endpoints=endpoints,
-                             active=service_status(active, None),
-                             pending=service_status(pending, pending_apps))
-# fmt: on

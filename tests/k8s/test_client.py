@@ -33,6 +33,7 @@ from serve_app.k8s.errors import (
 )
 from serve_app.k8s.status import RayServiceStatus
 from tests.k8s import fake_apiserver as fk
+from tests.k8s import kuberay_status as kr
 
 TOKEN = "s3cret-token"
 NS = "serving"
@@ -97,7 +98,7 @@ def test_apply_creates_with_server_metadata(client: RayServiceClient, server) ->
 
 def test_apply_existing_merge_patches_and_bumps_generation(client, server) -> None:
     created = client.apply(manifest()).object
-    server.set_status(NS, "demo", fk.ready(1, CLUSTER_A, {"embed": "RUNNING"}))
+    server.set_status(NS, "demo", kr.ready(1, CLUSTER_A, {"embed": "RUNNING"}))
     server.requests.clear()
 
     changed = client.apply(manifest(image="rayproject/ray:2.60.0-py311-cu128"))
@@ -134,7 +135,7 @@ def test_apply_label_change_keeps_generation(client) -> None:
 
 def test_apply_drops_server_fields_and_status(client, server) -> None:
     exported = client.apply(manifest()).object
-    exported["status"] = fk.ready(1, CLUSTER_A, {"embed": "RUNNING"})
+    exported["status"] = kr.ready(1, CLUSTER_A, {"embed": "RUNNING"})
     client.delete("demo")
 
     recreated = client.apply(exported)  # a `kubectl get -o yaml` export applies cleanly
@@ -311,7 +312,7 @@ def test_errors_pickle_with_all_fields() -> None:
     st = RayServiceStatus.from_object(
         {
             "metadata": {"name": "demo", "namespace": NS, "generation": 1},
-            "status": fk.initializing(1, CLUSTER_A),
+            "status": kr.initializing(1, CLUSTER_A),
         }
     )
     errors = [
@@ -351,7 +352,7 @@ def test_stand_in_status_subresource_and_replace(server) -> None:
     rv = obj["metadata"]["resourceVersion"]
 
     # /status writes change only the status: no generation bump, spec edits ignored.
-    status_patch = {"status": fk.ready(1, CLUSTER_A, {"embed": "RUNNING"}), "spec": {"x": 1}}
+    status_patch = {"status": kr.ready(1, CLUSTER_A, {"embed": "RUNNING"}), "spec": {"x": 1}}
     st = api.patch_namespaced_custom_object_status(
         "ray.io", "v1", NS, "rayservices", "demo", status_patch
     )

@@ -19,6 +19,7 @@ import yaml
 from serve_app.errors import ServeAppError
 from serve_app.k8s.cli import add_k8s_commands
 from tests.k8s import fake_apiserver as fk
+from tests.k8s import kuberay_status as kr
 
 TOKEN = "cli-token"
 NS = "team-a"  # the kubeconfig context's namespace
@@ -129,7 +130,7 @@ def test_apply_checks_every_rayservice_first(tmp_path, kubeconfig, server, capsy
 def test_status_text_and_json(tmp_path, kubeconfig, server, capsys) -> None:
     run_cli(["k8s", "apply", "-f", write_docs(tmp_path, fk.rayservice_manifest()),
              "--kubeconfig", kubeconfig], capsys)  # fmt: skip
-    server.set_status(NS, "demo", fk.ready(1, A, {"embed": "RUNNING"}))
+    server.set_status(NS, "demo", kr.ready(1, A, {"embed": "RUNNING"}))
 
     code, out, err = run_cli(["k8s", "status", "demo", "--kubeconfig", kubeconfig], capsys)
     assert (code, err) == (0, "")
@@ -159,9 +160,9 @@ def test_wait_prints_progress_until_ready(tmp_path, kubeconfig, server, capsys) 
     run_cli(["k8s", "apply", "-f", write_docs(tmp_path, fk.rayservice_manifest()),
              "--kubeconfig", kubeconfig], capsys)  # fmt: skip
     server.script_status(NS, "demo", [
-        fk.initializing(1, A),
-        fk.initializing(1, A, {"embed": "DEPLOYING"}, state="ready"),
-        fk.ready(1, A, {"embed": "RUNNING"}),
+        kr.initializing(1, A),
+        kr.initializing(1, A, {"embed": "DEPLOYING"}, state="ready"),
+        kr.ready(1, A, {"embed": "RUNNING"}),
     ])  # fmt: skip
     argv = ["k8s", "wait", "demo", "--timeout-s", "5", "--poll-interval-s", "0.01"]
     code, out, err = run_cli([*argv, "--kubeconfig", kubeconfig], capsys)

@@ -20,10 +20,10 @@ import yaml
 
 from serve_app.app_args import ModelAppArgs, ServerAppArgs
 from serve_app.config import load_app_config
+from tests.k8s import crd_schema as crds
 from serve_app.k8s.render import PROFILES, PROXY_LOCATION, ClusterProfile, serve_config_text
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-CRD_DIR = REPO_ROOT.parent / "shared" / "kuberay-crds"
 # ids "<name>-overlay": tests/conftest.py skips items with a bare "gpu" keyword (no CUDA),
 # and these render tests need no GPU.
 OVERLAYS = [pytest.param(p.name, id=f"{p.name}-overlay") for p in PROFILES]
@@ -72,52 +72,10 @@ def one(docs: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[
     return found[0]
 
 
-@functools.cache
-def crd_schema(kind: str) -> dict[str, Any]:
-    if not CRD_DIR.is_dir():
-        pytest.skip(f"KubeRay CRDs not found at {CRD_DIR} (shared/ beside the clone)")
-    crd = yaml.safe_load((CRD_DIR / f"ray.io_{kind.lower()}s.yaml").read_text())
-    version = next(v for v in crd["spec"]["versions"] if v["name"] == "v1")
-    return version["schema"]["openAPIV3Schema"]
-
-
-def unknown_fields(obj: Any, schema: dict[str, Any], path: str = "") -> list[str]:
-    """Paths of fields the schema does not declare (the API server would prune them, and
-    kubectl's strict field validation rejects them)."""
-    if schema.get("x-kubernetes-preserve-unknown-fields"):
-        return []
-    if isinstance(obj, dict) and "properties" in schema:
-        props = schema["properties"]
-        found = []
-        for key, value in obj.items():
-            if key not in props:
-                found.append(f"{path}.{key}")
-            else:
-                found += unknown_fields(value, props[key], f"{path}.{key}")
-        return found
-    if isinstance(obj, dict) and isinstance(schema.get("additionalProperties"), dict):
-        return [
-            p
-            for k, v in obj.items()
-            for p in unknown_fields(v, schema["additionalProperties"], f"{path}.{k}")
-        ]
-    if isinstance(obj, list) and "items" in schema:
-        return [
-            p for i, v in enumerate(obj) for p in unknown_fields(v, schema["items"], f"{path}[{i}]")
-        ]
-    return []
-
-
 def crd_errors(obj: dict[str, Any]) -> list[str]:
-    """Schema violations and unknown fields of a ray.io/v1 object."""
-    import jsonschema
-
-    schema = crd_schema(obj["kind"])
-    validator = jsonschema.Draft202012Validator(schema)
-    errors = [
-        f"{'.'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(obj)
-    ]
-    return errors + [f"unknown field {p}" for p in unknown_fields(obj, schema)]
+    if not crds.crds_available():
+        pytest.skip(f"KubeRay CRDs not found at {crds.CRD_DIR} (shared/ beside the clone)")
+    return crds.crd_errors(obj)
 
 
 def core_errors(obj: dict[str, Any]) -> list[str]:
@@ -192,7 +150,9 @@ def test_crd_check_reports_typos_and_wrong_types() -> None:
     rs["spec"]["rayClusterConfig"]["enableInTreeAutoscaling"] = "yes"
     rs["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["maxReplica"] = 3
     assert crd_errors(rs) == [
-        "spec.rayClusterConfig.enableInTreeAutoscaling: 'yes' is not of type 'boolean'",
+        'spec.rayClusterConfig.enableInTreeAutoscaling: Invalid value: "string": '
+        "spec.rayClusterConfig.enableInTreeAutoscaling in body must be of type boolean: "
+        '"string"',
         "unknown field .spec.rayClusterConfig.workerGroupSpecs[0].maxReplica",
     ]
 
