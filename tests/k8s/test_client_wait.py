@@ -11,11 +11,9 @@ import logging
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from serve_app.k8s.client import RayServiceClient
 from serve_app.k8s.errors import RayServiceFailed, RayServiceNotFound, RayServiceWaitTimeout

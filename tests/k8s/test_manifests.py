@@ -20,8 +20,8 @@ import yaml
 
 from serve_app.app_args import ModelAppArgs, ServerAppArgs
 from serve_app.config import load_app_config
-from tests.k8s import crd_schema as crds
 from serve_app.k8s.render import PROFILES, PROXY_LOCATION, ClusterProfile, serve_config_text
+from tests.k8s import crd_schema as crds
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # ids "<name>-overlay": tests/conftest.py skips items with a bare "gpu" keyword (no CUDA),
