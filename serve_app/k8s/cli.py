@@ -68,10 +68,13 @@ def _apply(a: argparse.Namespace) -> int:
         raise InvalidManifest(f"{a.filename}: no {API_VERSION} {KIND} document ({found})")
     client = _client(a)
     for doc in rayservices:
-        r = client.apply(doc)
+        r = client.apply(doc, force_conflicts=a.force_conflicts)
+        for warning in r.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+        what = "" if r.spec_changed or r.action == "unchanged" else ", metadata only"
         print(
             f"rayservice.ray.io/{r.name} {r.action} "
-            f"(namespace {r.namespace}, generation {r.generation})"
+            f"(namespace {r.namespace}, generation {r.generation}{what})"
         )
     for s in skipped:
         print(f"skipped {s}: `serve-app k8s apply` applies RayServices only; use kubectl apply")
@@ -149,13 +152,20 @@ def _delete(a: argparse.Namespace) -> int:
 
     client = _client(a)
     try:
-        client.delete(a.name)
+        result = client.delete(a.name)
     except RayServiceNotFound as e:
         if not a.ignore_not_found:
             raise
         print(f"{e} (ignored)")
         return 0
-    print(f"rayservice.ray.io/{a.name} deleted (namespace {client.namespace})")
+    where = f"rayservice.ray.io/{a.name}"
+    if not result.deleted:
+        finalizers = ", ".join(result.finalizers)
+        print(f"{where} deleting (namespace {client.namespace}, finalizers: {finalizers})")
+        if not a.wait:
+            return 0
+        client.wait_deleted(a.name, a.timeout_s)
+    print(f"{where} deleted (namespace {client.namespace})")
     return 0
 
 
@@ -183,9 +193,14 @@ def add_k8s_commands(subparsers: Any) -> argparse.ArgumentParser:
     ksub = k8s.add_subparsers(dest="k8s_command", required=True)
 
     ap = ksub.add_parser(
-        "apply", parents=[common], help="create or merge-patch the RayServices of a YAML file"
+        "apply", parents=[common], help="server-side apply the RayServices of a YAML file"
     )
     ap.add_argument("-f", "--filename", required=True, help="YAML file ('-': stdin)")
+    ap.add_argument(
+        "--force-conflicts",
+        action="store_true",
+        help="take over fields another field manager (kubectl edit, ...) set differently",
+    )
     ap.set_defaults(func=_apply)
 
     st = ksub.add_parser("status", parents=[common], help="conditions, clusters and apps")
@@ -204,5 +219,7 @@ def add_k8s_commands(subparsers: Any) -> argparse.ArgumentParser:
     de = ksub.add_parser("delete", parents=[common], help="delete a RayService")
     de.add_argument("name", help="RayService name")
     de.add_argument("--ignore-not-found", action="store_true", help="exit 0 when absent")
+    de.add_argument("--wait", action="store_true", help="wait until KubeRay's finalizer lets it go")
+    de.add_argument("--timeout-s", type=float, default=300.0, help="--wait gives up after")
     de.set_defaults(func=_delete)
     return k8s

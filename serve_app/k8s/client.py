@@ -9,6 +9,7 @@ the kubeconfig or the in-cluster config is loaded on first use, never at import.
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -20,8 +21,11 @@ from serve_app.k8s.errors import (
     KubeConfigError,
     KubernetesApiError,
     KubernetesUnreachable,
-    RayServiceAlreadyExists,
+    RayServiceConflict,
+    RayServiceDeleteTimeout,
     RayServiceFailed,
+    RayServiceNotFound,
+    RayServiceTerminating,
     RayServiceWaitTimeout,
     error_from_api_exception,
 )
@@ -35,7 +39,10 @@ VERSION = "v1"
 PLURAL = "rayservices"
 KIND = "RayService"
 API_VERSION = f"{GROUP}/{VERSION}"
-MERGE_PATCH = "application/merge-patch+json"
+APPLY_PATCH = "application/apply-patch+yaml"
+FIELD_MANAGER = "serve-app"
+"""Server-side apply field manager of this client (``kubectl apply --server-side`` uses
+``kubectl``): the fields it applied are the fields a later apply may remove."""
 # Set by the API server; sending them back on create is an error, on patch a surprise.
 _SERVER_METADATA = (
     "uid",
@@ -57,7 +64,13 @@ class ApplyResult:
     """What :meth:`RayServiceClient.apply` did and the object the server returned."""
 
     action: Literal["created", "configured", "unchanged"]
+    """``configured``: the spec (``generation`` moved) or the labels/annotations changed."""
     object: dict[str, Any]
+    """The object as stored after the apply."""
+    spec_changed: bool = False
+    """``generation`` moved: KubeRay will reconcile a new spec."""
+    warnings: tuple[str, ...] = ()
+    """The API server's ``Warning`` headers (deprecations, ignored fields)."""
 
     @property
     def name(self) -> str:
@@ -75,8 +88,23 @@ class ApplyResult:
         return int(self.object["metadata"].get("generation", 0))
 
 
+@dataclass(frozen=True)
+class DeleteResult:
+    """What :meth:`RayServiceClient.delete` left behind."""
+
+    deleted: bool
+    """Gone at once (no finalizer held it)."""
+    object: dict[str, Any]
+    """The API server's answer: the object being deleted, or a ``Status``."""
+
+    @property
+    def finalizers(self) -> tuple[str, ...]:
+        """Finalizers still holding the object (KubeRay's, while it cleans up)."""
+        return tuple((self.object.get("metadata") or {}).get("finalizers") or ())
+
+
 class RayServiceClient:
-    """Create, patch, read, wait for and delete RayServices.
+    """Apply (server-side), read, wait for and delete RayServices.
 
     Args:
         api: A configured ``CustomObjectsApi``. ``None``: built on first use from
@@ -153,46 +181,80 @@ class RayServiceClient:
                 f"cannot reach the Kubernetes API server at {host}: {e}"
             ) from e
 
-    def apply(self, manifest: dict[str, Any]) -> ApplyResult:
-        """Create the RayService, or merge-patch it when it already exists.
+    def apply(
+        self,
+        manifest: dict[str, Any],
+        *,
+        force_conflicts: bool = False,
+        field_manager: str = FIELD_MANAGER,
+    ) -> ApplyResult:
+        """Server-side apply the RayService, as ``kubectl apply --server-side`` does.
 
-        Create comes first; a 409 ``AlreadyExists`` turns into a JSON merge patch
-        (RFC 7386) of the manifest. Server-set metadata and ``status`` are never sent. A
-        ``metadata.resourceVersion`` in the manifest is dropped on create and kept on
-        patch, where it is an optimistic-concurrency precondition (409 when stale). As
-        with any merge patch, a field absent from the manifest is left as it is on the
-        server; set it to ``null`` to remove it.
+        One ``PATCH`` with ``application/apply-patch+yaml``, ``fieldManager`` and
+        ``fieldValidation=Strict``: the server creates the object when it is absent,
+        rejects fields the CRD does not declare (400, naming them) instead of dropping
+        them, and removes the fields this manager applied before but the manifest no
+        longer has. Server-set metadata and ``status`` are never sent; a
+        ``metadata.resourceVersion`` in the manifest is a precondition (409 when stale)
+        on an existing object and dropped when there is none (an export re-applies).
 
         Args:
             manifest: A ``ray.io/v1`` ``RayService`` document.
+            force_conflicts: Take over fields another manager (``kubectl edit``, a
+                client-side ``kubectl apply``) set to a different value, instead of 409.
+            field_manager: The manager name recorded in ``metadata.managedFields``.
 
         Returns:
-            The action taken and the object as stored.
+            The action taken and the object as stored. ``unchanged`` means the
+            ``generation`` (the spec) and the labels and annotations did not move.
 
         Raises:
             InvalidManifest: Not a ray.io/v1 RayService with a metadata.name.
-            RayServiceConflict: Stale resourceVersion on patch.
-            KubernetesApiError: Any other API error.
+            RayServiceTerminating: The object is being deleted; applying would change an
+                object that is about to go.
+            RayServiceConflict: Fields owned by another manager, or a stale
+                resourceVersion.
+            KubernetesApiError: Any other API error (400 unknown field, 422 invalid).
         """
         body = _prepare_manifest(manifest)
         meta = body["metadata"]
         name = meta["name"]
         ns = meta.setdefault("namespace", self.namespace)
-        create_body = copy.deepcopy(body)
-        create_body["metadata"].pop("resourceVersion", None)
         try:
-            created = self._call("create_namespaced_custom_object", ns, create_body)
-            return ApplyResult("created", created)
-        except RayServiceAlreadyExists:
-            pass
-        before = self.get(name, namespace=ns)
-        patched = self._call(
-            "patch_namespaced_custom_object", ns, name, body, _content_type=MERGE_PATCH
+            before: dict[str, Any] | None = self.get(name, namespace=ns)
+        except RayServiceNotFound:
+            before = None
+        if before is None:
+            meta.pop("resourceVersion", None)  # a precondition on an object that is gone
+        elif before["metadata"].get("deletionTimestamp"):
+            raise RayServiceTerminating.of(before)
+        try:
+            response = self._call(
+                "patch_namespaced_custom_object", ns, name, body,
+                field_manager=field_manager, field_validation="Strict",
+                force=True if force_conflicts else None,
+                _content_type=APPLY_PATCH, _preload_content=False,
+            )  # fmt: skip
+        except RayServiceConflict as e:
+            if not str(e).startswith("Apply failed with"):  # a stale resourceVersion
+                raise
+            raise RayServiceConflict(
+                f"{e} (fields set by another manager, e.g. kubectl; apply with "
+                "--force-conflicts to take them over)",
+                e.status_code,
+                e.reason,
+            ) from e
+        applied = json.loads(response.data)
+        warnings = tuple(_warnings(response.headers))
+        for w in warnings:
+            logger.warning("rayservice %s/%s: API server warning: %s", ns, name, w)
+        if before is None:
+            return ApplyResult("created", applied, True, warnings)
+        spec_changed = _generation(applied) != _generation(before)
+        changed = spec_changed or _labels(applied) != _labels(before)
+        return ApplyResult(
+            "configured" if changed else "unchanged", applied, spec_changed, warnings
         )
-        # The API server skips no-op writes, so an equal resourceVersion means no change.
-        rv_before = before["metadata"].get("resourceVersion")
-        same = patched["metadata"].get("resourceVersion") == rv_before
-        return ApplyResult("unchanged" if same else "configured", patched)
 
     def get(self, name: str, *, namespace: str | None = None) -> dict[str, Any]:
         """The RayService object as the API server returns it.
@@ -211,18 +273,54 @@ class RayServiceClient:
         """
         return RayServiceStatus.from_object(self.get(name, namespace=namespace))
 
-    def delete(self, name: str, *, namespace: str | None = None) -> dict[str, Any]:
+    def delete(self, name: str, *, namespace: str | None = None) -> DeleteResult:
         """Delete the RayService; KubeRay's owner references remove its RayClusters.
 
+        KubeRay puts a finalizer on the RayServices it manages, so the API server
+        usually answers with the object, now carrying ``deletionTimestamp``, and removes
+        it once the operator has cleaned up (:meth:`wait_deleted`).
+
         Returns:
-            The API server's answer (a ``Status`` with ``details.uid`` for custom
-            resources).
+            Whether it is gone already, and what the server answered.
 
         Raises:
             RayServiceNotFound: No such RayService.
         """
         ns = namespace or self.namespace
-        return self._call("delete_namespaced_custom_object", ns, name)
+        answer = self._call("delete_namespaced_custom_object", ns, name)
+        return DeleteResult(deleted=answer.get("kind") == "Status", object=answer)
+
+    def wait_deleted(
+        self,
+        name: str,
+        timeout_s: float,
+        poll_interval_s: float = 1.0,
+        *,
+        namespace: str | None = None,
+    ) -> None:
+        """Poll until the RayService is gone (its finalizers removed by KubeRay).
+
+        Raises:
+            RayServiceDeleteTimeout: Still there after ``timeout_s``; names the
+                finalizers that hold it.
+        """
+        ns = namespace or self.namespace
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                obj = self.get(name, namespace=ns)
+            except RayServiceNotFound:
+                return
+            remaining_s = deadline - time.monotonic()
+            if remaining_s <= 0:
+                finalizers = ", ".join(obj["metadata"].get("finalizers") or ()) or "none"
+                raise RayServiceDeleteTimeout(
+                    f"rayservice {ns}/{name} still exists after {timeout_s:g} s "
+                    f"(finalizers: {finalizers}; is the KubeRay operator running?)",
+                    name,
+                    timeout_s,
+                )
+            time.sleep(min(poll_interval_s, remaining_s))
 
     def wait_ready(
         self,
@@ -294,6 +392,25 @@ class RayServiceClient:
                     last,
                 )
             time.sleep(min(poll_interval_s, remaining_s))
+
+
+def _generation(obj: dict[str, Any]) -> int:
+    return int(obj["metadata"].get("generation", 0))
+
+
+def _labels(obj: dict[str, Any]) -> tuple[Any, Any]:
+    meta = obj["metadata"]
+    return meta.get("labels") or {}, meta.get("annotations") or {}
+
+
+def _warnings(headers: Any) -> list[str]:
+    """The text of each RFC 7234 ``Warning: 299 - "text"`` header."""
+    raw = headers.getlist("Warning") if hasattr(headers, "getlist") else []
+    out = []
+    for value in raw:
+        _, _, text = value.partition(" - ")
+        out.append(text.strip().strip('"') or value)
+    return out
 
 
 def _is_transient(e: KubernetesApiError) -> bool:

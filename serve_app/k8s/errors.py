@@ -98,6 +98,35 @@ class RayServiceWaitTimeout(KubernetesError):
         self.last_status = last_status
 
 
+class RayServiceTerminating(KubernetesApiError):
+    """The RayService is being deleted (``deletionTimestamp`` set, finalizers pending)."""
+
+    def __init__(self, message: str, status_code: int = 409, reason: str = "Terminating") -> None:
+        super().__init__(message, status_code, reason)
+
+    @classmethod
+    def of(cls, obj: dict[str, Any]) -> RayServiceTerminating:
+        """The error for an object that carries ``deletionTimestamp``."""
+        meta = obj["metadata"]
+        finalizers = ", ".join(meta.get("finalizers") or ()) or "none"
+        return cls(
+            f"rayservice {meta.get('namespace')}/{meta['name']} is being deleted (since "
+            f"{meta['deletionTimestamp']}, finalizers: {finalizers}); wait until it is gone "
+            "(`serve-app k8s delete --wait`), then apply again"
+        )
+
+
+class RayServiceDeleteTimeout(KubernetesError):
+    """``wait_deleted`` ran out of time: finalizers still hold the object."""
+
+    status_code = 504
+
+    def __init__(self, message: str, name: str, timeout_s: float) -> None:
+        super().__init__(message, name, timeout_s)
+        self.name = name
+        self.timeout_s = timeout_s
+
+
 class RayServiceFailed(KubernetesError):
     """The RayService reached a state that waiting cannot fix (e.g. ``InitializingTimeout``)."""
 

@@ -150,6 +150,7 @@ class FakeApiServer:
         self.queries: list[dict[str, str]] = []  # query parameters, in request order
         self._scripts: dict[tuple[str, str], deque[dict[str, Any]]] = {}
         self._faults: deque[tuple[str, ApiError]] = deque()
+        self._warnings: list[tuple[str, str]] = []
         self._rv = 1000
         self._lock = threading.RLock()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self))
@@ -214,6 +215,11 @@ class FakeApiServer:
         with self._lock:
             self._faults.append((method, ApiError(code, reason, message)))
 
+    def warn_next(self, method: str, text: str) -> None:
+        """The next response to ``method`` carries this ``Warning`` (e.g. a deprecation)."""
+        with self._lock:
+            self._warnings.append((method, text))
+
     def stored(self, namespace: str, name: str) -> dict[str, Any]:
         with self._lock:
             return copy.deepcopy(self._get(namespace, name))
@@ -238,6 +244,8 @@ class FakeApiServer:
                 '"Ignore", "Strict", "Warn"',
             )
         with self._lock:
+            req.warnings += [text for m, text in self._warnings if m == method]
+            self._warnings = [(m, text) for m, text in self._warnings if m != method]
             for i, (fault_method, err) in enumerate(self._faults):
                 if fault_method == method:
                     del self._faults[i]

@@ -9,6 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 T0 = "2026-01-05T10:00:00Z"
+RAYSERVICE_FINALIZER = "ray.io/rayservice-finalizer"
+"""Added by the RayService controller on its first reconcile (checked: see below)."""
 
 # KubeRay v1.7 status builders (shapes from rayservice_types.go / raycluster_types.go;
 # condition reasons and messages from rayservice_controller.go calculateConditions).

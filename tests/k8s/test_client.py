@@ -77,74 +77,6 @@ def client(server: fk.FakeApiServer) -> RayServiceClient:
 # --- CRUD and errors -------------------------------------------------------------------
 
 
-def test_apply_creates_with_server_metadata(client: RayServiceClient, server) -> None:
-    result = client.apply(manifest())
-    meta = result.object["metadata"]
-    assert (result.action, result.name, result.namespace, result.generation) == (
-        "created",
-        "demo",
-        NS,
-        1,
-    )
-    assert len(meta["uid"]) == 36 and meta["resourceVersion"].isdigit()
-    assert meta["creationTimestamp"].endswith("Z")
-    assert "status" not in result.object
-    assert client.get("demo") == server.stored(NS, "demo") == result.object
-    assert server.requests == [
-        ("POST", f"/apis/ray.io/v1/namespaces/{NS}/rayservices", ""),  # JSON by default
-        ("GET", f"/apis/ray.io/v1/namespaces/{NS}/rayservices/demo", ""),
-    ]
-
-
-def test_apply_existing_merge_patches_and_bumps_generation(client, server) -> None:
-    created = client.apply(manifest()).object
-    server.set_status(NS, "demo", kr.ready(1, CLUSTER_A, {"embed": "RUNNING"}))
-    server.requests.clear()
-
-    changed = client.apply(manifest(image="rayproject/ray:2.60.0-py311-cu128"))
-
-    assert changed.action == "configured" and changed.generation == 2
-    meta = changed.object["metadata"]
-    assert meta["uid"] == created["metadata"]["uid"]
-    assert int(meta["resourceVersion"]) > int(created["metadata"]["resourceVersion"])
-    container = changed.object["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"][
-        "containers"
-    ][0]
-    assert container["image"] == "rayproject/ray:2.60.0-py311-cu128"
-    # The operator's status survives a spec patch.
-    assert changed.object["status"]["numServeEndpoints"] == 2
-    path = f"/apis/ray.io/v1/namespaces/{NS}/rayservices"
-    assert server.requests == [
-        ("POST", path, ""),  # 409 AlreadyExists
-        ("GET", f"{path}/demo", ""),
-        ("PATCH", f"{path}/demo", "application/merge-patch+json"),
-    ]
-
-    again = client.apply(manifest(image="rayproject/ray:2.60.0-py311-cu128"))
-    assert (again.action, again.generation) == ("unchanged", 2)
-    assert again.object["metadata"]["resourceVersion"] == meta["resourceVersion"]
-
-
-def test_apply_label_change_keeps_generation(client) -> None:
-    client.apply(manifest())
-    result = client.apply({**manifest(), "metadata": {"name": "demo", "labels": {"team": "a"}}})
-    assert (result.action, result.generation) == ("configured", 1)
-    # Merge patch: labels merge, nothing is removed.
-    assert result.object["metadata"]["labels"] == {"app": "serve-app", "team": "a"}
-
-
-def test_apply_drops_server_fields_and_status(client, server) -> None:
-    exported = client.apply(manifest()).object
-    exported["status"] = kr.ready(1, CLUSTER_A, {"embed": "RUNNING"})
-    client.delete("demo")
-
-    recreated = client.apply(exported)  # a `kubectl get -o yaml` export applies cleanly
-
-    assert recreated.action == "created"
-    assert recreated.object["metadata"]["uid"] != exported["metadata"]["uid"]
-    assert "status" not in server.stored(NS, "demo")
-
-
 def test_apply_with_stale_resource_version_conflicts(client) -> None:
     old_rv = client.apply(manifest()).object["metadata"]["resourceVersion"]
     client.apply(manifest(image="rayproject/ray:2.60.0-py311-cu128"))
@@ -181,19 +113,6 @@ def test_missing_rayservice_raises_not_found(client, call: str) -> None:
         "NotFound",
         NOT_FOUND,
     )
-
-
-def test_delete_returns_status_and_removes(client, server) -> None:
-    uid = client.apply(manifest()).object["metadata"]["uid"]
-    answer = client.delete("demo")
-    assert answer == {
-        "kind": "Status",
-        "apiVersion": "v1",
-        "metadata": {},
-        "status": "Success",
-        "details": {"name": "demo", "group": "ray.io", "kind": "rayservices", "uid": uid},
-    }
-    assert server.objects == {}
 
 
 def test_namespace_from_manifest_wins(client, server) -> None:

@@ -10,6 +10,7 @@ import argparse
 import json
 import re
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -96,6 +97,13 @@ def test_apply_applies_rayservices_and_names_skipped_kinds(tmp_path, kubeconfig,
     assert (code, out) == (0, f"rayservice.ray.io/demo configured (namespace {NS}, generation 2)\n")
     code, out, _ = run_cli(["k8s", "apply", "-f", again, "--kubeconfig", kubeconfig], capsys)
     assert (code, out) == (0, f"rayservice.ray.io/demo unchanged (namespace {NS}, generation 2)\n")
+    labelled = fk.rayservice_manifest(image="ray:new")
+    labelled["metadata"]["labels"]["team"] = "a"
+    code, out, _ = run_cli(
+        ["k8s", "apply", "-f", write_docs(tmp_path, labelled), "--kubeconfig", kubeconfig], capsys
+    )
+    line = f"rayservice.ray.io/demo configured (namespace {NS}, generation 2, metadata only)"
+    assert (code, out) == (0, line + "\n")
 
 
 def test_apply_namespace_option(tmp_path, kubeconfig, server, capsys) -> None:
@@ -203,6 +211,27 @@ def test_delete(tmp_path, kubeconfig, server, capsys) -> None:
     assert run_cli(delete, capsys) == (2, "", 'error: rayservices.ray.io "demo" not found\n')
     assert run_cli([*delete, "--ignore-not-found"], capsys) == (
         0, 'rayservices.ray.io "demo" not found (ignored)\n', "")  # fmt: skip
+
+
+def test_delete_held_by_a_finalizer_waits(tmp_path, kubeconfig, server, capsys) -> None:
+    run_cli(["k8s", "apply", "-f", write_docs(tmp_path, fk.rayservice_manifest()),
+             "--kubeconfig", kubeconfig], capsys)  # fmt: skip
+    server.add_finalizer(NS, "demo", kr.RAYSERVICE_FINALIZER)
+    delete = ["k8s", "delete", "demo", "--kubeconfig", kubeconfig]
+    deleting = (
+        f"rayservice.ray.io/demo deleting (namespace {NS}, finalizers: {kr.RAYSERVICE_FINALIZER})\n"
+    )
+    assert run_cli(delete, capsys) == (0, deleting, "")
+    assert run_cli([*delete, "--wait", "--timeout-s", "0.1"], capsys) == (
+        2,
+        deleting,
+        f"error: rayservice {NS}/demo still exists after 0.1 s (finalizers: "
+        f"{kr.RAYSERVICE_FINALIZER}; is the KubeRay operator running?)\n",
+    )
+    threading.Timer(0.3, server.remove_finalizer, (NS, "demo", kr.RAYSERVICE_FINALIZER)).start()
+    assert run_cli([*delete, "--wait", "--timeout-s", "10"], capsys) == (
+        0, deleting + f"rayservice.ray.io/demo deleted (namespace {NS})\n", "")  # fmt: skip
+    assert not server.exists(NS, "demo")
 
 
 def test_context_option_selects_the_cluster(kubeconfig, server, capsys) -> None:
