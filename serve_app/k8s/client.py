@@ -330,11 +330,14 @@ class RayServiceClient:
         on_progress: ProgressFn | None = None,
         *,
         namespace: str | None = None,
+        validation_grace_s: float = 10.0,
     ) -> RayServiceStatus:
-        """Poll until the RayService serves its latest spec (see ``is_ready``).
+        """Poll until the RayService serves its latest spec (see ``not_ready_reason``).
 
         Transient API errors (5xx, 429, unreachable) are retried until the deadline; a
-        404 is raised at once.
+        404 is raised at once. KubeRay's ``ValidationFailed`` fails the wait once it has
+        held for ``validation_grace_s`` with the current generation unobserved: KubeRay
+        reconciles a new spec within moments, and never retries a rejected one.
 
         Args:
             name: RayService name.
@@ -343,14 +346,17 @@ class RayServiceClient:
             on_progress: Called with ``(status, elapsed_s)`` for the first status and
                 each time its one-line summary changes.
             namespace: Overrides the client's namespace.
+            validation_grace_s: How long a ``ValidationFailed`` may be the previous
+                generation's before it is taken as the current one's.
 
         Returns:
             The first ready status.
 
         Raises:
             RayServiceWaitTimeout: Not ready in time; carries the last status read.
-            RayServiceFailed: A state waiting cannot fix (``InitializingTimeout``, an
-                application in ``DEPLOY_FAILED`` for the current generation).
+            RayServiceFailed: A state waiting cannot fix (``InitializingTimeout``,
+                ``ValidationFailed`` of the current spec, an application in
+                ``DEPLOY_FAILED`` for the current generation).
             RayServiceNotFound: The RayService does not exist (or was deleted).
         """
         if timeout_s < 0 or poll_interval_s <= 0:
@@ -360,6 +366,7 @@ class RayServiceClient:
         last: RayServiceStatus | None = None
         last_line = ""
         last_error: KubernetesApiError | None = None
+        invalid_since: float | None = None
         while True:
             try:
                 status = self.status(name, namespace=ns)
@@ -378,11 +385,20 @@ class RayServiceClient:
                 if status.is_ready:
                     return status
                 why = status.terminal_failure
+                invalid = status.validation_failure()
+                now = time.monotonic()
+                invalid_since = (invalid_since or now) if invalid else None
+                if invalid and now - (invalid_since or now) >= validation_grace_s:
+                    why = f"{invalid} (generation {status.generation} not accepted)"
                 if why is not None:
                     raise RayServiceFailed(f"rayservice {ns}/{name} failed: {why}", name, status)
             remaining_s = start + timeout_s - time.monotonic()
             if remaining_s <= 0:
-                detail = f"last status: {last_line}" if last is not None else "no status read"
+                detail = (
+                    f"waiting for: {last.not_ready_reason}; last status: {last_line}"
+                    if last is not None
+                    else "no status read"
+                )
                 if last_error is not None:
                     detail += f"; last error: {last_error}"
                 raise RayServiceWaitTimeout(

@@ -11,16 +11,22 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 READY = "Ready"
 UPGRADE_IN_PROGRESS = "UpgradeInProgress"
+ROLLBACK_IN_PROGRESS = "RollbackInProgress"
 APP_RUNNING = "RUNNING"
 APP_DEPLOY_FAILED = "DEPLOY_FAILED"
+DEPLOYMENT_HEALTHY = "HEALTHY"
 # KubeRay never leaves InitializingTimeout (delete and recreate the RayService).
-# ValidationFailed is not terminal here: the condition stays until endpoints appear, even
-# after a fixed spec validates, so it cannot tell a stale failure from a current one.
 TERMINAL_READY_REASONS = ("InitializingTimeout",)
+VALIDATION_FAILED = "ValidationFailed"
+"""KubeRay v1.7 rejected the spec or metadata. It records this without moving
+``status.observedGeneration`` and does not retry until the spec changes; after a fix the
+condition stays until endpoints appear, so only ``observedGeneration < generation`` says
+the failure is about the current spec (see ``validation_failure``)."""
 
 
 class _Model(BaseModel):
@@ -120,6 +126,11 @@ class RayServiceStatus(_Model):
     pending: ClusterServiceStatus | None = Field(None, description="RayCluster being prepared.")
     num_serve_endpoints: int = Field(0, description="Ready Serve endpoints (pods).")
     last_update_time: datetime | None = Field(None, description="status.lastUpdateTime.")
+    expected_apps: frozenset[str] | None = Field(
+        None,
+        description="Application names of spec.serveConfigV2 (None: the spec names none, "
+        "or it does not parse); readiness needs each of them RUNNING.",
+    )
 
     @classmethod
     def from_object(cls, obj: dict[str, Any]) -> RayServiceStatus:
@@ -144,6 +155,7 @@ class RayServiceStatus(_Model):
             pending=ClusterServiceStatus.parse(raw.get("pendingServiceStatus")),
             num_serve_endpoints=raw.get("numServeEndpoints", 0),
             last_update_time=raw.get("lastUpdateTime"),
+            expected_apps=_serve_config_apps((obj.get("spec") or {}).get("serveConfigV2")),
         )
 
     def condition(self, type_: str) -> Condition | None:
@@ -166,26 +178,75 @@ class RayServiceStatus(_Model):
         return self.upgrade is not None and self.upgrade.is_true
 
     @property
+    def rollback_in_progress(self) -> bool:
+        """``RollbackInProgress`` is True (v1.7): KubeRay is returning to the old spec."""
+        c = self.condition(ROLLBACK_IN_PROGRESS)
+        return c is not None and c.is_true
+
+    @property
     def is_observed(self) -> bool:
         """KubeRay has reconciled the latest spec (``observedGeneration >= generation``)."""
         return self.observed_generation >= self.generation > 0
 
     @property
     def is_ready(self) -> bool:
-        """Serving the latest spec: what ``wait_ready`` waits for.
+        """Serving the latest spec: what ``wait_ready`` waits for (``not_ready_reason``)."""
+        return self.not_ready_reason is None
 
-        ``Ready`` is True, the status reflects the current generation, no upgrade is in
-        flight and every application of the active cluster is ``RUNNING``. ``Ready``
-        alone stays True on the old cluster during a zero-downtime upgrade.
+    @property
+    def not_ready_reason(self) -> str | None:
+        """Why the RayService does not serve its latest spec yet, or ``None`` when it does.
+
+        KubeRay's ``Ready`` only says that a serve endpoint exists: it stays True on the
+        old cluster during an upgrade and while an in-place Serve update is still
+        deploying. So this also needs the current generation observed, no upgrade or
+        rollback in flight, and on the active cluster every application that
+        ``serveConfigV2`` names (at least one) ``RUNNING`` with every deployment
+        ``HEALTHY``.
         """
-        return (
-            self.ready is not None
-            and self.ready.is_true
-            and self.is_observed
-            and not self.upgrade_in_progress
-            and self.active is not None
-            and all(a.status == APP_RUNNING for a in self.active.applications.values())
-        )
+        ready = self.ready
+        if ready is None or not ready.is_true:
+            return f"Ready is {ready.status if ready else 'not set'}" + (
+                f" ({ready.reason})" if ready and ready.reason else ""
+            )
+        if not self.is_observed:
+            return f"KubeRay has not reconciled generation {self.generation} yet"
+        if self.upgrade_in_progress:
+            return "an upgrade is in progress (pending cluster)"
+        if self.rollback_in_progress:
+            return "a rollback is in progress"
+        if self.active is None:
+            return "no active cluster"
+        apps = self.active.applications
+        if not apps:
+            return "the active cluster reports no application yet"
+        missing = sorted((self.expected_apps or frozenset()) - apps.keys())
+        if missing:
+            return f"application {', '.join(missing)} not reported by the active cluster"
+        for name, app in sorted(apps.items()):
+            if app.status != APP_RUNNING:
+                return f"application {name} is {app.status or 'UNKNOWN'}"
+            for dep_name, dep in sorted(app.deployments.items()):
+                if dep.status != DEPLOYMENT_HEALTHY:
+                    return f"deployment {name}/{dep_name} is {dep.status or 'UNKNOWN'}"
+        return None
+
+    def validation_failure(self) -> str | None:
+        """KubeRay's message when it rejected the current spec, else ``None``.
+
+        Only meaningful once KubeRay had time to see the current generation: right after
+        an apply, a ``ValidationFailed`` of the previous generation looks the same
+        (``wait_ready`` allows ``validation_grace_s`` for that).
+        """
+        ready = self.ready
+        if (
+            ready is not None
+            and not ready.is_true
+            and ready.reason == VALIDATION_FAILED
+            and self.observed_generation < self.generation
+        ):
+            return f"{VALIDATION_FAILED}: {ready.message}"
+        return None
 
     @property
     def terminal_failure(self) -> str | None:
@@ -223,3 +284,18 @@ class RayServiceStatus(_Model):
         if self.pending is not None:
             parts.append(f"pending={self.pending.apps_summary()}")
         return " ".join(parts)
+
+
+def _serve_config_apps(text: Any) -> frozenset[str] | None:
+    """Application names in a ``serveConfigV2`` string (YAML or JSON), or ``None``."""
+    if not isinstance(text, str):
+        return None
+    try:
+        config = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return None
+    apps = config.get("applications") if isinstance(config, dict) else None
+    if not isinstance(apps, list):
+        return None
+    names = {a.get("name", "default") for a in apps if isinstance(a, dict)}
+    return frozenset(str(n) for n in names) or None

@@ -6,6 +6,7 @@ messages from ``rayservice_controller.go`` ``calculateConditions``.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 T0 = "2026-01-05T10:00:00Z"
@@ -56,9 +57,11 @@ def cluster_status(cluster: str, state: str | None = "ready", workers: int = 1) 
 
 
 def service_status(cluster: str, apps: dict[str, str] | None,
-                   state: str | None = "ready") -> dict[str, Any]:
+                   state: str | None = "ready",
+                   deployment: str | None = None) -> dict[str, Any]:
     """activeServiceStatus/pendingServiceStatus; ``apps``: app name -> Serve app status
-    (``None``: KubeRay does not poll this cluster's apps). One deployment per app."""
+    (``None``: KubeRay does not poll this cluster's apps). One deployment per app, whose
+    status follows the app's unless ``deployment`` says otherwise."""
     out: dict[str, Any] = {"rayClusterName": cluster,
                            "rayClusterStatus": cluster_status(cluster, state)}
     if apps is not None:
@@ -66,7 +69,8 @@ def service_status(cluster: str, apps: dict[str, str] | None,
             "status": st,
             **({"message": f"Deploying app '{app}' failed."} if st == "DEPLOY_FAILED" else {}),
             "serveDeploymentStatuses": {
-                f"{app.title()}Model": {"status": _DEPLOYMENT_STATUS.get(st, "UPDATING")}},
+                f"{app.title()}Model": {
+                    "status": deployment or _DEPLOYMENT_STATUS.get(st, "UPDATING")}},
         } for app, st in apps.items()}
     return out
 
@@ -95,10 +99,36 @@ def initializing(generation: int, cluster: str, apps: dict[str, str] | None = No
 
 
 def ready(generation: int, cluster: str, apps: dict[str, str],
-          endpoints: int = 2) -> dict[str, Any]:
-    """Serving from ``cluster``, no pending cluster."""
+          endpoints: int = 2, deployment: str | None = None) -> dict[str, Any]:
+    """Serving from ``cluster``, no pending cluster. KubeRay's Ready only counts serve
+    endpoints: it stays True while an in-place Serve update redeploys the apps."""
     return rayservice_status(generation, ready=READY, upgrade=NO_PENDING, endpoints=endpoints,
-                             active=service_status(cluster, apps), pending=None)
+                             active=service_status(cluster, apps, deployment=deployment),
+                             pending=None)
+
+
+def validation_failed(prior: dict[str, Any] | None, message: str,
+                      at: str = T0) -> dict[str, Any]:
+    """KubeRay v1.7 rejected the spec (``validateRayService``): Ready turns False with
+    reason ValidationFailed and the message; ``observedGeneration`` (of the status and of
+    the condition) stays where it was, and nothing else moves."""
+    st = copy.deepcopy(prior) if prior else {
+        "activeServiceStatus": empty_service_status(),
+        "pendingServiceStatus": empty_service_status()}
+    observed = st.get("observedGeneration", 0)
+    others = [c for c in st.get("conditions", []) if c["type"] != "Ready"]
+    st["conditions"] = [condition("Ready", "False", "ValidationFailed", message, observed, at),
+                        *others]
+    st["lastUpdateTime"] = at
+    return st
+
+
+def rolling_back(generation: int, cluster: str, apps: dict[str, str]) -> dict[str, Any]:
+    """v1.7 rollback: the spec went back to the active cluster's while an upgrade ran."""
+    st = ready(generation, cluster, apps)
+    st["conditions"].append(condition("RollbackInProgress", "True", "DesiredClusterSpecChanged",
+                                      "Rolling back to the active cluster", generation))
+    return st
 
 
 def upgrading(generation: int, active: str, pending: str, pending_apps: dict[str, str] | None,

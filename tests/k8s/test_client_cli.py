@@ -197,7 +197,8 @@ def test_wait_timeout_exits_2(tmp_path, kubeconfig, server, capsys) -> None:
     unset = "Ready=Unknown (not set) UpgradeInProgress=Unknown (not set) endpoints=0"
     assert code == 2 and out.count("\n") == 1
     assert err == (
-        f"error: rayservice {NS}/demo not ready after 0.1 s; last status: {unset} "
+        f"error: rayservice {NS}/demo not ready after 0.1 s; waiting for: Ready is not set; "
+        f"last status: {unset} "
         "generation=0/1 active=-\n"
     )
 

@@ -133,7 +133,8 @@ def test_wait_timeout_carries_the_last_status(client, server) -> None:
     assert 0.2 <= time.monotonic() - start < 1.0
     e = info.value
     assert str(e) == (
-        f"rayservice {NS}/demo not ready after 0.2 s; last status: {INIT} generation=1/1 "
+        f"rayservice {NS}/demo not ready after 0.2 s; waiting for: Ready is False "
+        f"(Initializing); last status: {INIT} generation=1/1 "
         f"active=- pending={A}[embed=DEPLOYING]"
     )
     assert (e.name, e.timeout_s, e.status_code) == ("demo", 0.2, 504)
@@ -198,6 +199,81 @@ def test_serve_config_change_updates_in_place(client, server) -> None:
     assert [s.is_ready for s in seen] == [False, False, True]
 
 
+INVALID = (
+    "The RayService spec is invalid: Ray Autoscaler is required for "
+    "NewClusterWithIncrementalUpgrade"
+)
+
+
+def incremental_manifest() -> dict:
+    doc = fk.rayservice_manifest()
+    doc["spec"]["upgradeStrategy"] = {
+        "type": "NewClusterWithIncrementalUpgrade",
+        "clusterUpgradeOptions": {
+            "gatewayClassName": "istio", "intervalSeconds": 30, "stepSizePercent": 25},
+    }  # fmt: skip
+    return doc
+
+
+def test_validation_failure_of_the_current_spec_fails_the_wait(client, server) -> None:
+    serving = kr.ready(1, A, {"embed": "RUNNING"})
+    server.set_status(NS, "demo", serving)
+    assert client.apply(incremental_manifest()).generation == 2  # no in-tree autoscaler
+    server.set_status(NS, "demo", kr.validation_failed(serving, INVALID))
+
+    start = time.monotonic()
+    with pytest.raises(RayServiceFailed) as info:
+        client.wait_ready("demo", 10, 0.01, validation_grace_s=0.3)
+    elapsed_s = time.monotonic() - start
+
+    assert 0.3 <= elapsed_s < 2
+    assert str(info.value) == (
+        f"rayservice {NS}/demo failed: ValidationFailed: {INVALID} (generation 2 not accepted)"
+    )
+    st = info.value.last_status
+    assert (st.observed_generation, st.generation, st.ready.observed_generation) == (1, 2, 1)
+
+
+def test_validation_failure_of_the_previous_spec_does_not_fail_the_wait(client, server) -> None:
+    client.apply(incremental_manifest())  # generation 2
+    rejected = kr.validation_failed(None, INVALID)  # never validated
+    server.set_status(NS, "demo", rejected)
+    assert client.status("demo").validation_failure() == f"ValidationFailed: {INVALID}"
+
+    assert client.apply(fk.rayservice_manifest()).generation == 3  # fixed
+    fixed = kr.initializing(3, A, {"embed": "DEPLOYING"}, state="ready")
+    fixed["conditions"][0] = rejected["conditions"][0]  # KubeRay keeps it until endpoints
+    server.script_status(
+        NS, "demo", [rejected, rejected, fixed, kr.ready(3, A, {"embed": "RUNNING"})]
+    )
+
+    st, seen = wait(client)
+
+    assert st.is_ready
+    assert [s.validation_failure() is not None for s in seen] == [True, False, False]
+
+
+def test_ready_condition_alone_is_not_readiness(client, server) -> None:
+    server.set_status(NS, "demo", kr.ready(1, A, {}))
+    st = client.status("demo")
+    assert st.ready.is_true and not st.is_ready
+    assert st.not_ready_reason == "the active cluster reports no application yet"
+
+    server.set_status(NS, "demo", kr.ready(1, A, {"other": "RUNNING"}))
+    assert client.status("demo").not_ready_reason == (
+        "application embed not reported by the active cluster"
+    )
+
+    server.set_status(NS, "demo", kr.ready(1, A, {"embed": "RUNNING"}, deployment="UPDATING"))
+    assert client.status("demo").not_ready_reason == "deployment embed/EmbedModel is UPDATING"
+
+    server.set_status(NS, "demo", kr.rolling_back(1, A, {"embed": "RUNNING"}))
+    assert client.status("demo").not_ready_reason == "a rollback is in progress"
+
+    server.set_status(NS, "demo", kr.ready(1, A, {"embed": "RUNNING"}))
+    assert client.status("demo").not_ready_reason is None
+
+
 def test_cluster_change_upgrades_through_a_pending_cluster(client, server) -> None:
     server.set_status(NS, "demo", kr.ready(1, A, {"embed": "RUNNING"}))
     assert wait(client)[0].active.ray_cluster_name == A
@@ -253,6 +329,9 @@ STATUSES = {
     "ready": kr.ready(1, A, {"embed": "RUNNING", "rerank": "RUNNING"}),
     "upgrading": kr.upgrading(2, A, B, None),
     "upgrading-apps": kr.upgrading(2, A, B, {"embed": "DEPLOYING"}),
+    "validation-failed": kr.validation_failed(kr.ready(1, A, {"embed": "RUNNING"}), INVALID),
+    "validation-failed-first": kr.validation_failed(None, INVALID),
+    "rolling-back": kr.rolling_back(2, A, {"embed": "RUNNING"}),
     "initializing-timeout": kr.rayservice_status(
         1,
         ready=("False", "InitializingTimeout", TIMEOUT_MESSAGE),
