@@ -113,9 +113,10 @@ def format_status(st: RayServiceStatus) -> str:
     """
     lines = [
         f"rayservice {st.namespace}/{st.name}: generation {st.generation}, "
-        f"observed {st.observed_generation}, ready: {'yes' if st.is_ready else 'no'}"
+        f"observed {st.observed_generation}, ready: "
+        + ("yes" if st.is_ready else f"no ({st.not_ready_reason})")
     ]
-    for c in (st.ready, st.upgrade):
+    for c in (st.ready, st.upgrade, st.condition("RollbackInProgress")):
         if c is not None:
             lines.append(
                 f"{c.type}: {c.status} ({c.reason})" + (f" {c.message}" if c.message else "")

@@ -163,6 +163,13 @@ def test_status_text_and_json(tmp_path, kubeconfig, server, capsys) -> None:
         ("Ready", "True"), ("UpgradeInProgress", "False")]  # fmt: skip
     assert data["active"]["applications"]["embed"]["status"] == "RUNNING"
 
+    server.set_status(NS, "demo", kr.ready(1, A, {"embed": "RUNNING"}, deployment="UPDATING"))
+    code, out, _ = run_cli(["k8s", "status", "demo", "--kubeconfig", kubeconfig], capsys)
+    assert out.splitlines()[0] == (
+        f"rayservice {NS}/demo: generation 1, observed 1, ready: no (deployment "
+        "embed/EmbedModel is UPDATING)"
+    )
+
 
 def test_wait_prints_progress_until_ready(tmp_path, kubeconfig, server, capsys) -> None:
     run_cli(["k8s", "apply", "-f", write_docs(tmp_path, fk.rayservice_manifest()),
