@@ -318,6 +318,17 @@ class WorkerPodConfig(StrictModel):
             "MIG profile such as nvidia.com/mig-1g.10gb, each slice one GPU to Ray."
         ),
     )
+    max_graceful_shutdown_s: int = Field(
+        60,
+        ge=1,
+        le=3600,
+        description=(
+            "Upper bound of every deployment's graceful_shutdown_timeout_s. The worker "
+            "pods' drain deadline and terminationGracePeriodSeconds are sized from it, so "
+            "changing a deployment's timeout within it stays an in-place Serve update; "
+            "changing this bound changes the pod spec (a new cluster)."
+        ),
+    )
 
 
 class ClusterConfig(StrictModel):

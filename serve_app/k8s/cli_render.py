@@ -1,5 +1,8 @@
 """``serve-app render-k8s [--check]``: write (or check) the generated KubeRay manifests.
 
+Before writing, it prints for each overlay what the change does to a running RayService
+(:mod:`serve_app.k8s.changes`): in place, replicas rolled, not applied, or a new cluster.
+
 ``serve_app.cli`` wires it in with ``add_render_k8s_command(sub)``; nothing runs at import.
 """
 
@@ -11,9 +14,13 @@ from typing import Any
 
 
 def _render_k8s(a: argparse.Namespace) -> int:
+    from serve_app.k8s.changes import format_changes, pending_changes
     from serve_app.k8s.render import render_k8s_files, stale_k8s_files, write_k8s_files
 
     try:
+        for overlay, changes in pending_changes(a.root).items():
+            if changes:
+                print(format_changes(overlay, changes))
         if a.check:
             stale = stale_k8s_files(a.root)
             for path in stale:

@@ -71,6 +71,8 @@ class ClusterProfile:
     draining node is stopped (added to graceful_shutdown_timeout_s for the drain deadline)."""
     gpu_resource: str = "nvidia.com/gpu"
     """Extended resource name of a GPU (a MIG profile such as ``nvidia.com/mig-1g.10gb``)."""
+    max_graceful_shutdown_s: int = 60
+    """Bound of the deployments' graceful_shutdown_timeout_s the pod's drain is sized for."""
 
     def for_app(self, app: AppConfig) -> ClusterProfile:
         """This profile with the worker pod shape of ``app.cluster`` when it sets one."""
@@ -83,6 +85,7 @@ class ClusterProfile:
             worker_memory=w.memory,
             worker_gpus=w.gpus,
             gpu_resource=w.gpu_resource,
+            max_graceful_shutdown_s=w.max_graceful_shutdown_s,
         )
 
     @property
@@ -124,6 +127,16 @@ def check_cluster_app(app: AppConfig, profile: ClusterProfile) -> None:
         # The wrapper that rebinds HAProxy's admin listeners is written on the machine
         # that starts Ray; in a pod the pod network is the boundary.
         raise ValueError("http.admin_host must be null with ingress haproxy in a cluster config")
+    over = {
+        k: v for k, v in graceful_shutdown_s(app).items() if v > profile.max_graceful_shutdown_s
+    }
+    if over:
+        listed = ", ".join(f"{k} {v:g} s" for k, v in sorted(over.items()))
+        raise ValueError(
+            f"graceful_shutdown_timeout_s over cluster.worker.max_graceful_shutdown_s "
+            f"({profile.max_graceful_shutdown_s} s): {listed}; lower it, or raise the bound "
+            "(a pod spec change: the next apply builds a new cluster)"
+        )
     for m in app.models:
         if m.version == "latest":
             # Locally the deploy step pins `latest` once for every replica; on a cluster
@@ -197,14 +210,28 @@ def _place(cpu_free: list[float], gpu_free: list[float], cpus: float, gpus: floa
     return True
 
 
-def drain_timing(app: AppConfig, profile: ClusterProfile) -> DrainTiming:
-    """How long a stopping worker drains, derived from the Serve deployments' timeouts."""
-    graceful_s = max(
-        d.get("graceful_shutdown_timeout_s", SERVE_DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_S)
+def graceful_shutdown_s(app: AppConfig) -> dict[str, float]:
+    """``app/deployment`` -> graceful_shutdown_timeout_s of every rendered deployment."""
+    return {
+        f"{a['name']}/{d['name']}": float(
+            d.get("graceful_shutdown_timeout_s", SERVE_DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_S)
+        )
         for a in render_serve_config(app)["applications"]
         for d in a["deployments"]
-    )
-    deadline_s = profile.replica_migration_s + math.ceil(graceful_s)
+    }
+
+
+def drain_timing(app: AppConfig, profile: ClusterProfile) -> DrainTiming:
+    """How long a stopping worker drains.
+
+    Sized from the profile's bound on graceful_shutdown_timeout_s, not from the
+    deployments' current values: those live in serveConfigV2 and change in place, while
+    the pod spec changes only with a new cluster. The drain loop ends as soon as the
+    node's replicas are gone, so a generous bound costs nothing on a quick drain.
+    ``http.request_timeout_s`` is a Serve start-up option (fixed until a new cluster
+    anyway), so the proxy's drain follows it.
+    """
+    deadline_s = profile.replica_migration_s + profile.max_graceful_shutdown_s
     timeout_s = app.http.request_timeout_s
     proxy_s = math.ceil(timeout_s) if timeout_s is not None else DEFAULT_PROXY_DRAIN_S
     grace_s = (

@@ -79,6 +79,22 @@ def test_cli_writes_then_checks(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert capsys.readouterr().out == "4 generated KubeRay files are up to date\n"
 
 
+def test_cli_says_what_a_change_does_to_a_running_cluster(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shutil.copytree(REPO_ROOT / "configs", tmp_path / "configs")
+    shutil.copytree(REPO_ROOT / "kuberay", tmp_path / "kuberay")
+    path = tmp_path / "configs" / "cluster-gpu.yaml"
+    path.write_text(path.read_text().replace("max_replicas: 8", "max_replicas: 12"))
+    assert run_cli(["render-k8s", "--root", str(tmp_path), "--check"]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == (
+        "kuberay/overlays/gpu: in place, no replica restart; NOT APPLIED to the running "
+        "cluster: /spec/rayClusterConfig/workerGroupSpecs/0/maxReplicas"
+    )
+    assert len(out) == 3
+
+
 def test_cli_refuses_a_config_that_would_land_on_the_head(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
