@@ -4,6 +4,7 @@ the Serve deployments' graceful_shutdown_timeout_s."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import re
@@ -174,30 +175,33 @@ def test_autoscaler_v2_and_upgrade_strategy(profile: ClusterProfile) -> None:
 
 
 @pytest.mark.parametrize("profile", OVERLAYS)
-def test_shutdown_timing_follows_graceful_shutdown_timeout(profile: ClusterProfile) -> None:
+def test_shutdown_timing_follows_the_graceful_shutdown_bound(profile: ClusterProfile) -> None:
     app = load_app_config(REPO_ROOT / profile.app_config)
+    profile = profile.for_app(app)
     (group,) = rayservice(profile)["spec"]["rayClusterConfig"]["workerGroupSpecs"]
     spec = group["template"]["spec"]
     timing = drain_timing(app, profile)
-    graceful_s = max(m.graceful_shutdown_timeout_s for m in app.models)
-    assert timing.drain_deadline_s == profile.replica_migration_s + graceful_s
+    assert max(m.graceful_shutdown_timeout_s for m in app.models) <= (
+        profile.max_graceful_shutdown_s
+    )
+    assert timing.drain_deadline_s == profile.replica_migration_s + profile.max_graceful_shutdown_s
     assert spec["terminationGracePeriodSeconds"] == timing.termination_grace_period_s
     assert timing.termination_grace_period_s > timing.drain_deadline_s + 30
     command = spec["containers"][0]["lifecycle"]["preStop"]["exec"]["command"]
     assert command[:2] == ["bash", "-c"]
     assert f"--deadline-remaining-seconds {timing.drain_deadline_s} " in command[2]
-    # A longer graceful shutdown lengthens the deadline and the grace period one for one.
+    # A deployment's own timeout (serveConfigV2, changed in place) leaves the pod alone;
+    # the bound (pod spec) moves the deadline and the grace period one for one.
     slower = app.model_copy(
         update={
-            "models": [
-                m.model_copy(
-                    update={"graceful_shutdown_timeout_s": m.graceful_shutdown_timeout_s + 100}
-                )
-                for m in app.models
-            ]
+            "models": [m.model_copy(update={"graceful_shutdown_timeout_s": 1}) for m in app.models]
         }
     )
-    longer = drain_timing(slower, profile)
+    assert drain_timing(slower, profile) == timing
+    wider = dataclasses.replace(
+        profile, max_graceful_shutdown_s=profile.max_graceful_shutdown_s + 100
+    )
+    longer = drain_timing(app, wider)
     assert longer.drain_deadline_s == timing.drain_deadline_s + 100
     assert longer.termination_grace_period_s == timing.termination_grace_period_s + 100
 
