@@ -103,8 +103,11 @@ class ModelRepository:
         version = int(policy)
         version_dir = model_dir / str(version)
         if not version_dir.is_dir():
+            published = ", ".join(map(str, self.versions(name))) or "none"
             raise ModelVersionNotFound(
-                f"model {name!r} version {version} not found at {version_dir}"
+                f"model {name!r} version {version} not found at {version_dir} (the config "
+                f"pins version {version}; published: {published}): publish it before "
+                "deploying a config that pins it"
             )
         return version
 

@@ -62,8 +62,12 @@ def test_versions_and_policy(repo: ModelRepository, weights: Path) -> None:
     assert repo.versions("mlp") == [1, 2, 5]
     assert repo.resolve("mlp", "latest") == 5
     assert repo.resolve("mlp", 2) == 2
-    with pytest.raises(ModelVersionNotFound, match="model 'mlp' version 3 not found"):
+    with pytest.raises(ModelVersionNotFound) as info:
         repo.resolve("mlp", 3)
+    assert str(info.value) == (
+        f"model 'mlp' version 3 not found at {repo.root / 'mlp' / '3'} (the config pins "
+        "version 3; published: 1, 2, 5): publish it before deploying a config that pins it"
+    )
     with pytest.raises(ModelVersionNotFound, match="model 'other' not found"):
         repo.resolve("other")
     assert repo.models() == {"mlp": [1, 2, 5]}
