@@ -148,6 +148,35 @@ def _wait(a: argparse.Namespace) -> int:
     return 0
 
 
+def _upgrade(a: argparse.Namespace) -> int:
+    from serve_app.k8s.client import KIND
+    from serve_app.k8s.errors import InvalidManifest
+    from serve_app.k8s.upgrade import parse_holds, safe_cluster_upgrade
+
+    docs = [d for d in _load_documents(a.filename) if isinstance(d, dict) and d.get("kind") == KIND]
+    if len(docs) != 1:
+        raise InvalidManifest(f"{a.filename}: expected one {KIND}, found {len(docs)}")
+    client = _client(a)
+    (doc,) = docs
+    doc.setdefault("metadata", {}).setdefault("namespace", client.namespace)
+
+    def step(name: str, generation: int) -> None:
+        what = {
+            "raise": "raising min_replicas on the running cluster",
+            "upgrade": "applying the new spec, min_replicas held",
+            "release": "releasing min_replicas",
+        }[name]
+        print(f"{name}: {what} (generation {generation}); waiting", flush=True)
+
+    st = safe_cluster_upgrade(
+        client, doc, parse_holds(a.hold), a.timeout_s, poll_interval_s=a.poll_interval_s,
+        on_step=step,
+    )  # fmt: skip
+    active = st.active.ray_cluster_name if st.active else "-"
+    print(f"rayservice {st.namespace}/{st.name} upgraded: active cluster {active}")
+    return 0
+
+
 def _delete(a: argparse.Namespace) -> int:
     from serve_app.k8s.errors import RayServiceNotFound
 
@@ -171,7 +200,7 @@ def _delete(a: argparse.Namespace) -> int:
 
 
 def add_k8s_commands(subparsers: Any) -> argparse.ArgumentParser:
-    """Add ``k8s`` with ``apply``, ``status``, ``wait`` and ``delete`` to a CLI.
+    """Add ``k8s`` with ``apply``, ``status``, ``wait``, ``upgrade``, ``delete`` to a CLI.
 
     Args:
         subparsers: What ``ArgumentParser.add_subparsers()`` returned.
@@ -190,7 +219,9 @@ def add_k8s_commands(subparsers: Any) -> argparse.ArgumentParser:
     )
     common.add_argument("--context", default=None, help="kubeconfig context (default: current)")
 
-    k8s = subparsers.add_parser("k8s", help="RayService on Kubernetes: apply, status, wait, delete")
+    k8s = subparsers.add_parser(
+        "k8s", help="RayService on Kubernetes: apply, status, wait, upgrade, delete"
+    )
     ksub = k8s.add_subparsers(dest="k8s_command", required=True)
 
     ap = ksub.add_parser(
@@ -216,6 +247,24 @@ def add_k8s_commands(subparsers: Any) -> argparse.ArgumentParser:
     wt.add_argument("--timeout-s", type=float, default=600.0, help="give up after (seconds)")
     wt.add_argument("--poll-interval-s", type=float, default=2.0, help="seconds between reads")
     wt.set_defaults(func=_wait)
+
+    up = ksub.add_parser(
+        "upgrade",
+        parents=[common],
+        help="apply a cluster-changing spec without dropping capacity (raise min_replicas, "
+        "upgrade, release; kuberay/UPGRADES.md)",
+    )
+    up.add_argument("-f", "--filename", required=True, help="YAML with one RayService")
+    up.add_argument(
+        "--hold",
+        action="append",
+        required=True,
+        metavar="APP=REPLICAS",
+        help="keep at least REPLICAS of application APP through the upgrade (repeatable)",
+    )
+    up.add_argument("--timeout-s", type=float, default=1800.0, help="budget of each step")
+    up.add_argument("--poll-interval-s", type=float, default=5.0, help="seconds between reads")
+    up.set_defaults(func=_upgrade)
 
     de = ksub.add_parser("delete", parents=[common], help="delete a RayService")
     de.add_argument("name", help="RayService name")

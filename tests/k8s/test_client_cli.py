@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,13 +16,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from serve_app.errors import ServeAppError
 from serve_app.k8s.cli import add_k8s_commands
 from tests.k8s import fake_apiserver as fk
 from tests.k8s import kuberay_status as kr
+from tests.k8s.conftest import KUBECONFIG_NS, run_cli
 
 TOKEN = "cli-token"
-NS = "team-a"  # the kubeconfig context's namespace
+NS = KUBECONFIG_NS  # the kubeconfig context's namespace
 A = "demo-7xk2p"
 CONFIGMAP = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "serve-app-env"}}
 SKIPPED = (
@@ -37,41 +36,6 @@ def server() -> Iterator[fk.FakeApiServer]:
     srv = fk.FakeApiServer(token=TOKEN).start()
     yield srv
     srv.stop()
-
-
-@pytest.fixture
-def kubeconfig(tmp_path: Path, server: fk.FakeApiServer) -> str:
-    down = f"http://127.0.0.1:{fk.closed_port()}"
-    config = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [
-            {"name": "fake", "cluster": {"server": server.url}},
-            {"name": "down", "cluster": {"server": down}},
-        ],
-        "users": [{"name": "tester", "user": {"token": TOKEN}}],
-        "contexts": [
-            {"name": "fake", "context": {"cluster": "fake", "user": "tester", "namespace": NS}},
-            {"name": "down", "context": {"cluster": "down", "user": "tester"}},
-        ],
-        "current-context": "fake",
-    }
-    path = tmp_path / "kubeconfig"
-    path.write_text(yaml.safe_dump(config), encoding="utf-8")
-    return str(path)
-
-
-def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    parser = argparse.ArgumentParser(prog="serve-app")
-    add_k8s_commands(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        code = int(args.func(args))
-    except ServeAppError as e:
-        print(f"error: {e}", file=sys.stderr)
-        code = 2
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def write_docs(tmp_path: Path, *docs: object) -> str:

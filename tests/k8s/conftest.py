@@ -1,0 +1,57 @@
+"""Shared by the ``serve-app k8s`` tests: a kubeconfig for the stand-in API server, and
+the CLI as ``serve_app.cli.main`` runs it."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from serve_app.errors import ServeAppError
+from serve_app.k8s.cli import add_k8s_commands
+from tests.k8s import fake_apiserver as fk
+
+KUBECONFIG_NS = "team-a"
+"""The namespace of the kubeconfig's current context."""
+
+
+@pytest.fixture
+def kubeconfig(tmp_path: Path, server: fk.FakeApiServer) -> str:
+    """A kubeconfig whose current context ``fake`` reaches ``server`` (the test module's
+    fixture) with its token; context ``down`` points at a closed port."""
+    down = f"http://127.0.0.1:{fk.closed_port()}"
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {"name": "fake", "cluster": {"server": server.url}},
+            {"name": "down", "cluster": {"server": down}},
+        ],
+        "users": [{"name": "tester", "user": {"token": server.token}}],
+        "contexts": [
+            {"name": "fake", "context": {"cluster": "fake", "user": "tester",
+                                         "namespace": KUBECONFIG_NS}},
+            {"name": "down", "context": {"cluster": "down", "user": "tester"}},
+        ],
+        "current-context": "fake",
+    }  # fmt: skip
+    path = tmp_path / "kubeconfig"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    return str(path)
+
+
+def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of ``serve-app <argv>`` for the k8s commands."""
+    parser = argparse.ArgumentParser(prog="serve-app")
+    add_k8s_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    try:
+        code = int(args.func(args))
+    except ServeAppError as e:
+        print(f"error: {e}", file=sys.stderr)
+        code = 2
+    out = capsys.readouterr()
+    return code, out.out, out.err
