@@ -32,6 +32,7 @@ CORE_MODELS = {
     "PersistentVolume": "V1PersistentVolume",
     "PersistentVolumeClaim": "V1PersistentVolumeClaim",
     "Job": "V1Job",
+    "NetworkPolicy": "V1NetworkPolicy",
 }
 
 
@@ -44,17 +45,22 @@ def kubectl() -> str:
     return found
 
 
-@functools.cache
-def _render_text(overlay: str) -> str:
+def kustomize(folder: Path) -> list[dict[str, Any]]:
+    """The documents of ``kubectl kustomize <folder>``."""
     out = subprocess.run(
-        [kubectl(), "kustomize", str(REPO_ROOT / "kuberay" / "overlays" / overlay)],
+        [kubectl(), "kustomize", str(folder)],
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
     assert out.returncode == 0, out.stderr
-    return out.stdout
+    return [d for d in yaml.safe_load_all(out.stdout) if d]
+
+
+@functools.cache
+def _render_text(overlay: str) -> str:
+    return yaml.safe_dump_all(kustomize(REPO_ROOT / "kuberay" / "overlays" / overlay))
 
 
 def render(overlay: str) -> list[dict[str, Any]]:
@@ -107,6 +113,7 @@ def ray_pod_templates(rs: dict[str, Any]) -> dict[str, dict[str, Any]]:
             [
                 "ConfigMap",
                 "Job",
+                "NetworkPolicy",
                 "PersistentVolume",
                 "PersistentVolume",
                 "PersistentVolumeClaim",
@@ -120,6 +127,7 @@ def ray_pod_templates(rs: dict[str, Any]) -> dict[str, dict[str, Any]]:
             [
                 "ConfigMap",
                 "Job",
+                "NetworkPolicy",
                 "PersistentVolumeClaim",
                 "PersistentVolumeClaim",
                 "RayService",
