@@ -9,8 +9,10 @@ worker thread so the loop keeps accepting while a batch computes.
 import asyncio
 import logging
 import os
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -25,6 +27,7 @@ from serve_app.errors import InvalidInput, ModelNotFound
 from serve_app.protocol import oip
 from serve_app.repository.loader import ModelRepository
 from serve_app.server.http import error_response, json_response, read_inference_request
+from serve_app.server.metrics import ModelMetricsSink, RayModelMetrics, device_memory_bytes
 from serve_app.server.routes import match
 from serve_app.server.runtime import AdapterLoader, ModelRuntime
 
@@ -73,16 +76,35 @@ def assigned_gpus() -> float:
     return float(context.get_assigned_resources().get("GPU", 1.0))
 
 
-def _rows_of(requests: list[list[Any]]) -> int:
-    return sum(len(r) for r in requests)
+@dataclass(slots=True)
+class PendingRows:
+    """One request's rows waiting in the batcher, and when they started to wait."""
+
+    rows: list[Any]
+    enqueued_s: float
+    """``time.perf_counter()`` when the request reached the batcher."""
+
+
+def _rows_of(items: list[PendingRows]) -> int:
+    return sum(len(item.rows) for item in items)
+
+
+def _status_of(error: BaseException) -> int:
+    return int(getattr(error, "status_code", 500))
 
 
 @serve.deployment(name="ModelDeployment", max_ongoing_requests=64)
 class ModelDeployment:
-    """A model replica. ``args`` are ``ModelAppArgs``; ``adapter_loader`` is injectable
-    so tests can run the real Serve path around a stand-in model."""
+    """A model replica. ``args`` are ``ModelAppArgs``; ``adapter_loader`` and ``metrics``
+    are injectable so tests can run the real Serve path around a stand-in model and
+    read what it reports."""
 
-    def __init__(self, args: dict[str, Any], adapter_loader: AdapterLoader | None = None) -> None:
+    def __init__(
+        self,
+        args: dict[str, Any],
+        adapter_loader: AdapterLoader | None = None,
+        metrics: ModelMetricsSink | None = None,
+    ) -> None:
         import torch
 
         self.args = ModelAppArgs.model_validate(args)
@@ -108,6 +130,15 @@ class ModelDeployment:
         assert self.runtime.version is not None
         self.version = str(self.runtime.version.version)
         self.route_prefix = model_route_prefix(self.args.name)
+        self.metrics = metrics or RayModelMetrics(self.args.name, self.version)
+        manifest = self.runtime.version.manifest
+        info = {
+            "format": str(getattr(manifest.format, "value", manifest.format)),
+            "device": self.runtime.device,
+            "num_gpus": f"{assigned_gpus() if self.runtime.device != 'cpu' else 0:g}",
+        }
+        self.metrics.set_loaded(info, self.runtime.load_s, manifest.total_bytes)
+        self._report_device_memory()
 
     # --- configuration -------------------------------------------------------------
 
@@ -152,11 +183,20 @@ class ModelDeployment:
 
     # --- inference -----------------------------------------------------------------
 
-    async def _run_batch(self, requests: list[list[Any]]) -> list[dict[str, np.ndarray]]:
-        rows, counts = flatten_rows(requests)
+    async def _run_batch(self, items: list[PendingRows]) -> list[dict[str, np.ndarray]]:
+        start_s = time.perf_counter()
+        rows, counts = flatten_rows([item.rows for item in items])
         loop = asyncio.get_running_loop()
         outputs = await loop.run_in_executor(self._executor, self.runtime.forward_rows, rows)
+        waits_s = [start_s - item.enqueued_s for item in items]
+        self.metrics.observe_batch(len(rows), waits_s, time.perf_counter() - start_s)
+        self._report_device_memory()
         return split_rows(outputs, counts)
+
+    def _report_device_memory(self) -> None:
+        nbytes = device_memory_bytes(self.runtime.device)
+        if nbytes is not None:
+            self.metrics.set_device_memory(nbytes)
 
     async def infer_rows(self, rows: list[Any]) -> dict[str, np.ndarray]:
         """Run one request's rows through the batcher (handle-callable for composition).
@@ -164,15 +204,16 @@ class ModelDeployment:
         A request with more rows than a batch holds is run alone, in slices."""
         limit = self._batch_limit()
         if len(rows) <= limit:
-            return await self._batcher(rows)
+            return await self._batcher(PendingRows(rows, time.perf_counter()))
         loop = asyncio.get_running_loop()
         parts = []
         for i in range(0, len(rows), limit):
+            start_s = time.perf_counter()
+            part = rows[i : i + limit]
             parts.append(
-                await loop.run_in_executor(
-                    self._executor, self.runtime.forward_rows, rows[i : i + limit]
-                )
+                await loop.run_in_executor(self._executor, self.runtime.forward_rows, part)
             )
+            self.metrics.observe_batch(len(part), [0.0], time.perf_counter() - start_s)
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
     async def infer_tensors(
@@ -188,14 +229,24 @@ class ModelDeployment:
         Raises:
             InvalidInput: a mapped tensor is missing, or the model rejects it.
         """
-        missing = sorted(k for k, v in rename.items() if v not in tensors)
-        if missing:
-            raise InvalidInput(
-                f"model {self.args.name!r}: no tensor for input(s) {missing} "
-                f"(got {sorted(tensors)})"
+        start_s = time.perf_counter()
+        rows: list[Any] | None = None
+        try:
+            missing = sorted(k for k, v in rename.items() if v not in tensors)
+            if missing:
+                raise InvalidInput(
+                    f"model {self.args.name!r}: no tensor for input(s) {missing} "
+                    f"(got {sorted(tensors)})"
+                )
+            rows = await self._prepare({k: tensors[v] for k, v in rename.items()})
+            outputs = await self.infer_rows(rows)
+        except Exception as e:
+            self.metrics.observe_request(
+                _status_of(e), time.perf_counter() - start_s, None if rows is None else len(rows)
             )
-        rows = await self._prepare({k: tensors[v] for k, v in rename.items()})
-        return await self.infer_rows(rows)
+            raise
+        self.metrics.observe_request(200, time.perf_counter() - start_s, len(rows))
+        return outputs
 
     async def _prepare(self, inputs: dict[str, np.ndarray]) -> list[Any]:
         """Validate and split into rows; large requests off the event loop."""
@@ -209,11 +260,19 @@ class ModelDeployment:
             )
 
     async def _infer(self, request: Request) -> Response:
-        decoded = await read_inference_request(request, self.args.http)
-        rows = await self._prepare(decoded.inputs)
-        outputs = await self.infer_rows(rows)
-        payload, headers = oip.encode_response(self.args.name, self.version, decoded, outputs)
-        return Response(payload, headers=headers)
+        start_s = time.perf_counter()
+        rows: list[Any] | None = None
+        try:
+            decoded = await read_inference_request(request, self.args.http)
+            rows = await self._prepare(decoded.inputs)
+            outputs = await self.infer_rows(rows)
+            payload, headers = oip.encode_response(self.args.name, self.version, decoded, outputs)
+            response = Response(payload, headers=headers)
+        except Exception as e:
+            response = error_response(e, self.args.http.retry_after_s)
+        n_rows = None if rows is None else len(rows)
+        self.metrics.observe_request(response.status_code, time.perf_counter() - start_s, n_rows)
+        return response
 
     def metadata(self) -> dict[str, Any]:
         """OIP model metadata."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 from ray import serve
@@ -29,6 +30,7 @@ from serve_app.protocol import oip
 from serve_app.repository.loader import ModelRepository
 from serve_app.schema_base import model_route_prefix
 from serve_app.server.http import error_response, json_response, read_inference_request
+from serve_app.server.metrics import RayModelMetrics
 from serve_app.server.node_status import NodeStatus
 from serve_app.server.routes import match
 
@@ -106,6 +108,9 @@ class PipelineRouter:
             HandleBackend(self.handles, self.pipeline.transport),
             classify_serve_error,
         )
+        # Requests and end-to-end latency under the pipeline's name; its models report
+        # their own batches, waits and compute.
+        self.metrics = RayModelMetrics(self.pipeline.name, self.version)
         self.node_status.start()  # the first request already knows which nodes are down
         logger.info("%s ready: nodes %s", self.pipeline.name, [n.name for n in self.pipeline.nodes])
 
@@ -194,6 +199,15 @@ class PipelineRouter:
             )
 
     async def _infer(self, request: Request) -> Response:
+        start_s = time.perf_counter()
+        try:
+            response = await self._answer(request)
+        except Exception as e:
+            response = error_response(e, self.http.retry_after_s)
+        self.metrics.observe_request(response.status_code, time.perf_counter() - start_s, None)
+        return response
+
+    async def _answer(self, request: Request) -> Response:
         decoded = await read_inference_request(request, self.http)
         result = await self.executor.run(
             decoded.inputs, decoded.parameters, self.node_status.unserving()

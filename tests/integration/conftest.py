@@ -228,9 +228,14 @@ def model_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+METRICS_PORT = free_port()
+"""Where the session's Ray node exports Prometheus metrics (reported every 0.5 s)."""
+
+
 @pytest.fixture(scope="session")
 def serve_app_url(model_root: Path) -> Iterator[str]:
-    """Start Ray (4 logical CPUs, 1 logical GPU), deploy, yield the base URL."""
+    """Start Ray (4 logical CPUs, 1 logical GPU, metrics on ``METRICS_PORT``), deploy,
+    yield the base URL."""
     from serve_app import local
 
     local.prepare_environment({"SERVE_APP_LOG_TO_DRIVER": "0"})
@@ -248,6 +253,8 @@ def serve_app_url(model_root: Path) -> Iterator[str]:
         include_dashboard=False,
         _node_ip_address="127.0.0.1",
         log_to_driver=False,
+        _metrics_export_port=METRICS_PORT,
+        _system_config={"metrics_report_interval_ms": local.METRICS_REPORT_INTERVAL_MS},
     )
     try:
         deploy_and_wait(app, READY_APPS)

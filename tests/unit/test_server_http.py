@@ -97,9 +97,40 @@ class ReplicaContext:
         max_ongoing_requests = 64
 
 
+class Recorder:
+    """A ``ModelMetricsSink`` that keeps what the replica reports."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[int, int | None]] = []
+        self.batches: list[tuple[int, int]] = []  # (rows, requests waiting for it)
+        self.waits_s: list[float] = []
+        self.loaded: tuple[dict[str, str], set[str], int] | None = None
+
+    def observe_request(self, status: int, latency_s: float, rows: int | None) -> None:
+        assert 0 <= latency_s < 10
+        self.requests.append((status, rows))
+
+    def observe_batch(self, rows: int, queue_waits_s: Any, compute_s: float) -> None:
+        waits = list(queue_waits_s)
+        assert 0 <= compute_s < 10
+        self.batches.append((rows, len(waits)))
+        self.waits_s += waits
+
+    def set_loaded(self, info: dict[str, str], load_s: dict[str, float], nbytes: int) -> None:
+        self.loaded = (info, set(load_s), nbytes)
+
+    def set_device_memory(self, nbytes: int) -> None:
+        raise AssertionError("no device memory on CPU")
+
+
+@pytest.fixture
+def recorder() -> Recorder:
+    return Recorder()
+
+
 @pytest.fixture
 async def model_client(
-    repo: Path, monkeypatch: pytest.MonkeyPatch
+    repo: Path, monkeypatch: pytest.MonkeyPatch, recorder: Recorder
 ) -> AsyncIterator[httpx.AsyncClient]:
     from ray import serve
 
@@ -114,7 +145,7 @@ async def model_client(
         "http": {"max_request_bytes": 4096, "retry_after_s": 3},
         "torch_threads": torch.get_num_threads(),
     }
-    replica = ModelDeployment.func_or_class(args, adapter_loader=loader)
+    replica = ModelDeployment.func_or_class(args, adapter_loader=loader, metrics=recorder)
     replica.reconfigure({"max_batch_size": 8, "cap_batch_to_memory": False})
     transport = httpx.ASGITransport(app=asgi(replica.__call__))
     async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
@@ -159,6 +190,29 @@ async def test_concurrent_requests_are_batched_and_split_back(
         *(model_client.post("/v2/models/double/infer", json=b) for b in bodies)
     )
     assert [a.json()["outputs"][0]["data"] for a in answers] == [[2.0 * i, 0.0] for i in range(6)]
+
+
+async def test_metrics_count_requests_rows_batches_and_waits(
+    model_client: httpx.AsyncClient, recorder: Recorder, repo: Path
+) -> None:
+    info, load_keys, nbytes = recorder.loaded
+    assert info == {"format": "safetensors", "device": "cpu", "num_gpus": "0"}
+    assert load_keys == {"verify_s", "load_s", "warmup_s"}
+    assert nbytes == sum(p.stat().st_size for p in (repo / "double" / "1").iterdir()) - (
+        (repo / "double" / "1" / "manifest.json").stat().st_size
+    )
+    bodies = [infer_body([[float(i), 0.0]] * (1 + i % 2)) for i in range(6)]
+    await asyncio.gather(*(model_client.post("/v2/models/double/infer", json=b) for b in bodies))
+    await model_client.post("/v2/models/double/infer", content=b"{not json")
+    await model_client.get("/v2/models/double")  # metadata: not an inference request
+
+    assert sorted(recorder.requests, key=str) == sorted(
+        [(200, 1), (200, 2)] * 3 + [(422, None)], key=str
+    )
+    assert sum(rows for rows, _ in recorder.batches) == 9
+    assert sum(n for _, n in recorder.batches) == 6 == len(recorder.waits_s)
+    assert len(recorder.batches) < 6  # concurrent requests shared batches
+    assert all(0 <= w < 5 for w in recorder.waits_s)
 
 
 @pytest.mark.parametrize(

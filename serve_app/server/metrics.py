@@ -1,0 +1,162 @@
+"""serve_app's own metrics, defined once with Ray's metrics API.
+
+Each replica records into ``ray.serve.metrics`` objects, which add the ``application``,
+``deployment`` and ``replica`` tags. Each Ray node's metrics agent exports them for
+Prometheus with a ``ray_`` prefix (counters also get ``_total``), on the port KubeRay
+declares as ``metrics`` (8080) or ``serve-app demo --metrics-port``.
+
+:data:`EXPORTED` names every family as Prometheus sees it. The Grafana dashboard's test
+checks each of its queries against that list and Ray's own families.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, Protocol
+
+LATENCY_BOUNDARIES_MS: list[float] = [
+    1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 30000,
+]  # fmt: skip
+"""Request latency and queue wait buckets, in milliseconds."""
+COMPUTE_BOUNDARIES_MS: list[float] = [0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000]
+"""Batch compute buckets, in milliseconds."""
+ROW_BOUNDARIES: list[float] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024]
+"""Rows per batch and per request."""
+
+MODEL_TAGS = ("model", "version")
+PREFIX = "serve_app_"
+
+# name (as recorded) -> (kind, description). Exported as ray_<name>[_total].
+FAMILIES: dict[str, tuple[str, str]] = {
+    "serve_app_requests": ("counter", "Inference requests answered, by HTTP status."),
+    "serve_app_request_latency_ms": (
+        "histogram", "Time from the request reaching the replica to its answer."),
+    "serve_app_request_rows": ("histogram", "Rows (batch items) per inference request."),
+    "serve_app_queue_wait_ms": (
+        "histogram", "Time a request's rows waited for their batch to start."),
+    "serve_app_batch_rows": ("histogram", "Rows per batch run through the model."),
+    "serve_app_batch_compute_ms": ("histogram", "Forward time of one batch."),
+    "serve_app_weights_verify_seconds": (
+        "gauge", "Time to checksum the served version's files at load."),
+    "serve_app_weights_load_seconds": ("gauge", "Time to load the weights onto the device."),
+    "serve_app_weights_bytes": ("gauge", "Bytes of the served version's files."),
+    "serve_app_model_info": (
+        "gauge", "1 per replica, with the model's version, format, device and num_gpus."),
+    "serve_app_device_memory_bytes": (
+        "gauge", "Device memory the replica's torch allocator holds (CUDA only)."),
+}  # fmt: skip
+
+
+def exported_name(name: str) -> list[str]:
+    """The Prometheus series names one family appears under."""
+    kind = FAMILIES[name][0]
+    base = f"ray_{name}"
+    if kind == "counter":
+        return [f"{base}_total"]
+    if kind == "histogram":
+        return [f"{base}_bucket", f"{base}_count", f"{base}_sum"]
+    return [base]
+
+
+EXPORTED: frozenset[str] = frozenset(s for n in FAMILIES for s in exported_name(n))
+"""Every series name serve_app exports."""
+
+
+class ModelMetricsSink(Protocol):
+    """What a model replica reports. :class:`RayModelMetrics` in a replica; tests pass a
+    recorder."""
+
+    def observe_request(self, status: int, latency_s: float, rows: int | None) -> None:
+        """One answered inference request (``rows``: None when it was never decoded)."""
+
+    def observe_batch(self, rows: int, queue_waits_s: Iterable[float], compute_s: float) -> None:
+        """One batch: its rows, each request's wait for it, and its forward time."""
+
+    def set_loaded(self, info: dict[str, str], load_s: dict[str, float], nbytes: int) -> None:
+        """The loaded version: info tags, verify/load seconds, file bytes."""
+
+    def set_device_memory(self, nbytes: int) -> None:
+        """Device memory in use."""
+
+
+class RayModelMetrics:
+    """:class:`ModelMetricsSink` over ``ray.serve.metrics`` (one set per replica).
+
+    Args:
+        model: Model (or pipeline) name, the ``model`` tag.
+        version: Served version, the ``version`` tag.
+    """
+
+    def __init__(self, model: str, version: str) -> None:
+        from ray.serve import metrics as ray_metrics
+
+        # Ray annotates tag_keys as tuple[str] (one key); any tuple of keys works.
+        Counter: Any = ray_metrics.Counter
+        Gauge: Any = ray_metrics.Gauge
+        Histogram: Any = ray_metrics.Histogram
+        tags = {"model": model, "version": version}
+
+        def desc(name: str) -> str:
+            return FAMILIES[name][1]
+
+        def hist(name: str, bounds: list[float]) -> Any:
+            h = Histogram(name, description=desc(name), boundaries=bounds, tag_keys=MODEL_TAGS)
+            h.set_default_tags(dict(tags))  # Ray adds its tags to the dict it gets
+            return h
+
+        def gauge(name: str, extra: tuple[str, ...] = ()) -> Any:
+            g = Gauge(name, description=desc(name), tag_keys=MODEL_TAGS + extra)
+            g.set_default_tags(dict(tags))
+            return g
+
+        self._requests = Counter(
+            "serve_app_requests", description=desc("serve_app_requests"),
+            tag_keys=(*MODEL_TAGS, "status"),
+        )  # fmt: skip
+        self._requests.set_default_tags(dict(tags))
+        self._latency = hist("serve_app_request_latency_ms", LATENCY_BOUNDARIES_MS)
+        self._request_rows = hist("serve_app_request_rows", ROW_BOUNDARIES)
+        self._queue_wait = hist("serve_app_queue_wait_ms", LATENCY_BOUNDARIES_MS)
+        self._batch_rows = hist("serve_app_batch_rows", ROW_BOUNDARIES)
+        self._compute = hist("serve_app_batch_compute_ms", COMPUTE_BOUNDARIES_MS)
+        self._verify_s = gauge("serve_app_weights_verify_seconds")
+        self._load_s = gauge("serve_app_weights_load_seconds")
+        self._bytes = gauge("serve_app_weights_bytes")
+        self._info = gauge("serve_app_model_info", ("format", "device", "num_gpus"))
+        self._device_memory = gauge("serve_app_device_memory_bytes", ("device",))
+        self._device = ""
+
+    def observe_request(self, status: int, latency_s: float, rows: int | None) -> None:
+        """See :class:`ModelMetricsSink`."""
+        self._requests.inc(1, tags={"status": str(status)})
+        self._latency.observe(latency_s * 1000.0)
+        if rows is not None:
+            self._request_rows.observe(rows)
+
+    def observe_batch(self, rows: int, queue_waits_s: Iterable[float], compute_s: float) -> None:
+        """See :class:`ModelMetricsSink`."""
+        self._batch_rows.observe(rows)
+        for wait_s in queue_waits_s:
+            self._queue_wait.observe(wait_s * 1000.0)
+        self._compute.observe(compute_s * 1000.0)
+
+    def set_loaded(self, info: dict[str, str], load_s: dict[str, float], nbytes: int) -> None:
+        """See :class:`ModelMetricsSink`."""
+        self._device = info.get("device", "")
+        self._info.set(1, tags=info)
+        self._verify_s.set(load_s.get("verify_s", 0.0))
+        self._load_s.set(load_s.get("load_s", 0.0))
+        self._bytes.set(nbytes)
+
+    def set_device_memory(self, nbytes: int) -> None:
+        """See :class:`ModelMetricsSink`."""
+        self._device_memory.set(nbytes, tags={"device": self._device})
+
+
+def device_memory_bytes(device: str) -> int | None:
+    """Bytes torch's allocator holds on a CUDA ``device``; None for CPU."""
+    if not device.startswith("cuda"):
+        return None
+    import torch
+
+    return int(torch.cuda.memory_allocated(torch.device(device)))

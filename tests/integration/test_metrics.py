@@ -1,0 +1,117 @@
+"""serve_app's own metrics, scraped from the session Ray node's real metrics port and
+parsed with prometheus-client: every family is exported, and the numbers move with
+traffic (requests by status, rows, batches, queue waits, compute, load facts)."""
+
+from __future__ import annotations
+
+import time
+import urllib.request
+from collections import defaultdict
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from serve_app.server.metrics import EXPORTED
+from tests.integration.conftest import METRICS_PORT
+
+Samples = dict[str, list[tuple[dict[str, str], float]]]
+
+
+def scrape() -> Samples:
+    """``series name -> [(labels, value)]`` of every ``ray_serve_app_*`` sample."""
+    url = f"http://127.0.0.1:{METRICS_PORT}/metrics"
+    text = urllib.request.urlopen(url, timeout=5).read().decode()
+    out: Samples = defaultdict(list)
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name.startswith("ray_serve_app_"):
+                out[sample.name].append((sample.labels, sample.value))
+    return out
+
+
+def total(samples: Samples, name: str, **labels: str) -> float:
+    """Sum of ``name`` over the series whose labels include ``labels`` (all replicas)."""
+    return sum(v for lab, v in samples.get(name, []) if labels.items() <= lab.items())
+
+
+def bucket(samples: Samples, family: str, le: str, **labels: str) -> float:
+    """Cumulative count of ``family``'s bucket ``le`` over matching series."""
+    return sum(
+        v for lab, v in samples.get(f"{family}_bucket", [])
+        if lab.get("le") == le and labels.items() <= lab.items()
+    )  # fmt: skip
+
+
+def wait_until(predicate, timeout_s: float = 30.0) -> Samples:
+    """Scrape until ``predicate(samples)`` holds (Ray reports every 0.5 s here)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        samples = scrape()
+        if predicate(samples) or time.monotonic() > deadline:
+            return samples
+        time.sleep(0.5)
+
+
+def body(texts: list[str]) -> dict:
+    return {"inputs": [{"name": "text", "shape": [len(texts)], "datatype": "BYTES",
+                        "data": texts}]}  # fmt: skip
+
+
+def test_model_metrics_are_exported_and_move_with_traffic(client: httpx.Client) -> None:
+    model = {"model": "minilm", "version": "2"}
+    before = wait_until(lambda s: total(s, "ray_serve_app_model_info", **model) >= 1)
+    ok0 = total(before, "ray_serve_app_requests_total", status="200", **model)
+    bad0 = total(before, "ray_serve_app_requests_total", status="400", **model)
+    # Ray 2.60 reports a histogram's _sum from bucket midpoints, so counts and buckets
+    # are what a test (or a dashboard) can rely on.
+    rows0 = bucket(before, "ray_serve_app_request_rows", "2.0", **model)
+    batches0 = total(before, "ray_serve_app_batch_rows_count", **model)
+    waits0 = total(before, "ray_serve_app_queue_wait_ms_count", **model)
+    computes0 = total(before, "ray_serve_app_batch_compute_ms_count", **model)
+
+    for i in range(5):
+        r = client.post("/v2/models/minilm/infer", json=body([f"ticket {i}", "printer on fire"]))
+        assert r.status_code == 200
+    wrong = {"inputs": [{"name": "text", "shape": [1], "datatype": "FP32", "data": [1.0]}]}
+    assert client.post("/v2/models/minilm/infer", json=wrong).status_code == 400
+
+    after = wait_until(
+        lambda s: (
+            total(s, "ray_serve_app_requests_total", status="200", **model) >= ok0 + 5
+            and total(s, "ray_serve_app_requests_total", status="400", **model) >= bad0 + 1
+        )
+    )
+    assert total(after, "ray_serve_app_requests_total", status="200", **model) == ok0 + 5
+    assert total(after, "ray_serve_app_requests_total", status="400", **model) == bad0 + 1
+    assert bucket(after, "ray_serve_app_request_rows", "2.0", **model) == rows0 + 5
+    batches = total(after, "ray_serve_app_batch_rows_count", **model) - batches0
+    assert 1 <= batches <= 5  # sequential requests: a batch each, unless other tests overlap
+    assert total(after, "ray_serve_app_batch_compute_ms_count", **model) == computes0 + batches
+    assert total(after, "ray_serve_app_queue_wait_ms_count", **model) == waits0 + 5
+    latency = total(after, "ray_serve_app_request_latency_ms_sum", **model)
+    assert latency > 0
+    # One histogram bucket series per boundary plus +Inf, cumulative.
+    buckets = [v for lab, v in after["ray_serve_app_request_latency_ms_bucket"]
+               if model.items() <= lab.items() and lab["le"] == "+Inf"]  # fmt: skip
+    assert sum(buckets) == total(after, "ray_serve_app_request_latency_ms_count", **model)
+
+    (info,) = [lab for lab, v in after["ray_serve_app_model_info"] if lab["model"] == "minilm"]
+    assert (info["version"], info["format"], info["device"], info["num_gpus"]) == (
+        "2", "onnx", "cpu", "0")  # fmt: skip
+    assert {"application", "deployment", "replica"} <= info.keys()  # Serve's own tags
+    assert total(after, "ray_serve_app_weights_bytes", **model) > 80_000_000  # MiniLM as ONNX
+    assert total(after, "ray_serve_app_weights_verify_seconds", **model) > 0
+    # Every family but device memory (CUDA only) is on the page.
+    missing = {n for n in EXPORTED if n not in after}
+    assert missing == {"ray_serve_app_device_memory_bytes"}
+
+
+def test_pipeline_requests_are_counted_under_its_name(client: httpx.Client) -> None:
+    tags = {"model": "triage"}
+    ok0 = total(scrape(), "ray_serve_app_requests_total", status="200", **tags)
+    r = client.post("/v2/models/triage/infer", json=body(["my laptop will not boot"]))
+    assert r.status_code == 200
+    after = wait_until(
+        lambda s: total(s, "ray_serve_app_requests_total", status="200", **tags) > ok0
+    )
+    assert total(after, "ray_serve_app_requests_total", status="200", **tags) == ok0 + 1
