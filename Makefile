@@ -16,17 +16,18 @@ run: $(STAMP)
 	$(VENV)/bin/serve-app demo
 
 test: $(STAMP)
-	$(VENV)/bin/ruff check serve_app tests loadtest
+	$(VENV)/bin/ruff check serve_app tests loadtest kuberay
 	$(VENV)/bin/mypy serve_app loadtest
 	$(VENV)/bin/pytest -q
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check serve_app tests loadtest
+	$(VENV)/bin/ruff check serve_app tests loadtest kuberay
 	$(VENV)/bin/mypy serve_app loadtest
 
 render: $(STAMP)
 	$(VENV)/bin/serve-app render
 	$(VENV)/bin/serve-app render-k8s
+	$(PY) kuberay/grafana/build_dashboard.py
 
 clean:
 	rm -rf $(VENV) model-repository

@@ -115,3 +115,15 @@ def test_pipeline_requests_are_counted_under_its_name(client: httpx.Client) -> N
         lambda s: total(s, "ray_serve_app_requests_total", status="200", **tags) > ok0
     )
     assert total(after, "ray_serve_app_requests_total", status="200", **tags) == ok0 + 1
+
+
+def test_dashboard_queries_name_series_the_live_node_exports(client: httpx.Client) -> None:
+    """Every Ray series the Grafana dashboard reads is on the live metrics page (GPU
+    series only where there is a GPU)."""
+    from tests.k8s.test_dashboard import dashboard_metrics
+
+    url = f"http://127.0.0.1:{METRICS_PORT}/metrics"
+    text = urllib.request.urlopen(url, timeout=5).read().decode()
+    names = {s.name for f in text_string_to_metric_families(text) for s in f.samples}
+    gpu_only = {"ray_node_gram_used", "ray_serve_app_device_memory_bytes"}
+    assert sorted(dashboard_metrics() - gpu_only - names) == []

@@ -1,0 +1,159 @@
+"""Writes serve-app-dashboard.json (Grafana 10+ JSON model) next to this file.
+
+Run ``python kuberay/grafana/build_dashboard.py`` after changing a panel; a test fails
+when the committed JSON differs from what this script writes, and checks that every
+query names a metric serve_app exports or one the live Ray node exported in the
+integration session.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+OUT = Path(__file__).with_name("serve-app-dashboard.json")
+DS = {"type": "prometheus", "uid": "${datasource}"}
+SEL = 'model=~"$model"'
+APP = 'application=~"$model"'
+
+
+def panel(
+    pid: int,
+    title: str,
+    targets: list[tuple[str, str]],
+    unit: str,
+    x: int,
+    y: int,
+    kind: str = "timeseries",
+    w: int = 12,
+    h: int = 8,
+) -> dict[str, Any]:
+    return {
+        "id": pid,
+        "type": kind,
+        "title": title,
+        "datasource": DS,
+        "gridPos": {"x": x, "y": y, "w": w, "h": h},
+        "fieldConfig": {"defaults": {"unit": unit}, "overrides": []},
+        "targets": [
+            {"refId": chr(65 + i), "datasource": DS, "expr": expr, "legendFormat": legend}
+            for i, (expr, legend) in enumerate(targets)
+        ],
+    }
+
+
+def rate(series: str, by: str = "model", sel: str = SEL) -> str:
+    """``sum by (<by>) (rate(<series>{<sel>}[$__rate_interval]))``."""
+    return f"sum by ({by}) (rate({series}{{{sel}}}[$__rate_interval]))"
+
+
+def quantile(q: float, family: str, by: str = "model") -> str:
+    """``histogram_quantile`` of a histogram family, per ``by``."""
+    return f"histogram_quantile({q}, {rate(family + '_bucket', by + ', le')})"
+
+
+def quantiles(family: str, by: str = "model") -> list[tuple[str, str]]:
+    """p50, p95 and p99 targets of a histogram family."""
+    return [(quantile(q, family, by), f"{{{{{by}}}}} p{int(q * 100)}") for q in (0.5, 0.95, 0.99)]
+
+
+def dashboard() -> dict[str, Any]:
+    """The Grafana JSON model."""
+    requests = "ray_serve_app_requests_total"
+    errors_sel = f'{SEL},status!~"2.."'
+    gpu_used = "sum by (instance, GpuIndex) (ray_node_gram_used) * 1024 * 1024"
+    info_by = "model, version, format, device, num_gpus"
+    panels = [
+        panel(1, "Requests by model and status",
+              [(rate(requests, "model, status"), "{{model}} {{status}}")], "reqps", 0, 0),
+        panel(2, "Error ratio (non-2xx)",
+              [(f"{rate(requests, sel=errors_sel)} / {rate(requests)}", "{{model}}")],
+              "percentunit", 12, 0),
+        panel(3, "Latency at the replica (p50/p95/p99)",
+              quantiles("ray_serve_app_request_latency_ms"), "ms", 0, 8),
+        panel(4, "Queue wait before a batch vs batch compute (p95)", [
+            (quantile(0.95, "ray_serve_app_queue_wait_ms"), "{{model}} queue wait"),
+            (quantile(0.95, "ray_serve_app_batch_compute_ms"), "{{model}} compute"),
+        ], "ms", 12, 8),
+        panel(5, "Rows per batch (p50/p95/p99) and per request (p95)", [
+            *quantiles("ray_serve_app_batch_rows"),
+            (quantile(0.95, "ray_serve_app_request_rows"), "{{model}} per request p95"),
+        ], "none", 0, 16),
+        panel(6, "Batches per second",
+              [(rate("ray_serve_app_batch_rows_count"), "{{model}}")], "ops", 12, 16),
+        panel(7, "Replicas: healthy vs autoscaling target", [
+            (f"sum by (application) (ray_serve_deployment_replica_healthy{{{APP}}})",
+             "{{application}} healthy"),
+            (f"max by (application) (ray_serve_autoscaling_target_replicas{{{APP}}})",
+             "{{application}} target"),
+        ], "none", 0, 24),
+        panel(8, "Ongoing and queued requests", [
+            (f"sum by (application) (ray_serve_replica_processing_queries{{{APP}}})",
+             "{{application}} processing"),
+            (f"sum by (application) (ray_serve_deployment_queued_queries{{{APP}}})",
+             "{{application}} queued at handles"),
+        ], "none", 12, 24),
+        panel(9, "GPU memory", [
+            (f"sum by (model, device) (ray_serve_app_device_memory_bytes{{{SEL}}})",
+             "{{model}} torch allocator on {{device}}"),
+            (gpu_used, "node {{instance}} GPU {{GpuIndex}} used"),
+        ], "bytes", 0, 32),
+        panel(10, "Served versions and load time", [
+            (f"max by ({info_by}) (ray_serve_app_model_info{{{SEL}}})",
+             "{{model}} v{{version}} {{format}} {{device}} gpus={{num_gpus}}"),
+            (f"max by (model, version) (ray_serve_app_weights_verify_seconds{{{SEL}}})",
+             "{{model}} v{{version}} verify s"),
+            (f"max by (model, version) (ray_serve_app_weights_load_seconds{{{SEL}}})",
+             "{{model}} v{{version}} load s"),
+            (f"max by (model, version) (ray_serve_app_weights_bytes{{{SEL}}})",
+             "{{model}} v{{version}} bytes"),
+        ], "none", 12, 32, kind="table"),
+    ]  # fmt: skip
+    return {
+        "uid": "serve-app",
+        "title": "serve_app: models and replicas",
+        "schemaVersion": 39,
+        "version": 1,
+        "editable": True,
+        "timezone": "utc",
+        "refresh": "10s",
+        "time": {"from": "now-1h", "to": "now"},
+        "tags": ["serve_app", "ray", "serve"],
+        "templating": {
+            "list": [
+                {
+                    "name": "datasource",
+                    "type": "datasource",
+                    "query": "prometheus",
+                    "label": "Prometheus",
+                },
+                {
+                    "name": "model",
+                    "type": "query",
+                    "datasource": DS,
+                    "label": "Model",
+                    "query": {
+                        "query": "label_values(ray_serve_app_model_info, model)",
+                        "refId": "model",
+                    },
+                    "definition": "label_values(ray_serve_app_model_info, model)",
+                    "includeAll": True,
+                    "multi": True,
+                    "allValue": ".*",
+                    "refresh": 2,
+                },
+            ]
+        },
+        "panels": panels,
+    }
+
+
+def render() -> str:
+    """The dashboard JSON as committed."""
+    return json.dumps(dashboard(), indent=2) + "\n"
+
+
+if __name__ == "__main__":
+    OUT.write_text(render(), encoding="utf-8")
+    print(f"wrote {OUT}")

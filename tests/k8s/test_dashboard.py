@@ -1,0 +1,84 @@
+"""kuberay/grafana/serve-app-dashboard.json: generated, well formed, and every query names
+a metric serve_app exports or one Ray 2.60 defines (the live scrape in
+tests/integration/test_metrics.py checks Ray's are really on the page)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+from pathlib import Path
+from types import ModuleType
+
+import ray
+
+from serve_app.server.metrics import EXPORTED, FAMILIES
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+BUILDER = REPO_ROOT / "kuberay" / "grafana" / "build_dashboard.py"
+METRIC = re.compile(r"\b(ray_[a-z0-9_]+)")
+
+
+def builder() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("build_dashboard", BUILDER)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def dashboard_metrics() -> set[str]:
+    """Every ``ray_*`` series name in the committed dashboard's queries."""
+    data = json.loads((REPO_ROOT / "kuberay/grafana/serve-app-dashboard.json").read_text())
+    exprs = [t["expr"] for p in data["panels"] for t in p["targets"]]
+    exprs.append(data["templating"]["list"][1]["definition"])
+    return {m for e in exprs for m in METRIC.findall(e)}
+
+
+def ray_defines(series: str) -> bool:
+    """Whether Ray 2.60's source defines this exported series (``ray_`` + its name, minus
+    the suffixes Prometheus adds)."""
+    name = re.sub(r"_(total|bucket|count|sum)$", "", series.removeprefix("ray_"))
+    root = Path(ray.__file__).parent
+    files = [
+        *root.glob("serve/_private/**/*.py"),
+        root / "dashboard/modules/reporter/reporter_agent.py",
+    ]
+    return any(f'"{name}"' in f.read_text(encoding="utf-8") for f in files)
+
+
+def test_committed_dashboard_is_what_the_builder_writes() -> None:
+    assert (
+        REPO_ROOT / "kuberay/grafana/serve-app-dashboard.json"
+    ).read_text() == builder().render()
+
+
+def test_panels_are_well_formed() -> None:
+    data = json.loads(builder().render())
+    ids = [p["id"] for p in data["panels"]]
+    assert len(ids) == len(set(ids)) == 10
+    for p in data["panels"]:
+        assert p["targets"] and all(t["expr"] and t["refId"] for t in p["targets"])
+        assert p["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
+        assert p["gridPos"]["x"] + p["gridPos"]["w"] <= 24
+    assert [v["name"] for v in data["templating"]["list"]] == ["datasource", "model"]
+
+
+def test_every_query_names_a_metric_we_export_or_ray_defines() -> None:
+    used = dashboard_metrics()
+    ours = {m for m in used if m.startswith("ray_serve_app_")}
+    assert ours <= EXPORTED
+    families = {re.sub(r"_(total|bucket|count|sum)$", "", m.removeprefix("ray_")) for m in ours}
+    assert families == set(FAMILIES)  # every family we export has a panel
+    theirs = used - ours
+    assert theirs == {
+        "ray_serve_deployment_replica_healthy", "ray_serve_autoscaling_target_replicas",
+        "ray_serve_replica_processing_queries", "ray_serve_deployment_queued_queries",
+        "ray_node_gram_used",
+    }  # fmt: skip
+    assert [m for m in sorted(theirs) if not ray_defines(m)] == []
+
+
+def test_the_check_catches_a_misspelled_metric() -> None:
+    assert not ray_defines("ray_serve_deployment_replica_healty")
+    assert "ray_serve_app_request_latency_seconds_bucket" not in EXPORTED
