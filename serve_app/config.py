@@ -302,6 +302,22 @@ class HttpConfig(StrictModel):
     )
 
 
+class LogConfig(StrictModel):
+    """How every replica logs (Serve's ``logging_config``)."""
+
+    encoding: Literal["TEXT", "JSON"] = Field(
+        "TEXT",
+        description=(
+            "TEXT for people at a terminal; JSON for a log pipeline: one object per line "
+            "with Serve's request_id, application, deployment and replica, the same "
+            "request_id on every graph node a request passes through."
+        ),
+    )
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="Lowest level written by replicas and Serve's components."
+    )
+
+
 class WorkerPodConfig(StrictModel):
     """Shape of the Ray worker pods on Kubernetes (read by ``serve-app render-k8s`` only).
 
@@ -349,6 +365,9 @@ class AppConfig(StrictModel):
     pipelines: list[PipelineConfig] = Field(
         default_factory=list,
         description="Inference graphs over the models, each served at /v2/models/<name>.",
+    )
+    logging: LogConfig = Field(
+        default_factory=LogConfig, description="Replica log format and level."
     )
     cluster: ClusterConfig | None = Field(
         None,

@@ -142,7 +142,11 @@ def render_serve_config(
     return {
         "proxy_location": proxy_location,
         "http_options": http_options,
-        "logging_config": {"enable_access_log": app.http.access_log},
+        "logging_config": {
+            "encoding": app.logging.encoding,
+            "log_level": app.logging.level,
+            "enable_access_log": app.http.access_log,
+        },
         "applications": [server_application(app)]
         + [model_application(app, m) for m in app.models]
         + [pipeline_application(app, p) for p in app.pipelines],

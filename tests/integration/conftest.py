@@ -141,7 +141,14 @@ def make_app_config(root: Path, port: int, mlp_batching: dict[str, Any] | None =
     return AppConfig.model_validate(
         {
             "repository": {"root": str(root)},
-            "http": {"host": "127.0.0.1", "port": port, "max_request_bytes": 1024 * 1024},
+            # Access log on, as JSON: test_logs.py follows one request id through a graph.
+            "http": {
+                "host": "127.0.0.1",
+                "port": port,
+                "max_request_bytes": 1024 * 1024,
+                "access_log": True,
+            },
+            "logging": {"encoding": "JSON"},
             "models": [
                 {
                     "name": "minilm",
