@@ -1,0 +1,149 @@
+"""``serve-app demo`` in its own process, as a user starts it: start it on an AppConfig,
+wait for "serve_app is up", and stop it with Ctrl-C, checking that no process of its
+tree is left.
+
+The same API as ``tests/integration/demo_process.py`` (``Demo``, ``demo_process``), here
+in the package so benchmarks can use it without importing the test suite; that module
+can become a re-export of this one.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+START_TIMEOUT_S = 240.0
+STOP_TIMEOUT_S = 60.0
+
+
+@dataclass
+class Demo:
+    """A running ``serve-app demo``: its process, base URL and collected output."""
+
+    proc: subprocess.Popen[str]
+    url: str
+    ingress: str
+    lines: list[str]
+
+
+def user_environment() -> dict[str, str]:
+    """This process's environment without what a caller set for its own Ray: the demo
+    must set its loopback and ingress variables itself."""
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("RAY_", "SERVE_APP_")) or k == "RAY_AUTH_MODE"
+    }
+
+
+def running(p: psutil.Process) -> bool:
+    """Alive and not a zombie (an exited child this container's init has not reaped)."""
+    try:
+        return bool(p.status() != psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return False
+
+
+def descendants(pid: int) -> list[psutil.Process]:
+    """Every process below ``pid`` (none if it is gone)."""
+    try:
+        return list(psutil.Process(pid).children(recursive=True))
+    except psutil.NoSuchProcess:
+        return []
+
+
+def start_demo(
+    config: dict[str, Any],
+    folder: Path,
+    *extra_args: str,
+    start_timeout_s: float = START_TIMEOUT_S,
+) -> Demo:
+    """Start ``serve-app demo`` on the AppConfig ``config`` (written to
+    ``folder/app.yaml``) and wait until it prints "serve_app is up".
+
+    Raises:
+        TimeoutError: it did not come up in ``start_timeout_s`` (with its last output);
+            the process is stopped first.
+    """
+    path = folder / "app.yaml"
+    path.write_text(yaml.safe_dump(config))
+    cmd = [sys.executable, "-m", "serve_app.cli", "demo", "--config", str(path)]
+    proc = subprocess.Popen(
+        [*cmd, "--serve-config", "", *extra_args],
+        cwd=REPO_ROOT,
+        env=user_environment(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    lines: list[str] = []
+    up: queue.Queue[bool] = queue.Queue()
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if "serve_app is up" in line:
+                up.put(True)
+        up.put(False)
+
+    threading.Thread(target=pump, daemon=True).start()
+    http = config["http"]
+    demo = Demo(proc, f"http://127.0.0.1:{http['port']}", http.get("ingress", "haproxy"), lines)
+    try:
+        came_up = up.get(timeout=start_timeout_s)
+    except queue.Empty:
+        came_up = False
+    if not came_up:
+        stop_demo(demo)
+        raise TimeoutError("serve-app demo did not come up:\n" + "".join(lines[-40:]))
+    return demo
+
+
+def stop_demo(demo: Demo, stop_timeout_s: float = STOP_TIMEOUT_S) -> list[int]:
+    """Ctrl-C the demo (SIGKILL its group after ``stop_timeout_s``); returns the pids of
+    its tree still running 15 s later, which are then killed."""
+    tree = descendants(demo.proc.pid)
+    demo.proc.send_signal(signal.SIGINT)
+    try:
+        demo.proc.wait(stop_timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(demo.proc.pid, signal.SIGKILL)
+        demo.proc.wait(10)
+    _, alive = psutil.wait_procs(tree, timeout=15)
+    alive = [p for p in alive if running(p)]
+    for p in alive:
+        p.kill()
+    return [p.pid for p in alive]
+
+
+@contextmanager
+def demo_process(config: dict[str, Any], folder: Path, *extra_args: str) -> Iterator[Demo]:
+    """Run ``serve-app demo`` on the AppConfig ``config`` (written into ``folder``).
+
+    Raises:
+        AssertionError: it did not come up in ``START_TIMEOUT_S``, or left processes.
+    """
+    try:
+        demo = start_demo(config, folder, *extra_args)
+    except TimeoutError as e:
+        raise AssertionError(str(e)) from e
+    try:
+        yield demo
+    finally:
+        left = stop_demo(demo)
+    assert not left, f"processes left after Ctrl-C: {left}"

