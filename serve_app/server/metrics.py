@@ -7,10 +7,16 @@ declares as ``metrics`` (8080) or ``serve-app demo --metrics-port``.
 
 :data:`EXPORTED` names every family as Prometheus sees it. The Grafana dashboard's test
 checks each of its queries against that list and Ray's own families.
+
+Ray 2.60 drops a gauge from the metrics page a few seconds after its last ``set`` (the
+agent's gauge TTL), so the load facts, set once, are set again every
+``GAUGE_REFRESH_S`` by a daemon thread of the replica.
 """
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterable
 from typing import Any, Protocol
 
@@ -24,6 +30,8 @@ ROW_BOUNDARIES: list[float] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024]
 """Rows per batch and per request."""
 
 MODEL_TAGS = ("model", "version")
+GAUGE_REFRESH_S = 1.0
+"""How often a replica re-sets its gauges (Ray forgets one not set for ~2 s to ~20 s)."""
 PREFIX = "serve_app_"
 
 # name (as recorded) -> (kind, description). Exported as ray_<name>[_total].
@@ -87,7 +95,7 @@ class RayModelMetrics:
         version: Served version, the ``version`` tag.
     """
 
-    def __init__(self, model: str, version: str) -> None:
+    def __init__(self, model: str, version: str, refresh_s: float = GAUGE_REFRESH_S) -> None:
         from ray.serve import metrics as ray_metrics
 
         # Ray annotates tag_keys as tuple[str] (one key); any tuple of keys works.
@@ -125,6 +133,29 @@ class RayModelMetrics:
         self._info = gauge("serve_app_model_info", ("format", "device", "num_gpus"))
         self._device_memory = gauge("serve_app_device_memory_bytes", ("device",))
         self._device = ""
+        # Last value of each gauge series: (gauge, value, tags), re-set by the thread.
+        self._gauge_values: dict[str, tuple[Any, float, dict[str, str] | None]] = {}
+        self._lock = threading.Lock()
+        self._refresh_s = refresh_s
+        self._refresher: threading.Thread | None = None
+
+    def _set(self, key: str, gauge: Any, value: float, tags: dict[str, str] | None = None) -> None:
+        gauge.set(value, tags=tags)
+        with self._lock:
+            self._gauge_values[key] = (gauge, value, tags)
+            if self._refresher is None:
+                self._refresher = threading.Thread(
+                    target=self._refresh_loop, name="metrics-refresh", daemon=True
+                )
+                self._refresher.start()
+
+    def _refresh_loop(self) -> None:
+        while True:  # a daemon thread: it ends with the replica
+            time.sleep(self._refresh_s)
+            with self._lock:
+                values = list(self._gauge_values.values())
+            for gauge, value, tags in values:
+                gauge.set(value, tags=tags)
 
     def observe_request(self, status: int, latency_s: float, rows: int | None) -> None:
         """See :class:`ModelMetricsSink`."""
@@ -143,14 +174,14 @@ class RayModelMetrics:
     def set_loaded(self, info: dict[str, str], load_s: dict[str, float], nbytes: int) -> None:
         """See :class:`ModelMetricsSink`."""
         self._device = info.get("device", "")
-        self._info.set(1, tags=info)
-        self._verify_s.set(load_s.get("verify_s", 0.0))
-        self._load_s.set(load_s.get("load_s", 0.0))
-        self._bytes.set(nbytes)
+        self._set("info", self._info, 1, info)
+        self._set("verify_s", self._verify_s, load_s.get("verify_s", 0.0))
+        self._set("load_s", self._load_s, load_s.get("load_s", 0.0))
+        self._set("bytes", self._bytes, nbytes)
 
     def set_device_memory(self, nbytes: int) -> None:
         """See :class:`ModelMetricsSink`."""
-        self._device_memory.set(nbytes, tags={"device": self._device})
+        self._set("device_memory", self._device_memory, nbytes, {"device": self._device})
 
 
 def device_memory_bytes(device: str) -> int | None:

@@ -60,6 +60,8 @@ def body(texts: list[str]) -> dict:
 def test_model_metrics_are_exported_and_move_with_traffic(client: httpx.Client) -> None:
     model = {"model": "minilm", "version": "2"}
     before = wait_until(lambda s: total(s, "ray_serve_app_model_info", **model) >= 1)
+    # A gauge set once at load is still on the page minutes later (re-set every second).
+    assert total(before, "ray_serve_app_model_info", **model) == 1
     ok0 = total(before, "ray_serve_app_requests_total", status="200", **model)
     bad0 = total(before, "ray_serve_app_requests_total", status="400", **model)
     # Ray 2.60 reports a histogram's _sum from bucket midpoints, so counts and buckets
