@@ -131,6 +131,22 @@ def example_pipeline_curl(base_url: str) -> str:
     )
 
 
+DRAIN_MARGIN_S = 5.0
+"""Added to the longest graceful_shutdown_timeout_s for a stopping demo's drain."""
+
+
+def drain_budget_s(config: dict[str, Any]) -> float:
+    """How long a stopping demo waits for in-flight requests: the longest
+    ``graceful_shutdown_timeout_s`` of its deployments (Serve's default, 20 s, where
+    none is set) plus ``DRAIN_MARGIN_S``."""
+    timeouts = [
+        float(d.get("graceful_shutdown_timeout_s", 20.0))
+        for a in config.get("applications", [])
+        for d in a.get("deployments", [])
+    ]
+    return max(timeouts, default=20.0) + DRAIN_MARGIN_S
+
+
 def _ignore_interrupts() -> None:
     """A second Ctrl-C must not cut the cleanup short (it is bounded anyway)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -222,5 +238,7 @@ def run_demo(
         return 1
     finally:
         _ignore_interrupts()
-        local.stop_ray()
+        drain_s = drain_budget_s(config)
+        print(f"draining: requests in flight finish (up to {drain_s:.0f} s)", flush=True)
+        local.stop_ray(drain_s=drain_s, server_app=app.server_name)
         print("stopped; no Ray processes left.", flush=True)

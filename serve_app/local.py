@@ -142,9 +142,40 @@ def wait_running(
         time.sleep(0.25)
 
 
-def stop_ray(timeout_s: float = 15.0) -> None:
-    """Stop Serve and Ray within ``timeout_s``: ``serve.shutdown`` can take 30 s or more,
-    so it gets part of the budget in a thread, then ``ray.shutdown`` kills what is left."""
+def drain_apps(timeout_s: float, last: str | None = None) -> bool:
+    """Delete every Serve application and wait until they are gone; ``last`` (the
+    server app) goes after the others, so that meanwhile a request for a stopping model
+    gets its 503 + ``Retry-After`` instead of the ingress's 404.
+
+    Deleting an application is Serve's graceful path: the ingress stops routing to it at
+    once (new requests are refused cleanly), and each replica finishes the requests it
+    holds, queued batches included, within its ``graceful_shutdown_timeout_s`` before
+    it stops. ``serve.shutdown`` alone also stops the ingress at once, which cuts the
+    connections of requests still in flight.
+
+    Returns:
+        Whether every application was gone within ``timeout_s``.
+    """
+    from ray import serve
+
+    deadline = time.monotonic() + timeout_s
+    for keep in ([last] if last else []) + [None]:
+        for name in serve.status().applications:
+            if name != keep:
+                serve.delete(name, _blocking=False)
+        while set(serve.status().applications) - {keep}:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.25)
+    return True
+
+
+def stop_ray(timeout_s: float = 15.0, drain_s: float = 0.0, server_app: str | None = None) -> None:
+    """Stop Serve and Ray.
+
+    Drain the applications for up to ``drain_s`` (see ``drain_apps``; ``server_app``
+    last), then give ``serve.shutdown`` part of ``timeout_s`` in a thread (it can take
+    30 s or more) and let ``ray.shutdown`` kill what is left."""
     import ray
     from ray import serve
 
@@ -155,6 +186,12 @@ def stop_ray(timeout_s: float = 15.0) -> None:
     # by the node id in its config path and end any that outlive Ray.
     node_id = ray.get_runtime_context().get_node_id()
     haproxies = _haproxies_of(node_id)
+    if drain_s > 0:
+        try:
+            if not drain_apps(drain_s, last=server_app):
+                logger.warning("applications not drained in %.0f s; stopping anyway", drain_s)
+        except Exception as e:  # noqa: BLE001 - a broken Serve must not block the stop
+            logger.warning("draining failed (%s); stopping anyway", e)
     t = threading.Thread(target=serve.shutdown, daemon=True)
     t.start()
     t.join(timeout_s * 0.6)

@@ -6,6 +6,7 @@ a model whose application is not running (503 with ``Retry-After`` and the reaso
 Serve reports, e.g. the weight file that failed verification).
 """
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,6 +50,21 @@ class ModelState:
         }
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def concise(message: str) -> str:
+    """Serve's status message without terminal colours, and with a replica's traceback
+    cut to its last line (the error itself, e.g. the file that failed verification)."""
+    message = _ANSI.sub("", message)
+    head, sep, tail = message.partition("Traceback (most recent call last):")
+    if not sep:
+        return message.strip()
+    last = next((ln.strip() for ln in reversed(tail.splitlines()) if ln.strip()), "")
+    lead = head.split("Error:")[0].strip() if "Error:" in head else head.strip()
+    return f"{lead} {last}".strip()
+
+
 def status_name(status: Any) -> str:
     """``RUNNING`` for ``ApplicationStatus.RUNNING`` (an enum) or for a plain string."""
     return str(getattr(status, "value", status))
@@ -69,7 +85,9 @@ def read_model_states(names: list[str]) -> dict[str, ModelState]:
         if app is None:
             states[name] = ModelState(name, False, "NOT_STARTED", "application not deployed")
             continue
-        messages = [app.app_status.message] + [d.message for d in app.deployment_statuses]
+        messages = [concise(app.app_status.message)] + [
+            concise(d.message) for d in app.deployment_statuses
+        ]
         state = status_name(app.app_status.status)
         states[name] = ModelState(
             name, state == "RUNNING", state, " | ".join(m for m in messages if m)
@@ -151,7 +169,9 @@ class OIPServer:
             served = self.args.models + list(self.args.pipelines)
             raise ModelNotFound(f"unknown model {name!r}; served models: {served}")
         state = (await self._states()).get(name)
-        reason = f"{state.status}: {state.message}" if state else "unknown state"
+        reason = "unknown state"
+        if state is not None:
+            reason = f"{state.status}: {state.message}" if state.message else state.status
         raise ServiceUnavailable(
             f"model {name!r} is not ready ({reason})", retry_after_s=self.args.http.retry_after_s
         )
