@@ -27,7 +27,7 @@ lint: $(STAMP)
 render: $(STAMP)
 	$(VENV)/bin/serve-app render
 	$(VENV)/bin/serve-app render-k8s
-	$(PY) kuberay/grafana/build_dashboard.py
+	$(PY) kuberay/components/monitoring/build_dashboard.py
 
 clean:
 	rm -rf $(VENV) model-repository

@@ -3,6 +3,7 @@ a request to paste, stop cleanly on Ctrl-C."""
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import tempfile
@@ -135,16 +136,25 @@ DRAIN_MARGIN_S = 5.0
 """Added to the longest graceful_shutdown_timeout_s for a stopping demo's drain."""
 
 
-def drain_budget_s(config: dict[str, Any]) -> float:
-    """How long a stopping demo waits for in-flight requests: the longest
+def drain_budget_s(config: dict[str, Any], ingress: str) -> float:
+    """How long a stopping demo waits for its applications to go: the longest
     ``graceful_shutdown_timeout_s`` of its deployments (Serve's default, 20 s, where
-    none is set) plus ``DRAIN_MARGIN_S``."""
+    none is set) plus ``DRAIN_MARGIN_S``.
+
+    With the HAProxy ingress Ray keeps every stopping replica draining for
+    ``RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S`` (30 s) plus 5 s, so that HAProxy's
+    health checks (every 5 s) drop it before it stops listening; the budget covers that.
+    """
     timeouts = [
         float(d.get("graceful_shutdown_timeout_s", 20.0))
         for a in config.get("applications", [])
         for d in a.get("deployments", [])
     ]
-    return max(timeouts, default=20.0) + DRAIN_MARGIN_S
+    longest_s = max(timeouts, default=20.0)
+    if ingress == "haproxy":
+        floor_s = float(os.environ.get("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "30"))
+        longest_s = max(longest_s, floor_s + 5.0)
+    return longest_s + DRAIN_MARGIN_S
 
 
 def _ignore_interrupts() -> None:
@@ -238,7 +248,8 @@ def run_demo(
         return 1
     finally:
         _ignore_interrupts()
-        drain_s = drain_budget_s(config)
+        drain_s = drain_budget_s(config, app.http.ingress)
         print(f"draining: requests in flight finish (up to {drain_s:.0f} s)", flush=True)
+        t_stop = time.monotonic()
         local.stop_ray(drain_s=drain_s, server_app=app.server_name)
-        print("stopped; no Ray processes left.", flush=True)
+        print(f"stopped in {time.monotonic() - t_stop:.1f} s; no Ray processes left.", flush=True)

@@ -187,8 +187,11 @@ def stop_ray(timeout_s: float = 15.0, drain_s: float = 0.0, server_app: str | No
     node_id = ray.get_runtime_context().get_node_id()
     haproxies = _haproxies_of(node_id)
     if drain_s > 0:
+        t0 = time.monotonic()
         try:
-            if not drain_apps(drain_s, last=server_app):
+            if drain_apps(drain_s, last=server_app):
+                logger.info("applications drained in %.1f s", time.monotonic() - t0)
+            else:
                 logger.warning("applications not drained in %.0f s; stopping anyway", drain_s)
         except Exception as e:  # noqa: BLE001 - a broken Serve must not block the stop
             logger.warning("draining failed (%s); stopping anyway", e)

@@ -98,7 +98,7 @@ def demo_process(config: dict[str, Any], folder: Path, *extra_args: str) -> Iter
         tree = descendants(proc.pid)
         proc.send_signal(signal.SIGINT)
         try:
-            proc.wait(60)
+            proc.wait(120)  # the drain alone takes ~35 s with HAProxy (see demo.py)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
@@ -106,4 +106,11 @@ def demo_process(config: dict[str, Any], folder: Path, *extra_args: str) -> Iter
         alive = [p for p in alive if running(p)]
         for p in alive:
             p.kill()
-    assert not alive, f"processes left after Ctrl-C: {[p.pid for p in alive]}"
+    assert not alive, f"processes left after Ctrl-C: {[(p.pid, _title(p)) for p in alive]}"
+
+
+def _title(p: psutil.Process) -> str:
+    try:
+        return " ".join(p.cmdline())[:120]
+    except psutil.Error:
+        return "?"

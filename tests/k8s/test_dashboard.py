@@ -1,5 +1,6 @@
-"""kuberay/grafana/serve-app-dashboard.json: generated, well formed, and every query names
-a metric serve_app exports or one Ray 2.60 defines (the live scrape in
+"""The Grafana dashboard (kuberay/components/monitoring/serve-app-dashboard.json):
+generated, shipped by the monitoring component, well formed, and every query names a
+metric serve_app exports or one Ray 2.60 defines (the live scrape in
 tests/integration/test_metrics.py checks Ray's are really on the page)."""
 
 from __future__ import annotations
@@ -13,9 +14,12 @@ from types import ModuleType
 import ray
 
 from serve_app.server.metrics import EXPORTED, FAMILIES
+from tests.k8s.conftest import overlay_with_components
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-BUILDER = REPO_ROOT / "kuberay" / "grafana" / "build_dashboard.py"
+MONITORING = REPO_ROOT / "kuberay" / "components" / "monitoring"
+BUILDER = MONITORING / "build_dashboard.py"
+DASHBOARD = MONITORING / "serve-app-dashboard.json"
 METRIC = re.compile(r"\b(ray_[a-z0-9_]+)")
 
 
@@ -29,7 +33,7 @@ def builder() -> ModuleType:
 
 def dashboard_metrics() -> set[str]:
     """Every ``ray_*`` series name in the committed dashboard's queries."""
-    data = json.loads((REPO_ROOT / "kuberay/grafana/serve-app-dashboard.json").read_text())
+    data = json.loads(DASHBOARD.read_text())
     exprs = [t["expr"] for p in data["panels"] for t in p["targets"]]
     exprs.append(data["templating"]["list"][1]["definition"])
     return {m for e in exprs for m in METRIC.findall(e)}
@@ -48,9 +52,15 @@ def ray_defines(series: str) -> bool:
 
 
 def test_committed_dashboard_is_what_the_builder_writes() -> None:
-    assert (
-        REPO_ROOT / "kuberay/grafana/serve-app-dashboard.json"
-    ).read_text() == builder().render()
+    assert DASHBOARD.read_text() == builder().render()
+
+
+def test_monitoring_component_ships_the_dashboard_to_grafana(tmp_path: Path) -> None:
+    docs = overlay_with_components(tmp_path, "gpu", "monitoring")
+    (cm,) = [d for d in docs if d["kind"] == "ConfigMap" and "grafana" in d["metadata"]["name"]]
+    assert cm["metadata"]["name"] == "serve-app-grafana-dashboard"
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"  # the sidecar's selector
+    assert cm["data"] == {"serve-app-dashboard.json": DASHBOARD.read_text()}
 
 
 def test_panels_are_well_formed() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from ray.serve.schema import ServeDeploySchema
 
 from serve_app.app_args import APP_ARGS
@@ -50,3 +51,20 @@ def test_batching_lives_in_user_config_not_args() -> None:
     assert dep["backpressure_config"] == {"status_code": 503, "retry_after_s": 1}
     assert dep["ray_actor_options"] == {"num_cpus": 1.0, "num_gpus": 0.0}
     assert (dep["num_replicas"], minilm["args"]["torch_threads"]) == (2, 1)
+
+
+def test_demo_drain_budget_covers_graceful_shutdown_and_the_haproxy_floor(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from serve_app.demo import drain_budget_s
+
+    monkeypatch.delenv("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", raising=False)
+    config = {"applications": [
+        {"deployments": [{"name": "a", "graceful_shutdown_timeout_s": 12}]},
+        {"deployments": [{"name": "b"}]},  # Serve's default, 20 s
+    ]}  # fmt: skip
+    assert drain_budget_s(config, "proxy") == 20 + 5
+    assert drain_budget_s(config, "haproxy") == 30 + 5 + 5  # Ray's direct-ingress drain
+    monkeypatch.setenv("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "2")
+    assert drain_budget_s(config, "haproxy") == 20 + 5
+    assert drain_budget_s({"applications": []}, "proxy") == 25

@@ -1,9 +1,10 @@
 """Writes serve-app-dashboard.json (Grafana 10+ JSON model) next to this file.
 
-Run ``python kuberay/grafana/build_dashboard.py`` after changing a panel; a test fails
-when the committed JSON differs from what this script writes, and checks that every
-query names a metric serve_app exports or one the live Ray node exported in the
-integration session.
+Run ``python kuberay/components/monitoring/build_dashboard.py`` (or ``make render``)
+after changing a panel; a test fails when the committed JSON differs from what this
+script writes, and checks that every query names a metric serve_app exports or one the
+live Ray node exported in the integration session. The monitoring component ships the
+JSON as a ConfigMap for Grafana's dashboard sidecar.
 """
 
 from __future__ import annotations
