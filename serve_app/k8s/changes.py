@@ -24,6 +24,7 @@ Pure functions over the JSON 6902 operations of ``rayservice.generated.yaml``.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -142,13 +143,20 @@ def _load(text: Any) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+def _changed(
+    old: dict[str, Any], new: dict[str, Any], skip: set[str]
+) -> Iterator[tuple[str, Any, Any]]:
+    """``(key, before, after)`` for each key whose value differs (``_ABSENT`` if none)."""
+    for key in sorted((old.keys() | new.keys()) - skip):
+        before, after = old.get(key, _ABSENT), new.get(key, _ABSENT)
+        if before != after:
+            yield key, before, after
+
+
 def classify_serve_config_change(old: dict[str, Any], new: dict[str, Any]) -> list[Change]:
     """Differences between two Serve configs (``serveConfigV2``), classified."""
     changes: list[Change] = []
-    for key in sorted((old.keys() | new.keys()) - {"applications"}):
-        before, after = old.get(key, _ABSENT), new.get(key, _ABSENT)
-        if before == after:
-            continue
+    for key, before, after in _changed(old, new, {"applications"}):
         where = f"serveConfigV2 {key}"
         detail = _describe(before, after)
         if key in SERVE_STARTUP_OPTIONS:
@@ -174,10 +182,7 @@ def classify_serve_config_change(old: dict[str, Any], new: dict[str, Any]) -> li
 
 def _app_changes(name: str, old: dict[str, Any], new: dict[str, Any]) -> list[Change]:
     changes: list[Change] = []
-    for key in sorted((old.keys() | new.keys()) - {"deployments", "name"}):
-        before, after = old.get(key, _ABSENT), new.get(key, _ABSENT)
-        if before == after:
-            continue
+    for key, before, after in _changed(old, new, {"deployments", "name"}):
         where = f"serveConfigV2 {name} {key}"
         if key == "route_prefix":
             changes.append(Change("in-place", where, f"{_short(before)} -> {_short(after)}"))
@@ -190,11 +195,7 @@ def _app_changes(name: str, old: dict[str, Any], new: dict[str, Any]) -> list[Ch
     old_deps = {d["name"]: d for d in old.get("deployments") or []}
     new_deps = {d["name"]: d for d in new.get("deployments") or []}
     for dep in sorted(old_deps.keys() | new_deps.keys()):
-        a, b = old_deps.get(dep, {}), new_deps.get(dep, {})
-        for key in sorted((a.keys() | b.keys()) - {"name"}):
-            before, after = a.get(key, _ABSENT), b.get(key, _ABSENT)
-            if before == after:
-                continue
+        for key, before, after in _changed(old_deps.get(dep, {}), new_deps.get(dep, {}), {"name"}):
             where = f"serveConfigV2 {name}/{dep} {key}"
             detail = _describe(before, after)
             if key in LIGHT_DEPLOYMENT_OPTIONS:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,8 +15,18 @@ from serve_app.errors import ServeAppError
 from serve_app.k8s.cli import add_k8s_commands
 from tests.k8s import fake_apiserver as fk
 
+API_TOKEN = "k8s-test-token"
+"""The bearer token the stand-in API server of ``server`` requires."""
 KUBECONFIG_NS = "team-a"
 """The namespace of the kubeconfig's current context."""
+
+
+@pytest.fixture
+def server() -> Iterator[fk.FakeApiServer]:
+    """A stand-in API server on a free loopback port, requiring ``API_TOKEN``."""
+    srv = fk.FakeApiServer(token=API_TOKEN).start()
+    yield srv
+    srv.stop()
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ import json
 import pickle
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +33,9 @@ from serve_app.k8s.errors import (
 from serve_app.k8s.status import RayServiceStatus
 from tests.k8s import fake_apiserver as fk
 from tests.k8s import kuberay_status as kr
+from tests.k8s.conftest import API_TOKEN
 
-TOKEN = "s3cret-token"
+TOKEN = API_TOKEN
 NS = "serving"
 CLUSTER_A = "demo-7xk2p"
 CLUSTER_B = "demo-q9z4m"
@@ -56,13 +56,6 @@ READY_A = (
 
 manifest = fk.rayservice_manifest
 closed_port = fk.closed_port
-
-
-@pytest.fixture
-def server() -> Iterator[fk.FakeApiServer]:
-    srv = fk.FakeApiServer(token=TOKEN).start()
-    yield srv
-    srv.stop()
 
 
 def api_for(url: str, token: str = TOKEN) -> Any:

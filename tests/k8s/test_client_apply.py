@@ -8,7 +8,6 @@ The stand-in prunes and validates against the vendored KubeRay v1.7.0 CRD, track
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -23,19 +22,13 @@ from serve_app.k8s.errors import (
 from tests.k8s import crd_schema as crds
 from tests.k8s import fake_apiserver as fk
 from tests.k8s import kuberay_status as kr
+from tests.k8s.conftest import API_TOKEN
 
-TOKEN = "apply-token"
+TOKEN = API_TOKEN
 NS = "serving"
 PATH = f"/apis/ray.io/v1/namespaces/{NS}/rayservices"
 FINALIZER = kr.RAYSERVICE_FINALIZER
 needs_crds = pytest.mark.skipif(not crds.crds_available(), reason="no KubeRay CRDs beside clone")
-
-
-@pytest.fixture
-def server() -> Iterator[fk.FakeApiServer]:
-    srv = fk.FakeApiServer(token=TOKEN).start()
-    yield srv
-    srv.stop()
 
 
 @pytest.fixture

@@ -10,18 +10,16 @@ import argparse
 import json
 import re
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 import yaml
 
 from serve_app.k8s.cli import add_k8s_commands
 from tests.k8s import fake_apiserver as fk
 from tests.k8s import kuberay_status as kr
-from tests.k8s.conftest import KUBECONFIG_NS, run_cli
+from tests.k8s.conftest import API_TOKEN, KUBECONFIG_NS, run_cli
 
-TOKEN = "cli-token"
+TOKEN = API_TOKEN
 NS = KUBECONFIG_NS  # the kubeconfig context's namespace
 A = "demo-7xk2p"
 CONFIGMAP = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "serve-app-env"}}
@@ -29,13 +27,6 @@ SKIPPED = (
     "skipped ConfigMap/serve-app-env: `serve-app k8s apply` applies RayServices only; "
     "use kubectl apply"
 )
-
-
-@pytest.fixture
-def server() -> Iterator[fk.FakeApiServer]:
-    srv = fk.FakeApiServer(token=TOKEN).start()
-    yield srv
-    srv.stop()
 
 
 def write_docs(tmp_path: Path, *docs: object) -> str:

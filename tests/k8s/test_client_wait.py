@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,8 +20,9 @@ from serve_app.k8s.status import ApplicationStatus, Condition, DeploymentStatus,
 from tests.k8s import crd_schema as crds
 from tests.k8s import fake_apiserver as fk
 from tests.k8s import kuberay_status as kr
+from tests.k8s.conftest import API_TOKEN
 
-TOKEN = "s3cret-token"
+TOKEN = API_TOKEN
 NS = "serving"
 A, B = "demo-7xk2p", "demo-q9z4m"
 NEW_IMAGE = "rayproject/ray:2.60.0-py311-cu128"
@@ -39,13 +39,6 @@ TIMEOUT_MESSAGE = (
     "RayService failed to become ready within the configured timeout of 5m0s. "
     "Time spent initializing: 5m1.2s"
 )
-
-
-@pytest.fixture
-def server() -> Iterator[fk.FakeApiServer]:
-    srv = fk.FakeApiServer(token=TOKEN).start()
-    yield srv
-    srv.stop()
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +13,9 @@ from serve_app.k8s.errors import InvalidManifest
 from serve_app.k8s.upgrade import hold_min_replicas, parse_holds, safe_cluster_upgrade
 from tests.k8s import fake_apiserver as fk
 from tests.k8s import kuberay_status as kr
-from tests.k8s.conftest import KUBECONFIG_NS, run_cli
+from tests.k8s.conftest import API_TOKEN, KUBECONFIG_NS, run_cli
 
-TOKEN = "upgrade-token"
+TOKEN = API_TOKEN
 OLD_IMAGE, NEW_IMAGE = "serve-app:1", "serve-app:2"
 A, B = "serve-app-a1b2c", "serve-app-d3e4f"
 SERVE_CONFIG = {
@@ -30,13 +29,6 @@ SERVE_CONFIG = {
          "deployments": [{"name": "OIPServer", "num_replicas": 1}]},
     ],
 }  # fmt: skip
-
-
-@pytest.fixture
-def server() -> Iterator[fk.FakeApiServer]:
-    srv = fk.FakeApiServer(token=TOKEN).start()
-    yield srv
-    srv.stop()
 
 
 def manifest(image: str, ns: str) -> dict[str, Any]:
