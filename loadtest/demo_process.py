@@ -26,7 +26,8 @@ import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 START_TIMEOUT_S = 240.0
-STOP_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 120.0
+"""The drain alone takes ~35 s with HAProxy (see ``serve_app.demo.drain_budget_s``)."""
 
 
 @dataclass
@@ -114,9 +115,17 @@ def start_demo(
     return demo
 
 
-def stop_demo(demo: Demo, stop_timeout_s: float = STOP_TIMEOUT_S) -> list[int]:
-    """Ctrl-C the demo (SIGKILL its group after ``stop_timeout_s``); returns the pids of
-    its tree still running 15 s later, which are then killed."""
+def title(p: psutil.Process) -> str:
+    """The command line of ``p`` (Ray workers: their process title), cut to 120 chars."""
+    try:
+        return " ".join(p.cmdline())[:120]
+    except psutil.Error:
+        return "?"
+
+
+def stop_demo(demo: Demo, stop_timeout_s: float = STOP_TIMEOUT_S) -> list[tuple[int, str]]:
+    """Ctrl-C the demo (SIGKILL its group after ``stop_timeout_s``); returns (pid, title)
+    of each process of its tree still running 15 s later, which are then killed."""
     tree = descendants(demo.proc.pid)
     demo.proc.send_signal(signal.SIGINT)
     try:
@@ -125,10 +134,11 @@ def stop_demo(demo: Demo, stop_timeout_s: float = STOP_TIMEOUT_S) -> list[int]:
         os.killpg(demo.proc.pid, signal.SIGKILL)
         demo.proc.wait(10)
     _, alive = psutil.wait_procs(tree, timeout=15)
-    alive = [p for p in alive if running(p)]
+    left = [(p.pid, title(p)) for p in alive if running(p)]
     for p in alive:
-        p.kill()
-    return [p.pid for p in alive]
+        if running(p):
+            p.kill()
+    return left
 
 
 @contextmanager

@@ -36,10 +36,11 @@ def group_of(name: str, cmdline: list[str], is_root: bool = False) -> str:
     """The group a process belongs to, from its name and command line (Ray workers set
     their process title, e.g. ``ray::ServeReplica:minilm:ModelDeployment``, as argv[0]).
 
-    Groups: ``replica:<app>:<deployment>``, ``controller``, ``proxy``, ``haproxy``,
-    ``raylet``, ``gcs``, ``driver`` (the root: the demo process), Ray's Python helpers
-    (``RAY_HELPER_SCRIPTS``), ``ray-idle-worker``, ``ray::<title>`` for other Ray
-    workers, else the process name.
+    Groups: ``replica:<app>:<deployment>``, ``controller``, ``proxy`` (Serve's proxy
+    actors, HAProxyManager included), ``haproxy``, ``raylet``, ``gcs``, ``driver`` (the
+    root: the demo process), Ray's Python helpers (``RAY_HELPER_SCRIPTS``),
+    ``dashboard-modules``, ``multiprocessing-helpers``, ``ray-idle-worker``,
+    ``ray::<title>`` for other Ray workers, else the process name.
     """
     title = " ".join(cmdline) if cmdline else name
     head = cmdline[0] if cmdline else name
@@ -55,6 +56,10 @@ def group_of(name: str, cmdline: list[str], is_root: bool = False) -> str:
         return "ray-idle-worker"
     if head.startswith("ray::"):
         return head.split()[0]
+    if head.startswith("ray-dashboard-"):  # the dashboard's module subprocesses
+        return "dashboard-modules"
+    if any("from multiprocessing." in arg for arg in cmdline[1:4]):
+        return "multiprocessing-helpers"
     base = os.path.basename(head)
     if name == "haproxy" or base == "haproxy":
         return "haproxy"

@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 from loadtest import profiles
 from loadtest.analysis import load_run, request_summary
 from loadtest.bench_autoscaling import MODEL, app_config
-from loadtest.demo_process import Demo, running, start_demo, stop_demo
+from loadtest.demo_process import Demo, running, start_demo, stop_demo, title
 from loadtest.machine import free_port, machine_info
 from loadtest.payloads import generated_body, model_metadata
 from loadtest.proc_sampler import PROCESS_SAMPLES_FILE, ProcessSampler
@@ -54,6 +54,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--repo", default="./model-repository", help="model repository root")
     p.add_argument("--timeout-s", type=float, default=30.0, help="client timeout per request")
     p.add_argument("--seed", type=int, default=0, help="seed of the Poisson arrivals")
+    p.add_argument("--report-only", action="store_true", help="re-analyse --out (no demo, no load)")
     return p.parse_args(argv)
 
 
@@ -86,9 +87,9 @@ def versions() -> dict[str, Any]:
     return out
 
 
-def leftovers(rows: list[dict[str, Any]]) -> list[int]:
-    """Pids seen in the samples that still run (a reused pid, created after its last
-    sample, does not count)."""
+def leftovers(rows: list[dict[str, Any]]) -> list[tuple[int, str]]:
+    """(pid, title) of processes seen in the samples that still run (a reused pid,
+    created after its last sample, does not count)."""
     last_seen: dict[int, float] = {}
     for r in rows:
         last_seen[r["pid"]] = max(r["wall_s"], last_seen.get(r["pid"], 0.0))
@@ -97,7 +98,7 @@ def leftovers(rows: list[dict[str, Any]]) -> list[int]:
         try:
             p = psutil.Process(pid)
             if running(p) and p.create_time() <= seen_s:
-                left.append(pid)
+                left.append((pid, title(p)))
         except psutil.NoSuchProcess:
             continue
     return left
@@ -158,17 +159,14 @@ def _run_load(a: argparse.Namespace, demo: Demo, ports: tuple[int, int], out: Pa
     return run_open_loop(settings, body, out, read_token())
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Start the demo, load it while sampling its processes, stop it, write and print
-    the analysis; exit code 1 if processes were left behind."""
-    a = parse_args(argv)
-    out = Path(a.out)
+def soak(a: argparse.Namespace, out: Path) -> dict[str, Any]:
+    """Start the demo, load it while sampling its processes, stop it; returns the facts
+    of the demo (start and stop seconds, exit code, processes left)."""
     out.mkdir(parents=True, exist_ok=True)
     ports = (free_port(), free_port())
-    config = demo_config(a.repo, a.replicas)
     t0 = time.monotonic()
     extra = ("--dashboard-port", str(ports[0]), "--metrics-port", str(ports[1]))
-    demo = start_demo(config, out, *extra)
+    demo = start_demo(demo_config(a.repo, a.replicas), out, *extra)
     startup_s = round(time.monotonic() - t0, 1)
     print(f"demo up in {startup_s} s at {demo.url}; load for {a.duration_s:g} s", flush=True)
     sampler = ProcessSampler(demo.proc.pid, a.sample_s)
@@ -178,17 +176,40 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         sampler.stop()
         pq.write_table(sampler.table(), out / PROCESS_SAMPLES_FILE)
-        left_in_tree = stop_demo(demo)
-        left = sorted(set(left_in_tree) | set(leftovers(sampler.rows)))
+        t1 = time.monotonic()
+        left = dict(stop_demo(demo))
+        stop_s = round(time.monotonic() - t1, 1)
+        left.update(leftovers(sampler.rows))
         (out / "demo.log").write_text("".join(demo.lines))
-    info = {"startup_s": startup_s, "exit_code": demo.proc.returncode, "left_pids": left}
-    summary, series = summarize_soak(out, a, info)
+    print(f"demo stopped in {stop_s} s (exit {demo.proc.returncode})", flush=True)
+    return {
+        "startup_s": startup_s,
+        "stop_s": stop_s,
+        "exit_code": demo.proc.returncode,
+        "left": [{"pid": pid, "title": t} for pid, t in sorted(left.items())],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the soak (or, with ``--report-only``, re-analyse ``--out`` with the run's own
+    load settings); write and print the analysis. Exit code 1 if processes were left."""
+    a = parse_args(argv)
+    out = Path(a.out)
+    if a.report_only:
+        run_args = json.loads((out / "run.json").read_text())["extra"]["soak"]
+        for key in ("rate", "duration_s", "sample_s", "replicas", "seed"):
+            setattr(a, key, run_args[key])
+        previous = out / SOAK_FILE
+        demo = json.loads(previous.read_text())["demo"] if previous.exists() else {}
+    else:
+        demo = soak(a, out)
+    summary, series = summarize_soak(out, a, demo)
     (out / SOAK_FILE).write_text(json.dumps(summary, indent=1) + "\n")
     plot(summary, series, out / PLOT_FILE)
     print(text(summary))
-    print(f"demo stopped (exit {demo.proc.returncode}); processes left: {left or 'none'}")
+    print(f"processes left after Ctrl-C: {demo.get('left') or 'none'}")
     print(f"wrote {out / SOAK_FILE}, {out / PLOT_FILE}")
-    return 1 if left else 0
+    return 1 if demo.get("left") else 0
 
 
 if __name__ == "__main__":

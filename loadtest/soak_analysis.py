@@ -27,16 +27,19 @@ FDS_GROWTH_MIN = 10.0
 
 
 def per_minute(req: dict[str, np.ndarray], minute_s: float = 60.0) -> list[dict[str, Any]]:
-    """Requests by the minute they were sent in (from the load's start): count, served,
-    failed, errors by label, p50/p99 of the served in ms (None without one)."""
-    sent = np.where(np.isnan(req["sent_s"]), req["scheduled_s"], req["sent_s"])
-    if sent.size == 0:
+    """Requests by the minute they were scheduled in (from the load's start; a request
+    sent late past the end of the load still counts in the last minute): count, served,
+    failed, errors by label, p50/p99 of the served in ms (None without one), and the p99
+    of the generator's own lag (send time - schedule: the client's share of a slow minute)."""
+    scheduled = req["scheduled_s"]
+    if scheduled.size == 0:
         return []
-    minute = np.floor(sent / minute_s).astype(int)
+    minute = np.floor(scheduled / minute_s).astype(int)
     out = []
     for m in range(int(minute.max()) + 1):
         sel = minute == m
         status, latency = req["status"][sel], req["latency_s"][sel]
+        lag = req["sent_s"][sel] - scheduled[sel]
         ok = status == 200
         errors = Counter(
             error_label(int(s), str(e))
@@ -52,6 +55,7 @@ def per_minute(req: dict[str, np.ndarray], minute_s: float = 60.0) -> list[dict[
                 "errors": dict(sorted(errors.items())),
                 "p50_ms": percentile_ms(latency[ok], 50),
                 "p99_ms": percentile_ms(latency[ok], 99),
+                "generator_lag_p99_ms": percentile_ms(lag[~np.isnan(lag)], 99),
             }
         )
     return out
@@ -77,23 +81,40 @@ def group_series(
     return out
 
 
+def summed(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Several groups' series as one (summed at each sample time any of them has)."""
+    times = np.unique(np.concatenate([p["t_s"] for p in parts]))
+    out = {"t_s": times}
+    for key in ("rss_bytes", "fds", "processes"):
+        total = np.zeros(times.size)
+        for p in parts:
+            np.add.at(total, np.searchsorted(times, p["t_s"]), p[key])
+        out[key] = total
+    return out
+
+
 def trend(
     t_s: np.ndarray, values: np.ndarray, t_from_s: float, t_to_s: float, edge_s: float
 ) -> dict[str, float] | None:
     """Over the samples in [``t_from_s``, ``t_to_s``]: ``start`` and ``end`` (means of the
     samples in the first and last ``edge_s``), the least-squares ``slope_per_h`` (units
-    per hour), ``window_s`` and ``growth`` = slope * window. None with under 2 samples."""
+    per hour), ``window_s`` and ``growth`` = slope * window; ``late_slope_per_h``, the
+    slope of the second half alone (lower than the whole's: settling; as high: steady
+    growth). None with under 2 samples."""
     sel = (t_s >= t_from_s) & (t_s <= t_to_s)
     t, v = t_s[sel], values[sel]
     if t.size < 2 or t.max() == t.min():
         return None
     slope_per_s = float(np.polyfit(t, v, 1)[0])
+    late = t >= (t_from_s + t_to_s) / 2
+    late_per_s = float(np.polyfit(t[late], v[late], 1)[0]) if late.sum() >= 2 else np.nan
     window_s = float(t_to_s - t_from_s)
     first, last = v[t < t_from_s + edge_s], v[t > t_to_s - edge_s]
     return {
         "start": float(first.mean() if first.size else v[0]),
         "end": float(last.mean() if last.size else v[-1]),
         "slope_per_h": slope_per_s * S_PER_H,
+        "late_slope_per_h": late_per_s * S_PER_H,
         "window_s": window_s,
         "growth": slope_per_s * window_s,
     }
@@ -107,13 +128,18 @@ def verdict(tr: dict[str, float] | None, scale: float, growth_min: float) -> dic
     start, growth = tr["start"] / scale, tr["growth"] / scale
     threshold = max(GROWTH_REL * start, growth_min)
     return {
-        "start": round(start, 2),
-        "end": round(tr["end"] / scale, 2),
-        "slope_per_h": round(tr["slope_per_h"] / scale, 2),
-        "growth": round(growth, 2),
-        "threshold": round(threshold, 2),
+        "start": _round(start),
+        "end": _round(tr["end"] / scale),
+        "slope_per_h": _round(tr["slope_per_h"] / scale),
+        "late_slope_per_h": _round(tr["late_slope_per_h"] / scale),
+        "growth": _round(growth),
+        "threshold": _round(threshold),
         "grows": bool(growth > threshold),
     }
+
+
+def _round(x: float) -> float:
+    return round(x, 2) + 0.0  # + 0.0: no "-0.0" in reports
 
 
 def analyse_groups(

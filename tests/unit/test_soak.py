@@ -15,7 +15,14 @@ import pyarrow.parquet as pq
 
 from loadtest.proc_sampler import PROCESS_SAMPLES_FILE, group_of, sample_tree
 from loadtest.soak import parse_args, summarize_soak
-from loadtest.soak_analysis import MIB, analyse_groups, group_series, growing, per_minute
+from loadtest.soak_analysis import (
+    MIB,
+    analyse_groups,
+    group_series,
+    growing,
+    per_minute,
+    trend,
+)
 from loadtest.soak_report import plot, text
 
 WALL_START_S = 1000.0
@@ -84,6 +91,7 @@ def test_per_minute_latency_and_errors() -> None:
             "errors": {},
             "p50_ms": 50.5,
             "p99_ms": 99.01,
+            "generator_lag_p99_ms": 0.0,
         },
         {
             "minute": 1,
@@ -94,6 +102,7 @@ def test_per_minute_latency_and_errors() -> None:
             "errors": {"HTTP 503": 1, "timeout": 1},
             "p50_ms": 20.0,
             "p99_ms": 20.0,
+            "generator_lag_p99_ms": 0.0,
         },
         {
             "minute": 2,
@@ -104,6 +113,7 @@ def test_per_minute_latency_and_errors() -> None:
             "errors": {"timeout": 1},
             "p50_ms": None,
             "p99_ms": None,
+            "generator_lag_p99_ms": None,
         },
     ]
 
@@ -120,6 +130,7 @@ def test_group_trends_slopes_and_growth_verdict() -> None:
             "start": 11.5,
             "end": 25.5,
             "slope_per_h": 360.0,
+            "late_slope_per_h": 360.0,
             "growth": 15.0,
             "threshold": 10.0,  # max(5% of 11.5, 10 MiB)
             "grows": True,
@@ -128,6 +139,7 @@ def test_group_trends_slopes_and_growth_verdict() -> None:
             "start": 30.0,
             "end": 30.0,
             "slope_per_h": 0.0,
+            "late_slope_per_h": 0.0,
             "growth": 0.0,
             "threshold": 10.0,
             "grows": False,
@@ -138,6 +150,7 @@ def test_group_trends_slopes_and_growth_verdict() -> None:
         "start": 100.7,
         "end": 103.5,
         "slope_per_h": 72.0,
+        "late_slope_per_h": 72.0,
         "growth": 3.0,  # 72 MiB/h, but only 3 MiB in the window: noise
         "threshold": 10.0,
         "grows": False,
@@ -146,6 +159,7 @@ def test_group_trends_slopes_and_growth_verdict() -> None:
         "start": 53.5,
         "end": 67.5,
         "slope_per_h": 360.0,
+        "late_slope_per_h": 360.0,
         "growth": 15.0,
         "threshold": 10.0,
         "grows": True,
@@ -211,4 +225,26 @@ def test_results_folder_to_soak_json_picture_and_report(tmp_path: Path) -> None:
     assert (tmp_path / "soak.png").stat().st_size > 10_000
     report = text(summary)
     assert "growth beyond noise: controller fds, haproxy rss" in report
-    assert "p99 per minute 20.0..99.01 ms; failed per minute [0, 2, 1]" in report
+    assert (
+        "p99 per minute 20.0..99.01 ms; generator lag p99 per minute <= 0.0 ms; "
+        "failed per minute [0, 2, 1]"
+    ) in report
+
+
+def test_settling_shows_as_a_lower_late_slope() -> None:
+    t = np.arange(0.0, 101.0, 10.0)
+    tr = trend(t, np.minimum(t, 50.0), t_from_s=0, t_to_s=100, edge_s=15)
+    assert tr is not None
+    assert (round(tr["slope_per_h"], 6), round(tr["late_slope_per_h"], 6)) == (1800.0, 0.0)
+    assert (tr["start"], tr["end"], round(tr["growth"], 6)) == (5.0, 50.0, 50.0)
+
+
+def test_a_request_sent_after_the_load_counts_in_its_scheduled_minute() -> None:
+    req = {
+        "scheduled_s": np.array([59.9]),
+        "sent_s": np.array([60.2]),
+        "latency_s": np.array([0.01]),
+        "status": np.array([200]),
+        "error": np.array([""], dtype=object),
+    }
+    assert [(m["minute"], m["requests"], m["p99_ms"]) for m in per_minute(req)] == [(0, 1, 10.0)]
