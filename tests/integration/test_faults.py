@@ -250,7 +250,7 @@ def test_sigterm_lets_in_flight_requests_finish_and_leaves_nothing(faulty: Runni
     _, alive = psutil.wait_procs(tree, timeout=15)
     left = [p.pid for p in alive if running(p)]
     print(f"in flight: {results}; after SIGTERM: {refused}; stopped in {stop_s:.1f} s")
-    print("".join(line for line in faulty.demo.lines if "drain" in line or "stopp" in line))
+    print("".join(ln for ln in faulty.demo.lines if ln.startswith(("draining", "stopped"))))
     assert results == [200] * 6
     assert refused == 503  # the server app answers for a stopping model until the end
     assert faulty.demo.proc.returncode == 0 and left == []
