@@ -143,30 +143,29 @@ def wait_running(
 
 
 def drain_apps(timeout_s: float, last: str | None = None) -> bool:
-    """Delete every Serve application and wait until they are gone; ``last`` (the
-    server app) goes after the others, so that meanwhile a request for a stopping model
-    gets its 503 + ``Retry-After`` instead of the ingress's 404.
+    """Delete every Serve application but ``last`` (the server app) and wait until they
+    are gone; ``last`` stays, so that meanwhile a request for a stopping model gets its
+    503 + ``Retry-After`` instead of the ingress's 404 (``serve.shutdown`` ends it).
 
-    Deleting an application is Serve's graceful path: the ingress stops routing to it at
-    once (new requests are refused cleanly), and each replica finishes the requests it
-    holds, queued batches included, within its ``graceful_shutdown_timeout_s`` before
-    it stops. ``serve.shutdown`` alone also stops the ingress at once, which cuts the
-    connections of requests still in flight.
+    Deleting an application is Serve's graceful path: the ingress stops routing to it
+    (new requests are refused cleanly), and each replica finishes the requests it holds,
+    queued batches included, within its ``graceful_shutdown_timeout_s`` before it stops.
+    ``serve.shutdown`` alone also stops the ingress at once, which cuts the connections
+    of requests still in flight.
 
     Returns:
-        Whether every application was gone within ``timeout_s``.
+        Whether those applications were gone within ``timeout_s``.
     """
     from ray import serve
 
     deadline = time.monotonic() + timeout_s
-    for keep in ([last] if last else []) + [None]:
-        for name in serve.status().applications:
-            if name != keep:
-                serve.delete(name, _blocking=False)
-        while set(serve.status().applications) - {keep}:
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.25)
+    for name in serve.status().applications:
+        if name != last:
+            serve.delete(name, _blocking=False)
+    while set(serve.status().applications) - {last}:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.25)
     return True
 
 

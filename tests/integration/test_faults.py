@@ -33,7 +33,7 @@ from tests.integration.demo_process import Demo, demo_process, descendants, runn
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-VICTIM, SHRINKER, FRAGILE, CONTROLLED, SLOW = "victim", "shrinker", "fragile", "steady", "slow"
+VICTIM, SHRINKER, CONTROLLED, SLOW = "victim", "shrinker", "steady", "slow"
 
 
 def head(name: str, **extra: Any) -> dict[str, Any]:
@@ -61,7 +61,7 @@ class Running:
 
 @pytest.fixture(scope="module")
 def faulty(model_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
-    # A private copy of the repository: one test corrupts a file on it.
+    # A private copy of the repository (the session's stays untouched).
     root = tmp_path_factory.mktemp("faults-repo")
     shutil.copytree(model_root / MLP_HEAD, root / MLP_HEAD)
     dashboard = free_port()
@@ -75,15 +75,18 @@ def faulty(model_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         "models": [
             head(VICTIM, num_replicas=2),
             head(CONTROLLED, num_replicas=1),
-            head(FRAGILE, num_replicas=2),
+            # Scales out on a burst (a 20 ms batch window keeps ~rate x 20 ms requests in
+            # flight), back in while the low rate goes on.
             head(
                 SHRINKER,
+                batching={"max_batch_size": 4, "batch_wait_timeout_s": 0.02},
+                max_ongoing_requests=4,
+                resources={"num_cpus": 0.25, "torch_threads": 1},
                 autoscaling={
                     "min_replicas": 1,
                     "max_replicas": 3,
-                    "initial_replicas": 3,
-                    "target_ongoing_requests": 8,
-                    "upscale_delay_s": 60,
+                    "target_ongoing_requests": 1,
+                    "upscale_delay_s": 1,
                     "downscale_delay_s": 3,
                     "metrics_interval_s": 0.5,
                     "look_back_period_s": 1,
@@ -104,14 +107,13 @@ def under_load(
     fault: Callable[[], Any],
     out: Path,
     *,
-    rate: float = 30,
-    duration_s: float = 12,
+    profile: profiles.Profile | None = None,
     fault_at_s: float = 4,
 ) -> tuple[Any, dict[str, Any], Any]:
-    """Constant open-loop load on ``model``; ``fault()`` runs ``fault_at_s`` in. Returns
-    the run, its summary and what ``fault`` returned."""
+    """Open-loop load on ``model`` (default: 30 req/s for 12 s); ``fault()`` runs
+    ``fault_at_s`` in. Returns the run, its summary and what ``fault`` returned."""
     settings = RunSettings(
-        base_url=faulty.demo.url, model=model, profile=profiles.constant(rate, duration_s),
+        base_url=faulty.demo.url, model=model, profile=profile or profiles.constant(30, 12),
         serve_api_url=faulty.dashboard_url, cooldown_s=2,
     )  # fmt: skip
     body = generated_body(model_metadata(faulty.demo.url, model))
@@ -142,11 +144,16 @@ def demo_processes(demo: Demo, title: str) -> list[psutil.Process]:
 
 
 def test_scale_down_under_load_fails_no_request(faulty: Running, tmp_path: Path) -> None:
-    run, s, _ = under_load(faulty, SHRINKER, lambda: None, tmp_path, rate=20,
-                           duration_s=20)  # fmt: skip
+    # 120 req/s from 1 s to 14 s scales out; 5 req/s after that, until 40 s, scales in.
+    profile = profiles.step(5, 120, at_s=1, duration_s=40, down_at_s=14)
+    run, s, _ = under_load(faulty, SHRINKER, lambda: None, tmp_path, profile=profile)
     series = target_series(run)[f"{SHRINKER}/ModelDeployment"]
-    assert np.nanmax(series["running"]) == 3  # initial_replicas
-    assert series["running"][-1] == 1  # scaled down while the load went on
+    t, replicas = series["t_s"], series["running"]
+    peak_s = float(t[np.nanargmax(replicas)])
+    print(f"running replicas: max {np.nanmax(replicas):.0f} at {peak_s:.1f} s, "
+          f"{replicas[t < 40][-1]:.0f} at the end of the load")  # fmt: skip
+    assert np.nanmax(replicas) >= 2
+    assert replicas[t < 40][-1] == 1  # scaled in while the 5 req/s went on
     assert (s["overall"]["failed"], s["overall"]["errors"]) == (0, {})
 
 
@@ -193,32 +200,6 @@ def test_replica_killed_under_load_loses_at_most_its_in_flight_requests(
     assert len(demo_processes(faulty.demo, f"ServeReplica:{VICTIM}:")) == 2  # replaced
 
 
-def test_corrupt_weights_keep_serving_and_block_new_replicas(faulty: Running) -> None:
-    weights = faulty.root / MLP_HEAD / "1" / "model.safetensors"
-    data = bytearray(weights.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    weights.write_bytes(bytes(data))
-    body = generated_body(model_metadata(faulty.demo.url, FRAGILE))
-    path = f"/v2/models/{FRAGILE}/infer"
-    with httpx.Client(base_url=faulty.demo.url, timeout=30) as c:
-        # Running replicas hold verified weights in memory: they keep serving.
-        assert [c.post(path, content=body).status_code for _ in range(20)] == [200] * 20
-        # A new replica (here: the replacement of a killed one) verifies and refuses.
-        demo_processes(faulty.demo, f"ServeReplica:{FRAGILE}:")[0].send_signal(signal.SIGKILL)
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            ready = c.get("/v2/health/ready")
-            if ready.status_code == 503 and str(weights) in ready.text:
-                break
-            time.sleep(1)
-        print(ready.status_code, ready.text[:300])
-        assert ready.status_code == 503 and f"sha256 mismatch for {weights}" in ready.text
-        models = {m["name"]: m for m in c.get("/v2/models").json()["models"]}
-        assert f"sha256 mismatch for {weights}" in models[FRAGILE]["reason"]
-        # The replica that verified before the corruption still answers.
-        assert [c.post(path, content=body).status_code for _ in range(20)] == [200] * 20
-
-
 def test_sigterm_lets_in_flight_requests_finish_and_leaves_nothing(faulty: Running) -> None:
     body = generated_body(model_metadata(faulty.demo.url, SLOW))
     url = f"{faulty.demo.url}/v2/models/{SLOW}/infer"
@@ -237,20 +218,23 @@ def test_sigterm_lets_in_flight_requests_finish_and_leaves_nothing(faulty: Runni
     tree = descendants(faulty.demo.proc.pid)
     t0 = time.monotonic()
     faulty.demo.proc.send_signal(signal.SIGTERM)
-    time.sleep(0.5)
-    try:
-        refused: Any = httpx.post(url, content=body, timeout=5).status_code
-        print(httpx.post(url, content=body, timeout=5).text[:200])
-    except httpx.HTTPError as e:
-        refused = type(e).__name__
+    # New requests meanwhile: served while the model's route still exists, then refused
+    # with 503 by the server app (never a connection error or a 500).
+    after: list[Any] = []
+    while time.monotonic() - t0 < 15 and (not after or after[-1] == 200):
+        time.sleep(0.5)
+        try:
+            after.append(httpx.post(url, content=body, timeout=5).status_code)
+        except httpx.HTTPError as e:
+            after.append(type(e).__name__)
     for t in clients:
         t.join(60)
     faulty.demo.proc.wait(60)
     stop_s = time.monotonic() - t0
     _, alive = psutil.wait_procs(tree, timeout=15)
     left = [p.pid for p in alive if running(p)]
-    print(f"in flight: {results}; after SIGTERM: {refused}; stopped in {stop_s:.1f} s")
+    print(f"in flight: {results}; sent after SIGTERM: {after}; stopped in {stop_s:.1f} s")
     print("".join(ln for ln in faulty.demo.lines if ln.startswith(("draining", "stopped"))))
     assert results == [200] * 6
-    assert refused == 503  # the server app answers for a stopping model until the end
+    assert set(after[:-1]) <= {200} and after[-1] == 503
     assert faulty.demo.proc.returncode == 0 and left == []
