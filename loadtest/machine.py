@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import platform
 import socket
+import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -55,3 +56,30 @@ def machine_info() -> dict[str, Any]:
     except OSError:
         info["cpu_model"] = None
     return info
+
+
+class Periodic:
+    """Calls ``fn`` every ``period_s`` (from the start of each call) in a daemon thread,
+    from ``start()`` (first call at once) until ``stop()``: the loop of the samplers."""
+
+    def __init__(self, name: str, period_s: float, fn: Callable[[], None]) -> None:
+        self.period_s = period_s
+        self._fn = fn
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def start(self) -> None:
+        """Start the thread."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop and wait for the thread (bounded)."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            started = time.monotonic()
+            self._fn()
+            self._stop.wait(max(0.0, self.period_s - (time.monotonic() - started)))

@@ -9,13 +9,14 @@ threads, at a Unix time, so rows line up with a load run whose ``wall_start_s`` 
 from __future__ import annotations
 
 import os
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import psutil
 import pyarrow as pa
+
+from loadtest.machine import Periodic
 
 PROCESS_SAMPLES_FILE = "process_samples.parquet"
 
@@ -117,24 +118,17 @@ class ProcessSampler:
     rows: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="proc-sampler", daemon=True)
+        self._loop = Periodic(
+            "proc-sampler", self.period_s, lambda: self.rows.extend(sample_tree(self.root_pid))
+        )
 
     def start(self) -> None:
         """Start sampling in a thread (the first sample is taken at once)."""
-        self._thread.start()
+        self._loop.start()
 
     def stop(self) -> None:
         """Stop and wait for the thread (bounded)."""
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=10)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            started = time.monotonic()
-            self.rows.extend(sample_tree(self.root_pid))
-            self._stop.wait(max(0.0, self.period_s - (time.monotonic() - started)))
+        self._loop.stop()
 
     def table(self) -> pa.Table:
         """The samples as a table with ``COLUMNS``."""

@@ -13,7 +13,6 @@ One row per deployment per sample; a failed read is a row with an ``error``, not
 
 from __future__ import annotations
 
-import threading
 import time
 import urllib.request
 from collections import defaultdict
@@ -23,6 +22,8 @@ from typing import Any
 
 import orjson
 import pyarrow as pa
+
+from loadtest.machine import Periodic
 
 METRICS = {
     "ray_serve_replica_processing_queries": "processing",
@@ -118,24 +119,15 @@ class Sampler:
     def __post_init__(self) -> None:
         self._metrics: dict[tuple[str, str], dict[str, float]] = {}
         self._metrics_t: float | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="sampler", daemon=True)
+        self._loop = Periodic("sampler", self.period_s, lambda: self.rows.extend(self.sample()))
 
     def start(self) -> None:
         """Start sampling in a thread."""
-        self._thread.start()
+        self._loop.start()
 
     def stop(self) -> None:
         """Stop and wait for the thread (bounded)."""
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=10)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            started = time.monotonic()
-            self.rows.extend(self.sample())
-            self._stop.wait(max(0.0, self.period_s - (time.monotonic() - started)))
+        self._loop.stop()
 
     def sample(self) -> list[dict[str, Any]]:
         """One sample: a row per deployment seen by either source."""
