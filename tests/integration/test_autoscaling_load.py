@@ -3,7 +3,11 @@ demo`` (HAProxy ingress, dashboard and metrics on loopback) and ``serve-app load
 open-loop generator and sampler, with short autoscaling delays.
 
 - A step load raises an autoscaling model from 1 to at least 3 replicas, p99 comes back
-  under the objective, replicas return to 1 after the load, and no request fails.
+  under the objective, replicas return to 1 after the load, and no request fails. The
+  step (100 req/s) is below what saturates two cores, with a target of 0.5 ongoing
+  requests so it still asks for the maximum: on a saturated box a new replica's process
+  can take longer to start than the step lasts (seen once in CI: target 4, none started
+  in 45 s, generator lag 0.5 s).
 - With a fractional logical GPU (0.25 each, one GPU), scale-up stops at 4 running
   replicas while the target asks for more; the excess requests wait (queue limits are
   high), so none fails either.
@@ -14,6 +18,8 @@ so ~20 ms x rate requests are in flight, which is what Serve scales on.
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,7 +31,7 @@ from loadtest import profiles
 from loadtest.analysis import load_run, summarize, target_series
 from loadtest.payloads import generated_body, model_metadata
 from loadtest.run import RunSettings, run_open_loop
-from loadtest.sampler import read_token
+from loadtest.sampler import http_get, read_token
 from serve_app.demo import MLP_HEAD
 from tests.integration.conftest import free_port
 from tests.integration.demo_process import Demo, demo_process
@@ -37,11 +43,11 @@ SLO_MS = 250.0
 """p99 objective once scaled (generous: two shared cores also run the generator)."""
 
 
-def autoscaling(max_replicas: int) -> dict[str, Any]:
+def autoscaling(max_replicas: int, target_ongoing_requests: float) -> dict[str, Any]:
     return {
         "min_replicas": 1,
         "max_replicas": max_replicas,
-        "target_ongoing_requests": 1,
+        "target_ongoing_requests": target_ongoing_requests,
         "upscale_delay_s": 1,
         "downscale_delay_s": 2,
         "metrics_interval_s": 0.5,
@@ -49,7 +55,9 @@ def autoscaling(max_replicas: int) -> dict[str, Any]:
     }
 
 
-def scaler(name: str, resources: dict[str, Any], max_replicas: int) -> dict[str, Any]:
+def scaler(
+    name: str, resources: dict[str, Any], max_replicas: int, target_ongoing_requests: float
+) -> dict[str, Any]:
     return {
         "name": name,
         "repository_name": MLP_HEAD,
@@ -58,7 +66,7 @@ def scaler(name: str, resources: dict[str, Any], max_replicas: int) -> dict[str,
         "max_queued_requests": 1024,
         "graceful_shutdown_timeout_s": 2,
         "resources": {**resources, "torch_threads": 1},
-        "autoscaling": autoscaling(max_replicas),
+        "autoscaling": autoscaling(max_replicas, target_ongoing_requests),
     }
 
 
@@ -74,8 +82,8 @@ def demo(
             "admin_ports": [free_port(), free_port()],
         },
         "models": [
-            scaler(SCALER, {"num_cpus": 0.25}, 4),
-            scaler(SCALER_GPU, {"num_cpus": 0, "num_gpus": 0.25}, 8),
+            scaler(SCALER, {"num_cpus": 0.25}, 4, target_ongoing_requests=0.5),
+            scaler(SCALER_GPU, {"num_cpus": 0, "num_gpus": 0.25}, 8, target_ongoing_requests=1),
         ],
     }
     dashboard, metrics = free_port(), free_port()
@@ -107,18 +115,35 @@ def load(
     return run, summarize(run, SLO_MS)
 
 
+def diagnosis(demo: tuple[Demo, RunSettings], app: str) -> str:
+    """What to look at when replicas did not come up: each replica's state and age as
+    Serve reports it, and the demo's last output lines."""
+    running, base = demo
+    url = f"{base.serve_api_url}/api/serve/applications/"
+    try:
+        apps = json.loads(http_get(url, read_token(), timeout_s=10))["applications"]
+        deployments = apps[app]["deployments"]
+        replicas = {
+            name: [(r["state"], round(time.time() - r["start_time_s"], 1)) for r in d["replicas"]]
+            for name, d in deployments.items()
+        }
+    except Exception as e:  # noqa: BLE001 - a diagnosis must not hide the failure
+        replicas = {"error": repr(e)}
+    return f"replicas (state, age s): {replicas}\ndemo output:\n" + "".join(running.lines[-30:])
+
+
 def test_a_step_scales_out_recovers_and_scales_back_without_a_failure(
     demo: tuple[Demo, RunSettings], tmp_path: Path
 ) -> None:
-    profile = profiles.step(10, 150, at_s=5, duration_s=30)
+    profile = profiles.step(10, 100, at_s=5, duration_s=35)
     run, s = load(demo, SCALER, profile, cooldown_s=20, out=tmp_path)
     o = s["overall"]
     d = s["deployments"][f"{SCALER}/ModelDeployment"]
     print({"overall": o, "deployment": d})
     assert (o["failed"], o["errors"]) == (0, {})
-    assert o["requests"] > 3000
-    assert d["max_running"] >= 3
-    late = (run.requests["sent_s"] >= 22) & (run.requests["sent_s"] < 30)
+    assert o["requests"] > 2500
+    assert d["max_running"] >= 3, diagnosis(demo, SCALER)
+    late = (run.requests["sent_s"] >= 27) & (run.requests["sent_s"] < 35)
     late_p99_ms = float(np.percentile(run.requests["latency_s"][late], 99) * 1e3)
     print(f"p99 over the last 8 s of the step: {late_p99_ms:.0f} ms")
     assert late_p99_ms < SLO_MS
