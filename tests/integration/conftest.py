@@ -218,16 +218,21 @@ def deploy_and_wait(app: AppConfig, ready: list[str], timeout_s: float = 180) ->
     raise TimeoutError({n: apps.get(n) for n in ready})
 
 
+def copy_model(source: Path, target: Path) -> None:
+    """Publish a copy of the model folder ``source`` as the model ``target.name``."""
+    shutil.copytree(source, target)
+    for manifest in target.glob("*/manifest.json"):
+        manifest.write_text(
+            manifest.read_text().replace(f'"name": "{source.name}"', f'"name": "{target.name}"')
+        )
+
+
 @pytest.fixture(scope="session")
 def model_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("model-repository")
     ensure_demo_models(root, progress=False)
     for name in (BROKEN, GPU_MODEL):
-        shutil.copytree(root / MLP_HEAD, root / name)
-        manifest = root / name / "1" / "manifest.json"
-        manifest.write_text(
-            manifest.read_text().replace(f'"name": "{MLP_HEAD}"', f'"name": "{name}"')
-        )
+        copy_model(root / MLP_HEAD, root / name)
     weights = root / BROKEN / "1" / "model.safetensors"
     data = bytearray(weights.read_bytes())
     data[len(data) // 2] ^= 0xFF

@@ -18,8 +18,6 @@ so ~20 ms x rate requests are in flight, which is what Serve scales on.
 
 from __future__ import annotations
 
-import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,10 +29,10 @@ from loadtest import profiles
 from loadtest.analysis import load_run, summarize, target_series
 from loadtest.payloads import generated_body, model_metadata
 from loadtest.run import RunSettings, run_open_loop
-from loadtest.sampler import http_get, read_token
+from loadtest.sampler import read_token
 from serve_app.demo import MLP_HEAD
 from tests.integration.conftest import free_port
-from tests.integration.demo_process import Demo, demo_process
+from tests.integration.demo_process import Demo, demo_process, serve_diagnosis
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -115,23 +113,6 @@ def load(
     return run, summarize(run, SLO_MS)
 
 
-def diagnosis(demo: tuple[Demo, RunSettings], app: str) -> str:
-    """What to look at when replicas did not come up: each replica's state and age as
-    Serve reports it, and the demo's last output lines."""
-    running, base = demo
-    url = f"{base.serve_api_url}/api/serve/applications/"
-    try:
-        apps = json.loads(http_get(url, read_token(), timeout_s=10))["applications"]
-        deployments = apps[app]["deployments"]
-        replicas = {
-            name: [(r["state"], round(time.time() - r["start_time_s"], 1)) for r in d["replicas"]]
-            for name, d in deployments.items()
-        }
-    except Exception as e:  # noqa: BLE001 - a diagnosis must not hide the failure
-        replicas = {"error": repr(e)}
-    return f"replicas (state, age s): {replicas}\ndemo output:\n" + "".join(running.lines[-30:])
-
-
 def test_a_step_scales_out_recovers_and_scales_back_without_a_failure(
     demo: tuple[Demo, RunSettings], tmp_path: Path
 ) -> None:
@@ -142,7 +123,7 @@ def test_a_step_scales_out_recovers_and_scales_back_without_a_failure(
     print({"overall": o, "deployment": d})
     assert (o["failed"], o["errors"]) == (0, {})
     assert o["requests"] > 2500
-    assert d["max_running"] >= 3, diagnosis(demo, SCALER)
+    assert d["max_running"] >= 3, serve_diagnosis(demo[0], demo[1].serve_api_url or "", SCALER)
     late = (run.requests["sent_s"] >= 27) & (run.requests["sent_s"] < 35)
     late_p99_ms = float(np.percentile(run.requests["latency_s"][late], 99) * 1e3)
     print(f"p99 over the last 8 s of the step: {late_p99_ms:.0f} ms")

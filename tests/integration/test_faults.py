@@ -28,12 +28,19 @@ from loadtest.payloads import generated_body, model_metadata
 from loadtest.run import RunSettings, run_open_loop
 from loadtest.sampler import read_token
 from serve_app.demo import MLP_HEAD
-from tests.integration.conftest import free_port
-from tests.integration.demo_process import Demo, demo_process, descendants, running
+from tests.integration.conftest import copy_model, free_port
+from tests.integration.demo_process import (
+    Demo,
+    demo_process,
+    descendants,
+    running,
+    serve_diagnosis,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 VICTIM, SHRINKER, CONTROLLED, SLOW = "victim", "shrinker", "steady", "slow"
+FRAGILE = "fragile"
 
 
 def head(name: str, **extra: Any) -> dict[str, Any]:
@@ -64,6 +71,7 @@ def faulty(model_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     # A private copy of the repository (the session's stays untouched).
     root = tmp_path_factory.mktemp("faults-repo")
     shutil.copytree(model_root / MLP_HEAD, root / MLP_HEAD)
+    copy_model(model_root / MLP_HEAD, root / FRAGILE)
     dashboard = free_port()
     config = {
         "repository": {"root": str(root)},
@@ -75,6 +83,8 @@ def faulty(model_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         "models": [
             head(VICTIM, num_replicas=2),
             head(CONTROLLED, num_replicas=1),
+            # Its own copy of the weights: one test corrupts them.
+            head(FRAGILE, repository_name=FRAGILE, num_replicas=2),
             # Scales out on a burst (a 20 ms batch window keeps ~rate x 20 ms requests in
             # flight), back in while the low rate goes on.
             head(
@@ -198,6 +208,62 @@ def test_replica_killed_under_load_loses_at_most_its_in_flight_requests(
     # requests the kill can lose are the ones it had in flight.
     assert o["failed"] <= 3, o["errors"]
     assert len(demo_processes(faulty.demo, f"ServeReplica:{VICTIM}:")) == 2  # replaced
+
+
+def wait_for_ready(client: httpx.Client, expected: Callable[[httpx.Response], bool]) -> bool:
+    """Poll ``/v2/health/ready`` (90 s at most) until ``expected(response)``."""
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if expected(client.get("/v2/health/ready")):
+            return True
+        time.sleep(1)
+    return False
+
+
+def test_corrupt_weights_keep_serving_and_block_new_replicas(
+    faulty: Running, tmp_path: Path
+) -> None:
+    weights = faulty.root / FRAGILE / "1" / "model.safetensors"
+    good = weights.read_bytes()
+    body = generated_body(model_metadata(faulty.demo.url, FRAGILE))
+    path = f"/v2/models/{FRAGILE}/infer"
+    client = httpx.Client(base_url=faulty.demo.url, timeout=30)
+    before = client.post(path, content=body).json()["outputs"]
+
+    def corrupt_then_kill_a_replica() -> int:
+        data = bytearray(good)
+        data[len(data) // 2] ^= 0xFF
+        weights.write_bytes(bytes(data))  # in place: the same inode, as a bad copy would
+        time.sleep(3)  # running replicas keep serving from memory meanwhile
+        replicas = demo_processes(faulty.demo, f"ServeReplica:{FRAGILE}:")
+        replicas[0].send_signal(signal.SIGKILL)
+        return replicas[0].pid
+
+    try:
+        run, s, pid = under_load(faulty, FRAGILE, corrupt_then_kill_a_replica, tmp_path,
+                                 profile=profiles.constant(30, 16), fault_at_s=3)  # fmt: skip
+        assert pid is not None
+        # Only what the killed replica had in flight may fail (as in the kill test).
+        assert s["overall"]["failed"] <= 3, s["overall"]["errors"]
+        # Its replacement verifies, refuses, and the reason names the file.
+        mismatch = f"sha256 mismatch for {weights}"
+        seen = wait_for_ready(client, lambda r: r.status_code == 503 and mismatch in r.text)
+        diagnosis = serve_diagnosis(faulty.demo, faulty.dashboard_url, FRAGILE)
+        assert seen, diagnosis
+        models = {m["name"]: m for m in client.get("/v2/models").json()["models"]}
+        print(f"{FRAGILE} while corrupt: {models[FRAGILE]}")
+        assert mismatch in models[FRAGILE]["reason"]
+        # The surviving replica verified before the corruption and holds its weights in
+        # its own memory: same answers, bit for bit.
+        for _ in range(10):
+            answer = client.post(path, content=body)
+            assert answer.status_code == 200 and answer.json()["outputs"] == before
+    finally:
+        weights.write_bytes(good)  # repaired: the next retry starts a replica
+    assert wait_for_ready(client, lambda r: r.status_code == 200), serve_diagnosis(
+        faulty.demo, faulty.dashboard_url, FRAGILE
+    )
+    assert len(demo_processes(faulty.demo, f"ServeReplica:{FRAGILE}:")) == 2
 
 
 def test_sigterm_lets_in_flight_requests_finish_and_leaves_nothing(faulty: Running) -> None:
