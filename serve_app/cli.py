@@ -112,6 +112,22 @@ def _demo(a: argparse.Namespace) -> int:
     )
 
 
+def _deploy(a: argparse.Namespace) -> int:
+    import os
+
+    from serve_app.local import TOKEN_PATH
+    from serve_app.rollout import ServeRestApi, render_for_deploy, rollout
+
+    token_file = Path(a.token_file) if a.token_file else TOKEN_PATH
+    token = os.environ.get("RAY_AUTH_TOKEN") or (
+        token_file.read_text().strip() if token_file.is_file() else None
+    )
+    api = ServeRestApi(a.address, token)
+    changes = rollout(api, render_for_deploy(a.config), verify=not a.no_verify, wait_s=a.wait_s)
+    print("rolled out: " + ", ".join(f"{n} v{new}" for n, (_, new) in changes.items()))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (built on demand, never at import)."""
     p = argparse.ArgumentParser(prog="serve-app", description=__doc__)
@@ -186,6 +202,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--metrics-port", type=int, default=None, help="export Prometheus metrics on this port"
     )
     demo.set_defaults(func=_demo)
+
+    dep = sub.add_parser(
+        "deploy",
+        help="roll a running local Serve to the config (pins latest, verifies first)",
+    )
+    dep.add_argument("--config", default=DEFAULT_APP_CONFIG, help="AppConfig file")
+    dep.add_argument(
+        "--address", default="http://127.0.0.1:8265", help="Ray dashboard (Serve REST API)"
+    )
+    dep.add_argument(
+        "--token-file", default=None, help="Ray auth token file (default ~/.ray/auth_token; "
+        "RAY_AUTH_TOKEN wins)",
+    )  # fmt: skip
+    dep.add_argument(
+        "--no-verify", action="store_true", help="skip the sha256 check of the new versions"
+    )
+    dep.add_argument("--wait-s", type=float, default=600.0, help="give up after this long")
+    dep.set_defaults(func=_deploy)
 
     from serve_app.k8s.cli import add_k8s_commands
     from serve_app.k8s.cli_render import add_render_k8s_command

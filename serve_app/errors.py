@@ -98,3 +98,7 @@ class PublishError(ServeAppError):
     """Publishing into the repository failed (bad name, existing version, bad source)."""
 
     status_code = 400
+
+
+class DeployError(ServeAppError):
+    """A rollout was refused before deploying, or Serve failed it (CLI exit 2)."""

@@ -1,0 +1,218 @@
+"""Model version rollout on a running ``serve-app demo`` under continuous traffic, with
+``serve-app deploy`` as a user runs it: publish version N+1, deploy the unchanged
+AppConfig (``latest`` is pinned at deploy time, so the new number is a config change and
+Serve rolls the replicas), and count every response by the ``model_version`` that
+computed it.
+
+- A good new version: zero failed requests, responses move from v1 to v2 and stay there.
+- A corrupt new version: ``serve-app deploy`` refuses before touching Serve (the
+  running version keeps serving, still zero failures) and names the file; forced past
+  the check (``--no-verify``), Serve's rolling update fails on the replica's own
+  verification, and the old version still answers every request.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from loadtest.payloads import generated_body, model_metadata
+from serve_app.demo import MLP_HEAD
+from serve_app.repository.manifest import MANIFEST_NAME, Manifest
+from serve_app.repository.publish import publish
+from tests.integration.conftest import copy_model, free_port
+from tests.integration.demo_process import REPO_ROOT, Demo, demo_process, serve_diagnosis
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+ROLLING = "rolling"
+
+
+@dataclass
+class Rollout:
+    """The module's demo, its AppConfig file, repository root and dashboard URL."""
+
+    demo: Demo
+    config_path: Path
+    root: Path
+    dashboard_url: str
+
+
+@pytest.fixture(scope="module")
+def rollout(model_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rollout]:
+    root = tmp_path_factory.mktemp("rollout-repo")
+    copy_model(model_root / MLP_HEAD, root / ROLLING)
+    dashboard = free_port()
+    config = {
+        "repository": {"root": str(root)},
+        "http": {
+            "host": "127.0.0.1",
+            "port": free_port(),
+            "admin_ports": [free_port(), free_port()],
+        },
+        "models": [
+            {
+                "name": ROLLING,
+                "num_replicas": 2,
+                "batching": {"max_batch_size": 8, "batch_wait_timeout_s": 0.005},
+                "graceful_shutdown_timeout_s": 5,
+                "resources": {"num_cpus": 0.1, "torch_threads": 1},
+            }
+        ],
+    }
+    folder = tmp_path_factory.mktemp("rollout-demo")
+    args = ["--num-cpus", "4", "--dashboard-port", str(dashboard)]
+    with demo_process(config, folder, *args) as demo:
+        yield Rollout(demo, folder / "app.yaml", root, f"http://127.0.0.1:{dashboard}")
+
+
+def publish_next(root: Path, corrupt: bool = False) -> Path:
+    """Publish a copy of version 1's weights as the next version (one byte flipped
+    after publishing when ``corrupt``); returns the weight file."""
+    v1 = root / ROLLING / "1"
+    manifest = Manifest.model_validate_json((v1 / MANIFEST_NAME).read_text())
+    target = publish(
+        v1 / "model.safetensors", root, ROLLING, format=manifest.format,
+        task=manifest.task, architecture=manifest.architecture,
+    )  # fmt: skip
+    weights = target / "model.safetensors"
+    if corrupt:
+        data = bytearray(weights.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        weights.write_bytes(bytes(data))
+    return weights
+
+
+@dataclass
+class Traffic:
+    """Closed-loop senders (each waits ``pause_s`` between requests) recording every
+    outcome in order: the ``model_version`` of a 200, else the status or error name."""
+
+    url: str
+    body: bytes
+    senders: int = 2
+    pause_s: float = 0.02
+    outcomes: list[tuple[float, str]] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _threads: list[threading.Thread] = field(default_factory=list)
+
+    def _send(self) -> None:
+        with httpx.Client(timeout=30) as client:
+            while not self._stop.is_set():
+                t = time.monotonic()
+                try:
+                    r = client.post(self.url, content=self.body)
+                    outcome = (
+                        f"v{r.json()['model_version']}"
+                        if r.status_code == 200
+                        else str(r.status_code)
+                    )
+                except httpx.HTTPError as e:
+                    outcome = type(e).__name__
+                self.outcomes.append((t, outcome))
+                time.sleep(self.pause_s)
+
+    def __enter__(self) -> Traffic:
+        self._threads = [threading.Thread(target=self._send) for _ in range(self.senders)]
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(60)
+
+    def counts(self, since: float = 0.0) -> Counter[str]:
+        """Outcomes of requests sent at or after ``since`` (monotonic seconds)."""
+        return Counter(o for t, o in self.outcomes if t >= since)
+
+
+def serve_app_deploy(rollout: Rollout, *extra: str) -> subprocess.CompletedProcess[str]:
+    """``serve-app deploy`` on the module's AppConfig, as a user runs it."""
+    cmd = [sys.executable, "-m", "serve_app.cli", "deploy", "--config", str(rollout.config_path),
+           "--address", rollout.dashboard_url, "--wait-s", "240", *extra]  # fmt: skip
+    return subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+
+
+def traffic_for(rollout: Rollout) -> Traffic:
+    body = generated_body(model_metadata(rollout.demo.url, ROLLING))
+    return Traffic(f"{rollout.demo.url}/v2/models/{ROLLING}/infer", body)
+
+
+def test_a_new_version_rolls_out_under_traffic_without_a_failed_request(
+    rollout: Rollout,
+) -> None:
+    with traffic_for(rollout) as traffic:
+        time.sleep(3)
+        publish_next(rollout.root)
+        t0 = time.monotonic()
+        deployed = serve_app_deploy(rollout)
+        rolled_s = time.monotonic() - t0
+        time.sleep(3)
+    print(deployed.stdout[-2000:], deployed.stderr[-2000:])
+    counts = traffic.counts()
+    after = traffic.counts(since=t0 + rolled_s)
+    print(f"rolled out in {rolled_s:.1f} s; responses {dict(counts)}; after: {dict(after)}")
+    assert deployed.returncode == 0, serve_diagnosis(rollout.demo, rollout.dashboard_url, ROLLING)
+    assert f"{ROLLING}: version 1 -> 2" in deployed.stdout
+    assert set(counts) == {"v1", "v2"}  # no failure of any kind, both versions answered
+    assert set(after) == {"v2"}  # once deploy returns, only the new version answers
+    versions = [o for _, o in sorted(traffic.outcomes)]
+    last_v1 = max(i for i, o in enumerate(versions) if o == "v1")
+    print(f"request order: first v2 #{versions.index('v2')}, last v1 #{last_v1}")
+
+
+def test_a_corrupt_new_version_is_refused_and_the_old_one_keeps_serving(
+    rollout: Rollout,
+) -> None:
+    served = yaml.safe_load(rollout.config_path.read_text())  # unchanged: latest
+    assert served["models"][0].get("version", "latest") == "latest"
+    traffic = traffic_for(rollout)
+    before = httpx.post(traffic.url, content=traffic.body, timeout=30).json()["model_version"]
+    with traffic:
+        time.sleep(2)
+        weights = publish_next(rollout.root, corrupt=True)
+        refused = serve_app_deploy(rollout)
+        # Forced past the client's check: the new replicas verify for themselves.
+        forced = serve_app_deploy(rollout, "--no-verify")
+        time.sleep(2)
+    counts = traffic.counts()
+    print(f"refused: {refused.stderr.strip()[-600:]}")
+    print(f"forced: {forced.stderr.strip()[-600:]}")
+    print(f"responses: {dict(counts)}")
+    assert refused.returncode == 2
+    assert f"sha256 mismatch for {weights}" in refused.stderr
+    assert "the running versions keep serving" in refused.stderr
+    assert forced.returncode == 2
+    assert str(weights) in forced.stderr
+    assert set(counts) == {f"v{before}"}  # every request answered by the old version
+
+
+def test_deploy_names_an_unreachable_dashboard_and_a_wrong_token(rollout: Rollout) -> None:
+    port = free_port()
+    gone = subprocess.run(
+        [sys.executable, "-m", "serve_app.cli", "deploy", "--config", str(rollout.config_path),
+         "--address", f"http://127.0.0.1:{port}", "--no-verify"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert gone.returncode == 2 and "is Ray running" in gone.stderr
+    wrong = subprocess.run(
+        [sys.executable, "-m", "serve_app.cli", "deploy", "--config", str(rollout.config_path),
+         "--address", rollout.dashboard_url, "--no-verify"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
+        env={**os.environ, "RAY_AUTH_TOKEN": "wrong"},
+    )  # fmt: skip
+    print(gone.stderr[-300:], wrong.stderr[-300:])
+    assert wrong.returncode == 2 and "the Ray token is missing or wrong" in wrong.stderr
