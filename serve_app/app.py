@@ -14,6 +14,7 @@ from ray.serve import Application
 from serve_app.app_args import (
     APP_ARGS,
     ModelAppArgs,
+    MultiplexAppArgs,
     PipelineAppArgs,
     StagedAppArgs,
     stage_deployment,
@@ -24,7 +25,8 @@ from serve_app.graph.staged import stage_node
 def build_app(args: dict[str, Any]) -> Application:
     """Validate ``args`` and bind the application's deployments.
 
-    ``kind: model`` binds one ``ModelDeployment``; ``kind: staged`` binds one
+    ``kind: model`` binds one ``ModelDeployment``; ``kind: multiplexed`` binds one
+    ``MultiplexedDeployment`` serving a family of tenants; ``kind: staged`` binds one
     ``ModelDeployment`` per stage behind a ``PipelineRouter`` that chains them;
     ``kind: pipeline`` binds a ``PipelineRouter`` that calls the models' own
     applications; ``kind: server`` binds the ``OIPServer``.
@@ -34,6 +36,10 @@ def build_app(args: dict[str, Any]) -> Application:
         from serve_app.server.model_deployment import ModelDeployment
 
         return ModelDeployment.bind(parsed.model_dump(mode="json"))  # type: ignore[attr-defined]
+    if isinstance(parsed, MultiplexAppArgs):
+        from serve_app.server.multiplexed import MultiplexedDeployment
+
+        return MultiplexedDeployment.bind(parsed.model_dump(mode="json"))  # type: ignore[attr-defined]
     if isinstance(parsed, StagedAppArgs):
         from serve_app.server.model_deployment import ModelDeployment
         from serve_app.server.pipeline_deployment import PipelineRouter

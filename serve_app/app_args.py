@@ -22,6 +22,8 @@ MODEL_DEPLOYMENT = "ModelDeployment"
 ROUTER_DEPLOYMENT = "PipelineRouter"
 """Ingress of a pipeline app and of a staged model's app."""
 SERVER_DEPLOYMENT = "OIPServer"
+MULTIPLEX_DEPLOYMENT = "MultiplexedDeployment"
+"""Deployment of a multiplexed family of tenant models."""
 
 
 def stage_deployment(index: int) -> str:
@@ -66,6 +68,33 @@ class ModelAppArgs(StrictModel):
     def repository_folder(self) -> str:
         """Folder of the weights in the repository."""
         return self.folder or self.name
+
+
+class MultiplexAppArgs(StrictModel):
+    """Args of a multiplexed family's replicas (``ModelConfig.multiplex``)."""
+
+    kind: Literal["multiplexed"] = "multiplexed"
+    repository: RepositoryConfig = Field(default_factory=RepositoryConfig)
+    http: HttpConfig = Field(default_factory=HttpConfig)
+    name: str = Field(description="Family name (its route /v2/models/<name>).")
+    tenant_prefix: str = Field(description="Repository folders starting with this are tenants.")
+    max_models_per_replica: int = Field(ge=1, description="Tenants kept loaded per replica.")
+    version: Literal["latest"] | int = Field("latest", description="Version policy per tenant.")
+    torch_threads: int = Field(1, ge=1, description="torch intra-op threads in the replica.")
+
+    @classmethod
+    def from_config(cls, app: AppConfig, model: ModelConfig) -> MultiplexAppArgs:
+        """Slice of ``app`` that a family's replica needs."""
+        assert model.multiplex is not None
+        return cls(
+            repository=app.repository,
+            http=app.http,
+            name=model.name,
+            tenant_prefix=model.multiplex.tenant_prefix,
+            max_models_per_replica=model.multiplex.max_models_per_replica,
+            version=model.version,
+            torch_threads=torch_threads(model.resources),
+        )
 
 
 class StagedAppArgs(StrictModel):
@@ -136,6 +165,10 @@ class ServerAppArgs(StrictModel):
         default_factory=dict,
         description="Pipeline name -> the model apps it needs (its readiness depends on them).",
     )
+    families: dict[str, str] = Field(
+        default_factory=dict,
+        description="Multiplexed family (app name) -> tenant prefix: where tenants are forwarded.",
+    )
 
     @classmethod
     def from_config(cls, app: AppConfig) -> ServerAppArgs:
@@ -147,11 +180,13 @@ class ServerAppArgs(StrictModel):
                 p.name: sorted({n.model for n in model_nodes(p) if not n.optional})
                 for p in app.pipelines
             },
+            families={m.name: m.multiplex.tenant_prefix for m in app.models if m.multiplex},
         )
 
 
 AppArgs = Annotated[
-    ModelAppArgs | StagedAppArgs | PipelineAppArgs | ServerAppArgs, Field(discriminator="kind")
+    ModelAppArgs | StagedAppArgs | MultiplexAppArgs | PipelineAppArgs | ServerAppArgs,
+    Field(discriminator="kind"),
 ]
 APP_ARGS: TypeAdapter[AppArgs] = TypeAdapter(AppArgs)
 """Validates any application's ``args`` by its ``kind``."""

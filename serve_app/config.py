@@ -145,6 +145,33 @@ class StageConfig(StrictModel):
         return v
 
 
+class MultiplexConfig(StrictModel):
+    """A family of many small models of one architecture (tenants) served by one
+    deployment whose replicas each keep an LRU of loaded tenants (``@serve.multiplexed``).
+
+    A tenant is a repository model whose folder name starts with ``tenant_prefix``; its
+    name is its OIP model name (``/v2/models/<tenant>/infer``) and its multiplexed model
+    id (``serve_multiplexed_model_id`` header on ``/v2/models/<family>/infer``). Tenants
+    published after deployment are served without a redeploy."""
+
+    tenant_prefix: str = Field(
+        description=(
+            "Repository folders starting with this are the family's tenants, e.g. "
+            "'tenant-' for tenant-0001, tenant-0002, ..."
+        ),
+        pattern=r"^[a-z0-9][a-z0-9_-]{0,40}$",
+    )
+    max_models_per_replica: int = Field(
+        8,
+        ge=1,
+        le=10000,
+        description=(
+            "Tenants one replica keeps loaded; loading one more evicts the least recently "
+            "used (Ray's max_num_models_per_replica)."
+        ),
+    )
+
+
 class ModelConfig(StrictModel):
     """One served model: a Serve application whose deployment answers its own OIP routes."""
 
@@ -163,6 +190,14 @@ class ModelConfig(StrictModel):
             "Pipeline parallelism: split a Hugging Face encoder (one safetensors file) into "
             "consecutive layer ranges, each its own deployment; the model's route chains "
             "them. None serves the model whole in one deployment."
+        ),
+    )
+    multiplex: MultiplexConfig | None = Field(
+        None,
+        description=(
+            "Serve a family of tenant models (repository folders with a common prefix) "
+            "from one deployment with a per-replica LRU; ``version`` then applies to each "
+            "tenant. None serves the one model ``name`` (or ``repository_name``)."
         ),
     )
     version: Literal["latest"] | int = Field(
@@ -228,6 +263,22 @@ class ModelConfig(StrictModel):
                     f"stages must be consecutive: {list(a.layers)} then {list(b.layers)}"
                 )
         return v
+
+    @model_validator(mode="after")
+    def _multiplex_alone(self) -> ModelConfig:
+        if self.multiplex is None:
+            return self
+        if self.stages or self.repository_name:
+            raise ValueError(
+                f"model {self.name!r}: a multiplexed family cannot also have stages or a "
+                "repository_name (its tenants are the folders starting with tenant_prefix)"
+            )
+        if self.name.startswith(self.multiplex.tenant_prefix):
+            raise ValueError(
+                f"model {self.name!r}: the family's name must not start with its "
+                f"tenant_prefix {self.multiplex.tenant_prefix!r}"
+            )
+        return self
 
     @property
     def folder(self) -> str:
@@ -383,6 +434,13 @@ class AppConfig(StrictModel):
             raise ValueError(f"duplicate model/pipeline names: {dupes}")
         if self.server_name in names:
             raise ValueError(f"server_name {self.server_name!r} clashes with a model name")
+        return self
+
+    @model_validator(mode="after")
+    def _tenant_names(self) -> AppConfig:
+        from serve_app.tenants import check_tenant_prefixes
+
+        check_tenant_prefixes(self)
         return self
 
     @model_validator(mode="after")

@@ -187,7 +187,9 @@ def run_demo(
                 "serving the latter (run `serve-app render`)",
                 file=sys.stderr,
             )
-    model_apps = [a for a in config["applications"] if a["args"].get("kind") == "model"]
+    model_apps = [
+        a for a in config["applications"] if a["args"].get("kind") in ("model", "multiplexed")
+    ]
     for a in model_apps:  # replicas may not share our working directory
         repo = a["args"]["repository"]
         repo["root"] = str(Path(repo["root"]).resolve())

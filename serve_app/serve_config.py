@@ -7,9 +7,11 @@ from typing import Any
 
 from serve_app.app_args import (
     MODEL_DEPLOYMENT,
+    MULTIPLEX_DEPLOYMENT,
     ROUTER_DEPLOYMENT,
     SERVER_DEPLOYMENT,
     ModelAppArgs,
+    MultiplexAppArgs,
     PipelineAppArgs,
     ServerAppArgs,
     StagedAppArgs,
@@ -80,6 +82,19 @@ def model_application(app: AppConfig, model: ModelConfig) -> dict[str, Any]:
     """One Serve application per model, routed at ``/v2/models/<name>``: the model
     deployment answers its own OIP routes, so a request takes one hop. A staged model's
     application is a router plus one deployment per stage."""
+    if model.multiplex:
+        # No user_config: tenants are loaded on demand, one request at a time each, with
+        # no batching across requests.
+        options = deployment_options(model, app.http.retry_after_s)
+        options["name"] = MULTIPLEX_DEPLOYMENT
+        options.pop("user_config")
+        return {
+            "name": model.app_name,
+            "route_prefix": model.route_prefix,
+            "import_path": IMPORT_PATH,
+            "args": MultiplexAppArgs.from_config(app, model).model_dump(mode="json"),
+            "deployments": [options],
+        }
     if model.stages:
         return {
             "name": model.app_name,

@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from ray import serve
 
@@ -19,6 +19,7 @@ from serve_app.app_args import ServerAppArgs
 from serve_app.errors import ModelNotFound, ServiceUnavailable
 from serve_app.server.controller_view import ControllerView
 from serve_app.server.http import install_error_handlers
+from serve_app.server.tenant_forward import TenantForwarder
 
 server_api = FastAPI(title="serve_app", docs_url=None, redoc_url=None, openapi_url=None)
 install_error_handlers(server_api)
@@ -107,6 +108,7 @@ class OIPServer:
         self._view: ControllerView[dict[str, ModelState]] = ControllerView(
             lambda: read(names), STATUS_PERIOD_S, STATUS_TIMEOUT_S
         )
+        self._tenants = TenantForwarder(self.args.families, self.args.http)
 
     async def _states(self) -> dict[str, ModelState]:
         """Models and pipelines by name, from the cached controller view; a pipeline is
@@ -164,7 +166,10 @@ class OIPServer:
 
     @server_api.api_route("/v2/models/{name}", methods=["GET", "POST"])
     @server_api.api_route("/v2/models/{name}/{rest:path}", methods=["GET", "POST"])
-    async def unrouted_model(self, name: str, rest: str = "") -> Response:
+    async def unrouted_model(self, request: Request, name: str, rest: str = "") -> Response:
+        family = self._tenants.family_of(name)
+        if family is not None:  # a tenant of a multiplexed family (see server/multiplexed.py)
+            return await self._tenants.forward(family, name, request)
         if name not in self.args.models and name not in self.args.pipelines:
             served = self.args.models + list(self.args.pipelines)
             raise ModelNotFound(f"unknown model {name!r}; served models: {served}")

@@ -1,0 +1,196 @@
+"""Tenants of a multiplexed family inside a replica, free of Ray and HTTP so it can be
+unit tested: which names are tenants, loading one (verified like any model), and the
+counts a replica reports (requests, loads, evictions, failures).
+
+The LRU itself is Ray's (``@serve.multiplexed`` in ``server/multiplexed.py``): it evicts
+the least recently used tenant *before* it loads the next one, even when that load then
+fails. ``TenantLoader`` therefore refuses an unknown tenant before the LRU is touched,
+and remembers a failed load for ``failure_memory_s``, so a corrupt tenant's repeated
+requests fail fast instead of evicting a healthy tenant each time.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from serve_app.errors import ModelNotFound, ModelVersionNotFound, RepositoryError
+from serve_app.repository.loader import ModelRepository
+from serve_app.server.runtime import AdapterLoader, ModelRuntime
+from serve_app.tenants import is_tenant_name
+
+logger = logging.getLogger("ray.serve")
+
+FAILURE_MEMORY_S = 5.0
+"""How long a failed tenant load is answered from memory before it is tried again (a
+restored file is picked up after this)."""
+
+
+@dataclass
+class TenantStats:
+    """What one replica did with its tenants (``tenant_stats()`` returns it as a dict)."""
+
+    requests: int = 0
+    """Requests that asked for a known tenant."""
+    loads: int = 0
+    """Tenants loaded (a cold start: verify + load + warm-up)."""
+    load_failures: int = 0
+    """Loads that raised (corrupt or missing files), not counting remembered failures."""
+    evictions: int = 0
+    """Tenants dropped by the LRU."""
+    recent_load_s: deque[tuple[str, float]] = field(default_factory=lambda: deque(maxlen=1024))
+    """(tenant, seconds) of the latest loads."""
+
+    @property
+    def hits(self) -> int:
+        """Requests whose tenant was already loaded (or being loaded by another request)."""
+        return self.requests - self.loads - self.load_failures
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain dict for handles and benchmarks."""
+        return {
+            "requests": self.requests,
+            "hits": self.hits,
+            "loads": self.loads,
+            "load_failures": self.load_failures,
+            "evictions": self.evictions,
+            "recent_load_s": [list(x) for x in self.recent_load_s],
+        }
+
+
+class LoadedTenant:
+    """One tenant's verified, loaded model. Ray calls ``__del__`` when its LRU evicts
+    the tenant; requests that already hold it finish with it (the weights are freed with
+    the last reference)."""
+
+    def __init__(self, name: str, runtime: ModelRuntime, on_evict: Callable[[str], None]) -> None:
+        self.name = name
+        self.runtime = runtime
+        self.version = str(runtime.version.version if runtime.version else "")
+        self._on_evict: Callable[[str], None] | None = on_evict
+
+    def __del__(self) -> None:
+        # Ray calls this on eviction; garbage collection may call it again later.
+        on_evict, self._on_evict = self._on_evict, None
+        if on_evict is not None:
+            on_evict(self.name)
+
+    def check_version(self, version: str | None) -> None:
+        """Raise ``ModelNotFound`` unless ``version`` is None or the loaded one."""
+        if version is not None and version != self.version:
+            raise ModelNotFound(
+                f"model {self.name!r} version {version} not found (serving version {self.version})"
+            )
+
+    def metadata(self) -> dict[str, Any]:
+        """OIP model metadata of the tenant."""
+        adapter = self.runtime.require()
+        return {
+            "name": self.name,
+            "versions": [self.version],
+            "platform": adapter.info.platform,
+            "inputs": [t.to_json() for t in adapter.info.inputs],
+            "outputs": [t.to_json() for t in adapter.info.outputs],
+        }
+
+
+class TenantLoader:
+    """Loads the tenants of one family from the repository.
+
+    Args:
+        repository: Where tenants' weights live (``<root>/<tenant>/<version>/``).
+        family: The family's name (in messages).
+        prefix: Repository folders starting with this are the family's tenants.
+        version_policy: ``latest`` or a pinned version, for every tenant.
+        adapter_loader: Builds a tenant's adapter (injected so tests can stand in one).
+        device: Device string; ``None`` picks CUDA when visible, else CPU.
+        clock: Monotonic seconds (injected by tests of the failure memory).
+    """
+
+    def __init__(
+        self,
+        repository: ModelRepository,
+        family: str,
+        prefix: str,
+        version_policy: Literal["latest"] | int,
+        adapter_loader: AdapterLoader,
+        device: str | None = None,
+        failure_memory_s: float = FAILURE_MEMORY_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.repository = repository
+        self.family = family
+        self.prefix = prefix
+        self.version_policy = version_policy
+        self.adapter_loader = adapter_loader
+        self.device = device
+        self.failure_memory_s = failure_memory_s
+        self.clock = clock
+        self.stats = TenantStats()
+        self._failed: dict[str, tuple[float, RepositoryError]] = {}
+        self._lock = threading.Lock()
+
+    def check_known(self, tenant: str) -> None:
+        """Raise ``ModelNotFound`` (404) unless ``tenant`` names a tenant folder of this
+        family; ``RepositoryNotMounted`` (503) when the repository is missing."""
+        if not is_tenant_name(tenant, self.prefix):
+            raise ModelNotFound(
+                f"unknown model {tenant!r}: not a tenant of the multiplexed family "
+                f"{self.family!r} (tenant names start with {self.prefix!r})"
+            )
+        self.repository.check_mounted()
+        if not (self.repository.root / tenant).is_dir():
+            raise ModelNotFound(
+                f"unknown model {tenant!r}: no tenant folder {self.repository.root / tenant} "
+                f"for the multiplexed family {self.family!r}"
+            )
+
+    def check_failed(self, tenant: str) -> None:
+        """Re-raise a failure of ``tenant`` remembered less than ``failure_memory_s`` ago."""
+        with self._lock:
+            failed = self._failed.get(tenant)
+        if failed is not None and self.clock() - failed[0] < self.failure_memory_s:
+            raise failed[1]
+
+    def load(self, tenant: str) -> LoadedTenant:
+        """Verify (sizes and sha256 against the manifest) and load ``tenant``, then warm
+        it up. Blocking: call it off the event loop.
+
+        Raises:
+            ModelNotFound: not a tenant, or the tenant has no (such) published version.
+            RepositoryError: a file is corrupt, missing or unreadable (named).
+        """
+        self.check_known(tenant)
+        runtime = ModelRuntime(
+            self.repository, tenant, self.version_policy, self.adapter_loader, device=self.device
+        )
+        t0 = time.perf_counter()
+        try:
+            runtime.load(cap_to_memory=False)
+        except ModelVersionNotFound as e:
+            raise ModelNotFound(e.message) from None
+        except RepositoryError as e:
+            with self._lock:
+                self._failed[tenant] = (self.clock(), e)
+                self.stats.load_failures += 1
+            logger.error("tenant %s of %s failed to load: %s", tenant, self.family, e)
+            raise
+        load_s = time.perf_counter() - t0
+        with self._lock:
+            self._failed.pop(tenant, None)
+            self.stats.loads += 1
+            self.stats.recent_load_s.append((tenant, load_s))
+        logger.info(
+            "tenant %s of %s loaded in %.3f s %s", tenant, self.family, load_s, runtime.load_s
+        )
+        return LoadedTenant(tenant, runtime, self._evicted)
+
+    def _evicted(self, tenant: str) -> None:
+        with self._lock:
+            self.stats.evictions += 1
+        logger.info("tenant %s of %s evicted", tenant, self.family)

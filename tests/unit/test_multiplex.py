@@ -1,0 +1,404 @@
+"""Multiplexed families without Ray: config rules, the rendered Serve config, tenant
+loading (verified, 404 for unknown, a corrupt tenant failing alone), the server's
+forwarding, and the family replica over HTTP with Ray's LRU replaced by a plain one
+(the real ``@serve.multiplexed`` LRU is exercised in tests/integration/test_multiplexing.py).
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from pydantic import ValidationError
+from safetensors.torch import load_file
+from starlette.requests import Request
+
+from serve_app.app_args import APP_ARGS, MultiplexAppArgs, ServerAppArgs
+from serve_app.config import AppConfig
+from serve_app.demo import MLP_HEAD_ARCH
+from serve_app.demo_tenants import publish_tenants, tenant_name
+from serve_app.errors import IntegrityError, ModelNotFound, ServiceUnavailable
+from serve_app.models.architectures import ARCHITECTURES
+from serve_app.models.registry import load_adapter
+from serve_app.repository import ModelRepository
+from serve_app.serve_config import render_serve_config
+from serve_app.server.tenant_forward import ForwardedRequest, ForwardedResponse, TenantForwarder
+from serve_app.server.tenant_runtime import TenantLoader
+from serve_app.tenants import family_of
+
+FAMILY = {"name": "heads", "multiplex": {"tenant_prefix": "tenant-", "max_models_per_replica": 2}}
+
+
+def config(*models: dict[str, Any], pipelines: list[dict[str, Any]] | None = None) -> AppConfig:
+    return AppConfig.model_validate({"models": list(models), "pipelines": pipelines or []})
+
+
+def error_line(e: pytest.ExceptionInfo[ValidationError]) -> str:
+    return e.value.errors()[0]["msg"]
+
+
+# --- config -------------------------------------------------------------------------
+
+
+def test_a_model_named_like_a_tenant_is_refused() -> None:
+    with pytest.raises(ValidationError) as e:
+        config(FAMILY, {"name": "tenant-x"})
+    assert error_line(e) == (
+        "Value error, 'tenant-x' starts with the tenant prefix 'tenant-' of the multiplexed "
+        "family 'heads': its route would shadow that tenant"
+    )
+
+
+def test_overlapping_prefixes_are_refused() -> None:
+    with pytest.raises(ValidationError) as e:
+        config(FAMILY, {"name": "more", "multiplex": {"tenant_prefix": "tenant-a"}})
+    assert error_line(e) == (
+        "Value error, multiplexed families 'heads' and 'more' have overlapping tenant "
+        "prefixes 'tenant-' and 'tenant-a': a tenant name would belong to both"
+    )
+
+
+def test_a_family_has_no_stages_and_no_own_prefix() -> None:
+    with pytest.raises(ValidationError) as e:
+        config({"name": "tenant-all", "multiplex": {"tenant_prefix": "tenant-"}})
+    assert "the family's name must not start with its tenant_prefix 'tenant-'" in error_line(e)
+    with pytest.raises(ValidationError) as e:
+        config(FAMILY | {"repository_name": "x"})
+    assert "cannot also have stages or a repository_name" in error_line(e)
+
+
+def test_a_pipeline_cannot_call_a_family() -> None:
+    pipeline = {
+        "name": "p",
+        "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, 384]}],
+        "nodes": [{"name": "n", "model": "heads", "inputs": {"input": "request.input"}}],
+        "outputs": {"y": "n.output"},
+    }
+    with pytest.raises(ValidationError) as e:
+        config(FAMILY, pipelines=[pipeline])
+    assert error_line(e) == (
+        "Value error, pipeline 'p' node 'n': model 'heads' is a multiplexed family; "
+        "pipelines call single models"
+    )
+
+
+def test_family_of_needs_more_than_the_prefix() -> None:
+    prefixes = {"heads": "tenant-"}
+    assert family_of("tenant-0001", prefixes) == "heads"
+    assert family_of("tenant-", prefixes) is None
+    assert family_of("minilm", prefixes) is None
+
+
+def test_rendered_family_is_one_multiplexed_deployment_and_the_server_knows_it() -> None:
+    app = config(FAMILY | {"num_replicas": 2, "resources": {"num_cpus": 0.5}}, {"name": "m"})
+    rendered = render_serve_config(app)
+    server, family = rendered["applications"][0], rendered["applications"][1]
+    assert (family["name"], family["route_prefix"]) == ("heads", "/v2/models/heads")
+    args = APP_ARGS.validate_python(family["args"])
+    assert isinstance(args, MultiplexAppArgs)
+    assert (args.tenant_prefix, args.max_models_per_replica) == ("tenant-", 2)
+    [deployment] = family["deployments"]
+    assert deployment["name"] == "MultiplexedDeployment"
+    assert "user_config" not in deployment
+    assert deployment["num_replicas"] == 2
+    assert ServerAppArgs.model_validate(server["args"]).families == {"heads": "tenant-"}
+
+
+# --- tenant loading -----------------------------------------------------------------
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> ModelRepository:
+    publish_tenants(tmp_path, 3)
+    return ModelRepository(tmp_path)
+
+
+def loader_of(repo: ModelRepository, clock: Callable[[], float] | None = None) -> TenantLoader:
+    extra = {"clock": clock} if clock else {}
+    return TenantLoader(repo, "heads", "tenant-", "latest", load_adapter, "cpu", **extra)
+
+
+def expected_output(repo: ModelRepository, tenant: str, x: np.ndarray) -> np.ndarray:
+    """The tenant's MLP computed here from its published file."""
+    module = ARCHITECTURES["mlp"](**MLP_HEAD_ARCH.kwargs)
+    module.load_state_dict(load_file(str(repo.root / tenant / "1" / "model.safetensors")))
+    with torch.inference_mode():
+        return module(torch.from_numpy(x)).numpy()
+
+
+def corrupt(repo: ModelRepository, tenant: str) -> Path:
+    weights = repo.root / tenant / "1" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    return weights
+
+
+def test_a_tenant_loads_its_own_verified_weights(repo: ModelRepository) -> None:
+    loader = loader_of(repo)
+    x = np.random.default_rng(0).standard_normal((3, 384)).astype(np.float32)
+    outs = {}
+    for t in (tenant_name(0), tenant_name(1)):
+        tenant = loader.load(t)
+        outs[t] = tenant.runtime.forward_rows(tenant.runtime.prepare({"input": x}))["output"]
+        np.testing.assert_allclose(outs[t], expected_output(repo, t, x), rtol=1e-5, atol=1e-6)
+        assert tenant.metadata()["name"] == t and tenant.version == "1"
+    assert not np.allclose(outs[tenant_name(0)], outs[tenant_name(1)])
+    assert (loader.stats.loads, loader.stats.load_failures) == (2, 0)
+
+
+def test_unknown_tenants_are_404_naming_them(repo: ModelRepository) -> None:
+    loader = loader_of(repo)
+    with pytest.raises(ModelNotFound) as e:
+        loader.check_known("tenant-9999")
+    assert str(e.value) == (
+        f"unknown model 'tenant-9999': no tenant folder {repo.root / 'tenant-9999'} for the "
+        "multiplexed family 'heads'"
+    )
+    with pytest.raises(ModelNotFound) as e:
+        loader.check_known("other")
+    assert str(e.value) == (
+        "unknown model 'other': not a tenant of the multiplexed family 'heads' (tenant "
+        "names start with 'tenant-')"
+    )
+    (repo.root / "tenant-half").mkdir()  # a folder without a complete version
+    with pytest.raises(ModelNotFound) as e:
+        loader.load("tenant-half")
+    assert "has no complete version" in str(e.value)
+
+
+def test_a_corrupt_tenant_fails_alone_is_remembered_and_recovers(repo: ModelRepository) -> None:
+    now = [0.0]
+    loader = loader_of(repo, clock=lambda: now[0])
+    bad = tenant_name(1)
+    weights = corrupt(repo, bad)
+    with pytest.raises(IntegrityError) as e:
+        loader.load(bad)
+    assert f"sha256 mismatch for {weights}" in str(e.value)
+    assert str(e.value).startswith(f"model {bad!r} version 1: ")
+    assert e.value.status_code == 503
+    loader.load(tenant_name(0))  # the others still load
+    loader.load(tenant_name(2))
+    now[0] = 4.9
+    with pytest.raises(IntegrityError) as remembered:
+        loader.check_failed(bad)
+    assert remembered.value is e.value
+    assert loader.stats.load_failures == 1
+    corrupt(repo, bad)  # flip the byte back: the file is restored
+    now[0] = 5.1
+    loader.check_failed(bad)  # forgotten: the next request tries again
+    assert loader.load(bad).name == bad
+    assert (loader.stats.loads, loader.stats.load_failures) == (3, 1)
+
+
+def test_eviction_is_counted_once(repo: ModelRepository) -> None:
+    loader = loader_of(repo)
+    tenant = loader.load(tenant_name(0))
+    tenant.__del__()  # what Ray's LRU calls
+    tenant.__del__()  # what garbage collection calls later
+    assert loader.stats.evictions == 1
+
+
+# --- the server's forwarding --------------------------------------------------------
+
+
+class FakeHandle:
+    """A DeploymentHandle stand-in: records options and the request, answers or raises."""
+
+    def __init__(self, answer: ForwardedResponse | Exception) -> None:
+        self.answer = answer
+        self.calls: list[tuple[dict[str, Any], ForwardedRequest]] = []
+        self._options: dict[str, Any] = {}
+
+    def options(self, **kw: Any) -> FakeHandle:
+        self._options = kw
+        return self
+
+    async def remote(self, request: ForwardedRequest) -> ForwardedResponse:
+        self.calls.append((self._options, request))
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return self.answer
+
+
+def make_request(method: str, path: str, body: bytes = b"", headers: Any = ()) -> Request:
+    sent = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    scope = {
+        "type": "http",
+        "method": method,
+        "path": path,
+        "headers": [(k.encode(), v.encode()) for k, v in headers],
+        "query_string": b"",
+    }
+    return Request(scope, receive)
+
+
+@pytest.mark.anyio
+async def test_forwarder_sends_the_body_to_the_family_with_the_tenant_id() -> None:
+    from serve_app.config import HttpConfig
+
+    handle = FakeHandle(ForwardedResponse(200, b'{"ok":1}', {"content-type": "application/json"}))
+    fwd = TenantForwarder({"heads": "tenant-"}, HttpConfig(), handle_of=lambda _: handle)
+    request = make_request(
+        "POST",
+        "/v2/models/tenant-0003/versions/1/infer",
+        b"abc",
+        [("inference-header-content-length", "3")],
+    )
+    response = await fwd.forward("heads", "tenant-0003", request)
+    assert (response.status_code, response.body) == (200, b'{"ok":1}')
+    [(options, forwarded)] = handle.calls
+    assert options == {"multiplexed_model_id": "tenant-0003", "method_name": "forward"}
+    assert forwarded == ForwardedRequest("tenant-0003", "infer", "1", b"abc", "3")
+
+
+@pytest.mark.anyio
+async def test_forwarder_turns_an_unreachable_family_into_503() -> None:
+    from serve_app.config import HttpConfig
+
+    handle = FakeHandle(RuntimeError("deployment is deleting"))
+    fwd = TenantForwarder({"heads": "tenant-"}, HttpConfig(retry_after_s=4), lambda _: handle)
+    with pytest.raises(ServiceUnavailable) as e:
+        await fwd.forward("heads", "tenant-0003", make_request("GET", "/v2/models/tenant-0003"))
+    assert str(e.value) == (
+        "model 'tenant-0003': its multiplexed family 'heads' is not available "
+        "(RuntimeError: deployment is deleting)"
+    )
+    assert e.value.retry_after_s == 4
+
+
+# --- the family replica over HTTP (Ray's LRU replaced by a plain one) -----------------
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+_model_id: contextvars.ContextVar[str] = contextvars.ContextVar("model_id", default="")
+
+
+def plain_multiplexed(max_num_models_per_replica: int) -> Callable[..., Any]:
+    """Ray's LRU semantics in a few lines: evict (calling ``__del__``) before a load."""
+
+    def decorate(load: Callable[[str], Any]) -> Callable[[str], Any]:
+        models: OrderedDict[str, Any] = OrderedDict()
+
+        async def get(model_id: str) -> Any:
+            if model_id in models:
+                models.move_to_end(model_id)
+                return models[model_id]
+            if len(models) >= max_num_models_per_replica:
+                models.popitem(last=False)[1].__del__()
+            models[model_id] = await load(model_id)
+            return models[model_id]
+
+        return get
+
+    return decorate
+
+
+@pytest.fixture
+async def family_client(
+    repo: ModelRepository, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[tuple[httpx.AsyncClient, Any]]:
+    from ray import serve
+
+    from serve_app.server.multiplexed import MultiplexedDeployment
+
+    monkeypatch.setattr(serve, "multiplexed", plain_multiplexed)
+    monkeypatch.setattr(serve, "get_multiplexed_model_id", _model_id.get)
+    args = {
+        "name": "heads",
+        "repository": {"root": str(repo.root)},
+        "tenant_prefix": "tenant-",
+        "max_models_per_replica": 2,
+    }
+    replica = MultiplexedDeployment.func_or_class(args)
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        headers = dict(scope["headers"])
+        _model_id.set(headers.get(b"serve_multiplexed_model_id", b"").decode())
+        response = await replica(Request(scope, receive))
+        await response(scope, receive, send)
+
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        yield client, replica
+
+
+def infer_body(x: np.ndarray) -> dict[str, Any]:
+    return {
+        "inputs": [
+            {"name": "input", "shape": list(x.shape), "datatype": "FP32", "data": x.tolist()}
+        ]
+    }
+
+
+def tenant_header(t: str) -> dict[str, str]:
+    return {"serve_multiplexed_model_id": t}
+
+
+@pytest.mark.anyio
+async def test_family_replica_serves_tenants_by_header_and_evicts(
+    family_client: tuple[httpx.AsyncClient, Any], repo: ModelRepository
+) -> None:
+    client, replica = family_client
+    x = np.random.default_rng(1).standard_normal((2, 384)).astype(np.float32)
+    for i in (0, 1, 0, 2):  # 2 evicts 1 (least recently used), not 0
+        t = tenant_name(i)
+        r = await client.post(
+            "/v2/models/heads/infer", json=infer_body(x), headers=tenant_header(t)
+        )
+        assert r.status_code == 200, r.text
+        assert r.json()["model_name"] == t
+        out = np.array(r.json()["outputs"][0]["data"], np.float32).reshape(2, 8)
+        np.testing.assert_allclose(out, expected_output(repo, t, x), rtol=1e-4, atol=1e-5)
+    stats = replica.tenant_stats()
+    assert {k: stats[k] for k in ("requests", "hits", "loads", "evictions")} == {
+        "requests": 4, "hits": 1, "loads": 3, "evictions": 1,
+    }  # fmt: skip
+
+
+@pytest.mark.anyio
+async def test_family_replica_errors(
+    family_client: tuple[httpx.AsyncClient, Any], repo: ModelRepository
+) -> None:
+    client, replica = family_client
+    x = np.zeros((1, 384), np.float32)
+    r = await client.post("/v2/models/heads/infer", json=infer_body(x))
+    assert r.status_code == 400
+    assert r.json()["error"].startswith("model 'heads' is a multiplexed family: address a tenant")
+    r = await client.post(
+        "/v2/models/heads/infer", json=infer_body(x), headers=tenant_header("tenant-0042")
+    )
+    assert r.status_code == 404
+    assert "unknown model 'tenant-0042': no tenant folder" in r.json()["error"]
+    weights = corrupt(repo, tenant_name(2))
+    r = await client.post(
+        "/v2/models/heads/infer", json=infer_body(x), headers=tenant_header(tenant_name(2))
+    )
+    assert (r.status_code, r.headers["retry-after"]) == (503, "1")
+    assert f"sha256 mismatch for {weights}" in r.json()["error"]
+    r = await client.get("/v2/models/heads/ready", headers=tenant_header(tenant_name(0)))
+    assert (r.status_code, r.json()) == (200, {"name": tenant_name(0), "ready": True})
+    r = await client.get("/v2/models/heads/versions/2", headers=tenant_header(tenant_name(0)))
+    assert (r.status_code, r.json()["error"]) == (
+        404, "model 'tenant-0000' version 2 not found (serving version 1)",
+    )  # fmt: skip
+    assert replica.tenant_stats()["load_failures"] == 1
