@@ -95,7 +95,11 @@ class MultiplexedDeployment:
         """
         self.tenants.check_known(tenant)
         self.tenants.check_failed(tenant)
-        self.tenants.stats.requests += 1
+        if not self.tenants.note_request(tenant):
+            # Verified before it enters the LRU: Ray evicts the least recently used tenant
+            # before it calls the loader, so a corrupt tenant must fail here.
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(self._load_executor, self.tenants.verify, tenant)
         loaded: LoadedTenant = await self._get_tenant(tenant)
         return loaded
 

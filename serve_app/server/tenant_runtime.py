@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from serve_app.errors import ModelNotFound, ModelVersionNotFound, RepositoryError
-from serve_app.repository.loader import ModelRepository
+from serve_app.repository.loader import ModelRepository, VerifiedVersion
 from serve_app.server.runtime import AdapterLoader, ModelRuntime
 from serve_app.tenants import is_tenant_name
 
@@ -36,7 +36,9 @@ class TenantStats:
     """What one replica did with its tenants (``tenant_stats()`` returns it as a dict)."""
 
     requests: int = 0
-    """Requests that asked for a known tenant."""
+    """Requests that asked for a known tenant (not a remembered failure)."""
+    hits: int = 0
+    """Requests whose tenant was loaded when they arrived."""
     loads: int = 0
     """Tenants loaded (a cold start: verify + load + warm-up)."""
     load_failures: int = 0
@@ -45,11 +47,6 @@ class TenantStats:
     """Tenants dropped by the LRU."""
     recent_load_s: deque[tuple[str, float]] = field(default_factory=lambda: deque(maxlen=1024))
     """(tenant, seconds) of the latest loads."""
-
-    @property
-    def hits(self) -> int:
-        """Requests whose tenant was already loaded (or being loaded by another request)."""
-        return self.requests - self.loads - self.load_failures
 
     def to_json(self) -> dict[str, Any]:
         """Plain dict for handles and benchmarks."""
@@ -99,8 +96,26 @@ class LoadedTenant:
         }
 
 
+class _PreVerified(ModelRepository):
+    """The repository as ``ModelRuntime.load`` sees it when the tenant was verified just
+    before (outside the LRU): hands out that verification instead of hashing again."""
+
+    def __init__(self, repository: ModelRepository, version: VerifiedVersion) -> None:
+        super().__init__(repository.root, repository.hash_workers)
+        self._version = version
+
+    def verify(
+        self, name: str, policy: Literal["latest"] | int = "latest", *, hashes: bool = True
+    ) -> VerifiedVersion:
+        return self._version
+
+
 class TenantLoader:
     """Loads the tenants of one family from the repository.
+
+    A replica calls :meth:`check_known` and :meth:`check_failed` for every request,
+    :meth:`verify` before a cold tenant enters the LRU (so a corrupt tenant fails before
+    Ray evicts anyone for it), then :meth:`load` from inside Ray's LRU.
 
     Args:
         repository: Where tenants' weights live (``<root>/<tenant>/<version>/``).
@@ -109,6 +124,7 @@ class TenantLoader:
         version_policy: ``latest`` or a pinned version, for every tenant.
         adapter_loader: Builds a tenant's adapter (injected so tests can stand in one).
         device: Device string; ``None`` picks CUDA when visible, else CPU.
+        failure_memory_s: How long a failed load is answered from memory.
         clock: Monotonic seconds (injected by tests of the failure memory).
     """
 
@@ -132,7 +148,10 @@ class TenantLoader:
         self.failure_memory_s = failure_memory_s
         self.clock = clock
         self.stats = TenantStats()
+        self.loaded: set[str] = set()
+        """Tenants in the LRU now (loads add, evictions remove)."""
         self._failed: dict[str, tuple[float, RepositoryError]] = {}
+        self._verified: dict[str, tuple[float, VerifiedVersion]] = {}
         self._lock = threading.Lock()
 
     def check_known(self, tenant: str) -> None:
@@ -157,40 +176,85 @@ class TenantLoader:
         if failed is not None and self.clock() - failed[0] < self.failure_memory_s:
             raise failed[1]
 
-    def load(self, tenant: str) -> LoadedTenant:
-        """Verify (sizes and sha256 against the manifest) and load ``tenant``, then warm
-        it up. Blocking: call it off the event loop.
+    def note_request(self, tenant: str) -> bool:
+        """Count a request for ``tenant``; True (a hit) when it is loaded already."""
+        with self._lock:
+            self.stats.requests += 1
+            hit = tenant in self.loaded
+            self.stats.hits += hit
+        return hit
+
+    def _failure(self, tenant: str, error: RepositoryError) -> None:
+        with self._lock:
+            self._failed[tenant] = (self.clock(), error)
+            self.stats.load_failures += 1
+        logger.error("tenant %s of %s failed to load: %s", tenant, self.family, error)
+
+    def verify(self, tenant: str) -> VerifiedVersion:
+        """Check the tenant's files (sizes and sha256 against its manifest) and keep the
+        result for the :meth:`load` that follows. Blocking: call it off the event loop.
 
         Raises:
             ModelNotFound: not a tenant, or the tenant has no (such) published version.
-            RepositoryError: a file is corrupt, missing or unreadable (named).
+            RepositoryError: a file is corrupt, missing or unreadable (named); remembered.
         """
         self.check_known(tenant)
-        runtime = ModelRuntime(
-            self.repository, tenant, self.version_policy, self.adapter_loader, device=self.device
-        )
-        t0 = time.perf_counter()
         try:
-            runtime.load(cap_to_memory=False)
+            version = self.repository.verify(tenant, self.version_policy)
         except ModelVersionNotFound as e:
             raise ModelNotFound(e.message) from None
         except RepositoryError as e:
-            with self._lock:
-                self._failed[tenant] = (self.clock(), e)
-                self.stats.load_failures += 1
-            logger.error("tenant %s of %s failed to load: %s", tenant, self.family, e)
+            self._failure(tenant, e)
             raise
-        load_s = time.perf_counter() - t0
+        with self._lock:
+            self._verified[tenant] = (self.clock(), version)
+        return version
+
+    def load(self, tenant: str) -> LoadedTenant:
+        """Load ``tenant`` (verified by :meth:`verify` moments ago, else now) and warm it
+        up. Blocking: call it off the event loop.
+
+        Raises:
+            ModelNotFound: not a tenant, or the tenant has no (such) published version.
+            RepositoryError: a file is corrupt, missing or unreadable (named); remembered.
+        """
+        t0 = time.perf_counter()
+        with self._lock:
+            verified = self._verified.pop(tenant, None)
+        earlier_verify_s = 0.0  # a verification before this call (outside the LRU)
+        if verified is None or self.clock() - verified[0] > self.failure_memory_s:
+            version = self.verify(tenant)
+            with self._lock:
+                self._verified.pop(tenant, None)
+        else:
+            version = verified[1]
+            earlier_verify_s = version.verify_s
+        runtime = ModelRuntime(
+            _PreVerified(self.repository, version),
+            tenant,
+            self.version_policy,
+            self.adapter_loader,
+            device=self.device,
+        )
+        try:
+            runtime.load(cap_to_memory=False)
+        except RepositoryError as e:  # e.g. weights that do not match the architecture
+            self._failure(tenant, e)
+            raise
+        load_s = time.perf_counter() - t0 + earlier_verify_s
         with self._lock:
             self._failed.pop(tenant, None)
+            self.loaded.add(tenant)
             self.stats.loads += 1
             self.stats.recent_load_s.append((tenant, load_s))
         logger.info(
-            "tenant %s of %s loaded in %.3f s %s", tenant, self.family, load_s, runtime.load_s
-        )
+            "tenant %s of %s loaded in %.3f s (verify %.3f s) %s",
+            tenant, self.family, load_s, version.verify_s, runtime.load_s,
+        )  # fmt: skip
         return LoadedTenant(tenant, runtime, self._evicted)
 
     def _evicted(self, tenant: str) -> None:
         with self._lock:
             self.stats.evictions += 1
+            self.loaded.discard(tenant)
         logger.info("tenant %s of %s evicted", tenant, self.family)

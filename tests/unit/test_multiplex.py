@@ -381,6 +381,11 @@ async def test_family_replica_errors(
 ) -> None:
     client, replica = family_client
     x = np.zeros((1, 384), np.float32)
+    for i in (0, 1):  # fill the LRU (2 tenants)
+        r = await client.post(
+            "/v2/models/heads/infer", json=infer_body(x), headers=tenant_header(tenant_name(i))
+        )
+        assert r.status_code == 200
     r = await client.post("/v2/models/heads/infer", json=infer_body(x))
     assert r.status_code == 400
     assert r.json()["error"].startswith("model 'heads' is a multiplexed family: address a tenant")
@@ -401,4 +406,6 @@ async def test_family_replica_errors(
     assert (r.status_code, r.json()["error"]) == (
         404, "model 'tenant-0000' version 2 not found (serving version 1)",
     )  # fmt: skip
-    assert replica.tenant_stats()["load_failures"] == 1
+    stats = replica.tenant_stats()
+    assert (stats["load_failures"], stats["evictions"]) == (1, 0)  # failed before the LRU
+    assert replica.tenants.loaded == {tenant_name(0), tenant_name(1)}
