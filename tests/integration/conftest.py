@@ -36,6 +36,10 @@ STAGED = "minilm-pp"
 OVERLOADED = "overloaded"
 HEAD_MODELS = ["ticket-topic", "ticket-urgency", "ticket-topic-large"]
 MISTYPED = "mistyped"
+TENANTS = "tenants"
+"""A multiplexed family (tests/integration/test_multiplexing.py): tenant-0000..0003 in the
+repository, tenant-0003 corrupt, two tenants per replica."""
+TENANT_COUNT = 4
 
 
 def session_pipelines() -> list[dict[str, Any]]:
@@ -170,6 +174,11 @@ def make_app_config(root: Path, port: int, mlp_batching: dict[str, Any] | None =
                 ).model_dump(),
                 *({"name": h, "resources": {"num_cpus": 0}} for h in HEAD_MODELS),
                 OVERLOADED_MODEL,
+                {
+                    "name": TENANTS,
+                    "multiplex": {"tenant_prefix": "tenant-", "max_models_per_replica": 2},
+                    "resources": {"num_cpus": 0},
+                },
                 {  # MiniLM v1 split 3/3 over two deployments
                     "name": STAGED,
                     "repository_name": "minilm",
@@ -198,6 +207,7 @@ READY_APPS = [
     "pp-head",
     "needs-broken",
     OVERLOADED,
+    TENANTS,
 ]
 """Applications a test may rely on (broken, gpu-mlp and mistyped never all become RUNNING)."""
 
@@ -234,6 +244,13 @@ def model_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for name in (BROKEN, GPU_MODEL):
         copy_model(root / MLP_HEAD, root / name)
     weights = root / BROKEN / "1" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    from serve_app.demo_tenants import publish_tenants
+
+    publish_tenants(root, TENANT_COUNT)
+    weights = root / "tenant-0003" / "1" / "model.safetensors"
     data = bytearray(weights.read_bytes())
     data[len(data) // 2] ^= 0xFF
     weights.write_bytes(bytes(data))
