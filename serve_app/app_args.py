@@ -16,6 +16,7 @@ from serve_app.config import AppConfig, HttpConfig, ModelConfig, RepositoryConfi
 from serve_app.graph.spec import PipelineConfig
 from serve_app.graph.structure import model_nodes
 from serve_app.schema_base import StrictModel
+from serve_app.version_policy import side_app_names
 
 MODEL_DEPLOYMENT = "ModelDeployment"
 """Deployment of a model served whole (its app's ingress)."""
@@ -50,6 +51,19 @@ class ModelAppArgs(StrictModel):
         None, description="Encoder layers of a pipeline-parallel stage; None: whole model."
     )
     hung_forward_s: float = Field(60.0, gt=0, description="Health fails past this forward.")
+    served_versions: list[int] | None = Field(
+        None,
+        description=(
+            "Every version of this model served side by side (one application each), "
+            "listed in metadata and 404s; None: only this one. Filled when pinned."
+        ),
+    )
+    latest_n: int | None = Field(
+        None, ge=1, description="version_policy.latest_n of the model (resolved when pinned)."
+    )
+    slot: int = Field(
+        0, ge=0, description="Under latest_n: 0 serves the newest version, 1 the one before..."
+    )
 
     @classmethod
     def from_config(cls, app: AppConfig, model: ModelConfig) -> ModelAppArgs:
@@ -169,6 +183,13 @@ class ServerAppArgs(StrictModel):
         default_factory=dict,
         description="Multiplexed family (app name) -> tenant prefix: where tenants are forwarded.",
     )
+    side_versions: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description=(
+            "Model -> the applications of its older served versions (version_policy): "
+            "the model is ready when they are too."
+        ),
+    )
 
     @classmethod
     def from_config(cls, app: AppConfig) -> ServerAppArgs:
@@ -181,6 +202,7 @@ class ServerAppArgs(StrictModel):
                 for p in app.pipelines
             },
             families={m.name: m.multiplex.tenant_prefix for m in app.models if m.multiplex},
+            side_versions={m.name: side_app_names(m) for m in app.models if m.version_policy},
         )
 
 

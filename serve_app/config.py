@@ -172,6 +172,39 @@ class MultiplexConfig(StrictModel):
     )
 
 
+class VersionPolicy(StrictModel):
+    """Versions of one model served side by side (Triton's version policy): each served
+    version is its own Serve application, routed at ``/v2/models/<name>/versions/<v>``;
+    ``/v2/models/<name>`` goes to the newest served version. Set exactly one field."""
+
+    latest_n: int | None = Field(
+        None,
+        ge=1,
+        le=8,
+        description=(
+            "Serve the N highest published versions, resolved when the config is "
+            "deployed (`serve-app demo`/`serve-app deploy`); not for a RayService, whose "
+            "serveConfigV2 is fixed at render time: use `specific` there."
+        ),
+    )
+    specific: list[int] | None = Field(
+        None, min_length=1, description="Serve exactly these versions (each must be published)."
+    )
+
+    @field_validator("specific")
+    @classmethod
+    def _distinct_sorted(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and (min(v) < 1 or len(set(v)) != len(v)):
+            raise ValueError(f"specific must be distinct versions >= 1, got {v}")
+        return None if v is None else sorted(v)
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> VersionPolicy:
+        if (self.latest_n is None) == (self.specific is None):
+            raise ValueError("version_policy takes exactly one of latest_n or specific")
+        return self
+
+
 class ModelConfig(StrictModel):
     """One served model: a Serve application whose deployment answers its own OIP routes."""
 
@@ -202,6 +235,13 @@ class ModelConfig(StrictModel):
     )
     version: Literal["latest"] | int = Field(
         "latest", description="Version policy: 'latest' (highest integer) or a pinned version."
+    )
+    version_policy: VersionPolicy | None = Field(
+        None,
+        description=(
+            "Serve several versions side by side (then leave ``version`` at 'latest'); "
+            "None serves the one version ``version`` selects."
+        ),
     )
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
     num_replicas: int = Field(
@@ -277,6 +317,22 @@ class ModelConfig(StrictModel):
             raise ValueError(
                 f"model {self.name!r}: the family's name must not start with its "
                 f"tenant_prefix {self.multiplex.tenant_prefix!r}"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _version_policy_alone(self) -> ModelConfig:
+        if self.version_policy is None:
+            return self
+        if self.version != "latest":
+            raise ValueError(
+                f"model {self.name!r}: set either version ({self.version}) or "
+                "version_policy, not both"
+            )
+        if self.stages or self.multiplex:
+            raise ValueError(
+                f"model {self.name!r}: version_policy applies to a whole model, not to "
+                "stages or a multiplexed family"
             )
         return self
 

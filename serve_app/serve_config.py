@@ -19,6 +19,7 @@ from serve_app.app_args import (
 )
 from serve_app.config import AppConfig, ModelConfig
 from serve_app.graph.spec import PipelineConfig
+from serve_app.version_policy import version_applications
 
 IMPORT_PATH = "serve_app.app:build_app"
 MAX_CONSTRUCTOR_RETRIES = 3
@@ -163,6 +164,6 @@ def render_serve_config(
             "enable_access_log": app.http.access_log,
         },
         "applications": [server_application(app)]
-        + [model_application(app, m) for m in app.models]
+        + [a for m in app.models for a in version_applications(m, model_application(app, m))]
         + [pipeline_application(app, p) for p in app.pipelines],
     }

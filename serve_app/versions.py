@@ -31,7 +31,9 @@ def _pin(args: dict[str, Any], root: str, folder: str) -> None:
 def pin_latest_versions(config: dict[str, Any]) -> dict[str, Any]:
     """A copy of the Serve config ``config`` with every ``latest`` replaced by the
     highest published version (models, staged models and pipeline node targets)."""
-    pinned = copy.deepcopy(config)
+    from serve_app.version_policy import pin_latest_n
+
+    pinned = pin_latest_n(copy.deepcopy(config))
     for app in pinned.get("applications", []):
         args = app.get("args", {})
         kind = args.get("kind")

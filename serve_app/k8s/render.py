@@ -27,6 +27,7 @@ import yaml
 from serve_app.config import AppConfig, HttpConfig, ModelConfig, load_app_config
 from serve_app.render import write_if_changed
 from serve_app.serve_config import render_serve_config
+from serve_app.version_policy import side_app_names
 
 MODELS_MOUNT_PATH = "/mnt/models"
 """Where every Ray worker mounts the ReadOnlyMany weights claim (and the Job its writer)."""
@@ -114,7 +115,9 @@ class DrainTiming:
 
 
 def _max_replicas(model: ModelConfig) -> int:
-    return model.autoscaling.max_replicas if model.autoscaling else model.num_replicas
+    """The model's most replicas, over every version it serves side by side."""
+    per_version = model.autoscaling.max_replicas if model.autoscaling else model.num_replicas
+    return per_version * (len(side_app_names(model)) + 1)
 
 
 def check_cluster_app(app: AppConfig, profile: ClusterProfile) -> None:
@@ -138,7 +141,13 @@ def check_cluster_app(app: AppConfig, profile: ClusterProfile) -> None:
             "(a pod spec change: the next apply builds a new cluster)"
         )
     for m in app.models:
-        if m.version == "latest":
+        if m.version_policy is not None and m.version_policy.latest_n is not None:
+            raise ValueError(
+                f"model {m.name!r}: version_policy.latest_n is resolved when a config is "
+                "deployed locally; a RayService's serveConfigV2 is fixed when rendered: "
+                "list the versions with version_policy.specific"
+            )
+        if m.version == "latest" and m.version_policy is None:
             # Locally the deploy step pins `latest` once for every replica; on a cluster
             # the committed serveConfigV2 is what runs, and each replica would resolve
             # `latest` on its own mount: after a publish, two replicas could differ.

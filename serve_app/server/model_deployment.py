@@ -252,11 +252,19 @@ class ModelDeployment:
         """Validate and split into rows; large requests off the event loop."""
         return await prepare_rows(self.runtime.prepare, inputs, self._prepare_executor)
 
+    @property
+    def served_versions(self) -> list[str]:
+        """Every version of this model served side by side (this one included)."""
+        return [str(v) for v in self.args.served_versions or [int(self.version)]]
+
     def _check_version(self, version: str | None) -> None:
+        # A served older version has its own application at a longer route prefix, so
+        # only this replica's version or an unserved one arrives here.
         if version is not None and version != self.version:
+            served = self.served_versions
             raise ModelNotFound(
-                f"model {self.args.name!r} version {version} not found "
-                f"(serving version {self.version})"
+                f"model {self.args.name!r} version {version} not found (serving "
+                f"version{'s' if len(served) > 1 else ''} {', '.join(served)})"
             )
 
     async def _infer(self, request: Request) -> Response:
@@ -279,7 +287,7 @@ class ModelDeployment:
         adapter = self.runtime.require()
         return {
             "name": self.args.name,
-            "versions": [self.version],
+            "versions": self.served_versions,
             "platform": adapter.info.platform,
             "inputs": [t.to_json() for t in adapter.info.inputs],
             "outputs": [t.to_json() for t in adapter.info.outputs],

@@ -104,7 +104,8 @@ class OIPServer:
     def __init__(self, args: dict[str, Any], state_reader: Any = None) -> None:
         self.args = ServerAppArgs.model_validate(args)
         read = state_reader or read_model_states
-        names = self.args.models + list(self.args.pipelines)
+        sides = [a for apps in self.args.side_versions.values() for a in apps]
+        names = self.args.models + sides + list(self.args.pipelines)
         self._view: ControllerView[dict[str, ModelState]] = ControllerView(
             lambda: read(names), STATUS_PERIOD_S, STATUS_TIMEOUT_S
         )
@@ -125,6 +126,12 @@ class OIPServer:
                 self.args.http.retry_after_s,
             )
         apps = dict(latest[0])
+        for name, sides in self.args.side_versions.items():  # each served version counts
+            blocked = [apps.pop(a) for a in sides if a in apps]
+            blocked = [b for b in blocked if not b.ready]
+            if apps[name].ready and blocked:
+                reason = "; ".join(f"{b.name}: {b.status} {b.message}" for b in blocked)
+                apps[name] = ModelState(name, False, "WAITING_FOR_VERSIONS", reason.strip())
         for name, needs in self.args.pipelines.items():
             own = apps[name]
             blocked = [apps[m] for m in needs if not apps[m].ready]

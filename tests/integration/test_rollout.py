@@ -36,7 +36,7 @@ from tests.integration.demo_process import REPO_ROOT, Demo, demo_process, serve_
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-ROLLING = "rolling"
+ROLLING, SIDED = "rolling", "sided"
 
 
 @dataclass
@@ -53,6 +53,8 @@ class Rollout:
 def rollout(model_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rollout]:
     root = tmp_path_factory.mktemp("rollout-repo")
     copy_model(model_root / MLP_HEAD, root / ROLLING)
+    copy_model(model_root / MLP_HEAD, root / SIDED)
+    publish_next(root, SIDED)  # versions 1 and 2
     dashboard = free_port()
     config = {
         "repository": {"root": str(root)},
@@ -68,7 +70,14 @@ def rollout(model_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
                 "batching": {"max_batch_size": 8, "batch_wait_timeout_s": 0.005},
                 "graceful_shutdown_timeout_s": 5,
                 "resources": {"num_cpus": 0.1, "torch_threads": 1},
-            }
+            },
+            {
+                "name": SIDED,
+                "version_policy": {"latest_n": 2},
+                "batching": {"max_batch_size": 8, "batch_wait_timeout_s": 0.005},
+                "graceful_shutdown_timeout_s": 5,
+                "resources": {"num_cpus": 0.1, "torch_threads": 1},
+            },
         ],
     }
     folder = tmp_path_factory.mktemp("rollout-demo")
@@ -77,13 +86,13 @@ def rollout(model_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
         yield Rollout(demo, folder / "app.yaml", root, f"http://127.0.0.1:{dashboard}")
 
 
-def publish_next(root: Path, corrupt: bool = False) -> Path:
-    """Publish a copy of version 1's weights as the next version (one byte flipped
-    after publishing when ``corrupt``); returns the weight file."""
-    v1 = root / ROLLING / "1"
+def publish_next(root: Path, model: str = ROLLING, corrupt: bool = False) -> Path:
+    """Publish a copy of version 1's weights as the next version of ``model`` (one byte
+    flipped after publishing when ``corrupt``); returns the weight file."""
+    v1 = root / model / "1"
     manifest = Manifest.model_validate_json((v1 / MANIFEST_NAME).read_text())
     target = publish(
-        v1 / "model.safetensors", root, ROLLING, format=manifest.format,
+        v1 / "model.safetensors", root, model, format=manifest.format,
         task=manifest.task, architecture=manifest.architecture,
     )  # fmt: skip
     weights = target / "model.safetensors"
@@ -174,6 +183,34 @@ def test_a_new_version_rolls_out_under_traffic_without_a_failed_request(
     print(f"request order: first v2 #{versions.index('v2')}, last v1 #{last_v1}")
 
 
+def test_versions_side_by_side_each_on_its_own_route_and_rolled_by_latest_n(
+    rollout: Rollout,
+) -> None:
+    base = f"{rollout.demo.url}/v2/models/{SIDED}"
+    body = generated_body(model_metadata(rollout.demo.url, SIDED))
+
+    def version_of(path: str) -> object:
+        r = httpx.post(f"{base}{path}/infer", content=body, timeout=30)
+        return r.json()["model_version"] if r.status_code == 200 else (r.status_code, r.text)
+
+    assert httpx.get(base).json()["versions"] == ["1", "2"]
+    assert [version_of(p) for p in ("", "/versions/2", "/versions/1")] == ["2", "2", "1"]
+    code, text = version_of("/versions/7")  # type: ignore[misc]
+    assert code == 404 and "version 7 not found (serving versions 1, 2)" in text
+    listed = [m["name"] for m in httpx.get(f"{rollout.demo.url}/v2/models").json()["models"]]
+    assert listed.count(SIDED) == 1 and not [n for n in listed if n.startswith(f"{SIDED}.")]
+    # A new version: latest_n moves the window to 2 and 3 on the next deploy.
+    publish_next(rollout.root, SIDED)
+    deployed = serve_app_deploy(rollout)
+    assert deployed.returncode == 0, deployed.stderr[-2000:]
+    assert f"{SIDED}.latest-1: version 1 -> 2" in deployed.stdout
+    assert httpx.get(base).json()["versions"] == ["2", "3"]
+    assert [version_of(p) for p in ("", "/versions/3", "/versions/2")] == ["3", "3", "2"]
+    code, text = version_of("/versions/1")  # type: ignore[misc]
+    assert code == 404 and "(serving versions 2, 3)" in text
+    assert httpx.get(f"{rollout.demo.url}/v2/health/ready").status_code == 200
+
+
 def test_a_corrupt_new_version_is_refused_and_the_old_one_keeps_serving(
     rollout: Rollout,
 ) -> None:
@@ -184,6 +221,7 @@ def test_a_corrupt_new_version_is_refused_and_the_old_one_keeps_serving(
     with traffic:
         time.sleep(2)
         weights = publish_next(rollout.root, corrupt=True)
+        assert weights.parent.name == "3"
         refused = serve_app_deploy(rollout)
         # Forced past the client's check: the new replicas verify for themselves.
         forced = serve_app_deploy(rollout, "--no-verify")
