@@ -407,6 +407,16 @@ class HttpConfig(StrictModel):
         False,
         description="Serve's per-request access log line (costs CPU on the request path).",
     )
+    haproxy_balance: Literal["leastconn", "tenant-header"] = Field(
+        "leastconn",
+        description=(
+            "How HAProxy picks a replica, for every application. leastconn: Ray's default. "
+            "tenant-header: hash of the serve_multiplexed_model_id header, so a tenant's "
+            "requests on its family's route reach the replica that holds it (measured in "
+            "loadtest/results/multiplex-haproxy-hdr); requests without the header are "
+            "spread round-robin instead of by least connections."
+        ),
+    )
 
 
 class LogConfig(StrictModel):

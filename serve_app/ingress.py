@@ -61,8 +61,19 @@ def write_wrapper(admin_host: str, binary: str | None = None, directory: str | N
     return path
 
 
+HAPROXY_BALANCE = {"leastconn": None, "tenant-header": "hdr(serve_multiplexed_model_id)"}
+"""``HttpConfig.haproxy_balance`` -> HAProxy's ``balance`` (None: Ray's default)."""
+
+
+def balance_env(balance: str) -> dict[str, str]:
+    """``RAY_SERVE_HAPROXY_BALANCE_ALGORITHM`` for ``HttpConfig.haproxy_balance`` (Ray
+    writes it as the ``balance`` of every HAProxy backend); empty for Ray's default."""
+    algorithm = HAPROXY_BALANCE[balance]
+    return {} if algorithm is None else {"RAY_SERVE_HAPROXY_BALANCE_ALGORITHM": algorithm}
+
+
 def haproxy_env(
-    admin_host: str | None, admin_ports: tuple[int, int] | None = None
+    admin_host: str | None, admin_ports: tuple[int, int] | None = None, balance: str = "leastconn"
 ) -> dict[str, str]:
     """Environment for the Ray processes to run HAProxy ingress.
 
@@ -72,8 +83,9 @@ def haproxy_env(
             boundary and one Ray owns the pod).
         admin_ports: Stats and Prometheus ports of a local run (Ray's admin sockets are
             already per node: ``/tmp/haproxy-serve/<node id>/``).
+        balance: ``HttpConfig.haproxy_balance``.
     """
-    env = {"RAY_SERVE_ENABLE_HA_PROXY": "1"}
+    env = {"RAY_SERVE_ENABLE_HA_PROXY": "1"} | balance_env(balance)
     if admin_host is None:
         return env
     stats_port, metrics_port = admin_ports or (8404, 9101)

@@ -34,7 +34,7 @@ def ingress_environment(http: HttpConfig) -> dict[str, str]:
     from serve_app.ingress import haproxy_env
 
     if http.ingress == "haproxy":
-        return haproxy_env(http.admin_host, http.admin_ports)
+        return haproxy_env(http.admin_host, http.admin_ports, http.haproxy_balance)
     return {"RAY_SERVE_ENABLE_HA_PROXY": "0"}
 
 

@@ -307,7 +307,11 @@ def worker_start_params(profile: ClusterProfile) -> dict[str, str]:
 def ray_container_env(http: HttpConfig) -> dict[str, str]:
     """Environment of every Ray container for the configured ingress (the Serve
     controller reads it once at start, so it is pod env, not Serve config)."""
-    return {"RAY_SERVE_ENABLE_HA_PROXY": "1" if http.ingress == "haproxy" else "0"}
+    if http.ingress != "haproxy":
+        return {"RAY_SERVE_ENABLE_HA_PROXY": "0"}
+    from serve_app.ingress import balance_env
+
+    return {"RAY_SERVE_ENABLE_HA_PROXY": "1"} | balance_env(http.haproxy_balance)
 
 
 def serve_config_text(app: AppConfig) -> str:

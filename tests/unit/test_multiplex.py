@@ -111,6 +111,22 @@ def test_rendered_family_is_one_multiplexed_deployment_and_the_server_knows_it()
     assert ServerAppArgs.model_validate(server["args"]).families == {"heads": "tenant-"}
 
 
+def test_haproxy_can_balance_on_the_tenant_header() -> None:
+    from serve_app.config import HttpConfig
+    from serve_app.ingress import haproxy_env
+    from serve_app.k8s.render import ray_container_env
+
+    assert haproxy_env(None) == {"RAY_SERVE_ENABLE_HA_PROXY": "1"}
+    hashed = {
+        "RAY_SERVE_ENABLE_HA_PROXY": "1",
+        "RAY_SERVE_HAPROXY_BALANCE_ALGORITHM": "hdr(serve_multiplexed_model_id)",
+    }
+    assert haproxy_env(None, balance="tenant-header") == hashed
+    http = HttpConfig(admin_host=None, haproxy_balance="tenant-header")
+    assert ray_container_env(http) == hashed
+    assert ray_container_env(HttpConfig(admin_host=None)) == {"RAY_SERVE_ENABLE_HA_PROXY": "1"}
+
+
 # --- tenant loading -----------------------------------------------------------------
 
 

@@ -1,0 +1,513 @@
+"""Multiplexed family vs one deployment per tenant (issue 16), measured on this machine.
+
+One local Ray (2 logical CPUs, HAProxy ingress, 127.0.0.1 only) serves:
+
+- ``tenants``: a multiplexed family of ``--tenants`` MLP heads (384 -> 128 -> 8, seeded
+  random weights each, published into the repository and verified per tenant) on
+  ``--replicas`` replicas, each keeping ``--max-models`` tenants (Ray's LRU);
+- ``single``: one of those tenants as an ordinary one-model deployment (what "one
+  deployment per tenant" would run ``--tenants`` times), batch wait 0.
+
+Measured, in order:
+
+1. **cold load**: ``--cold`` never-loaded tenants, one request each by OIP name (the
+   load happens in it), then a second (warm) request; client latencies of both, plus
+   Ray's ``ray_serve_multiplexed_model_load_latency_ms`` (the load inside the LRU; the
+   tenant's sha256 verification runs just before it, outside the LRU, and is in the
+   cold request's latency).
+2. **hop cost**: hot tenant, sequential (c=1) requests: ``single`` direct (one hop),
+   the family by header (one hop) and by OIP name (HAProxy -> server app -> handle ->
+   family: one more hop).
+3. **Zipf mix**: open-loop Poisson arrivals at ``--rate`` req/s for ``--duration-s``
+   (after ``--warmup-s`` not counted), tenant of each request drawn from a Zipf law
+   (exponent ``--zipf-s``, ranks shuffled), once addressed by OIP name (Serve's handle
+   router prefers a replica holding the tenant) and once by header on the family's route
+   (HAProxy picks the replica, ``leastconn``, blind to the tenant). Hit rate from Ray's
+   per-replica counters ``ray_serve_multiplexed_get_model_requests_counter`` and
+   ``..._models_load_counter`` (hit rate = 1 - loads / requests), p50/p99 from the client;
+   next to it the hit rate an LRU simulation of the same tenant sequence gives with
+   perfect affinity and with random replica choice. ``--haproxy-balance tenant-header``
+   (``http.haproxy_balance``) makes HAProxy hash the header instead.
+4. **memory**: RSS, USS and PSS of every replica process (psutil), after the mix. The
+   memory that ``--tenants`` single-tenant deployments would need is *extrapolated* from
+   the one measured ``single`` replica.
+
+    python -m loadtest.multiplex_bench                  # ~4 min on 2 cores
+    python -m loadtest.multiplex_bench --quick          # shorter, smoke check
+
+Results: ``<out>/multiplex.json`` and ``multiplex.md`` (default
+``loadtest/results/multiplex``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import tempfile
+import time
+import urllib.request
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from loadtest.machine import free_port, machine_info
+
+FAMILY = "tenants"
+SINGLE = "single"
+PREFIX = "tenant-"
+BODY = json.dumps(
+    {"inputs": [{"name": "input", "shape": [1, 384], "datatype": "FP32", "data": [0.01] * 384}]}
+).encode()
+JSON = {"content-type": "application/json"}
+
+
+def app_dict(
+    root: Path, port: int, admin: tuple[int, int], a: argparse.Namespace
+) -> dict[str, Any]:
+    """The benchmark's AppConfig (as a dict)."""
+    return {
+        "repository": {"root": str(root)},
+        "http": {
+            "host": "127.0.0.1",
+            "port": port,
+            "admin_ports": list(admin),
+            "haproxy_balance": a.haproxy_balance,
+        },
+        "models": [
+            {
+                "name": FAMILY,
+                "multiplex": {"tenant_prefix": PREFIX, "max_models_per_replica": a.max_models},
+                "num_replicas": a.replicas,
+                "resources": {"num_cpus": 0.5, "torch_threads": 1},
+            },
+            {
+                "name": SINGLE,
+                "repository_name": f"{PREFIX}0000",
+                "batching": {"max_batch_size": 8, "batch_wait_timeout_s": 0.0},
+                "resources": {"num_cpus": 0.5, "torch_threads": 1},
+            },
+        ],
+    }
+
+
+def zipf_sequence(n_tenants: int, n: int, s: float, rng: np.random.Generator) -> list[str]:
+    """``n`` tenant names, rank k drawn with probability proportional to 1 / k**s; which
+    tenant has which rank is shuffled."""
+    weights = 1.0 / np.arange(1, n_tenants + 1) ** s
+    ranks = rng.choice(n_tenants, size=n, p=weights / weights.sum())
+    order = rng.permutation(n_tenants)
+    return [f"{PREFIX}{order[r]:04d}" for r in ranks]
+
+
+def lru_hit_rate(
+    sequence: list[str], replicas: int, size: int, rng: np.random.Generator | None
+) -> float:
+    """Hit rate of per-replica LRUs of ``size`` on ``sequence``: with ``rng`` None each
+    tenant always goes to the same replica (perfect affinity), else to a random one."""
+    caches: list[OrderedDict[str, None]] = [OrderedDict() for _ in range(replicas)]
+    hits = 0
+    for tenant in sequence:
+        i = int(tenant[len(PREFIX) :]) % replicas if rng is None else int(rng.integers(replicas))
+        cache = caches[i]
+        if tenant in cache:
+            hits += 1
+            cache.move_to_end(tenant)
+        else:
+            if len(cache) >= size:
+                cache.popitem(last=False)
+            cache[tenant] = None
+    return hits / len(sequence)
+
+
+def scrape(port: int) -> dict[str, float]:
+    """Ray's multiplexing counters for the family, summed over its replicas."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if "multiplex" not in sample.name or sample.labels.get("application") != FAMILY:
+                continue
+            out[sample.name] = out.get(sample.name, 0.0) + sample.value
+    return out
+
+
+def counters_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    req = "ray_serve_multiplexed_get_model_requests_counter_total"
+    load = "ray_serve_multiplexed_models_load_counter_total"
+    unload = "ray_serve_multiplexed_models_unload_counter_total"
+    d = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in (req, load, unload)}
+    return {
+        "requests": d[req],
+        "loads": d[load],
+        "evictions": d[unload],
+        "hit_rate": 1 - d[load] / d[req] if d[req] else float("nan"),
+    }
+
+
+async def open_loop(
+    base: str, targets: list[tuple[str, dict[str, str]]], rate: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """One request per (path, headers) at Poisson arrivals of ``rate``; latencies (s)
+    and statuses (0: no answer)."""
+    import aiohttp
+
+    from loadtest.generator import Target, post
+
+    rng = np.random.default_rng(seed)
+    arrivals = np.cumsum(rng.exponential(1 / rate, size=len(targets)))
+    latency = np.full(len(targets), np.nan)
+    status = np.zeros(len(targets), np.int32)
+
+    async def send(i: int, session: Any) -> None:
+        path, headers = targets[i]
+        t = time.monotonic()
+        status[i], _ = await post(session, Target(base + path, BODY, JSON | headers), 30.0)
+        latency[i] = time.monotonic() - t
+
+    connector = aiohttp.TCPConnector(limit=512, limit_per_host=0)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        start = time.monotonic()
+        tasks = []
+        for i, at in enumerate(arrivals):
+            delay = start + at - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(send(i, session)))
+        await asyncio.gather(*tasks)
+    return latency, status
+
+
+def summary_ms(latency_s: np.ndarray) -> dict[str, float]:
+    ms = latency_s[~np.isnan(latency_s)] * 1000
+    return {
+        "n": int(len(ms)),
+        "p50_ms": round(float(np.percentile(ms, 50)), 2),
+        "p90_ms": round(float(np.percentile(ms, 90)), 2),
+        "p99_ms": round(float(np.percentile(ms, 99)), 2),
+        "max_ms": round(float(ms.max()), 2),
+    }
+
+
+def sequential(base: str, path: str, headers: dict[str, str], n: int) -> np.ndarray:
+    """``n`` requests one after the other on one keep-alive connection; latencies (s)."""
+    import httpx
+
+    out = np.empty(n)
+    with httpx.Client(base_url=base, timeout=30) as c:
+        for i in range(n):
+            t = time.perf_counter()
+            r = c.post(path, content=BODY, headers=JSON | headers)
+            out[i] = time.perf_counter() - t
+            if r.status_code != 200:
+                raise RuntimeError(f"{path} {headers}: {r.status_code} {r.text}")
+    return out
+
+
+def replica_memory() -> list[dict[str, Any]]:
+    """RSS/USS/PSS (MiB) of every Serve replica process, by application."""
+    import psutil
+
+    rows = []
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        title = " ".join(p.info["cmdline"] or [])
+        if "ServeReplica:" not in title:
+            continue
+        app = title.split("ServeReplica:", 1)[1].split(":", 1)[0]
+        try:
+            m = p.memory_full_info()
+        except psutil.Error:
+            continue
+        rows.append(
+            {
+                "app": app,
+                "pid": p.info["pid"],
+                "rss_mib": round(m.rss / 2**20, 1),
+                "uss_mib": round(m.uss / 2**20, 1),
+                "pss_mib": round(m.pss / 2**20, 1),
+            }
+        )
+    return sorted(rows, key=lambda r: (r["app"], r["pid"]))
+
+
+def run(a: argparse.Namespace, root: Path) -> dict[str, Any]:
+    """Everything above on one local Ray; returns the results."""
+    from serve_app import local
+    from serve_app.config import AppConfig
+    from serve_app.demo_tenants import publish_tenants
+    from serve_app.serve_config import render_serve_config
+
+    t0 = time.monotonic()
+    published = publish_tenants(root, a.tenants, PREFIX)
+    publish_s = time.monotonic() - t0
+    port, metrics_port = free_port(), free_port()
+    app = AppConfig.model_validate(app_dict(root, port, (free_port(), free_port()), a))
+    config = render_serve_config(app)
+    local.start_ray(num_cpus=2, http=app.http, metrics_port=metrics_port)
+    base = f"http://127.0.0.1:{port}"
+    results: dict[str, Any] = {
+        "published_tenants": len(published),
+        "publish_s": round(publish_s, 1),
+    }
+    try:
+        local.deploy_config(config)
+        local.wait_running([x["name"] for x in config["applications"]], 300)
+        results["memory_idle"] = replica_memory()
+        rng = np.random.default_rng(a.seed)
+
+        # 1. cold loads: tenants no one asked for yet
+        cold_tenants = [f"{PREFIX}{i:04d}" for i in range(a.tenants - a.cold, a.tenants)]
+        before = scrape(metrics_port)
+        cold, warm = [], []
+        for t in cold_tenants:
+            cold.append(sequential(base, f"/v2/models/{t}/infer", {}, 1)[0])
+            warm.append(sequential(base, f"/v2/models/{t}/infer", {}, 1)[0])
+        time.sleep(3)  # metrics are reported every 0.5 s
+        after = scrape(metrics_port)
+        lat = "ray_serve_multiplexed_model_load_latency_ms"
+        n_loads = after.get(f"{lat}_count", 0) - before.get(f"{lat}_count", 0)
+        results["cold_load"] = {
+            "tenants": len(cold_tenants),
+            "cold_request": summary_ms(np.array(cold)),
+            "warm_request": summary_ms(np.array(warm)),
+            "ray_load_latency_mean_ms": round(
+                (after.get(f"{lat}_sum", 0) - before.get(f"{lat}_sum", 0)) / max(n_loads, 1), 2
+            ),
+            "ray_loads": n_loads,
+            "counters": counters_delta(before, after),
+        }
+        print("cold load:", results["cold_load"], flush=True)
+
+        # 2. the hop the OIP-name address adds
+        hot = f"{PREFIX}0000"
+        sequential(base, f"/v2/models/{hot}/infer", {}, 20)  # warm every path
+        hop: dict[str, Any] = {}
+        for name, path, headers in (
+            ("single_direct", f"/v2/models/{SINGLE}/infer", {}),
+            ("family_by_header", f"/v2/models/{FAMILY}/infer", {"serve_multiplexed_model_id": hot}),
+            ("family_by_name", f"/v2/models/{hot}/infer", {}),
+        ):
+            sequential(base, path, headers, 20)
+            hop[name] = summary_ms(sequential(base, path, headers, a.hop_requests))
+        hop["server_hop_p50_ms"] = round(
+            hop["family_by_name"]["p50_ms"] - hop["family_by_header"]["p50_ms"], 2
+        )
+        results["hop"] = hop
+        print("hop:", hop, flush=True)
+
+        # 3. Zipf mixes
+        mixes = {}
+        for mode in ("by_name", "by_header"):
+            n_warm, n = int(a.rate * a.warmup_s), int(a.rate * a.duration_s)
+            seq = zipf_sequence(a.tenants, n_warm + n, a.zipf_s, rng)
+
+            def target(t: str, mode: str = mode) -> tuple[str, dict[str, str]]:
+                if mode == "by_name":
+                    return f"/v2/models/{t}/infer", {}
+                return f"/v2/models/{FAMILY}/infer", {"serve_multiplexed_model_id": t}
+
+            asyncio.run(open_loop(base, [target(t) for t in seq[:n_warm]], a.rate, a.seed))
+            time.sleep(2)
+            before = scrape(metrics_port)
+            t_start = time.monotonic()
+            latency, status = asyncio.run(
+                open_loop(base, [target(t) for t in seq[n_warm:]], a.rate, a.seed + 1)
+            )
+            elapsed = time.monotonic() - t_start
+            time.sleep(3)
+            after = scrape(metrics_port)
+            measured = seq[n_warm:]
+            mixes[mode] = {
+                "requests": n,
+                "offered_rps": a.rate,
+                "elapsed_s": round(elapsed, 1),
+                "ok": int((status == 200).sum()),
+                "errors": {
+                    str(s): int((status == s).sum()) for s in set(status.tolist()) if s != 200
+                },
+                "distinct_tenants": len(set(measured)),
+                "latency": summary_ms(latency),
+                "counters": counters_delta(before, after),
+                "simulated_hit_rate_affinity": round(
+                    lru_hit_rate(seq, a.replicas, a.max_models, None), 3
+                ),
+                "simulated_hit_rate_random_replica": round(
+                    lru_hit_rate(seq, a.replicas, a.max_models, np.random.default_rng(0)), 3
+                ),
+            }
+            print(mode, mixes[mode], flush=True)
+        results["zipf"] = mixes
+
+        # 4. memory
+        memory = replica_memory()
+        results["memory_after_mix"] = memory
+        single = [m for m in memory if m["app"] == SINGLE]
+        family = [m for m in memory if m["app"] == FAMILY]
+        results["memory_comparison"] = {
+            "family_replicas": len(family),
+            "family_total_rss_mib": round(sum(m["rss_mib"] for m in family), 1),
+            "family_total_pss_mib": round(sum(m["pss_mib"] for m in family), 1),
+            "family_total_uss_mib": round(sum(m["uss_mib"] for m in family), 1),
+            "single_replica_rss_mib": single[0]["rss_mib"],
+            "single_replica_pss_mib": single[0]["pss_mib"],
+            "single_replica_uss_mib": single[0]["uss_mib"],
+            "extrapolated": (
+                f"{a.tenants} single-tenant deployments x 1 replica, from the one measured"
+            ),
+            "extrapolated_rss_gib": round(a.tenants * single[0]["rss_mib"] / 1024, 1),
+            "extrapolated_uss_gib": round(a.tenants * single[0]["uss_mib"] / 1024, 1),
+            "extrapolated_pss_gib": round(a.tenants * single[0]["pss_mib"] / 1024, 1),
+        }
+        print("memory:", results["memory_comparison"], flush=True)
+    finally:
+        results["elapsed_s"] = round(time.monotonic() - t0, 1)
+        write(a, results)
+        local.stop_ray(timeout_s=60)
+    return results
+
+
+def write(a: argparse.Namespace, results: dict[str, Any]) -> None:
+    """Results as JSON and Markdown in ``a.out`` (written before Ray stops)."""
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    doc = {
+        "settings": vars(a),
+        "machine": machine_info(),
+        "loadavg_end": os.getloadavg(),
+        **results,
+    }
+    (out / "multiplex.json").write_text(json.dumps(doc, indent=2, default=str))
+    (out / "multiplex.md").write_text(render_md(doc))
+
+
+def render_md(d: dict[str, Any]) -> str:
+    """A short report of one run."""
+    s, m = d["settings"], d["machine"]
+    lines = [
+        f"# Multiplexed family vs one deployment per tenant ({m['date']})",
+        "",
+        f"Machine: {m['cpus']} CPUs ({m.get('cpu_model')}), {m['memory_gib']} GiB, Ray "
+        f"{m['ray']}, torch {m['torch']}. HAProxy ingress (balance "
+        f"{s.get('haproxy_balance') or 'leastconn'}), 127.0.0.1. {s['tenants']} tenants "
+        f"(MLP 384->128->8, 200 KB each), {s['replicas']} replicas x {s['max_models']} "
+        "tenants (LRU). Raw numbers: multiplex.json.",
+        "",
+    ]
+    if "cold_load" in d:
+        c = d["cold_load"]
+        lines += [
+            "## Cold load",
+            "",
+            f"{c['tenants']} never-loaded tenants, by OIP name, sequential: cold request p50 "
+            f"{c['cold_request']['p50_ms']} ms (p99 {c['cold_request']['p99_ms']} ms), the "
+            f"next request to the same tenant p50 {c['warm_request']['p50_ms']} ms. Inside "
+            f"Ray's LRU the load (adapter + warm-up, after the sha256 check) took "
+            f"{c['ray_load_latency_mean_ms']} ms on average ({c['ray_loads']:.0f} loads).",
+            "",
+        ]
+    if "hop" in d:
+        h = d["hop"]
+        lines += [
+            "## Address and hop cost (hot tenant, c=1)",
+            "",
+            "| path | p50 ms | p99 ms |",
+            "|---|---|---|",
+        ]
+        for k in ("single_direct", "family_by_header", "family_by_name"):
+            lines.append(f"| {k} | {h[k]['p50_ms']} | {h[k]['p99_ms']} |")
+        lines += [
+            "",
+            f"The OIP-name address adds {h['server_hop_p50_ms']} ms at p50 (server app + "
+            "handle hop).",
+            "",
+        ]
+    if "zipf" in d:
+        lines += [
+            f"## Zipf mix (s={s['zipf_s']}, {s['rate']} req/s open loop, {s['duration_s']} s "
+            f"after {s['warmup_s']} s warm-up)",
+            "",
+            "| address | ok/sent | tenants seen | hit rate (Ray counters) | loads | evictions "
+            "| sim. affinity | sim. random replica | p50 ms | p99 ms |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for mode, z in d["zipf"].items():
+            c = z["counters"]
+            lines.append(
+                f"| {mode} | {z['ok']}/{z['requests']} | {z['distinct_tenants']} | "
+                f"{c['hit_rate']:.3f} | {c['loads']:.0f} | {c['evictions']:.0f} | "
+                f"{z['simulated_hit_rate_affinity']} | {z['simulated_hit_rate_random_replica']} | "
+                f"{z['latency']['p50_ms']} | {z['latency']['p99_ms']} |"
+            )
+        lines.append("")
+    if "memory_comparison" in d:
+        mc = d["memory_comparison"]
+        lines += [
+            "## Memory",
+            "",
+            f"Family: {mc['family_replicas']} replicas, RSS {mc['family_total_rss_mib']} MiB, "
+            f"PSS {mc['family_total_pss_mib']} MiB, USS {mc['family_total_uss_mib']} MiB in "
+            f"total, serving all {s['tenants']} tenants.",
+            "",
+            f"One single-tenant deployment's replica (measured): RSS "
+            f"{mc['single_replica_rss_mib']} MiB, PSS {mc['single_replica_pss_mib']} MiB, USS "
+            f"{mc['single_replica_uss_mib']} MiB. {s['tenants']} such deployments "
+            f"(extrapolated from that one measurement, not run): {s['tenants']} replicas, "
+            f"~{mc['extrapolated_uss_gib']} GiB unique (USS) to ~{mc['extrapolated_rss_gib']} "
+            f"GiB (RSS) of memory, and {s['tenants']} x num_cpus of logical CPUs.",
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--tenants", type=int, default=200)
+    p.add_argument("--replicas", type=int, default=2)
+    p.add_argument("--max-models", type=int, default=32)
+    p.add_argument("--cold", type=int, default=30, help="tenants whose cold load is timed")
+    p.add_argument("--hop-requests", type=int, default=300)
+    p.add_argument("--rate", type=float, default=40.0)
+    p.add_argument("--duration-s", type=float, default=45.0)
+    p.add_argument("--warmup-s", type=float, default=10.0)
+    p.add_argument("--zipf-s", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=16)
+    p.add_argument(
+        "--haproxy-balance",
+        choices=["leastconn", "tenant-header"],
+        default="leastconn",
+        help="http.haproxy_balance: tenant-header hashes the serve_multiplexed_model_id "
+        "header, so each tenant's header requests reach one replica",
+    )
+    p.add_argument(
+        "--root", help="repository folder to publish tenants into (default: a temporary one)"
+    )
+    p.add_argument("--out", default="loadtest/results/multiplex")
+    p.add_argument("--quick", action="store_true", help="short phases (smoke check)")
+    a = p.parse_args(argv)
+    if a.quick:
+        a.tenants, a.cold, a.hop_requests, a.duration_s, a.warmup_s = 40, 5, 50, 8.0, 2.0
+    return a
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the benchmark; results in ``--out``."""
+    from serve_app import local
+
+    local.prepare_environment({"SERVE_APP_LOG_TO_DRIVER": "0"})
+    a = parse_args(argv)
+    if a.root:
+        run(a, Path(a.root))
+        return
+    with tempfile.TemporaryDirectory(prefix="multiplex-repo-") as tmp:
+        run(a, Path(tmp))
+
+
+if __name__ == "__main__":
+    main()
