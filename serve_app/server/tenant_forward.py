@@ -20,11 +20,11 @@ from starlette.responses import Response
 
 from serve_app.app_args import MULTIPLEX_DEPLOYMENT
 from serve_app.config import HttpConfig, model_route_prefix
-from serve_app.errors import ServeAppError, ServiceUnavailable
+from serve_app.errors import ModelNotFound, ServeAppError, ServiceUnavailable
 from serve_app.protocol import oip
 from serve_app.server.http import read_body
 from serve_app.server.routes import match
-from serve_app.tenants import family_of
+from serve_app.tenants import family_of, is_tenant_name
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,10 +93,13 @@ class TenantForwarder:
         """Answer ``request`` (for ``/v2/models/<tenant>/...``) from ``family``.
 
         Raises:
+            ModelNotFound: ``tenant`` is not a valid model name.
             NotFound, MethodNotAllowed: no such tenant route.
             PayloadTooLarge: body above the limit.
             ServiceUnavailable: the family's application cannot be reached.
         """
+        if not is_tenant_name(tenant, self.families[family]):  # before any hop
+            raise ModelNotFound(f"unknown model {tenant!r}: not a valid model name")
         route = match(request.method, request.url.path, model_route_prefix(tenant))
         body = b""
         if route.action == "infer":

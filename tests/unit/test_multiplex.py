@@ -184,6 +184,8 @@ def test_unknown_tenants_are_404_naming_them(repo: ModelRepository) -> None:
         "unknown model 'other': not a tenant of the multiplexed family 'heads' (tenant "
         "names start with 'tenant-')"
     )
+    with pytest.raises(ModelNotFound, match="not a tenant"):
+        loader.check_known("tenant-../../etc")  # a header value is never a path
     (repo.root / "tenant-half").mkdir()  # a folder without a complete version
     with pytest.raises(ModelNotFound) as e:
         loader.load("tenant-half")
@@ -281,6 +283,18 @@ async def test_forwarder_sends_the_body_to_the_family_with_the_tenant_id() -> No
     [(options, forwarded)] = handle.calls
     assert options == {"multiplexed_model_id": "tenant-0003", "method_name": "forward"}
     assert forwarded == ForwardedRequest("tenant-0003", "infer", "1", b"abc", "3")
+
+
+@pytest.mark.anyio
+async def test_forwarder_refuses_an_invalid_name_without_a_hop() -> None:
+    from serve_app.config import HttpConfig
+
+    handle = FakeHandle(ForwardedResponse(200, b"", {}))
+    fwd = TenantForwarder({"heads": "tenant-"}, HttpConfig(), handle_of=lambda _: handle)
+    with pytest.raises(ModelNotFound) as e:
+        await fwd.forward("heads", "tenant-X", make_request("GET", "/v2/models/tenant-X"))
+    assert str(e.value) == "unknown model 'tenant-X': not a valid model name"
+    assert handle.calls == []
 
 
 @pytest.mark.anyio
