@@ -125,7 +125,7 @@ def title(p: psutil.Process) -> str:
 
 def stop_demo(demo: Demo, stop_timeout_s: float = STOP_TIMEOUT_S) -> list[tuple[int, str]]:
     """Ctrl-C the demo (SIGKILL its group after ``stop_timeout_s``); returns (pid, title)
-    of each process of its tree still running 15 s later, which are then killed."""
+    of each process of its tree still running 30 s later, which are then killed."""
     tree = descendants(demo.proc.pid)
     demo.proc.send_signal(signal.SIGINT)
     try:
@@ -133,7 +133,8 @@ def stop_demo(demo: Demo, stop_timeout_s: float = STOP_TIMEOUT_S) -> list[tuple[
     except subprocess.TimeoutExpired:
         os.killpg(demo.proc.pid, signal.SIGKILL)
         demo.proc.wait(10)
-    _, alive = psutil.wait_procs(tree, timeout=15)
+    # Ray's agents exit after the raylet; on two busy cores that took over 15 s once.
+    _, alive = psutil.wait_procs(tree, timeout=30)
     left = [(p.pid, title(p)) for p in alive if running(p)]
     for p in alive:
         if running(p):

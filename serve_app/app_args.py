@@ -37,6 +37,15 @@ def torch_threads(resources: ResourcesConfig) -> int:
     return resources.torch_threads or max(1, int(resources.num_cpus))
 
 
+class CanaryArgs(StrictModel):
+    """A model's canary as its stable replicas see it: in their ``user_config`` (key
+    ``canary``), so starting, resizing or removing a canary restarts no replica."""
+
+    app: str = Field(description="Serve application of the canary version.")
+    version: int = Field(ge=1, description="Its version (reported as model_version).")
+    percent: float = Field(gt=0, le=100, description="Share of unversioned requests, percent.")
+
+
 class ModelAppArgs(StrictModel):
     """Args of a model replica (a whole model, or one stage of a staged model)."""
 
@@ -202,7 +211,9 @@ class ServerAppArgs(StrictModel):
                 for p in app.pipelines
             },
             families={m.name: m.multiplex.tenant_prefix for m in app.models if m.multiplex},
-            side_versions={m.name: side_app_names(m) for m in app.models if m.version_policy},
+            side_versions={
+                m.name: side_app_names(m) for m in app.models if m.version_policy or m.canary
+            },
         )
 
 

@@ -123,7 +123,22 @@ def _deploy(a: argparse.Namespace) -> int:
         token_file.read_text().strip() if token_file.is_file() else None
     )
     api = ServeRestApi(a.address, token)
-    changes = rollout(api, render_for_deploy(a.config), verify=not a.no_verify, wait_s=a.wait_s)
+    if a.promote or a.rollback:
+        import yaml
+
+        from serve_app.config import AppConfig
+        from serve_app.rollout import end_canary, rollout_ending_canary
+
+        raw = yaml.safe_load(Path(a.config).read_text())
+        edited = end_canary(raw, a.promote or a.rollback, promote=bool(a.promote))
+        before = render_for_deploy(AppConfig.model_validate(raw))
+        after = render_for_deploy(AppConfig.model_validate(edited))
+        changes = rollout_ending_canary(api, before, after, verify=not a.no_verify, wait_s=a.wait_s)
+        # Only once Serve runs it: the file stays what is deployed.
+        Path(a.config).write_text(yaml.safe_dump(edited, sort_keys=False))
+        print(f"updated {a.config} (YAML comments are not kept)")
+    else:
+        changes = rollout(api, render_for_deploy(a.config), verify=not a.no_verify, wait_s=a.wait_s)
     print("rolled out: " + ", ".join(f"{n} v{new}" for n, (_, new) in changes.items()))
     return 0
 
@@ -219,6 +234,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-verify", action="store_true", help="skip the sha256 check of the new versions"
     )
     dep.add_argument("--wait-s", type=float, default=600.0, help="give up after this long")
+    canary = dep.add_mutually_exclusive_group()
+    canary.add_argument(
+        "--promote", metavar="MODEL", help="make MODEL's canary its version (edits --config)"
+    )
+    canary.add_argument(
+        "--rollback", metavar="MODEL", help="remove MODEL's canary (edits --config)"
+    )
     dep.set_defaults(func=_deploy)
 
     from serve_app.k8s.cli import add_k8s_commands

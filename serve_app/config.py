@@ -205,6 +205,18 @@ class VersionPolicy(StrictModel):
         return self
 
 
+class CanaryConfig(StrictModel):
+    """A canary: a share of the model's traffic goes to a newer version, served by its
+    own application (also reachable at ``/v2/models/<name>/versions/<version>``).
+    ``serve-app deploy --promote <model>`` makes it the model's version; ``--rollback``
+    removes it."""
+
+    version: int = Field(ge=1, description="The version under test.")
+    percent: float = Field(
+        gt=0, le=100, description="Share of unversioned requests it answers, in percent."
+    )
+
+
 class ModelConfig(StrictModel):
     """One served model: a Serve application whose deployment answers its own OIP routes."""
 
@@ -241,6 +253,13 @@ class ModelConfig(StrictModel):
         description=(
             "Serve several versions side by side (then leave ``version`` at 'latest'); "
             "None serves the one version ``version`` selects."
+        ),
+    )
+    canary: CanaryConfig | None = Field(
+        None,
+        description=(
+            "Send a share of requests to a newer version (needs a pinned ``version``); "
+            "None: every request goes to ``version``."
         ),
     )
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
@@ -317,6 +336,22 @@ class ModelConfig(StrictModel):
             raise ValueError(
                 f"model {self.name!r}: the family's name must not start with its "
                 f"tenant_prefix {self.multiplex.tenant_prefix!r}"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _canary_beside_a_pinned_version(self) -> ModelConfig:
+        if self.canary is None:
+            return self
+        if self.version == "latest" or self.version == self.canary.version:
+            raise ValueError(
+                f"model {self.name!r}: a canary (version {self.canary.version}) needs the "
+                f"stable version pinned to another number (version: {self.version!r})"
+            )
+        if self.stages or self.multiplex or self.version_policy:
+            raise ValueError(
+                f"model {self.name!r}: a canary applies to a whole model with one version, "
+                "not to stages, a multiplexed family or a version_policy"
             )
         return self
 

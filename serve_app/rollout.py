@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from serve_app.config import AppConfig
 from serve_app.errors import DeployError, RepositoryError
 from serve_app.repository.loader import ModelRepository
 
@@ -172,14 +173,70 @@ def reasons(app: Any) -> str:
     return " | ".join(concise(m) for m in messages if m)
 
 
-def render_for_deploy(app_config_path: str | Path) -> dict[str, Any]:
-    """The Serve config of an AppConfig file as ``serve-app demo`` deploys it: absolute
-    repository roots and every ``latest`` pinned."""
+def end_canary(raw: dict[str, Any], model: str, promote: bool) -> dict[str, Any]:
+    """A copy of the AppConfig dict ``raw`` with ``model``'s canary promoted (its version
+    becomes the model's) or rolled back (removed).
+
+    Raises:
+        DeployError: no such model, or it has no canary.
+    """
+    import copy
+
+    out = copy.deepcopy(raw)
+    found = [m for m in out.get("models", []) if m.get("name") == model]
+    if not found:
+        names = [m.get("name") for m in out.get("models", [])]
+        raise DeployError(f"no model {model!r} in the config (models: {names})")
+    entry = found[0]
+    canary = entry.pop("canary", None)
+    if canary is None:
+        raise DeployError(f"model {model!r} has no canary to promote or roll back")
+    if promote:
+        entry["version"] = canary["version"]
+    return out
+
+
+def rollout_ending_canary(
+    api: ServeApi,
+    before: dict[str, Any],
+    after: dict[str, Any],
+    *,
+    verify: bool = True,
+    wait_s: float = 600.0,
+    say: Callable[[str], None] = print,
+) -> dict[str, tuple[Any, Any]]:
+    """Deploy ``after`` (a canary promoted or rolled back) in two steps, so that no
+    stable replica forwards to a canary application that is already gone (its request
+    would wait for Serve's request timeout): first the new stable version beside the
+    canary applications of ``before``, then, once it runs, without them."""
+    import copy
+
+    from serve_app.version_policy import CANARY_SUFFIX
+
+    names = {a["name"] for a in after["applications"]}
+    canaries = [
+        a
+        for a in before["applications"]
+        if a["name"].endswith(CANARY_SUFFIX) and a["name"] not in names
+    ]
+    step = copy.deepcopy(after)
+    step["applications"] += copy.deepcopy(canaries)
+    changes = rollout(api, step, verify=verify, wait_s=wait_s, say=say)
+    if canaries:
+        say("removing " + ", ".join(a["name"] for a in canaries))
+        rollout(api, after, verify=False, wait_s=wait_s, say=say)
+    return changes
+
+
+def render_for_deploy(app_config: str | Path | AppConfig) -> dict[str, Any]:
+    """The Serve config of an AppConfig (or its file) as ``serve-app demo`` deploys it:
+    absolute repository roots and every ``latest`` pinned."""
     from serve_app.config import load_app_config
     from serve_app.serve_config import render_serve_config
     from serve_app.versions import pin_latest_versions
 
-    config = render_serve_config(load_app_config(app_config_path))
+    app = app_config if isinstance(app_config, AppConfig) else load_app_config(app_config)
+    config = render_serve_config(app)
     for app in config["applications"]:
         repo = app.get("args", {}).get("repository")
         if repo:

@@ -26,10 +26,14 @@ logger = logging.getLogger(__name__)
 
 LATEST_SLOT = "latest-"
 """Route segment of an unresolved ``latest_n`` slot (replaced when pinned)."""
+CANARY_SUFFIX = ".canary"
+"""A model's canary application is ``<name>.canary``."""
 
 
 def side_app_names(model: ModelConfig) -> list[str]:
     """Applications of the model's older served versions, newest first."""
+    if model.canary is not None:
+        return [f"{model.app_name}{CANARY_SUFFIX}"]
     policy = model.version_policy
     if policy is None:
         return []
@@ -42,6 +46,8 @@ def side_app_names(model: ModelConfig) -> list[str]:
 def version_applications(model: ModelConfig, primary: dict[str, Any]) -> list[dict[str, Any]]:
     """The model's application ``primary`` expanded by its version policy: the newest
     version in ``primary``, then one application per older version."""
+    if model.canary is not None:
+        return canary_applications(model, primary)
     policy = model.version_policy
     if policy is None:
         return [primary]
@@ -63,6 +69,33 @@ def version_applications(model: ModelConfig, primary: dict[str, Any]) -> list[di
         side["args"]["slot"] = slot
         apps.append(side)
     return apps
+
+
+def canary_applications(model: ModelConfig, primary: dict[str, Any]) -> list[dict[str, Any]]:
+    """The stable version on the model's route, forwarding ``canary.percent`` of its
+    unversioned requests to the canary's own application."""
+    assert model.canary is not None and isinstance(model.version, int)
+    canary_app = f"{model.app_name}{CANARY_SUFFIX}"
+    served = sorted([model.version, model.canary.version])
+    stable = copy.deepcopy(primary)
+    # In user_config, not args: Serve applies it to running replicas, so starting,
+    # resizing or removing the canary does not restart the stable version.
+    (deployment,) = stable["deployments"]
+    deployment["user_config"] = {
+        **deployment["user_config"],
+        "canary": {
+            "app": canary_app,
+            "version": model.canary.version,
+            "percent": model.canary.percent,
+        },
+        "served_versions": served,
+    }
+    canary = copy.deepcopy(primary)
+    canary.update(
+        name=canary_app, route_prefix=f"{model.route_prefix}/versions/{model.canary.version}"
+    )
+    canary["args"].update(version=model.canary.version, served_versions=served)
+    return [stable, canary]
 
 
 def pin_latest_n(config: dict[str, Any]) -> dict[str, Any]:

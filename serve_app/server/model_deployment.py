@@ -20,12 +20,13 @@ from ray import serve
 from starlette.requests import Request
 from starlette.responses import Response
 
-from serve_app.app_args import ModelAppArgs
+from serve_app.app_args import CanaryArgs, ModelAppArgs
 from serve_app.batching import flatten_rows, split_rows
 from serve_app.config import BatchingConfig, model_route_prefix
 from serve_app.errors import InvalidInput, ModelNotFound
 from serve_app.protocol import oip
 from serve_app.repository.loader import ModelRepository
+from serve_app.server.canary import CanaryForwarder
 from serve_app.server.http import error_response, json_response, read_inference_request
 from serve_app.server.metrics import ModelMetricsSink, RayModelMetrics, device_memory_bytes
 from serve_app.server.routes import match
@@ -130,6 +131,8 @@ class ModelDeployment:
         assert self.runtime.version is not None
         self.version = str(self.runtime.version.version)
         self.route_prefix = model_route_prefix(self.args.name)
+        self.canary: CanaryForwarder | None = None  # set by reconfigure (user_config)
+        self._served_versions: list[int] | None = None
         self.metrics = metrics or RayModelMetrics(self.args.name, self.version)
         manifest = self.runtime.version.manifest
         info = {
@@ -143,8 +146,15 @@ class ModelDeployment:
     # --- configuration -------------------------------------------------------------
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
-        """Apply ``BatchingConfig`` from ``user_config`` without restarting."""
-        new = BatchingConfig.model_validate(user_config)
+        """Apply ``BatchingConfig`` and the canary (key ``canary``, with the
+        ``served_versions`` it adds) from ``user_config`` without restarting."""
+        rest = dict(user_config)
+        canary = rest.pop("canary", None)
+        self._served_versions = rest.pop("served_versions", None)
+        self.canary = (
+            CanaryForwarder(CanaryArgs.model_validate(canary), self.args.http) if canary else None
+        )
+        new = BatchingConfig.model_validate(rest)
         rebuild = new.max_concurrent_batches != self.batching.max_concurrent_batches
         self.batching = new
         self._apply_batching(new, rebuild=rebuild)
@@ -255,7 +265,8 @@ class ModelDeployment:
     @property
     def served_versions(self) -> list[str]:
         """Every version of this model served side by side (this one included)."""
-        return [str(v) for v in self.args.served_versions or [int(self.version)]]
+        served = self._served_versions or self.args.served_versions or [int(self.version)]
+        return [str(v) for v in served]
 
     def _check_version(self, version: str | None) -> None:
         # A served older version has its own application at a longer route prefix, so
@@ -319,6 +330,8 @@ class ModelDeployment:
             route = match(request.method, request.url.path, self.route_prefix)
             self._check_version(route.version)
             if route.action == "infer":
+                if route.version is None and self.canary is not None and self.canary.due():
+                    return await self.canary.forward(self.args.name, request)
                 return await self._infer(request)
             if route.action == "ready":
                 self.runtime.require()

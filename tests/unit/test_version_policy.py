@@ -12,11 +12,15 @@ import torch
 from pydantic import ValidationError
 from safetensors.torch import save_file
 
-from serve_app.config import AppConfig
+from serve_app.app_args import CanaryArgs
+from serve_app.config import AppConfig, HttpConfig
+from serve_app.errors import DeployError
 from serve_app.k8s.render import ClusterProfile, check_cluster_app, worker_max_replicas
 from serve_app.repository import publish
 from serve_app.repository.manifest import Architecture
+from serve_app.rollout import end_canary
 from serve_app.serve_config import render_serve_config
+from serve_app.server.canary import CanaryForwarder
 from serve_app.versions import pin_latest_versions
 
 ARCH = Architecture(name="mlp", kwargs={"in_features": 4, "hidden": [], "out_features": 4})
@@ -126,3 +130,51 @@ def test_a_cluster_config_takes_specific_versions_and_counts_their_replicas() ->
     assert worker_max_replicas(app, profile) == 3  # 3 versions x 2 replicas, 2 per pod
     with pytest.raises(ValueError, match="latest_n is resolved when a config is deployed"):
         check_cluster_app(cluster_app({"latest_n": 2}), profile)
+
+
+def test_a_canary_needs_a_pinned_stable_version_of_another_number() -> None:
+    with pytest.raises(ValidationError, match="needs the stable version pinned"):
+        app_config("/r", canary={"version": 3, "percent": 10})
+    with pytest.raises(ValidationError, match="needs the stable version pinned"):
+        app_config("/r", version=3, canary={"version": 3, "percent": 10})
+    with pytest.raises(ValidationError, match="less than or equal to 100"):
+        app_config("/r", version=2, canary={"version": 3, "percent": 101})
+
+
+def test_a_canary_renders_its_own_application_and_the_stable_one_forwards_a_share() -> None:
+    config = render_serve_config(app_config("/r", version=2, canary={"version": 3, "percent": 25}))
+    assert routes(config) == {
+        "head": ("/v2/models/head", 2),
+        "head.canary": ("/v2/models/head/versions/3", 3),
+    }
+    stable, canary = config["applications"][1:]
+    # The stable version's canary settings are in its user_config: no restart to change.
+    user_config = stable["deployments"][0]["user_config"]
+    assert user_config["canary"] == {"app": "head.canary", "version": 3, "percent": 25.0}
+    assert user_config["served_versions"] == canary["args"]["served_versions"] == [2, 3]
+    assert stable["args"] == {**canary["args"], "version": 2, "served_versions": None}
+    assert "canary" not in canary["deployments"][0]["user_config"]
+    assert server_args(config)["side_versions"] == {"head": ["head.canary"]}
+
+
+def test_promote_and_rollback_edit_only_the_models_canary() -> None:
+    raw = {"models": [{"name": "head", "version": 2, "canary": {"version": 3, "percent": 5}},
+                      {"name": "other"}]}  # fmt: skip
+    assert end_canary(raw, "head", promote=True)["models"] == [
+        {"name": "head", "version": 3}, {"name": "other"}
+    ]  # fmt: skip
+    assert end_canary(raw, "head", promote=False)["models"][0] == {"name": "head", "version": 2}
+    assert raw["models"][0]["canary"] == {"version": 3, "percent": 5}  # the input is kept
+    with pytest.raises(DeployError, match="model 'other' has no canary"):
+        end_canary(raw, "other", promote=True)
+    with pytest.raises(DeployError, match=r"no model 'x' in the config \(models: \['head'"):
+        end_canary(raw, "x", promote=False)
+
+
+def test_the_canary_share_follows_the_draws() -> None:
+    draws = iter([0.0, 0.249, 0.25, 0.9])
+    forwarder = CanaryForwarder(
+        CanaryArgs(app="head.canary", version=3, percent=25), HttpConfig(),
+        handle_factory=lambda app: None, draw=lambda: next(draws),
+    )  # fmt: skip
+    assert [forwarder.due() for _ in range(4)] == [True, True, False, False]
