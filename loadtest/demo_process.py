@@ -157,4 +157,6 @@ def demo_process(config: dict[str, Any], folder: Path, *extra_args: str) -> Iter
         yield demo
     finally:
         left = stop_demo(demo)
-    assert not left, f"processes left after Ctrl-C: {left}"
+    assert not left, f"processes left after Ctrl-C: {left}; the demo's last output:\n" + "".join(
+        demo.lines[-25:]
+    )

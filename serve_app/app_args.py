@@ -192,13 +192,6 @@ class ServerAppArgs(StrictModel):
         default_factory=dict,
         description="Multiplexed family (app name) -> tenant prefix: where tenants are forwarded.",
     )
-    side_versions: dict[str, list[str]] = Field(
-        default_factory=dict,
-        description=(
-            "Model -> the applications of its older served versions (version_policy): "
-            "the model is ready when they are too."
-        ),
-    )
 
     @classmethod
     def from_config(cls, app: AppConfig) -> ServerAppArgs:
@@ -211,9 +204,27 @@ class ServerAppArgs(StrictModel):
                 for p in app.pipelines
             },
             families={m.name: m.multiplex.tenant_prefix for m in app.models if m.multiplex},
+        )
+
+
+class ServerUserConfig(StrictModel):
+    """What the server applies without a restart (its deployment's ``user_config``)."""
+
+    side_versions: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description=(
+            "Model -> the applications of its other served versions (version_policy, "
+            "canary): the model is ready when they are too."
+        ),
+    )
+
+    @classmethod
+    def from_config(cls, app: AppConfig) -> ServerUserConfig:
+        """The server's ``user_config`` for ``app``."""
+        return cls(
             side_versions={
                 m.name: side_app_names(m) for m in app.models if m.version_policy or m.canary
-            },
+            }
         )
 
 

@@ -14,6 +14,7 @@ from serve_app.app_args import (
     MultiplexAppArgs,
     PipelineAppArgs,
     ServerAppArgs,
+    ServerUserConfig,
     StagedAppArgs,
     stage_deployment,
 )
@@ -140,6 +141,8 @@ def server_application(app: AppConfig) -> dict[str, Any]:
                 "num_replicas": 1,
                 "max_ongoing_requests": 256,
                 "ray_actor_options": {"num_cpus": 0},
+                # A canary or a version policy changes it: applied without a restart.
+                "user_config": ServerUserConfig.from_config(app).model_dump(mode="json"),
             }
         ],
     }

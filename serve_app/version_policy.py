@@ -101,7 +101,8 @@ def canary_applications(model: ModelConfig, primary: dict[str, Any]) -> list[dic
 def pin_latest_n(config: dict[str, Any]) -> dict[str, Any]:
     """Resolve every ``latest_n`` slot of a Serve config in place: the slot's version,
     its route and every slot's ``served_versions``; drops slots with no published
-    version (and their names from the server app's ``side_versions``). Returns it."""
+    version (and their names from the server's ``user_config.side_versions``). Returns
+    it."""
     dropped: set[str] = set()
     kept = []
     for app in config.get("applications", []):
@@ -129,8 +130,10 @@ def pin_latest_n(config: dict[str, Any]) -> dict[str, Any]:
         kept.append(app)
     config["applications"] = kept
     for app in kept:
-        sides = app.get("args", {}).get("side_versions")
-        if app.get("args", {}).get("kind") == "server" and sides:
+        if app.get("args", {}).get("kind") != "server":
+            continue
+        for deployment in app.get("deployments", []):
+            sides = (deployment.get("user_config") or {}).get("side_versions", {})
             for model, names in sides.items():
                 sides[model] = [n for n in names if n not in dropped]
     return config

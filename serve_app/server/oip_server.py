@@ -15,7 +15,7 @@ from fastapi.responses import Response
 from ray import serve
 
 import serve_app
-from serve_app.app_args import ServerAppArgs
+from serve_app.app_args import ServerAppArgs, ServerUserConfig
 from serve_app.errors import ModelNotFound, ServiceUnavailable
 from serve_app.server.controller_view import ControllerView
 from serve_app.server.http import install_error_handlers
@@ -104,12 +104,19 @@ class OIPServer:
     def __init__(self, args: dict[str, Any], state_reader: Any = None) -> None:
         self.args = ServerAppArgs.model_validate(args)
         read = state_reader or read_model_states
-        sides = [a for apps in self.args.side_versions.values() for a in apps]
-        names = self.args.models + sides + list(self.args.pipelines)
+        self.user_config = ServerUserConfig()
         self._view: ControllerView[dict[str, ModelState]] = ControllerView(
-            lambda: read(names), STATUS_PERIOD_S, STATUS_TIMEOUT_S
+            lambda: read(self._names()), STATUS_PERIOD_S, STATUS_TIMEOUT_S
         )
         self._tenants = TenantForwarder(self.args.families, self.args.http)
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Apply the served versions' applications without a restart."""
+        self.user_config = ServerUserConfig.model_validate(user_config)
+
+    def _names(self) -> list[str]:
+        sides = [a for apps in self.user_config.side_versions.values() for a in apps]
+        return self.args.models + sides + list(self.args.pipelines)
 
     async def _states(self) -> dict[str, ModelState]:
         """Models and pipelines by name, from the cached controller view; a pipeline is
@@ -126,7 +133,7 @@ class OIPServer:
                 self.args.http.retry_after_s,
             )
         apps = dict(latest[0])
-        for name, sides in self.args.side_versions.items():  # each served version counts
+        for name, sides in self.user_config.side_versions.items():  # every version counts
             blocked = [apps.pop(a) for a in sides if a in apps]
             blocked = [b for b in blocked if not b.ready]
             if apps[name].ready and blocked:

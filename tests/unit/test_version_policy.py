@@ -45,6 +45,12 @@ def server_args(config: dict[str, Any]) -> dict[str, Any]:
     return next(a["args"] for a in config["applications"] if a["args"]["kind"] == "server")
 
 
+def side_versions(config: dict[str, Any]) -> dict[str, list[str]]:
+    """The server's user_config: the other versions' applications, per model."""
+    server = next(a for a in config["applications"] if a["args"]["kind"] == "server")
+    return dict(server["deployments"][0]["user_config"]["side_versions"])
+
+
 @pytest.mark.parametrize(
     ("policy", "error"),
     [
@@ -77,7 +83,7 @@ def test_specific_versions_render_one_application_each_newest_on_the_models_rout
     served = {a["name"]: a["args"]["served_versions"] for a in config["applications"][1:]}
     assert served == {"head": [1, 2, 3], "head.v2": [1, 2, 3], "head.v1": [1, 2, 3]}
     assert server_args(config)["models"] == ["head"]  # listed once
-    assert server_args(config)["side_versions"] == {"head": ["head.v2", "head.v1"]}
+    assert side_versions(config) == {"head": ["head.v2", "head.v1"]}
 
 
 def publish_versions(root: Path, tmp_path: Path, n: int) -> None:
@@ -109,7 +115,7 @@ def test_latest_n_with_fewer_versions_published_serves_those(tmp_path: Path) -> 
         render_serve_config(app_config(root, version_policy={"latest_n": 3}))
     )
     assert routes(pinned) == {"head": ("/v2/models/head", 1)}
-    assert server_args(pinned)["side_versions"] == {"head": []}
+    assert side_versions(pinned) == {"head": []}
 
 
 def test_a_cluster_config_takes_specific_versions_and_counts_their_replicas() -> None:
@@ -154,7 +160,7 @@ def test_a_canary_renders_its_own_application_and_the_stable_one_forwards_a_shar
     assert user_config["served_versions"] == canary["args"]["served_versions"] == [2, 3]
     assert stable["args"] == {**canary["args"], "version": 2, "served_versions": None}
     assert "canary" not in canary["deployments"][0]["user_config"]
-    assert server_args(config)["side_versions"] == {"head": ["head.canary"]}
+    assert side_versions(config) == {"head": ["head.canary"]}
 
 
 def test_promote_and_rollback_edit_only_the_models_canary() -> None:
