@@ -199,8 +199,38 @@ def stop_ray(timeout_s: float = 15.0, drain_s: float = 0.0, server_app: str | No
     t.join(timeout_s * 0.6)
     if t.is_alive():
         logger.warning("serve.shutdown did not finish in %.0f s; stopping Ray", timeout_s * 0.6)
+    import psutil
+
+    started = psutil.Process().children(recursive=True)  # GCS, raylet, its agents...
     ray.shutdown()
     terminate_processes(haproxies + _haproxies_of(node_id), timeout_s=3.0)
+    end_leftovers(started, grace_s=AGENT_EXIT_GRACE_S)
+
+
+AGENT_EXIT_GRACE_S = 10.0
+"""Ray's dashboard and runtime-env agents exit on their own once the raylet is gone, by
+polling it; on two busy cores that took over 30 s once. Past this they are ended."""
+
+
+def end_leftovers(procs: list[Any], grace_s: float) -> list[int]:
+    """Wait up to ``grace_s`` for ``procs`` (psutil processes this one started, with
+    their descendants) to exit, then end the rest; returns the pids that had to be
+    ended. Ray's agents retitle themselves (``ray::DashboardAgent``) and are re-parented
+    when the raylet dies, so they are found before the stop, not after it."""
+    import psutil
+
+    _gone, still = psutil.wait_procs(procs, timeout=grace_s)
+    def alive(p: Any) -> bool:
+        try:
+            return bool(p.is_running() and p.status() != psutil.STATUS_ZOMBIE)
+        except psutil.Error:
+            return False
+
+    still = [p for p in still if alive(p)]
+    if still:
+        logger.warning("ending %d Ray processes that outlived the stop", len(still))
+        terminate_processes(still, timeout_s=3.0)
+    return [p.pid for p in still]
 
 
 def _haproxies_of(node_id: str) -> list[Any]:

@@ -9,7 +9,6 @@ and ``http.haproxy_balance: tenant-header``: HAProxy keeps each tenant on one re
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +20,7 @@ from safetensors.torch import load_file
 
 from serve_app.demo import MLP_HEAD_ARCH
 from serve_app.models.architectures import ARCHITECTURES
-from tests.integration.conftest import TENANTS, error_of, free_port
-from tests.integration.demo_process import demo_process
+from tests.integration.conftest import TENANTS, error_of
 
 pytestmark = pytest.mark.integration
 
@@ -139,53 +137,3 @@ def test_tenant_metadata_and_ready_through_the_server(client: httpx.Client) -> N
     )
     r = client.get("/v2/models/tenant-0002/versions/7")
     assert error_of(r) == (404, "model 'tenant-0002' version 7 not found (serving version 1)")
-
-
-def multiplex_counters(metrics_port: int) -> dict[str, float]:
-    """Ray's multiplexing counters of the family, summed over its replicas."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    text = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
-    out: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.labels.get("application") == TENANTS and "multiplexed" in sample.name:
-                out[sample.name] = out.get(sample.name, 0.0) + sample.value
-    return out
-
-
-@pytest.mark.slow
-def test_haproxy_tenant_header_balance_keeps_each_tenant_on_one_replica(
-    model_root: Path, tmp_path: Path
-) -> None:
-    """Behind HAProxy's default leastconn, requests on new connections alternate between
-    the two replicas (each would load the tenant); hashing the header sends them to one."""
-    metrics_port = free_port()
-    config = {
-        "repository": {"root": str(model_root)},
-        "http": {
-            "port": free_port(),
-            "admin_ports": [free_port(), free_port()],
-            "haproxy_balance": "tenant-header",
-        },
-        "models": [
-            {
-                "name": TENANTS,
-                "multiplex": {"tenant_prefix": "tenant-", "max_models_per_replica": 4},
-                "num_replicas": 2,
-                "resources": {"num_cpus": 0},
-            }
-        ],
-    }
-    requests = "ray_serve_multiplexed_get_model_requests_counter_total"
-    loads = "ray_serve_multiplexed_models_load_counter_total"
-    with demo_process(config, tmp_path, "--metrics-port", str(metrics_port)) as demo:
-        for tenant in ("tenant-0000", "tenant-0001", "tenant-0002"):
-            for _ in range(8):  # a new connection each: HAProxy balances every one
-                with httpx.Client(base_url=demo.url, timeout=30) as c:
-                    output_of(by_header(c, tenant), tenant)
-        deadline = time.monotonic() + 30
-        while (counts := multiplex_counters(metrics_port)).get(requests, 0) < 24:
-            assert time.monotonic() < deadline, counts
-            time.sleep(0.5)
-        assert (counts[requests], counts[loads]) == (24, 3), counts
