@@ -202,6 +202,10 @@ def stop_ray(timeout_s: float = 15.0, drain_s: float = 0.0, server_app: str | No
     import psutil
 
     started = psutil.Process().children(recursive=True)  # GCS, raylet, its agents...
+    # Ray's agents are ended first: when serve.shutdown is still running in its thread,
+    # ray.shutdown() can end this process ("the core worker has already been shutdown")
+    # before anything below runs, and the agents outlived it (seen in CI).
+    terminate_processes([p for p in started if _is_agent(p)], timeout_s=3.0)
     ray.shutdown()
     terminate_processes(haproxies + _haproxies_of(node_id), timeout_s=3.0)
     end_leftovers(started, grace_s=AGENT_EXIT_GRACE_S)
@@ -212,6 +216,16 @@ AGENT_EXIT_GRACE_S = 10.0
 polling it; on two busy cores that took over 30 s once. Past this they are ended."""
 
 
+AGENT_TITLES = ("ray::DashboardAgent", "ray::RuntimeEnvAgent")
+
+
+def _is_agent(p: Any) -> bool:
+    try:
+        return bool(p.cmdline()) and p.cmdline()[0].startswith(AGENT_TITLES)
+    except Exception:  # noqa: BLE001 - psutil.Error: gone, or not ours to read
+        return False
+
+
 def end_leftovers(procs: list[Any], grace_s: float) -> list[int]:
     """Wait up to ``grace_s`` for ``procs`` (psutil processes this one started, with
     their descendants) to exit, then end the rest; returns the pids that had to be
@@ -220,6 +234,7 @@ def end_leftovers(procs: list[Any], grace_s: float) -> list[int]:
     import psutil
 
     _gone, still = psutil.wait_procs(procs, timeout=grace_s)
+
     def alive(p: Any) -> bool:
         try:
             return bool(p.is_running() and p.status() != psutil.STATUS_ZOMBIE)
