@@ -13,6 +13,12 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, field_validator, model_validator
 
+from serve_app.config_cluster import ClusterConfig, WorkerPodConfig  # noqa: F401 (re-exported)
+from serve_app.config_lifecycle import (  # noqa: F401  (re-exported)
+    CanaryConfig,
+    MultiplexConfig,
+    VersionPolicy,
+)
 from serve_app.graph.spec import PipelineConfig
 from serve_app.graph.structure import model_nodes
 from serve_app.protocol.limits import RequestLimits
@@ -143,78 +149,6 @@ class StageConfig(StrictModel):
         if not 0 <= v[0] < v[1]:
             raise ValueError(f"stage layers must be [start, end) with 0 <= start < end, got {v}")
         return v
-
-
-class MultiplexConfig(StrictModel):
-    """A family of many small models of one architecture (tenants) served by one
-    deployment whose replicas each keep an LRU of loaded tenants (``@serve.multiplexed``).
-
-    A tenant is a repository model whose folder name starts with ``tenant_prefix``; its
-    name is its OIP model name (``/v2/models/<tenant>/infer``) and its multiplexed model
-    id (``serve_multiplexed_model_id`` header on ``/v2/models/<family>/infer``). Tenants
-    published after deployment are served without a redeploy."""
-
-    tenant_prefix: str = Field(
-        description=(
-            "Repository folders starting with this are the family's tenants, e.g. "
-            "'tenant-' for tenant-0001, tenant-0002, ..."
-        ),
-        pattern=r"^[a-z0-9][a-z0-9_-]{0,40}$",
-    )
-    max_models_per_replica: int = Field(
-        8,
-        ge=1,
-        le=10000,
-        description=(
-            "Tenants one replica keeps loaded; loading one more evicts the least recently "
-            "used (Ray's max_num_models_per_replica)."
-        ),
-    )
-
-
-class VersionPolicy(StrictModel):
-    """Versions of one model served side by side (Triton's version policy): each served
-    version is its own Serve application, routed at ``/v2/models/<name>/versions/<v>``;
-    ``/v2/models/<name>`` goes to the newest served version. Set exactly one field."""
-
-    latest_n: int | None = Field(
-        None,
-        ge=1,
-        le=8,
-        description=(
-            "Serve the N highest published versions, resolved when the config is "
-            "deployed (`serve-app demo`/`serve-app deploy`); not for a RayService, whose "
-            "serveConfigV2 is fixed at render time: use `specific` there."
-        ),
-    )
-    specific: list[int] | None = Field(
-        None, min_length=1, description="Serve exactly these versions (each must be published)."
-    )
-
-    @field_validator("specific")
-    @classmethod
-    def _distinct_sorted(cls, v: list[int] | None) -> list[int] | None:
-        if v is not None and (min(v) < 1 or len(set(v)) != len(v)):
-            raise ValueError(f"specific must be distinct versions >= 1, got {v}")
-        return None if v is None else sorted(v)
-
-    @model_validator(mode="after")
-    def _exactly_one(self) -> VersionPolicy:
-        if (self.latest_n is None) == (self.specific is None):
-            raise ValueError("version_policy takes exactly one of latest_n or specific")
-        return self
-
-
-class CanaryConfig(StrictModel):
-    """A canary: a share of the model's traffic goes to a newer version, served by its
-    own application (also reachable at ``/v2/models/<name>/versions/<version>``).
-    ``serve-app deploy --promote <model>`` makes it the model's version; ``--rollback``
-    removes it."""
-
-    version: int = Field(ge=1, description="The version under test.")
-    percent: float = Field(
-        gt=0, le=100, description="Share of unversioned requests it answers, in percent."
-    )
 
 
 class ModelConfig(StrictModel):
@@ -468,41 +402,6 @@ class LogConfig(StrictModel):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", description="Lowest level written by replicas and Serve's components."
     )
-
-
-class WorkerPodConfig(StrictModel):
-    """Shape of the Ray worker pods on Kubernetes (read by ``serve-app render-k8s`` only).
-
-    Size it from the node type's *allocatable* capacity minus its daemonsets, not from its
-    vCPUs and memory: a pod asking for a whole 8-vCPU / 32 GiB node stays Pending."""
-
-    cpus: int = Field(ge=1, description="CPU request and limit; Ray's logical CPUs there.")
-    memory: str = Field(description="Memory request and limit, a Kubernetes quantity.")
-    gpus: int = Field(0, ge=0, description="GPUs per pod (0: a CPU worker group).")
-    gpu_resource: str = Field(
-        "nvidia.com/gpu",
-        description=(
-            "Extended resource of a GPU: nvidia.com/gpu (whole or time-sliced GPUs), or a "
-            "MIG profile such as nvidia.com/mig-1g.10gb, each slice one GPU to Ray."
-        ),
-    )
-    max_graceful_shutdown_s: int = Field(
-        60,
-        ge=1,
-        le=3600,
-        description=(
-            "Upper bound of every deployment's graceful_shutdown_timeout_s. The worker "
-            "pods' drain deadline and terminationGracePeriodSeconds are sized from it, so "
-            "changing a deployment's timeout within it stays an in-place Serve update; "
-            "changing this bound changes the pod spec (a new cluster)."
-        ),
-    )
-
-
-class ClusterConfig(StrictModel):
-    """What a cluster config adds for Kubernetes."""
-
-    worker: WorkerPodConfig = Field(description="The worker group's pod shape.")
 
 
 class AppConfig(StrictModel):

@@ -1,0 +1,43 @@
+"""The AppConfig's ``cluster`` section: the worker pod shape a RayService is rendered
+for (re-exported by ``serve_app.config``)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from serve_app.schema_base import StrictModel
+
+
+class WorkerPodConfig(StrictModel):
+    """Shape of the Ray worker pods on Kubernetes (read by ``serve-app render-k8s`` only).
+
+    Size it from the node type's *allocatable* capacity minus its daemonsets, not from its
+    vCPUs and memory: a pod asking for a whole 8-vCPU / 32 GiB node stays Pending."""
+
+    cpus: int = Field(ge=1, description="CPU request and limit; Ray's logical CPUs there.")
+    memory: str = Field(description="Memory request and limit, a Kubernetes quantity.")
+    gpus: int = Field(0, ge=0, description="GPUs per pod (0: a CPU worker group).")
+    gpu_resource: str = Field(
+        "nvidia.com/gpu",
+        description=(
+            "Extended resource of a GPU: nvidia.com/gpu (whole or time-sliced GPUs), or a "
+            "MIG profile such as nvidia.com/mig-1g.10gb, each slice one GPU to Ray."
+        ),
+    )
+    max_graceful_shutdown_s: int = Field(
+        60,
+        ge=1,
+        le=3600,
+        description=(
+            "Upper bound of every deployment's graceful_shutdown_timeout_s. The worker "
+            "pods' drain deadline and terminationGracePeriodSeconds are sized from it, so "
+            "changing a deployment's timeout within it stays an in-place Serve update; "
+            "changing this bound changes the pod spec (a new cluster)."
+        ),
+    )
+
+
+class ClusterConfig(StrictModel):
+    """What a cluster config adds for Kubernetes."""
+
+    worker: WorkerPodConfig = Field(description="The worker group's pod shape.")
