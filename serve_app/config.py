@@ -14,6 +14,7 @@ import yaml
 from pydantic import Field, field_validator, model_validator
 
 from serve_app.config_cluster import ClusterConfig, WorkerPodConfig  # noqa: F401 (re-exported)
+from serve_app.config_grpc import GrpcConfig
 from serve_app.config_lifecycle import (  # noqa: F401  (re-exported)
     CanaryConfig,
     MultiplexConfig,
@@ -409,6 +410,10 @@ class AppConfig(StrictModel):
 
     repository: RepositoryConfig = Field(default_factory=RepositoryConfig)
     http: HttpConfig = Field(default_factory=HttpConfig)
+    grpc: GrpcConfig = Field(
+        default_factory=GrpcConfig,
+        description="KServe v2 gRPC ingress (tritonclient.grpc), off by default.",
+    )
     server_name: str = Field(
         "oip", description="Serve application name of the server routes (/v2, health, list)."
     )

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from serve_app.config import HttpConfig
+from serve_app.config import AppConfig, HttpConfig
 from serve_app.constants import LOCAL_RAY_ENV
 
 logger = logging.getLogger(__name__)
@@ -29,12 +29,24 @@ def prepare_environment(extra: dict[str, str] | None = None) -> None:
         os.environ.setdefault(key, value)
 
 
-def ingress_environment(http: HttpConfig) -> dict[str, str]:
-    """Environment the Ray processes need for the configured ingress."""
+DEFAULT_SERVER_APP = str(AppConfig.model_fields["server_name"].default)
+
+
+def ingress_environment(
+    http: HttpConfig, grpc_default_app: str | None = DEFAULT_SERVER_APP
+) -> dict[str, str]:
+    """Environment the Ray processes need for the configured ingress.
+
+    Args:
+        grpc_default_app: The server application's name: with HAProxy ingress it gets
+            gRPC calls that carry no ``application`` metadata (a no-op while gRPC is off).
+    """
     from serve_app.ingress import haproxy_env
 
     if http.ingress == "haproxy":
-        return haproxy_env(http.admin_host, http.admin_ports, http.haproxy_balance)
+        return haproxy_env(
+            http.admin_host, http.admin_ports, http.haproxy_balance, grpc_default_app
+        )
     return {"RAY_SERVE_ENABLE_HA_PROXY": "0"}
 
 
@@ -97,6 +109,7 @@ def deploy_config(config: dict[str, Any]) -> None:
     schema = ServeDeploySchema.model_validate(pin_latest_versions(config))
     client = serve_api.serve_start(
         http_options=schema.http_options.model_dump(),
+        grpc_options=schema.grpc_options.model_dump(),
         proxy_location=schema.proxy_location,
     )
     client.deploy_apps(schema, _blocking=False)

@@ -158,9 +158,13 @@ def render_serve_config(
     }
     if app.http.request_timeout_s is not None:
         http_options["request_timeout_s"] = app.http.request_timeout_s
-    return {
+    config: dict[str, Any] = {
         "proxy_location": proxy_location,
         "http_options": http_options,
+    }
+    if app.grpc.enabled:
+        config["grpc_options"] = app.grpc.to_serve(app.http.request_timeout_s)
+    return config | {
         "logging_config": {
             "encoding": app.logging.encoding,
             "log_level": app.logging.level,

@@ -27,6 +27,7 @@ from serve_app.errors import InvalidInput, ModelNotFound
 from serve_app.protocol import oip
 from serve_app.repository.loader import ModelRepository
 from serve_app.server.canary import CanaryForwarder
+from serve_app.server.grpc_methods import GrpcModelMethods
 from serve_app.server.http import error_response, json_response, read_inference_request
 from serve_app.server.metrics import ModelMetricsSink, RayModelMetrics, device_memory_bytes
 from serve_app.server.routes import match
@@ -95,7 +96,7 @@ def _status_of(error: BaseException) -> int:
 
 
 @serve.deployment(name="ModelDeployment", max_ongoing_requests=64)
-class ModelDeployment:
+class ModelDeployment(GrpcModelMethods):
     """A model replica. ``args`` are ``ModelAppArgs``; ``adapter_loader`` and ``metrics``
     are injectable so tests can run the real Serve path around a stand-in model and
     read what it reports."""

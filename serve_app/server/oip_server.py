@@ -18,6 +18,7 @@ import serve_app
 from serve_app.app_args import ServerAppArgs, ServerUserConfig
 from serve_app.errors import ModelNotFound, ServiceUnavailable
 from serve_app.server.controller_view import ControllerView
+from serve_app.server.grpc_server_methods import GrpcServerMethods
 from serve_app.server.http import install_error_handlers
 from serve_app.server.tenant_forward import TenantForwarder
 
@@ -98,8 +99,9 @@ def read_model_states(names: list[str]) -> dict[str, ModelState]:
 
 @serve.deployment(name="OIPServer", max_ongoing_requests=256, ray_actor_options={"num_cpus": 0})
 @serve.ingress(server_api)
-class OIPServer:
-    """Server metadata, liveness, readiness and the model list."""
+class OIPServer(GrpcServerMethods):
+    """Server metadata, liveness, readiness and the model list; over gRPC also the
+    model calls of clients that name no application (forwarded by model name)."""
 
     def __init__(self, args: dict[str, Any], state_reader: Any = None) -> None:
         self.args = ServerAppArgs.model_validate(args)

@@ -29,6 +29,7 @@ from serve_app.graph.tensor_types import ModelSpecs, infer_specs
 from serve_app.protocol import oip
 from serve_app.repository.loader import ModelRepository
 from serve_app.schema_base import model_route_prefix
+from serve_app.server.grpc_methods import GrpcPipelineMethods
 from serve_app.server.http import error_response, json_response, read_inference_request
 from serve_app.server.metrics import RayModelMetrics
 from serve_app.server.node_status import NodeStatus
@@ -79,8 +80,8 @@ class HandleBackend:
 @serve.deployment(
     name="PipelineRouter", max_ongoing_requests=256, ray_actor_options={"num_cpus": 0}
 )
-class PipelineRouter:
-    """Router of one pipeline or staged model.
+class PipelineRouter(GrpcPipelineMethods):
+    """Router of one pipeline or staged model (over HTTP and gRPC).
 
     Args:
         args: ``PipelineAppArgs`` or ``StagedAppArgs``.

@@ -32,6 +32,8 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+GRPC_PORT = free_port()
+"""The session's gRPC ingress port (``grpc.enabled`` in the session config)."""
 STAGED = "minilm-pp"
 OVERLOADED = "overloaded"
 HEAD_MODELS = ["ticket-topic", "ticket-urgency", "ticket-topic-large"]
@@ -153,6 +155,8 @@ def make_app_config(root: Path, port: int, mlp_batching: dict[str, Any] | None =
                 "access_log": True,
             },
             "logging": {"encoding": "JSON"},
+            # KServe v2 gRPC next to HTTP (tests/integration/test_grpc.py).
+            "grpc": {"enabled": True, "port": GRPC_PORT},
             "models": [
                 {
                     "name": "minilm",
