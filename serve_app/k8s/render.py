@@ -36,6 +36,9 @@ CLUSTER_HTTP_HOST = "0.0.0.0"
 PROXY_LOCATION = "EveryNode"
 """KubeRay's worker readiness probe asks the Serve proxy on :8000 of each worker."""
 MODELS_CONFIGMAP = "serve-app-models"
+GRPC_COMPONENT_PORT = 9000
+"""gRPC port of kuberay/components/grpc (a Service of its own: KubeRay's serve Service
+carries only the port named ``serve``)."""
 SERVE_DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_S = 20.0
 """Serve's default, which applies to deployments that do not set it (the OIP server)."""
 DEFAULT_PROXY_DRAIN_S = 60
@@ -130,6 +133,11 @@ def check_cluster_app(app: AppConfig, profile: ClusterProfile) -> None:
         # The wrapper that rebinds HAProxy's admin listeners is written on the machine
         # that starts Ray; in a pod the pod network is the boundary.
         raise ValueError("http.admin_host must be null with ingress haproxy in a cluster config")
+    if app.grpc.enabled and app.grpc.port != GRPC_COMPONENT_PORT:
+        raise ValueError(
+            f"grpc.port must be {GRPC_COMPONENT_PORT} in a cluster config (the port of "
+            "kuberay/components/grpc's Service and NetworkPolicy)"
+        )
     over = {
         k: v for k, v in graceful_shutdown_s(app).items() if v > profile.max_graceful_shutdown_s
     }
