@@ -179,13 +179,17 @@ def wrk_script(payloads: list[str], path: Path) -> Path:
     return path
 
 
-def run_wrk(script: Path, connections: int, duration_s: float) -> dict[str, Any]:
-    """One closed-loop wrk run; returns rps, latency percentiles (ms) and status counts."""
-    subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", "-d2s", "-s", str(script), INFER],
-        capture_output=True,
-        check=True,
-    )  # warm-up
+def run_wrk(
+    script: Path, connections: int, duration_s: float, warmup: bool = True, url: str = INFER
+) -> dict[str, Any]:
+    """One closed-loop wrk run on ``url`` (after a 2 s warm-up run unless ``warmup`` is
+    False); returns rps, latency percentiles (ms) and status counts."""
+    if warmup:
+        subprocess.run(
+            ["wrk", "-t1", f"-c{connections}", "-d2s", "-s", str(script), url],
+            capture_output=True,
+            check=True,
+        )
     out = subprocess.run(
         [
             "wrk",
@@ -197,7 +201,7 @@ def run_wrk(script: Path, connections: int, duration_s: float) -> dict[str, Any]
             "10s",
             "-s",
             str(script),
-            INFER,
+            url,
         ],
         capture_output=True,
         text=True,
@@ -232,13 +236,14 @@ def pss_bytes(pid: int) -> int:
     return total
 
 
-def wait_first_200(deadline_s: float) -> float:
-    """Poll the infer endpoint until it answers 200; returns when it did."""
-    data = body([SENTENCE]).encode()
+def wait_first_200(deadline_s: float, url: str = INFER, data: bytes | None = None) -> float:
+    """POST ``data`` (one-sentence OIP body by default) to ``url`` until it answers 200;
+    returns when it did (``time.monotonic()``)."""
+    data = data or body([SENTENCE]).encode()
     while time.monotonic() < deadline_s:
         try:
             req = urllib.request.Request(
-                INFER, data=data, headers={"Content-Type": "application/json"}
+                url, data=data, headers={"Content-Type": "application/json"}
             )
             with urllib.request.urlopen(req, timeout=2) as r:
                 if r.status == 200:
@@ -304,10 +309,12 @@ def run_scenario(s: Scenario, repo_root: Path, duration_s: float, tmp: Path) -> 
     return result
 
 
-def raw_baselines(repo_root: Path, duration_s: float) -> list[dict[str, Any]]:
+def raw_baselines(
+    repo_root: Path, duration_s: float, versions: tuple[int, ...] = (1, 2)
+) -> list[dict[str, Any]]:
     """Raw model numbers for torch (v1) and ONNX (v2), 2 threads, in subprocesses."""
     out = []
-    for version in (1, 2):
+    for version in versions:
         line = (
             subprocess.run(
                 [

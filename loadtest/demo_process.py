@@ -71,6 +71,7 @@ def start_demo(
     folder: Path,
     *extra_args: str,
     start_timeout_s: float = START_TIMEOUT_S,
+    extra_env: dict[str, str] | None = None,
 ) -> Demo:
     """Start ``serve-app demo`` on the AppConfig ``config`` (written to
     ``folder/app.yaml``) and wait until it prints "serve_app is up".
@@ -85,7 +86,7 @@ def start_demo(
     proc = subprocess.Popen(
         [*cmd, "--serve-config", "", *extra_args],
         cwd=REPO_ROOT,
-        env=user_environment(),
+        env=user_environment() | (extra_env or {}),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -143,14 +144,20 @@ def stop_demo(demo: Demo, stop_timeout_s: float = STOP_TIMEOUT_S) -> list[tuple[
 
 
 @contextmanager
-def demo_process(config: dict[str, Any], folder: Path, *extra_args: str) -> Iterator[Demo]:
-    """Run ``serve-app demo`` on the AppConfig ``config`` (written into ``folder``).
+def demo_process(
+    config: dict[str, Any],
+    folder: Path,
+    *extra_args: str,
+    extra_env: dict[str, str] | None = None,
+) -> Iterator[Demo]:
+    """Run ``serve-app demo`` on the AppConfig ``config`` (written into ``folder``), with
+    ``extra_env`` added to the user's environment (e.g. a Ray setting to compare).
 
     Raises:
         AssertionError: it did not come up in ``START_TIMEOUT_S``, or left processes.
     """
     try:
-        demo = start_demo(config, folder, *extra_args)
+        demo = start_demo(config, folder, *extra_args, extra_env=extra_env)
     except TimeoutError as e:
         raise AssertionError(str(e)) from e
     try:

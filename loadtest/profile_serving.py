@@ -2,15 +2,16 @@
 before changing anything).
 
 Runs the demo on ``configs/app.yaml`` (HAProxy ingress, 2 MiniLM replicas), drives it
-closed-loop from Python threads on 127.0.0.1 with one ~12-word sentence per request,
-and over the measured window:
+closed-loop with wrk on 127.0.0.1 (one ~12-word sentence per request: a Python client
+would take one of the two cores), and over the measured window:
 
 - takes every process's CPU time from ``/proc`` (psutil) before and after, grouped by
   role (replica, HAProxy, proxy manager, raylet, ...), as CPU milliseconds per request;
 - samples every replica with ``py-spy record`` (on-CPU samples only, all threads) and
   attributes the samples to stages of the request path by the frames on the stack.
 
-The client's own CPU is reported too: on two shared cores it competes with the server.
+Everything outside the demo's process tree (wrk, py-spy, the OS) is reported as one
+line: on two shared cores it competes with the server.
 
     python -m loadtest.profile_serving                    # c=16, 20 s
     python -m loadtest.profile_serving --concurrency 64   # results/profile/c64.*
@@ -25,6 +26,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -32,8 +34,9 @@ from typing import Any
 import psutil
 import yaml
 
+from loadtest.bench_serving import run_wrk, wrk_script
 from loadtest.demo_process import REPO_ROOT, demo_process, descendants
-from loadtest.http_load import closed_loop, post, wait_ok
+from loadtest.http_load import wait_ok
 from loadtest.machine import free_port, machine_info
 from loadtest.proc_sampler import group_of
 from loadtest.raw_model import SENTENCE
@@ -92,6 +95,57 @@ def cpu_by_group(root_pid: int) -> dict[int, tuple[str, float]]:
     return out
 
 
+def thread_cpu(pid: int) -> dict[int, float]:
+    """tid -> user + system CPU seconds of each thread of ``pid`` (``/proc``)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        out[int(task.name)] = (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def thread_names(pid: int, py_spy: str) -> dict[int, str]:
+    """tid -> name: the Python thread's name and its innermost-but-one frame function
+    (from ``py-spy dump``) where there is one, else the kernel's ``comm``."""
+    names = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            names[int(task.name)] = "native: " + (task / "comm").read_text().strip()
+        except OSError:
+            continue
+    dump = subprocess.run(
+        [py_spy, "dump", "--json", "--nonblocking", "--pid", str(pid)],
+        capture_output=True,
+        text=True,
+    )
+    try:
+        threads = json.loads(dump.stdout)
+    except json.JSONDecodeError:
+        return names
+    for t in threads:
+        frames = t.get("frames") or []
+        # the outermost frame that is not threading's bootstrap names what the thread is
+        own = [f["name"] for f in reversed(frames) if "threading" not in f.get("filename", "")]
+        names[t["os_thread_id"]] = f"{t.get('thread_name') or 'thread'}: {own[0] if own else ''}"
+    return names
+
+
+def pss_by_group(root_pid: int) -> dict[str, float]:
+    """Proportional set size (MiB) of the demo's process tree, per group."""
+    out: dict[str, float] = {}
+    for p in [psutil.Process(root_pid), *descendants(root_pid)]:
+        try:
+            group = group_of(p.name(), p.cmdline(), p.pid == root_pid)
+            out[group] = out.get(group, 0.0) + p.memory_full_info().pss / 2**20
+        except psutil.Error:
+            continue
+    return out
+
+
 def delta_by_group(
     before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]
 ) -> dict[str, float]:
@@ -113,38 +167,35 @@ def profile(a: argparse.Namespace) -> dict[str, Any]:
         {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": [SENTENCE]}]}
     ).encode()
     folder = Path(tempfile.mkdtemp(prefix="profile-"))
-    with demo_process(config, folder) as demo:
+    extra_env = dict(kv.split("=", 1) for kv in a.env)
+    with demo_process(config, folder, extra_env=extra_env) as demo:
         wait_ok(PATH, body)
         replicas = [
             p for p in descendants(demo.proc.pid) if "ServeReplica:minilm" in " ".join(p.cmdline())
         ]
         spies: list[tuple[subprocess.Popen[bytes], Path]] = []
-        client = psutil.Process()
-
-        def probe() -> tuple[dict[int, tuple[str, float]], float]:
-            if not spies:  # window start: sample the replicas for exactly the window
-                for p in replicas:
-                    out = folder / f"replica-{p.pid}.txt"
-                    cmd = [py_spy, "record", "--pid", str(p.pid), "--format", "raw",
-                           "--rate", str(a.rate_hz), "--duration", str(int(a.duration_s)),
-                           "--nonblocking", "--output", str(out)]  # fmt: skip
-                    spies.append(
-                        (
-                            subprocess.Popen(
-                                cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-                            ),
-                            out,
-                        )
-                    )
-            t = client.cpu_times()
-            return cpu_by_group(demo.proc.pid), t.user + t.system
-
-        def call(conn: Any) -> bool:
-            return post(conn, PATH, body) is not None
-
-        summary, (before, client_0), (after, client_1) = closed_loop(
-            call, a.concurrency, a.warmup_s, a.duration_s, probe
-        )
+        script = wrk_script([body.decode()], folder / "one.lua")
+        idle_0 = cpu_by_group(demo.proc.pid)
+        time.sleep(a.idle_s)
+        idle = delta_by_group(idle_0, cpu_by_group(demo.proc.pid))
+        memory = pss_by_group(demo.proc.pid)
+        run_wrk(script, a.concurrency, a.warmup_s)  # warm-up (its own 2 s warm-up too)
+        names = {p.pid: thread_names(p.pid, py_spy) for p in replicas}
+        threads_0 = {p.pid: thread_cpu(p.pid) for p in replicas}
+        before = cpu_by_group(demo.proc.pid)
+        for p in replicas if a.rate_hz > 0 else []:  # sample exactly the window
+            out = folder / f"replica-{p.pid}.txt"
+            cmd = [py_spy, "record", "--pid", str(p.pid), "--format", "raw",
+                   "--rate", str(a.rate_hz), "--duration", str(int(a.duration_s)),
+                   "--nonblocking", "--output", str(out)]  # fmt: skip
+            spies.append(
+                (subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE), out)
+            )
+        wrk_0 = psutil.cpu_times()
+        load = run_wrk(script, a.concurrency, a.duration_s, warmup=False)
+        after = cpu_by_group(demo.proc.pid)
+        wrk_1 = psutil.cpu_times()
+        threads_1 = {p.pid: thread_cpu(p.pid) for p in replicas}
         samples: Counter[str] = Counter()
         for spy, out in spies:
             spy.wait(a.duration_s + 30)
@@ -153,8 +204,15 @@ def profile(a: argparse.Namespace) -> dict[str, Any]:
             else:
                 print(f"py-spy wrote nothing: {spy.stderr.read().decode() if spy.stderr else ''}")
     cpu = delta_by_group(before, after)
-    cpu["load generator (this process)"] = client_1 - client_0
-    n = max(1, summary["ok"])
+    busy_s = sum(wrk_1) - sum(wrk_0) - (wrk_1.idle - wrk_0.idle) - (wrk_1.iowait - wrk_0.iowait)
+    cpu["everything else (wrk, py-spy, OS)"] = busy_s - sum(cpu.values())
+    n = max(1, round(load["rps"] * a.duration_s))
+    summary = {"concurrency": a.concurrency, "duration_s": a.duration_s, **load}
+    by_thread: dict[str, float] = {}
+    for pid, after_s in threads_1.items():
+        for tid, cpu_s in after_s.items():
+            name = names[pid].get(tid, "native: (started in the window)")
+            by_thread[name] = by_thread.get(name, 0.0) + cpu_s - threads_0[pid].get(tid, 0.0)
     total = sum(samples.values()) or 1
     replica_cpu_s = sum(v for k, v in cpu.items() if k.startswith("replica:"))
     return {
@@ -163,6 +221,15 @@ def profile(a: argparse.Namespace) -> dict[str, Any]:
         "load": summary,
         "cpu_ms_per_request": {
             k: round(v * 1e3 / n, 3) for k, v in sorted(cpu.items(), key=lambda kv: -kv[1])
+        },
+        "idle_cpu_ms_per_s": {
+            k: round(v * 1e3 / a.idle_s, 1) for k, v in sorted(idle.items(), key=lambda kv: -kv[1])
+        },
+        "idle_pss_mib": {k: round(v) for k, v in sorted(memory.items(), key=lambda kv: -kv[1])},
+        "replica_threads_cpu_ms_per_request": {
+            k: round(v * 1e3 / n, 3)
+            for k, v in sorted(by_thread.items(), key=lambda kv: -kv[1])
+            if v * 1e3 / n >= 0.005
         },
         "replica_stages": {
             k: {
@@ -183,10 +250,11 @@ def markdown(r: dict[str, Any]) -> str:
         "",
         f"Machine: {m['cpus']} CPUs ({m.get('cpu_model')}), {m['memory_gib']} GiB, Ray "
         f"{m['ray']}, onnxruntime {m['onnxruntime']}. configs/app.yaml (HAProxy, 2 MiniLM "
-        f"replicas), one ~12-word sentence per request, closed loop from Python threads.",
+        f"replicas), one ~12-word sentence per request, closed-loop wrk (one thread), "
+        "same machine.",
         "",
         f"Load: {load['rps']} req/s, p50 {load['p50_ms']} ms, p99 {load['p99_ms']} ms, "
-        f"{load['ok']} ok, {load['errors']} errors over {load['duration_s']} s.",
+        f"{load['status'].get(200, 0)} ok, {load['errors']} errors over {load['duration_s']} s.",
         "",
         "## CPU per request, by process (from /proc, the whole window)",
         "",
@@ -194,6 +262,32 @@ def markdown(r: dict[str, Any]) -> str:
         "|---|---:|",
     ]
     lines += [f"| {k} | {v} |" for k, v in r["cpu_ms_per_request"].items() if abs(v) >= 0.005]
+    idle = r["idle_cpu_ms_per_s"]
+    lines += [
+        "",
+        f"## Idle: CPU ms per second before the load (total {sum(idle.values()):.0f})",
+        "",
+        "| process group | CPU ms / s |",
+        "|---|---:|",
+    ]
+    lines += [f"| {k} | {v} |" for k, v in idle.items() if v >= 0.5]
+    pss = r["idle_pss_mib"]
+    lines += [
+        "",
+        f"## Idle memory: PSS by process group (total {sum(pss.values()) / 1024:.2f} GiB)",
+        "",
+        "| process group | PSS MiB |",
+        "|---|---:|",
+    ]
+    lines += [f"| {k} | {v} |" for k, v in pss.items() if v >= 1]
+    lines += [
+        "",
+        "## Replica threads (from /proc, both replicas summed; names from py-spy dump)",
+        "",
+        "| thread: outermost function | CPU ms / request |",
+        "|---|---:|",
+    ]
+    lines += [f"| {k} | {v} |" for k, v in r["replica_threads_cpu_ms_per_request"].items()]
     lines += [
         "",
         f"## Inside the replicas (py-spy, {r['py_spy_samples']} on-CPU samples)",
@@ -215,7 +309,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--warmup-s", type=float, default=5.0)
     p.add_argument("--duration-s", type=float, default=20.0)
-    p.add_argument("--rate-hz", type=int, default=250, help="py-spy samples per second")
+    p.add_argument(
+        "--rate-hz", type=int, default=250, help="py-spy samples per second (0: no sampling)"
+    )
+    p.add_argument("--idle-s", type=float, default=10.0, help="idle window before the load")
+    p.add_argument("--env", action="append", default=[], help="K=V for the demo's Ray")
     p.add_argument("--out", default=str(RESULTS))
     a = p.parse_args(argv)
     from serve_app.demo import ensure_demo_models

@@ -40,6 +40,9 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(a.threads)
+    from serve_app.models.threads import set_intra_op_threads
+
+    set_intra_op_threads(a.threads)
     from serve_app.models import load_adapter
     from serve_app.repository import ModelRepository
 

@@ -10,13 +10,7 @@ import numpy as np
 
 from serve_app.models.base import ModelAdapter, ModelInfo, TensorSpec
 from serve_app.models.text import TEXT_INPUT, TextTokenizer, read_max_seq_length
-
-
-def session_threads() -> int:
-    """Intra-op threads: follow torch's setting, which the replica sets from config."""
-    import torch
-
-    return max(1, torch.get_num_threads())
+from serve_app.models.threads import intra_op_threads
 
 
 class OnnxEmbeddingAdapter(ModelAdapter):
@@ -28,7 +22,7 @@ class OnnxEmbeddingAdapter(ModelAdapter):
 
         self.tokenizer = TextTokenizer(folder, read_max_seq_length(folder))
         opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads or session_threads()
+        opts.intra_op_num_threads = threads or intra_op_threads()
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # No busy-waiting between ops: the replica's event loop and the ingress share

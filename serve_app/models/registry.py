@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 from serve_app.errors import ManifestError
 from serve_app.models.base import ModelAdapter
+from serve_app.models.threads import apply_to_torch
 from serve_app.repository.loader import VerifiedVersion
 
 
@@ -15,6 +16,7 @@ def load_adapter(version: VerifiedVersion, device: str) -> ModelAdapter:
     if m.format == "huggingface" and m.task == "sentence-embedding":
         from serve_app.models.hf_embedding import HFEmbeddingAdapter
 
+        apply_to_torch()
         return HFEmbeddingAdapter(version.path, device)
     if m.format == "onnx" and m.task == "sentence-embedding":
         from serve_app.models.onnx_embedding import OnnxEmbeddingAdapter
@@ -23,6 +25,7 @@ def load_adapter(version: VerifiedVersion, device: str) -> ModelAdapter:
     if m.format == "safetensors":
         from serve_app.models.torch_module import TorchModuleAdapter
 
+        apply_to_torch()
         return TorchModuleAdapter(version.path, m, device)
     raise ManifestError(
         f"model {m.name!r} version {m.version}: no adapter for format {m.format!r} task {m.task!r}"
@@ -41,6 +44,7 @@ def load_stage_adapter(
         )
     from serve_app.models.hf_stages import HFEncoderStageAdapter
 
+    apply_to_torch()
     return HFEncoderStageAdapter(version.path, device, layers)
 
 

@@ -24,6 +24,7 @@ from serve_app.app_args import CanaryArgs, ModelAppArgs
 from serve_app.batching import flatten_rows, split_rows
 from serve_app.config import BatchingConfig, model_route_prefix
 from serve_app.errors import InvalidInput, ModelNotFound
+from serve_app.models.threads import set_intra_op_threads
 from serve_app.protocol import oip
 from serve_app.repository.loader import ModelRepository
 from serve_app.server.canary import CanaryForwarder
@@ -107,10 +108,8 @@ class ModelDeployment(GrpcModelMethods):
         adapter_loader: AdapterLoader | None = None,
         metrics: ModelMetricsSink | None = None,
     ) -> None:
-        import torch
-
         self.args = ModelAppArgs.model_validate(args)
-        torch.set_num_threads(self.args.torch_threads)
+        set_intra_op_threads(self.args.torch_threads)
         if adapter_loader is None:
             from serve_app.models.registry import adapter_loader_for
 

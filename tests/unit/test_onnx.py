@@ -60,3 +60,28 @@ def test_eager_adapter_matches_sentence_transformers() -> None:
         SENTENCES, convert_to_numpy=True, normalize_embeddings=True
     )
     assert float(np.abs(got - ref).max()) < 1e-5
+
+
+def test_an_onnx_runtime_never_imports_torch(onnx_dir: tuple[Path, dict]) -> None:
+    """A CPU replica of an ONNX model loads, warms up and answers without torch (about
+    1 s and 200 MiB per process); the thread count reaches the session."""
+    import subprocess
+    import sys
+
+    out, _ = onnx_dir
+    code = f"""
+import sys
+from pathlib import Path
+import numpy as np
+from serve_app.models.onnx_embedding import OnnxEmbeddingAdapter
+from serve_app.models.threads import set_intra_op_threads
+from serve_app.server.runtime import pick_device
+set_intra_op_threads(2)
+adapter = OnnxEmbeddingAdapter(Path({str(out)!r}), pick_device("/nonexistent/nvidia[0-9]*"))
+rows = adapter.prepare({{"text": np.array(["a sentence"], dtype=object)}})
+print(adapter.forward(rows)["embedding"].shape, adapter.info.extra["threads"],
+      adapter.info.device, "torch" in sys.modules)
+"""
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.split("\n")[-2] == "(1, 384) 2 cpu False"
