@@ -205,8 +205,9 @@ def render(results: dict[str, Any]) -> str:
         "",
         f"{m['date']}, {m['cpus']} CPUs ({m.get('cpu_model')}), Ray {m['ray']}; "
         f"`serve-app demo` of configs/app.yaml with gRPC on (HAProxy ingress), one sentence "
-        f"per request, {results['duration_s']:.0f} s per run after a 2 s warm-up; client on "
-        "the same 2 cores. Largest |gRPC - HTTP| embedding difference: "
+        f"per request, {results['duration_s']:.0f} s per run after a 2 s warm-up; clients "
+        "(wrk for HTTP, a grpc.aio process for gRPC) on the same 2 cores, their CPU counted "
+        "with the warm-up. Largest |gRPC - HTTP| embedding difference: "
         f"{results['max_abs_diff_grpc_vs_http']:.2e}.",
         "",
         "| protocol | c | req/s | p50 ms | p99 ms | errors | server CPU ms/req "

@@ -34,7 +34,14 @@ class GrpcServerMethods:
         handles = self.__dict__.setdefault("_grpc_handles", {})
         handle = handles.get(app)
         if handle is None:
-            handle = handles[app] = serve.get_app_handle(app).options(method_name="grpc_forward")
+            # By value over Serve's inter-deployment gRPC transport (no object store): the
+            # payloads are a few KB of bytes.
+            handle = handles[app] = serve.get_app_handle(app).options(
+                method_name="grpc_forward",
+                _by_reference=False,
+                request_serialization="pickle",
+                response_serialization="pickle",
+            )
         payload = await handle.remote(method, request.SerializeToString())
         return MESSAGES[method][1].FromString(payload)
 
