@@ -146,6 +146,31 @@ def pss_by_group(root_pid: int) -> dict[str, float]:
     return out
 
 
+HAPROXY_TIMERS = {"qtime": "queue", "ctime": "connect", "rtime": "response", "ttime": "total"}
+"""HAProxy's per-backend averages over its last 1024 requests (ms), from ``/stats;csv``."""
+
+
+def haproxy_timers(stats_port: int, backend_part: str = "minilm") -> dict[str, dict[str, int]]:
+    """Average queue/connect/response/total times (ms) of the BACKEND rows whose name
+    contains ``backend_part``: what HAProxy itself measured, from request in to response
+    out, around the replica."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{stats_port}/stats;csv", timeout=5) as r:
+        return parse_haproxy_csv(r.read().decode(), backend_part)
+
+
+def parse_haproxy_csv(text: str, backend_part: str) -> dict[str, dict[str, int]]:
+    """``haproxy_timers`` of a ``/stats;csv`` body (header line starts with ``# ``)."""
+    import csv
+
+    out = {}
+    for row in csv.DictReader(text.lstrip("# ").splitlines()):
+        if row.get("svname") == "BACKEND" and backend_part in row.get("pxname", ""):
+            out[row["pxname"]] = {v: int(row.get(k) or 0) for k, v in HAPROXY_TIMERS.items()}
+    return out
+
+
 def delta_by_group(
     before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]
 ) -> dict[str, float]:
@@ -196,6 +221,7 @@ def profile(a: argparse.Namespace) -> dict[str, Any]:
         after = cpu_by_group(demo.proc.pid)
         wrk_1 = psutil.cpu_times()
         threads_1 = {p.pid: thread_cpu(p.pid) for p in replicas}
+        timers = haproxy_timers(config["http"]["admin_ports"][0])
         samples: Counter[str] = Counter()
         for spy, out in spies:
             spy.wait(a.duration_s + 30)
@@ -222,6 +248,7 @@ def profile(a: argparse.Namespace) -> dict[str, Any]:
         "cpu_ms_per_request": {
             k: round(v * 1e3 / n, 3) for k, v in sorted(cpu.items(), key=lambda kv: -kv[1])
         },
+        "haproxy_timers_ms": timers,
         "idle_cpu_ms_per_s": {
             k: round(v * 1e3 / a.idle_s, 1) for k, v in sorted(idle.items(), key=lambda kv: -kv[1])
         },
@@ -262,6 +289,17 @@ def markdown(r: dict[str, Any]) -> str:
         "|---|---:|",
     ]
     lines += [f"| {k} | {v} |" for k, v in r["cpu_ms_per_request"].items() if abs(v) >= 0.005]
+    lines += [
+        "",
+        "## HAProxy's own timers (ms, averages over its last 1024 requests per backend)",
+        "",
+        "| backend | queue | connect | response | total |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {k} | {v['queue']} | {v['connect']} | {v['response']} | {v['total']} |"
+        for k, v in r["haproxy_timers_ms"].items()
+    ]
     idle = r["idle_cpu_ms_per_s"]
     lines += [
         "",

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from serve_app.config import AppConfig, HttpConfig
-from serve_app.constants import LOCAL_RAY_ENV
+from serve_app.constants import LOCAL_RAY_ENV, SERVE_RAY_ENV
 
 logger = logging.getLogger(__name__)
 
@@ -24,8 +24,9 @@ TOKEN_PATH = Path.home() / ".ray" / "auth_token"
 
 
 def prepare_environment(extra: dict[str, str] | None = None) -> None:
-    """Set loopback-only Ray variables (not overriding the user's) before Ray starts."""
-    for key, value in {**LOCAL_RAY_ENV, **(extra or {})}.items():
+    """Set loopback-only Ray variables and ``SERVE_RAY_ENV`` (not overriding the user's)
+    before Ray starts."""
+    for key, value in {**LOCAL_RAY_ENV, **SERVE_RAY_ENV, **(extra or {})}.items():
         os.environ.setdefault(key, value)
 
 

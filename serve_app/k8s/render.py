@@ -315,11 +315,13 @@ def worker_start_params(profile: ClusterProfile) -> dict[str, str]:
 def ray_container_env(http: HttpConfig) -> dict[str, str]:
     """Environment of every Ray container for the configured ingress (the Serve
     controller reads it once at start, so it is pod env, not Serve config)."""
+    from serve_app.constants import SERVE_RAY_ENV
+
     if http.ingress != "haproxy":
-        return {"RAY_SERVE_ENABLE_HA_PROXY": "0"}
+        return SERVE_RAY_ENV | {"RAY_SERVE_ENABLE_HA_PROXY": "0"}
     from serve_app.ingress import balance_env
 
-    return {"RAY_SERVE_ENABLE_HA_PROXY": "1"} | balance_env(http.haproxy_balance)
+    return SERVE_RAY_ENV | {"RAY_SERVE_ENABLE_HA_PROXY": "1"} | balance_env(http.haproxy_balance)
 
 
 def serve_config_text(app: AppConfig) -> str:

@@ -220,9 +220,10 @@ def test_worker_pod_shape_comes_from_the_cluster_config(
 def test_ingress_mode_sets_the_pod_env() -> None:
     http = cluster_app({"name": "m"}).http
     haproxy = http.model_copy(update={"ingress": "haproxy", "admin_host": None})
-    assert ray_container_env(haproxy) == {"RAY_SERVE_ENABLE_HA_PROXY": "1"}
+    same_loop = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0"}
+    assert ray_container_env(haproxy) == same_loop | {"RAY_SERVE_ENABLE_HA_PROXY": "1"}
     proxy = http.model_copy(update={"ingress": "proxy"})
-    assert ray_container_env(proxy) == {"RAY_SERVE_ENABLE_HA_PROXY": "0"}
+    assert ray_container_env(proxy) == same_loop | {"RAY_SERVE_ENABLE_HA_PROXY": "0"}
 
 
 def test_default_graceful_shutdown_matches_ray() -> None:

@@ -123,8 +123,11 @@ def test_haproxy_can_balance_on_the_tenant_header() -> None:
     }
     assert haproxy_env(None, balance="tenant-header") == hashed
     http = HttpConfig(admin_host=None, haproxy_balance="tenant-header")
-    assert ray_container_env(http) == hashed
-    assert ray_container_env(HttpConfig(admin_host=None)) == {"RAY_SERVE_ENABLE_HA_PROXY": "1"}
+    same_loop = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0"}
+    assert ray_container_env(http) == same_loop | hashed
+    assert ray_container_env(HttpConfig(admin_host=None)) == same_loop | {
+        "RAY_SERVE_ENABLE_HA_PROXY": "1"
+    }
 
 
 # --- tenant loading -----------------------------------------------------------------

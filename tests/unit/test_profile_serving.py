@@ -31,3 +31,27 @@ def test_cpu_deltas_only_count_processes_alive_at_both_ends() -> None:
     before = {1: ("replica:minilm", 10.0), 2: ("haproxy", 1.0)}
     after = {1: ("replica:minilm", 12.5), 2: ("haproxy", 1.5), 3: ("replica:minilm", 9.0)}
     assert delta_by_group(before, after) == {"replica:minilm": 2.5, "haproxy": 0.5}
+
+
+def test_haproxy_timers_come_from_the_backend_rows() -> None:
+    from loadtest.profile_serving import parse_haproxy_csv
+
+    text = (
+        "# pxname,svname,qtime,ctime,rtime,ttime,\n"
+        "minilm_backend,replica-1,0,0,80,81,\n"
+        "minilm_backend,BACKEND,2,0,95,97,\n"
+        "oip_backend,BACKEND,0,0,1,1,\n"
+    )
+    assert parse_haproxy_csv(text, "minilm") == {
+        "minilm_backend": {"queue": 2, "connect": 0, "response": 95, "total": 97}
+    }
+
+
+def test_thread_cpu_reads_every_thread_of_a_process() -> None:
+    import os
+
+    from loadtest.profile_serving import thread_cpu
+
+    threads = thread_cpu(os.getpid())
+    assert os.getpid() in threads  # the main thread's id is the process id
+    assert all(cpu_s >= 0 for cpu_s in threads.values())
