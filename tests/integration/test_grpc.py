@@ -13,7 +13,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from tests.integration.conftest import GRPC_PORT
+from tests.integration.conftest import BROKEN, GRPC_PORT
 
 pytestmark = pytest.mark.integration
 
@@ -53,6 +53,7 @@ def test_server_live_and_ready(grpc_client: grpcclient.InferenceServerClient) ->
     assert grpc_client.is_model_ready("minilm") is True
     assert grpc_client.is_model_ready("triage") is True
     # The session serves models that never start (broken weights): not ready, as over HTTP.
+    assert grpc_client.is_model_ready(BROKEN) is False
     assert grpc_client.is_server_ready() is False
 
 
@@ -100,6 +101,19 @@ def test_unknown_model_is_not_found(grpc_client: grpcclient.InferenceServerClien
     assert message.startswith("unknown model 'nope'; served models: ['minilm', ")
     status, message = error_of(lambda: grpc_client.get_model_metadata("nope"))
     assert status == "StatusCode.NOT_FOUND" and message.startswith("unknown model 'nope'")
+
+
+@pytest.mark.parametrize("headers", [None, {"application": "minilm"}], ids=["server", "direct"])
+def test_unserved_version_is_not_found(
+    grpc_client: grpcclient.InferenceServerClient, headers: dict[str, str] | None
+) -> None:
+    status, message = error_of(
+        lambda: grpc_client.infer("minilm", [text_input("x")], model_version="1", headers=headers)
+    )
+    assert (status, message) == (
+        "StatusCode.NOT_FOUND",
+        "model 'minilm' version 1 not found (serving version 2)",
+    )
 
 
 def test_wrong_application_header_is_not_found(
