@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import yaml
 
 from loadtest.bench_serving import (
     INFER,
@@ -142,15 +143,39 @@ def run_pytriton(python: str, repo: Path, duration_s: float, tmp: Path) -> dict[
     return result
 
 
-def run_demo(duration_s: float, tmp: Path) -> dict[str, Any]:
-    """``serve-app demo`` on ``configs/app.yaml`` as committed (models already published)."""
+def run_demo(
+    duration_s: float, tmp: Path, name: str = "serve_app", minilm: dict[str, int] | None = None
+) -> dict[str, Any]:
+    """``serve-app demo`` on ``configs/app.yaml`` as committed (models already published),
+    or with MiniLM's ``num_replicas`` / ``threads`` replaced (``minilm``)."""
+    config = "configs/app.yaml"
+    settings = "configs/app.yaml (HAProxy ingress, 2 MiniLM replicas x 1 thread)"
+    if minilm:
+        app = yaml.safe_load((REPO_ROOT / config).read_text())
+        app["repository"]["root"] = str(REPO_ROOT / app["repository"]["root"])
+        model = next(m for m in app["models"] if m["name"] == "minilm")
+        model["num_replicas"] = minilm["replicas"]
+        model["resources"] = {"num_cpus": minilm["threads"], "torch_threads": minilm["threads"]}
+        config = str(tmp / f"{name}.yaml")
+        Path(config).write_text(yaml.safe_dump(app))
+        settings = f"configs/app.yaml with {minilm['replicas']} MiniLM replica(s) x " \
+            f"{minilm['threads']} thread(s)"  # fmt: skip
     env = {**user_environment(), "SERVE_APP_LOG_TO_DRIVER": "0"}
-    cmd = [str(Path(sys.executable).parent / "serve-app"), "demo", "--config", "configs/app.yaml"]
+    cmd = [str(Path(sys.executable).parent / "serve-app"), "demo", "--config", config]
     t0 = time.monotonic()
-    with spawned(cmd, env, tmp / "demo.log") as proc:
-        result = measure("serve_app", proc, t0, INFER, body([SENTENCE]), duration_s, tmp)
-    result["settings"] = "configs/app.yaml (HAProxy ingress, 2 MiniLM replicas x 1 thread)"
+    with spawned(cmd, env, tmp / f"{name}.log") as proc:
+        result = measure(name, proc, t0, INFER, body([SENTENCE]), duration_s, tmp)
+    result["settings"] = settings
     return result
+
+
+def parse_variant(text: str) -> tuple[str, dict[str, int]]:
+    """``NAME:replicas=R,threads=T`` -> (NAME, {"replicas": R, "threads": T})."""
+    name, _, spec = text.partition(":")
+    values = {k: int(v) for k, v in (kv.split("=") for kv in spec.split(","))}
+    if set(values) != {"replicas", "threads"}:
+        raise SystemExit(f"--variant {text!r}: expected NAME:replicas=R,threads=T")
+    return name, values
 
 
 def raw_mean(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
@@ -195,8 +220,8 @@ def markdown(r: dict[str, Any]) -> str:
         "| CPU ms/req at c=64 | cold start s | idle PSS GiB |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for key in ("pytriton", "serve_app"):
-        s = r[key]
+    for key in ("pytriton", "serve_app", *r.get("variants", {})):
+        s = r[key] if key in r else r["variants"][key]
         load = s["loads"]
         lines.append(
             f"| {key} ({s['settings']}) | {load['c1']['rps']:.1f} ({load['c1']['p50_ms']:.0f}) "
@@ -230,6 +255,12 @@ def main(argv: list[str] | None = None) -> int:
         "--pytriton-python",
         default=os.environ.get("PYTRITON_PYTHON", str(REPO_ROOT / ".venv-pytriton/bin/python")),
     )
+    p.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        help="also serve_app with MiniLM changed: NAME:replicas=R,threads=T (repeatable)",
+    )
     p.add_argument("--out", default=str(RESULTS / "peers"))
     a = p.parse_args(argv)
     from serve_app.demo import ensure_demo_models
@@ -244,6 +275,10 @@ def main(argv: list[str] | None = None) -> int:
     result["pytriton"] = run_pytriton(a.pytriton_python, repo, a.duration_s, tmp)
     print("serve-app demo", flush=True)
     result["serve_app"] = run_demo(a.duration_s, tmp)
+    for text in a.variant:
+        name, minilm = parse_variant(text)
+        print(f"serve-app demo, {name}", flush=True)
+        result.setdefault("variants", {})[name] = run_demo(a.duration_s, tmp, name, minilm)
     print("raw ONNX Runtime again", flush=True)
     raw_after = raw_baselines(repo, 4.0, versions=(2,))[0]
     result["raw_onnxruntime"] = raw_mean(raw_before, raw_after)
