@@ -24,13 +24,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +40,7 @@ from loadtest.bench_serving import (
     pss_bytes,
     raw_baselines,
     run_wrk,
+    spawned,
     wait_first_200,
     wrk_script,
 )
@@ -65,25 +63,6 @@ def tree_cpu_s(pid: int) -> float:
         except psutil.Error:
             continue
     return total
-
-
-@contextmanager
-def spawned(cmd: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """Run ``cmd`` in its own session; SIGINT the session on exit (SIGKILL after 60 s)."""
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
-        )
-        try:
-            yield proc
-        finally:
-            os.killpg(proc.pid, signal.SIGINT)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-            time.sleep(3)
 
 
 def measure(

@@ -23,6 +23,8 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -216,9 +218,12 @@ def run_wrk(
         lat[f"p{pct}_ms"] = float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
     codes = {int(c): int(n) for c, n in re.findall(r"^STATUS (\d+) (\d+)$", out, re.M)}
     sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    errors = sum(n for c, n in codes.items() if c != 200) + (
-        sum(int(x) for x in sock.groups()) if sock else 0
-    )
+    # wrk runs done() in another Lua state than response(), so the STATUS lines may not
+    # come; its own count of non-2xx/3xx answers always does.
+    non_2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    errors = max(
+        sum(n for c, n in codes.items() if c != 200), int(non_2xx.group(1)) if non_2xx else 0
+    ) + (sum(int(x) for x in sock.groups()) if sock else 0)
     return {"rps": rps, **lat, "status": codes, "errors": errors}
 
 
@@ -254,6 +259,26 @@ def wait_first_200(deadline_s: float, url: str = INFER, data: bytes | None = Non
     raise TimeoutError("no 200 from the served model")
 
 
+@contextmanager
+def spawned(cmd: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """Run ``cmd`` in its own session with its output in ``log``; SIGINT the session on
+    exit (SIGKILL after 60 s), then give its ports 3 s to close."""
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+        try:
+            yield proc
+        finally:
+            os.killpg(proc.pid, signal.SIGINT)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+            time.sleep(3)
+
+
 def run_scenario(s: Scenario, repo_root: Path, duration_s: float, tmp: Path) -> dict[str, Any]:
     """Start ``serve-app demo`` for the scenario, measure, stop it."""
     app = {
@@ -265,17 +290,10 @@ def run_scenario(s: Scenario, repo_root: Path, duration_s: float, tmp: Path) -> 
     cfg.write_text(yaml.safe_dump(app))
     env = {**os.environ, "SERVE_APP_LOG_TO_DRIVER": "0", **s.env}
     exe = str(Path(sys.executable).parent / "serve-app")
-    log = open(tmp / f"{s.name.strip('+')}.log", "w")
-    t0 = time.monotonic()
-    proc = subprocess.Popen(
-        [exe, "demo", "--config", str(cfg), "--serve-config", ""],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=env,
-        start_new_session=True,
-    )
+    cmd = [exe, "demo", "--config", str(cfg), "--serve-config", ""]
     result: dict[str, Any] = {"name": s.name, "why": s.why, "app_config": app, "env": s.env}
-    try:
+    t0 = time.monotonic()
+    with spawned(cmd, env, tmp / f"{s.name.strip('+')}.log") as proc:
         result["cold_start_s"] = round(wait_first_200(t0 + 240) - t0, 1)
         time.sleep(2)
         loads = {}
@@ -297,15 +315,6 @@ def run_scenario(s: Scenario, repo_root: Path, duration_s: float, tmp: Path) -> 
         result["loads"] = loads
         time.sleep(5)
         result["idle_pss_gib"] = round(pss_bytes(proc.pid) / 2**30, 2)
-    finally:
-        os.killpg(proc.pid, signal.SIGINT)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
-        time.sleep(3)
     return result
 
 

@@ -281,62 +281,32 @@ def markdown(r: dict[str, Any]) -> str:
         "same machine.",
         "",
         f"Load: {load['rps']} req/s, p50 {load['p50_ms']} ms, p99 {load['p99_ms']} ms, "
-        f"{load['status'].get(200, 0)} ok, {load['errors']} errors over {load['duration_s']} s.",
-        "",
-        "## CPU per request, by process (from /proc, the whole window)",
-        "",
-        "| process group | CPU ms / request |",
-        "|---|---:|",
+        f"{load['errors']} errors (non-2xx or socket) over {load['duration_s']} s.",
     ]
-    lines += [f"| {k} | {v} |" for k, v in r["cpu_ms_per_request"].items() if abs(v) >= 0.005]
-    lines += [
-        "",
-        "## HAProxy's own timers (ms, averages over its last 1024 requests per backend)",
-        "",
-        "| backend | queue | connect | response | total |",
-        "|---|---:|---:|---:|---:|",
-    ]
-    lines += [
-        f"| {k} | {v['queue']} | {v['connect']} | {v['response']} | {v['total']} |"
-        for k, v in r["haproxy_timers_ms"].items()
-    ]
-    idle = r["idle_cpu_ms_per_s"]
-    lines += [
-        "",
-        f"## Idle: CPU ms per second before the load (total {sum(idle.values()):.0f})",
-        "",
-        "| process group | CPU ms / s |",
-        "|---|---:|",
-    ]
-    lines += [f"| {k} | {v} |" for k, v in idle.items() if v >= 0.5]
-    pss = r["idle_pss_mib"]
-    lines += [
-        "",
-        f"## Idle memory: PSS by process group (total {sum(pss.values()) / 1024:.2f} GiB)",
-        "",
-        "| process group | PSS MiB |",
-        "|---|---:|",
-    ]
-    lines += [f"| {k} | {v} |" for k, v in pss.items() if v >= 1]
-    lines += [
-        "",
-        "## Replica threads (from /proc, both replicas summed; names from py-spy dump)",
-        "",
-        "| thread: outermost function | CPU ms / request |",
-        "|---|---:|",
-    ]
-    lines += [f"| {k} | {v} |" for k, v in r["replica_threads_cpu_ms_per_request"].items()]
-    lines += [
-        "",
-        f"## Inside the replicas (py-spy, {r['py_spy_samples']} on-CPU samples)",
-        "",
-        "| stage | share of replica CPU | CPU ms / request |",
-        "|---|---:|---:|",
-    ]
-    lines += [
-        f"| {k} | {v['share']:.1%} | {v['cpu_ms_per_request']} |"
-        for k, v in r["replica_stages"].items()
-    ]
+    timers, idle, pss = r["haproxy_timers_ms"], r["idle_cpu_ms_per_s"], r["idle_pss_mib"]
+    sections: list[tuple[str, list[str], list[list[Any]]]] = [
+        ("CPU per request, by process (from /proc, the whole window)",
+         ["process group", "CPU ms / request"],
+         [[k, v] for k, v in r["cpu_ms_per_request"].items() if abs(v) >= 0.005]),
+        ("HAProxy's own timers (ms, averages over its last 1024 requests per backend)",
+         ["backend", "queue", "connect", "response", "total"],
+         [[k, *v.values()] for k, v in timers.items()]),
+        (f"Idle: CPU ms per second before the load (total {sum(idle.values()):.0f})",
+         ["process group", "CPU ms / s"], [[k, v] for k, v in idle.items() if v >= 0.5]),
+        (f"Idle memory: PSS by process group (total {sum(pss.values()) / 1024:.2f} GiB)",
+         ["process group", "PSS MiB"], [[k, v] for k, v in pss.items() if v >= 1]),
+        ("Replica threads (from /proc, both replicas summed; names from py-spy dump)",
+         ["thread: outermost function", "CPU ms / request"],
+         [[k, v] for k, v in r["replica_threads_cpu_ms_per_request"].items()]),
+        (f"Inside the replicas (py-spy, {r['py_spy_samples']} on-CPU samples)",
+         ["stage", "share of replica CPU", "CPU ms / request"],
+         [[k, f"{v['share']:.1%}", v["cpu_ms_per_request"]]
+          for k, v in r["replica_stages"].items()]),
+    ]  # fmt: skip
+    for title, columns, rows in sections:
+        lines += ["", f"## {title}", "", "| " + " | ".join(columns) + " |"]
+        lines += ["|---|" + "---:|" * (len(columns) - 1)]
+        lines += ["| " + " | ".join(str(x) for x in row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
 
 
