@@ -39,3 +39,14 @@ def test_hit_rate_from_counter_deltas() -> None:
     assert counters_delta(before, after) == {
         "requests": 100.0, "loads": 10.0, "evictions": 6.0, "hit_rate": 0.9,
     }  # fmt: skip
+
+
+def test_the_report_renders_the_committed_results() -> None:
+    import json
+    from pathlib import Path
+
+    from loadtest.multiplex_report import render_md
+
+    folder = Path(__file__).resolve().parents[2] / "loadtest" / "results" / "multiplex"
+    doc = json.loads((folder / "multiplex.json").read_text())
+    assert render_md(doc) == (folder / "multiplex.md").read_text()
