@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 from tritonclient.grpc import service_pb2 as pb
 
-from serve_app.errors import ModelNotFound, ServiceUnavailable
+from serve_app.errors import ModelNotFound, ServeAppError, ServiceUnavailable
 from serve_app.protocol import grpc_codec
 
 logger = logging.getLogger("ray.serve")
@@ -85,6 +85,17 @@ def check_name(served: str, requested: str) -> None:
         )
 
 
+def classify_for_grpc(e: BaseException, retry_after_s: int) -> BaseException:
+    """Serve's own failures of a handle call (back-pressure, a dead or unavailable
+    replica) as ``ServiceUnavailable``; ours and anything else unchanged."""
+    from serve_app.server.pipeline_deployment import classify_serve_error
+
+    if isinstance(e, ServeAppError):
+        return e
+    status, message = classify_serve_error(e)
+    return ServiceUnavailable(message, retry_after_s) if status == 503 else e
+
+
 def pipeline_parameters(params: dict[str, Any]) -> dict[str, Any]:
     """A pipeline's response parameters as gRPC ``InferParameter``s (JSON strings)."""
     return {k: pb.InferParameter(string_param=json.dumps(v)) for k, v in params.items()}
@@ -115,7 +126,44 @@ class GrpcForwarded:
         return bytes(response.SerializeToString())
 
 
-class GrpcModelMethods(GrpcForwarded):
+class GrpcApplicationMethods(GrpcForwarded):
+    """What a model's and a pipeline's application answer alike, given their target
+    check and their readiness check."""
+
+    metadata: Callable[[], dict[str, Any]]
+
+    def _check_grpc_target(self, name: str, version: str) -> None:
+        """Raise ``ModelNotFound`` unless ``name``/``version`` is what this serves."""
+        raise NotImplementedError
+
+    async def _check_grpc_ready(self) -> None:
+        """Raise ``ServiceUnavailable`` while this application cannot answer."""
+        raise NotImplementedError
+
+    async def ModelMetadata(self, request: Any, grpc_context: Any = None) -> Any:  # noqa: N802
+        """``ModelMetadata``: the OIP metadata of this model or pipeline."""
+
+        async def run() -> Any:
+            self._check_grpc_target(request.name, request.version)
+            return grpc_codec.metadata_response(self.metadata())
+
+        return await answer(grpc_context, run, pb.ModelMetadataResponse)
+
+    async def ServerLive(self, request: Any, grpc_context: Any = None) -> Any:  # noqa: N802
+        """``ServerLive`` answered by this application (``application`` metadata)."""
+        return pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request: Any, grpc_context: Any = None) -> Any:  # noqa: N802
+        """``ServerReady`` of this application: its model is loaded, or its pipeline's
+        required nodes answer."""
+        try:
+            await self._check_grpc_ready()
+        except ServiceUnavailable:
+            return pb.ServerReadyResponse(ready=False)
+        return pb.ServerReadyResponse(ready=True)
+
+
+class GrpcModelMethods(GrpcApplicationMethods):
     """gRPC methods of ``ModelDeployment`` (its ``args``, ``runtime``, ``metrics``,
     ``_prepare``, ``infer_rows``, ``metadata`` and ``_check_version``).
 
@@ -127,7 +175,6 @@ class GrpcModelMethods(GrpcForwarded):
     version: str
     _prepare: Callable[..., Awaitable[list[Any]]]
     infer_rows: Callable[..., Awaitable[Any]]
-    metadata: Callable[[], dict[str, Any]]
     _check_version: Callable[[str | None], None]
 
     async def ModelInfer(self, request: Any, grpc_context: Any = None) -> Any:  # noqa: N802
@@ -136,8 +183,7 @@ class GrpcModelMethods(GrpcForwarded):
         n_rows: list[int] = []
 
         async def run() -> Any:
-            check_name(self.args.name, request.model_name)
-            self._check_version(request.model_version or None)
+            self._check_grpc_target(request.model_name, request.model_version)
             decoded = grpc_codec.decode_infer_request(request, self.args.http.limits)
             rows = await self._prepare(decoded.inputs)
             n_rows.append(len(rows))
@@ -156,37 +202,21 @@ class GrpcModelMethods(GrpcForwarded):
         """``ModelReady``: the model is loaded (and the version is this one)."""
 
         async def run() -> Any:
-            check_name(self.args.name, request.name)
-            self._check_version(request.version or None)
+            self._check_grpc_target(request.name, request.version)
             self.runtime.require()
             return pb.ModelReadyResponse(ready=True)
 
         return await answer(grpc_context, run, pb.ModelReadyResponse)
 
-    async def ModelMetadata(self, request: Any, grpc_context: Any = None) -> Any:  # noqa: N802
-        """``ModelMetadata``: the OIP metadata of this model."""
+    def _check_grpc_target(self, name: str, version: str) -> None:
+        check_name(self.args.name, name)
+        self._check_version(version or None)
 
-        async def run() -> Any:
-            check_name(self.args.name, request.name)
-            self._check_version(request.version or None)
-            return grpc_codec.metadata_response(self.metadata())
-
-        return await answer(grpc_context, run, pb.ModelMetadataResponse)
-
-    async def ServerLive(self, request: Any, grpc_context: Any = None) -> Any:  # noqa: N802
-        """``ServerLive`` answered by the model's application (``application`` metadata)."""
-        return pb.ServerLiveResponse(live=True)
-
-    async def ServerReady(self, request: Any, grpc_context: Any = None) -> Any:  # noqa: N802
-        """``ServerReady`` of the model's application: its model is loaded."""
-        try:
-            self.runtime.require()
-        except Exception:
-            return pb.ServerReadyResponse(ready=False)
-        return pb.ServerReadyResponse(ready=True)
+    async def _check_grpc_ready(self) -> None:
+        self.runtime.require()
 
 
-class GrpcPipelineMethods(GrpcForwarded):
+class GrpcPipelineMethods(GrpcApplicationMethods):
     """gRPC methods of ``PipelineRouter`` (pipelines and staged models)."""
 
     pipeline: Any
@@ -195,7 +225,6 @@ class GrpcPipelineMethods(GrpcForwarded):
     executor: Any
     node_status: Any
     metrics: Any
-    metadata: Callable[[], dict[str, Any]]
     _check_nodes_ready: Callable[[], Awaitable[None]]
 
     def _check_grpc_target(self, name: str, version: str) -> None:
@@ -206,10 +235,11 @@ class GrpcPipelineMethods(GrpcForwarded):
                 f"(serving version {self.version})"
             )
 
+    async def _check_grpc_ready(self) -> None:
+        await self._check_nodes_ready()
+
     async def ModelInfer(self, request: Any, grpc_context: Any = None) -> Any:  # noqa: N802
         """``ModelInfer``: run the graph once, encode its outputs raw."""
-        from serve_app.server.pipeline_deployment import classify_serve_error
-
         start_s = time.perf_counter()
 
         async def run() -> Any:
@@ -228,10 +258,7 @@ class GrpcPipelineMethods(GrpcForwarded):
             return response
 
         def classify(e: BaseException) -> BaseException:
-            status, message = classify_serve_error(e)
-            if status == 503:
-                return ServiceUnavailable(message, self.http.retry_after_s)
-            return e
+            return classify_for_grpc(e, self.http.retry_after_s)
 
         status = [200]
         try:
@@ -251,24 +278,3 @@ class GrpcPipelineMethods(GrpcForwarded):
             return pb.ModelReadyResponse(ready=True)
 
         return await answer(grpc_context, run, pb.ModelReadyResponse)
-
-    async def ModelMetadata(self, request: Any, grpc_context: Any = None) -> Any:  # noqa: N802
-        """``ModelMetadata``: the pipeline's inputs and outputs (platform ``ensemble``)."""
-
-        async def run() -> Any:
-            self._check_grpc_target(request.name, request.version)
-            return grpc_codec.metadata_response(self.metadata())
-
-        return await answer(grpc_context, run, pb.ModelMetadataResponse)
-
-    async def ServerLive(self, request: Any, grpc_context: Any = None) -> Any:  # noqa: N802
-        """``ServerLive`` answered by the pipeline's application."""
-        return pb.ServerLiveResponse(live=True)
-
-    async def ServerReady(self, request: Any, grpc_context: Any = None) -> Any:  # noqa: N802
-        """``ServerReady`` of the pipeline's application: its required nodes answer."""
-        try:
-            await self._check_nodes_ready()
-        except ServiceUnavailable:
-            return pb.ServerReadyResponse(ready=False)
-        return pb.ServerReadyResponse(ready=True)

@@ -13,8 +13,8 @@ from typing import Any
 
 from tritonclient.grpc import service_pb2 as pb
 
-from serve_app.errors import ModelNotFound, ServeAppError, ServiceUnavailable
-from serve_app.server.grpc_methods import MESSAGES, answer
+from serve_app.errors import ModelNotFound, ServiceUnavailable
+from serve_app.server.grpc_methods import MESSAGES, answer, classify_for_grpc
 
 SERVING_STATES = {"RUNNING", "UNHEALTHY", "UPDATING", "WAITING_FOR_MODELS", "WAITING_FOR_VERSIONS"}
 """Application states in which a forwarded call may find a replica."""
@@ -71,14 +71,7 @@ class GrpcServerMethods:
         return str(name)
 
     def _classify(self, e: BaseException) -> BaseException:
-        from serve_app.server.pipeline_deployment import classify_serve_error
-
-        if isinstance(e, ServeAppError):
-            return e
-        status, message = classify_serve_error(e)
-        if status == 503:
-            return ServiceUnavailable(message, self.args.http.retry_after_s)
-        return e
+        return classify_for_grpc(e, self.args.http.retry_after_s)
 
     async def ServerLive(self, request: Any, grpc_context: Any = None) -> Any:  # noqa: N802
         """``ServerLive``: this application answers."""
