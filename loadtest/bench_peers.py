@@ -45,7 +45,7 @@ from loadtest.bench_serving import (
     wrk_script,
 )
 from loadtest.demo_process import REPO_ROOT, user_environment
-from loadtest.machine import free_port, machine_info
+from loadtest.machine import free_port, machine_info, machine_line
 from loadtest.raw_model import SENTENCE
 
 RESULTS = REPO_ROOT / "loadtest" / "results"
@@ -183,8 +183,7 @@ def markdown(r: dict[str, Any]) -> str:
     lines = [
         f"# serve_app vs PyTriton vs raw ONNX Runtime ({m['date']})",
         "",
-        f"Machine: {m['cpus']} CPUs ({m.get('cpu_model')}), {m['memory_gib']} GiB, Ray "
-        f"{m['ray']}, onnxruntime {m['onnxruntime']}. One run of `python -m "
+        f"{machine_line(m, 'onnxruntime')} One run of `python -m "
         f"loadtest.bench_peers`: closed-loop wrk (one thread, same machine), "
         f"{r['duration_s']:.0f} s per point, one ~12-word sentence per request; the same "
         "`model.onnx` (minilm version 2) everywhere.",

@@ -83,3 +83,13 @@ class Periodic:
             started = time.monotonic()
             self._fn()
             self._stop.wait(max(0.0, self.period_s - (time.monotonic() - started)))
+
+
+def machine_line(m: dict[str, Any], *packages: str) -> str:
+    """``Machine: 2 CPUs (model), 23.5 GiB, Ray x, <package> y.`` of a ``machine_info``
+    dict, for the reports' headers."""
+    versions = "".join(f", {name} {m[name]}" for name in packages)
+    return (
+        f"Machine: {m['cpus']} CPUs ({m.get('cpu_model')}), {m['memory_gib']} GiB, "
+        f"Ray {m['ray']}{versions}."
+    )

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from loadtest.machine import machine_info
+from loadtest.machine import machine_info, machine_line
 
 
 def write(a: argparse.Namespace, results: dict[str, Any]) -> None:
@@ -31,8 +31,7 @@ def render_md(d: dict[str, Any]) -> str:
     lines = [
         f"# Multiplexed family vs one deployment per tenant ({m['date']})",
         "",
-        f"Machine: {m['cpus']} CPUs ({m.get('cpu_model')}), {m['memory_gib']} GiB, Ray "
-        f"{m['ray']}, torch {m['torch']}. HAProxy ingress (balance "
+        f"{machine_line(m, 'torch')} HAProxy ingress (balance "
         f"{s.get('haproxy_balance') or 'leastconn'}), 127.0.0.1. {s['tenants']} tenants "
         f"(MLP 384->128->8, 200 KB each), {s['replicas']} replicas x {s['max_models']} "
         "tenants (LRU). Raw numbers: multiplex.json.",

@@ -37,7 +37,7 @@ import yaml
 from loadtest.bench_serving import run_wrk, wrk_script
 from loadtest.demo_process import REPO_ROOT, demo_process, descendants
 from loadtest.http_load import wait_ok
-from loadtest.machine import free_port, machine_info
+from loadtest.machine import free_port, machine_info, machine_line
 from loadtest.proc_sampler import group_of
 from loadtest.raw_model import SENTENCE
 
@@ -275,8 +275,7 @@ def markdown(r: dict[str, Any]) -> str:
     lines = [
         f"# Where a request's CPU goes: serve-app demo, c={load['concurrency']} ({m['date']})",
         "",
-        f"Machine: {m['cpus']} CPUs ({m.get('cpu_model')}), {m['memory_gib']} GiB, Ray "
-        f"{m['ray']}, onnxruntime {m['onnxruntime']}. configs/app.yaml (HAProxy, 2 MiniLM "
+        f"{machine_line(m, 'onnxruntime')} configs/app.yaml (HAProxy, 2 MiniLM "
         f"replicas), one ~12-word sentence per request, closed-loop wrk (one thread), "
         "same machine.",
         "",
