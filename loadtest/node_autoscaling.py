@@ -79,7 +79,7 @@ def run_experiment(
 
     try:
         log(f"starting cluster {run_id} (GCS {cluster.address}, temp {cluster.temp_dir})")
-        cluster.start(override_env=local.ingress_environment(app.http))
+        cluster.start(override_env=local.ingress_environment(app.http, app.server_name))
         ensure_demo_models(repo, progress=False, with_onnx=False)
         ray.init(address=cluster.address, log_to_driver=False)
         local.deploy_config(serve_config)

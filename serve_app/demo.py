@@ -214,7 +214,7 @@ def run_demo(
         stopping = True
         raise KeyboardInterrupt
 
-    local.start_ray(http=app.http, **(ray_options or {}))
+    local.start_ray(http=app.http, server_app=app.server_name, **(ray_options or {}))
     # After ray.init, which installs its own handlers. SIGINT explicitly too: a process
     # started in the background by a shell inherits SIGINT ignored.
     signal.signal(signal.SIGTERM, _stop)

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from serve_app.config import AppConfig, HttpConfig
+from serve_app.config import HttpConfig
 from serve_app.constants import LOCAL_RAY_ENV, SERVE_RAY_ENV
 
 logger = logging.getLogger(__name__)
@@ -30,17 +30,13 @@ def prepare_environment(extra: dict[str, str] | None = None) -> None:
         os.environ.setdefault(key, value)
 
 
-DEFAULT_SERVER_APP = str(AppConfig.model_fields["server_name"].default)
-
-
-def ingress_environment(
-    http: HttpConfig, grpc_default_app: str | None = DEFAULT_SERVER_APP
-) -> dict[str, str]:
+def ingress_environment(http: HttpConfig, grpc_default_app: str | None) -> dict[str, str]:
     """Environment the Ray processes need for the configured ingress.
 
     Args:
-        grpc_default_app: The server application's name: with HAProxy ingress it gets
-            gRPC calls that carry no ``application`` metadata (a no-op while gRPC is off).
+        grpc_default_app: The server application's name (``AppConfig.server_name``): with
+            HAProxy ingress it gets gRPC calls that carry no ``application`` metadata (a
+            no-op while gRPC is off); None keeps Ray's NOT_FOUND for them.
     """
     from serve_app.ingress import haproxy_env
 
@@ -62,6 +58,7 @@ def start_ray(
     http: HttpConfig | None = None,
     dashboard_port: int | None = None,
     metrics_port: int | None = None,
+    server_app: str | None = None,
 ) -> None:
     """Start a local Ray head bound to 127.0.0.1, with the ingress environment of
     ``http`` (set before Ray starts: the controller reads it once).
@@ -74,12 +71,14 @@ def start_ray(
             (what ``serve-app loadtest`` samples); None: no dashboard.
         metrics_port: Export Prometheus metrics on this port, reported every
             ``METRICS_REPORT_INTERVAL_MS``; None: Ray's defaults.
+        server_app: ``AppConfig.server_name``, the default gRPC backend (see
+            ``ingress_environment``).
     """
     import ray
 
     prepare_environment()
     if http is not None:
-        os.environ.update(ingress_environment(http))
+        os.environ.update(ingress_environment(http, server_app))
     extra: dict[str, Any] = {}
     if dashboard_port is not None:
         extra.update(dashboard_host="127.0.0.1", dashboard_port=dashboard_port)

@@ -275,7 +275,7 @@ def serve_app_url(model_root: Path) -> Iterator[str]:
     port = free_port()
     app = make_app_config(model_root, port)
     # The demo's ingress (HAProxy by default), set before Ray starts.
-    ingress_env = local.ingress_environment(app.http)
+    ingress_env = local.ingress_environment(app.http, app.server_name)
     os.environ.update(ingress_env)
     import ray
 
