@@ -31,10 +31,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import psutil
 
 from loadtest.bench_serving import SENTENCE, body, run_wrk, wrk_script
-from loadtest.demo_process import REPO_ROOT, descendants, start_demo, stop_demo
+from loadtest.demo_process import REPO_ROOT, cpu_used_s, start_demo, stop_demo, tree_cpu_s
 from loadtest.machine import free_port, machine_info
 
 MODEL = "minilm"
@@ -95,18 +94,6 @@ async def closed_loop(
     }
 
 
-def tree_cpu_s(pid: int) -> dict[int, float]:
-    """CPU seconds (user + system) of ``pid`` and each of its descendants."""
-    out = {}
-    for p in [psutil.Process(pid), *descendants(pid)]:
-        try:
-            t = p.cpu_times()
-            out[p.pid] = t.user + t.system
-        except psutil.Error:
-            pass
-    return out
-
-
 def measured(pid: int, run: Any) -> dict[str, Any]:
     """``run()`` with the CPU seconds the demo's processes and the client children used."""
     before_tree = tree_cpu_s(pid)
@@ -114,7 +101,7 @@ def measured(pid: int, run: Any) -> dict[str, Any]:
     result = dict(run())
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     after_tree = tree_cpu_s(pid)
-    server = sum(v - before_tree.get(k, 0.0) for k, v in after_tree.items())
+    server = cpu_used_s(before_tree, after_tree)
     client = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     result["server_cpu_s"] = round(server, 2)
     result["client_cpu_s"] = round(client, 2)  # includes the client's 2 s warm-up

@@ -31,7 +31,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import psutil
 import yaml
 
 from loadtest.bench_serving import (
@@ -44,25 +43,12 @@ from loadtest.bench_serving import (
     wait_first_200,
     wrk_script,
 )
-from loadtest.demo_process import REPO_ROOT, user_environment
+from loadtest.demo_process import REPO_ROOT, cpu_used_s, tree_cpu_s, user_environment
 from loadtest.machine import free_port, machine_info, machine_line
 from loadtest.raw_model import SENTENCE
 
 RESULTS = REPO_ROOT / "loadtest" / "results"
 CONCURRENCY = (1, 16, 64)
-
-
-def tree_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of ``pid`` and its live descendants."""
-    total = 0.0
-    root = psutil.Process(pid)
-    for p in [root, *root.children(recursive=True)]:
-        try:
-            t = p.cpu_times()
-            total += t.user + t.system + t.children_user + t.children_system
-        except psutil.Error:
-            continue
-    return total
 
 
 def measure(
@@ -80,7 +66,7 @@ def measure(
         run_wrk(script, c, 3, url=url)  # warm-up, not measured
         cpu_0 = tree_cpu_s(proc.pid)
         r = run_wrk(script, c, duration_s, warmup=False, url=url)
-        cpu_s = tree_cpu_s(proc.pid) - cpu_0
+        cpu_s = cpu_used_s(cpu_0, tree_cpu_s(proc.pid))
         r["server_cores"] = round(cpu_s / duration_s, 2)
         r["server_cpu_ms_per_request"] = round(cpu_s * 1e3 / max(1.0, r["rps"] * duration_s), 2)
         loads[f"c{c}"] = r

@@ -66,6 +66,24 @@ def descendants(pid: int) -> list[psutil.Process]:
         return []
 
 
+def tree_cpu_s(pid: int) -> dict[int, float]:
+    """CPU seconds (user + system) of ``pid`` and each of its descendants, by pid."""
+    out = {}
+    for p in [psutil.Process(pid), *descendants(pid)]:
+        try:
+            t = p.cpu_times()
+            out[p.pid] = t.user + t.system
+        except psutil.Error:
+            pass
+    return out
+
+
+def cpu_used_s(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU seconds a process tree used between two ``tree_cpu_s`` readings (a process
+    that started in between counts from zero)."""
+    return sum(v - before.get(k, 0.0) for k, v in after.items())
+
+
 def start_demo(
     config: dict[str, Any],
     folder: Path,
