@@ -100,7 +100,7 @@ def deploy(app: AppConfig, expected_running: int, timeout_s: float = 180) -> Non
     from serve_app.serve_config import render_serve_config
 
     local.deploy_config(render_serve_config(app))
-    local.wait_running([MODEL], timeout_s)
+    local.wait_running([MODEL], stall_s=timeout_s)
 
     def settled() -> bool:
         dep = serve.status().applications[MODEL].deployments["ModelDeployment"]

@@ -155,7 +155,7 @@ def serving(app_dict: dict[str, Any], timeout_s: float = 300) -> Iterator[Any]:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the cleanup below
     try:
         local.deploy_config(config)
-        local.wait_running([a["name"] for a in config["applications"]], timeout_s)
+        local.wait_running([a["name"] for a in config["applications"]], stall_s=timeout_s)
         yield app
     finally:
         # serve.shutdown often needs more than 20 s here; a stop_ray that gives up on it

@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,7 +26,10 @@ import psutil
 import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-START_TIMEOUT_S = 240.0
+START_STALL_S = 300.0
+"""How long a starting demo may print nothing before it counts as stuck. The demo prints
+a line whenever a replica changes state and gives up itself after 180 s without one
+(``serve_app.local.DEFAULT_STALL_S``); this covers Ray's own start, which prints nothing."""
 STOP_TIMEOUT_S = 120.0
 """The drain alone takes ~35 s with HAProxy (see ``serve_app.demo.drain_budget_s``)."""
 
@@ -88,15 +92,16 @@ def start_demo(
     config: dict[str, Any],
     folder: Path,
     *extra_args: str,
-    start_timeout_s: float = START_TIMEOUT_S,
+    stall_s: float = START_STALL_S,
     extra_env: dict[str, str] | None = None,
 ) -> Demo:
     """Start ``serve-app demo`` on the AppConfig ``config`` (written to
-    ``folder/app.yaml``) and wait until it prints "serve_app is up".
+    ``folder/app.yaml``) and wait until it prints "serve_app is up", for as long as it
+    keeps reporting progress (a slow machine takes longer, a stuck one stops printing).
 
     Raises:
-        TimeoutError: it did not come up in ``start_timeout_s`` (with its last output);
-            the process is stopped first.
+        TimeoutError: it exited, or printed nothing for ``stall_s``, before it came up
+            (with its last output); the process is stopped first.
     """
     path = folder / "app.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -111,27 +116,35 @@ def start_demo(
         start_new_session=True,
     )
     lines: list[str] = []
-    up: queue.Queue[bool] = queue.Queue()
+    events: queue.Queue[str | None] = queue.Queue()
 
     def pump() -> None:
         assert proc.stdout is not None
         for line in proc.stdout:
             lines.append(line)
-            if "serve_app is up" in line:
-                up.put(True)
-        up.put(False)
+            events.put(line)
+        events.put(None)
 
     threading.Thread(target=pump, daemon=True).start()
     http = config["http"]
     demo = Demo(proc, f"http://127.0.0.1:{http['port']}", http.get("ingress", "haproxy"), lines)
-    try:
-        came_up = up.get(timeout=start_timeout_s)
-    except queue.Empty:
-        came_up = False
-    if not came_up:
-        stop_demo(demo)
-        raise TimeoutError("serve-app demo did not come up:\n" + "".join(lines[-40:]))
-    return demo
+    t0 = time.monotonic()
+    while True:
+        try:
+            line = events.get(timeout=stall_s)
+        except queue.Empty:
+            why = f"printed nothing for {stall_s:.0f} s"
+            break
+        if line is None:
+            why = f"exited with {proc.wait()}"
+            break
+        if "serve_app is up" in line:
+            return demo
+    stop_demo(demo)
+    raise TimeoutError(
+        f"serve-app demo {why} after {time.monotonic() - t0:.0f} s, before it came up:\n"
+        + "".join(lines[-40:])
+    )
 
 
 def title(p: psutil.Process) -> str:
@@ -172,7 +185,8 @@ def demo_process(
     ``extra_env`` added to the user's environment (e.g. a Ray setting to compare).
 
     Raises:
-        AssertionError: it did not come up in ``START_TIMEOUT_S``, or left processes.
+        AssertionError: it did not come up (it exited, or stalled for ``START_STALL_S``),
+            or left processes.
     """
     try:
         demo = start_demo(config, folder, *extra_args, extra_env=extra_env)

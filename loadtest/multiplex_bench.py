@@ -256,7 +256,7 @@ def run(a: argparse.Namespace, root: Path) -> dict[str, Any]:
     }
     try:
         local.deploy_config(config)
-        local.wait_running([x["name"] for x in config["applications"]], 300)
+        local.wait_running([x["name"] for x in config["applications"]], stall_s=300)
         results["memory_idle"] = replica_memory()
         rng = np.random.default_rng(a.seed)
 

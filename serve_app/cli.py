@@ -107,9 +107,7 @@ def _demo(a: argparse.Namespace) -> int:
         "dashboard_port": a.dashboard_port,
         "metrics_port": a.metrics_port,
     }
-    return run_demo(
-        a.config, a.serve_config or None, timeout_s=a.timeout_s, ray_options=ray_options
-    )
+    return run_demo(a.config, a.serve_config or None, stall_s=a.stall_s, ray_options=ray_options)
 
 
 def _deploy(a: argparse.Namespace) -> int:
@@ -202,7 +200,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_SERVE_CONFIG,
         help="committed Serve config to check for drift ('' to skip)",
     )
-    demo.add_argument("--timeout-s", type=float, default=300.0)
+    demo.add_argument(
+        "--stall-s",
+        type=float,
+        default=None,
+        help="give up starting when no replica changed state for this long "
+        "(default 180; raise it for models that load for longer)",
+    )
     demo.add_argument("--num-cpus", type=int, default=None, help="logical CPUs for Ray")
     demo.add_argument(
         "--num-gpus", type=int, default=None, help="logical GPUs (placement works without CUDA)"

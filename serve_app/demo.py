@@ -166,12 +166,14 @@ def _ignore_interrupts() -> None:
 def run_demo(
     app_config_path: str,
     serve_config_path: str | None,
-    timeout_s: float = 300.0,
+    stall_s: float | None = None,
     ray_options: dict[str, Any] | None = None,
 ) -> int:
     """Serve the config rendered from ``app_config_path`` (the same content as the
     committed ``serve_config_path``) on a local Ray until Ctrl-C; returns an exit code.
-    ``ray_options`` go to ``local.start_ray`` (logical CPUs/GPUs, dashboard, metrics)."""
+    ``ray_options`` go to ``local.start_ray`` (logical CPUs/GPUs, dashboard, metrics).
+    The start waits as long as replicas make progress; ``stall_s`` (default
+    ``local.DEFAULT_STALL_S``) is how long nothing may move before it gives up."""
     from serve_app import local
     from serve_app.config import load_app_config
     from serve_app.render import render_local
@@ -223,7 +225,7 @@ def run_demo(
         local.deploy_config(config)
         local.wait_running(
             [a["name"] for a in config["applications"]],
-            timeout_s,
+            stall_s if stall_s is not None else local.DEFAULT_STALL_S,
             on_progress=lambda s: print(f"deploying: {s}", flush=True),
         )
         http = config.get("http_options", {})

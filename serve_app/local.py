@@ -17,6 +17,9 @@ from typing import Any
 
 from serve_app.config import HttpConfig
 from serve_app.constants import LOCAL_RAY_ENV, SERVE_RAY_ENV
+from serve_app.deploy import progress
+from serve_app.deploy.progress import DeployFailed as DeployFailed  # callers catch these
+from serve_app.deploy.progress import DeployStalled as DeployStalled
 
 logger = logging.getLogger(__name__)
 
@@ -115,44 +118,53 @@ def deploy_config(config: dict[str, Any]) -> None:
     client.deploy_apps(schema, _blocking=False)
 
 
-class DeployFailed(RuntimeError):
-    """An application turned DEPLOY_FAILED or UNHEALTHY while we waited."""
+DEFAULT_STALL_S = 180.0
+"""How long a deploy may show no progress (no replica or application changing state)
+before the wait gives up. A replica that loads a large model shows none while it loads:
+raise it (``serve-app demo --stall-s``) for models that take longer than this."""
+
+
+def serve_snapshot() -> progress.Snapshot:
+    """Every application as ``serve.status()`` reports it (needs a Ray connection)."""
+    from ray import serve
+
+    return progress.from_serve_status(serve.status().applications)
 
 
 def wait_running(
     app_names: Iterable[str],
-    timeout_s: float,
-    on_progress: Callable[[dict[str, str]], None] | None = None,
+    stall_s: float = DEFAULT_STALL_S,
+    on_progress: Callable[[str], None] | None = None,
+    timeout_s: float | None = None,
 ) -> None:
-    """Block until every app is RUNNING.
+    """Block until every app is RUNNING, for as long as their replicas make progress.
+
+    Args:
+        app_names: the applications to wait for.
+        stall_s: give up after this long without any replica or application changing
+            state (the deploy is stuck, not slow).
+        on_progress: called with a one-line summary whenever something moved.
+        timeout_s: an optional overall cap.
 
     Raises:
         DeployFailed: an app failed (message includes Serve's reason).
-        TimeoutError: not all running within ``timeout_s``.
+        DeployStalled: nothing moved for ``stall_s`` (message says what was still
+            starting and Serve's reason, e.g. the resources a replica waits for).
     """
-    from ray import serve
-
-    from serve_app.server.oip_server import status_name
-
     names = list(app_names)
-    deadline = time.monotonic() + timeout_s
-    last: dict[str, str] = {}
-    while True:
-        apps = serve.status().applications
-        states = {n: status_name(apps[n].status) if n in apps else "NOT_STARTED" for n in names}
-        if states != last and on_progress is not None:
-            on_progress(states)
-        last = states
-        for n, s in states.items():
-            if s in ("DEPLOY_FAILED", "UNHEALTHY"):
-                app = apps[n]
-                reasons = [app.message] + [d.message for d in app.deployments.values()]
-                raise DeployFailed(f"application {n!r} {s}: " + " | ".join(r for r in reasons if r))
-        if all(s == "RUNNING" for s in states.values()):
-            return
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"applications not running after {timeout_s:.0f} s: {states}")
-        time.sleep(0.25)
+
+    def report(snapshot: progress.Snapshot) -> None:
+        if on_progress is not None:
+            on_progress(progress.summary(snapshot, names))
+
+    progress.wait_apps(
+        serve_snapshot,
+        names,
+        stall_s=stall_s,
+        timeout_s=timeout_s,
+        interval_s=0.25,
+        on_progress=report,
+    )
 
 
 def drain_apps(timeout_s: float, last: str | None = None) -> bool:

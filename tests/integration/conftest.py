@@ -1,7 +1,10 @@
 """One local Ray + Serve per pytest session, serving a real config with real MiniLM.
 
 The session config holds the demo models plus a model with a corrupted weight file and
-a model with five 0.25-GPU replicas on a Ray that has one logical GPU.
+a model with five 0.25-GPU replicas on a Ray that has one logical GPU. Each test module
+lists the applications it uses (``SESSION_APPS``); they are deployed when the module
+starts, a few replicas at a time, and waited for by their progress (``STALL_S`` without
+any replica changing state fails, naming what was still starting and why).
 """
 
 from __future__ import annotations
@@ -9,7 +12,6 @@ from __future__ import annotations
 import os
 import shutil
 import socket
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -214,22 +216,94 @@ READY_APPS = [
     TENANTS,
 ]
 """Applications a test may rely on (broken, gpu-mlp and mistyped never all become RUNNING)."""
+EXPECTED_STATES = {BROKEN: "DEPLOY_FAILED", MISTYPED: "DEPLOY_FAILED", GPU_MODEL: "DEPLOYING"}
+"""Where the applications that never run settle. gpu-mlp stays DEPLOYING (its fifth
+0.25-GPU replica pends); the test that counts its replicas follows them itself."""
+ALL_APPS = [*READY_APPS, *EXPECTED_STATES]
+STALL_S = 240.0
+"""A deploy that shows no replica changing state for this long is stuck, not slow."""
+WAVE_REPLICAS = 4
+"""At most this many new replicas start at once: each imports torch or onnxruntime and
+loads weights, ~1 s of CPU and ~200 MiB at best; sixteen at once on two slow cores left
+MiniLM starting for minutes."""
 
 
-def deploy_and_wait(app: AppConfig, ready: list[str], timeout_s: float = 180) -> None:
-    from ray import serve
+def replicas_of(app: dict[str, Any]) -> int:
+    """Replicas an application of a rendered Serve config starts with."""
+    total = 0
+    for d in app["deployments"]:
+        scaling = d.get("autoscaling_config") or {}
+        total += int(
+            d.get("num_replicas")
+            or scaling.get("initial_replicas")
+            or scaling.get("min_replicas")
+            or 1
+        )
+    return total
 
-    from serve_app import local
-    from serve_app.server.oip_server import status_name
 
-    local.deploy_config(render_serve_config(app))
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        apps = serve.status().applications
-        if all(n in apps and status_name(apps[n].status) == "RUNNING" for n in ready):
-            return
-        time.sleep(0.5)
-    raise TimeoutError({n: apps.get(n) for n in ready})
+def waves(apps: list[dict[str, Any]], max_replicas: int = WAVE_REPLICAS) -> list[list[str]]:
+    """``apps`` (rendered, in order) cut into groups of at most ``max_replicas`` new
+    replicas each (an app larger than that is a group alone)."""
+    out: list[list[str]] = []
+    count = max_replicas
+    for a in apps:
+        n = replicas_of(a)
+        if out and count + n <= max_replicas:
+            out[-1].append(a["name"])
+            count += n
+        else:
+            out.append([a["name"]])
+            count = n
+    return out
+
+
+class SessionServe:
+    """The session's Serve: one AppConfig, of which only the applications that the test
+    modules asked for are deployed, the models first and a few replicas at a time.
+
+    Each deploy sends the whole set deployed so far (Serve's config is declarative);
+    applications whose config is unchanged keep their replicas."""
+
+    def __init__(self, app: AppConfig, url: str) -> None:
+        self.app = app
+        self.url = url
+        self.deployed: list[str] = []
+
+    def closure(self, names: list[str]) -> set[str]:
+        """``names`` with the server application and the models their pipelines call."""
+        wanted = {self.app.server_name, *names}
+        for p in self.app.pipelines:
+            if p.name in wanted:
+                wanted |= {str(n.model) for n in p.nodes if getattr(n, "model", None)}
+        return wanted
+
+    def require(self, names: list[str]) -> None:
+        """Deploy what of ``names`` (and what they need) is not deployed yet, in waves
+        (server and models before pipelines), each waited for by its progress."""
+        config = render_serve_config(self.app)
+        wanted = self.closure(names) - set(self.deployed)
+        pipelines = {p.name for p in self.app.pipelines}
+        new = [a for a in config["applications"] if a["name"] in wanted]
+        for wave in [
+            *waves([a for a in new if a["name"] not in pipelines]),
+            *waves([a for a in new if a["name"] in pipelines]),
+        ]:
+            self.deployed += wave
+            self._deploy(config, wave)
+
+    def redeploy(self, app: AppConfig) -> None:
+        """Apply a changed AppConfig to what is deployed (e.g. another user_config)."""
+        self.app = app
+        self._deploy(render_serve_config(app), list(self.deployed))
+
+    def _deploy(self, config: dict[str, Any], wait_for: list[str]) -> None:
+        from serve_app import local
+        from serve_app.deploy import progress
+
+        apps = [a for a in config["applications"] if a["name"] in self.deployed]
+        local.deploy_config({**config, "applications": apps})
+        progress.wait_apps(local.serve_snapshot, wait_for, stall_s=STALL_S, states=EXPECTED_STATES)
 
 
 def copy_model(source: Path, target: Path) -> None:
@@ -266,9 +340,9 @@ METRICS_PORT = free_port()
 
 
 @pytest.fixture(scope="session")
-def serve_app_url(model_root: Path) -> Iterator[str]:
-    """Start Ray (4 logical CPUs, 1 logical GPU, metrics on ``METRICS_PORT``), deploy,
-    yield the base URL."""
+def session_serve(model_root: Path) -> Iterator[SessionServe]:
+    """Start Ray (4 logical CPUs, 1 logical GPU, metrics on ``METRICS_PORT``) and the
+    server application; modules deploy what they use through ``serve_app_url``."""
     from serve_app import local
 
     local.prepare_environment({"SERVE_APP_LOG_TO_DRIVER": "0"})
@@ -290,15 +364,24 @@ def serve_app_url(model_root: Path) -> Iterator[str]:
         _system_config={"metrics_report_interval_ms": local.METRICS_REPORT_INTERVAL_MS},
     )
     try:
-        deploy_and_wait(app, READY_APPS)
-        yield f"http://127.0.0.1:{port}"
+        session = SessionServe(app, f"http://127.0.0.1:{port}")
+        session.require([])
+        yield session
     finally:
         local.stop_ray(timeout_s=20)
         for key in ingress_env:  # later subprocess tests choose their own ingress
             os.environ.pop(key, None)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
+def serve_app_url(session_serve: SessionServe, request: pytest.FixtureRequest) -> str:
+    """The session's base URL, once the applications the module lists in
+    ``SESSION_APPS`` (default: all of them) are deployed."""
+    session_serve.require(list(getattr(request.module, "SESSION_APPS", ALL_APPS)))
+    return session_serve.url
+
+
+@pytest.fixture(scope="module")
 def client(serve_app_url: str) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=serve_app_url, timeout=30) as c:
         yield c

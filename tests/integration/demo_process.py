@@ -5,7 +5,7 @@ process of its tree is left."""
 
 from loadtest.demo_process import (  # noqa: F401  (re-exported)
     REPO_ROOT,
-    START_TIMEOUT_S,
+    START_STALL_S,
     Demo,
     demo_process,
     descendants,
@@ -41,3 +41,41 @@ def serve_diagnosis(demo: Demo, dashboard_url: str, app: str) -> str:
     except Exception as e:  # noqa: BLE001 - a diagnosis must not hide the failure
         state = {"error": repr(e)}
     return f"Serve reports: {state}\ndemo output:\n" + "".join(demo.lines[-30:])
+
+
+REPLICA_STALL_S = 120.0
+"""How long a demo's replicas may show no state change before a wait on them fails."""
+
+
+def wait_for_replicas(
+    demo: Demo, dashboard_url: str, app: str, replicas: int, stall_s: float = REPLICA_STALL_S
+) -> None:
+    """Wait until the demo's application ``app`` has ``replicas`` RUNNING replicas (in
+    its deployments), as long as its replicas keep changing state (a replacement
+    being scheduled, starting, ...); on a stall, fail with Serve's view and the demo's
+    last output."""
+    import json
+
+    from loadtest.sampler import http_get, read_token
+    from serve_app.deploy import progress
+
+    token = read_token()
+
+    def snapshot() -> progress.Snapshot:
+        body = json.loads(http_get(f"{dashboard_url}/api/serve/applications/", token, 10))
+        return progress.from_rest(body)
+
+    def running_now(s: progress.Snapshot) -> int:
+        return sum(d.replicas("RUNNING") for d in s[app].deployments.values()) if app in s else 0
+
+    try:
+        progress.follow(
+            snapshot,
+            done=lambda s: running_now(s) == replicas,
+            key=lambda s: progress.progress_key(s, [app]),
+            stall_s=stall_s,
+            describe=lambda s: progress.describe(s, [app], only_unfinished=False),
+            what=f"{replicas} RUNNING replicas of {app}",
+        )
+    except TimeoutError as e:
+        raise AssertionError(f"{e}\ndemo output:\n" + "".join(demo.lines[-30:])) from e

@@ -39,6 +39,20 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 SCALER, SCALER_GPU = "scaler", "scaler-gpu"
 SLO_MS = 250.0
 """p99 objective once scaled (generous: two shared cores also run the generator)."""
+GENERATOR_LAG_LIMIT_MS = 500.0
+"""Beyond this p99 lag (requests leaving later than scheduled) the generator did not send
+the load the test is about: the machine is too slow that day, which says nothing of the
+product, so the test skips and says so instead of asserting on a load never sent."""
+
+
+def require_the_load_was_sent(overall: dict[str, Any]) -> None:
+    """Skip (machine too slow) when the generator fell behind its schedule."""
+    lag_ms = overall["generator_lag_p99_ms"]
+    if lag_ms is not None and lag_ms > GENERATOR_LAG_LIMIT_MS:
+        pytest.skip(
+            f"machine too slow: the load generator ran {lag_ms:.0f} ms behind schedule at "
+            f"p99 (limit {GENERATOR_LAG_LIMIT_MS:.0f} ms), so the load to scale on was not sent"
+        )
 
 
 def autoscaling(max_replicas: int, target_ongoing_requests: float) -> dict[str, Any]:
@@ -81,7 +95,7 @@ def demo(
         },
         "models": [
             scaler(SCALER, {"num_cpus": 0.25}, 4, target_ongoing_requests=0.5),
-            scaler(SCALER_GPU, {"num_cpus": 0, "num_gpus": 0.25}, 8, target_ongoing_requests=1),
+            scaler(SCALER_GPU, {"num_cpus": 0, "num_gpus": 0.25}, 8, target_ongoing_requests=0.25),
         ],
     }
     dashboard, metrics = free_port(), free_port()
@@ -122,6 +136,7 @@ def test_a_step_scales_out_recovers_and_scales_back_without_a_failure(
     d = s["deployments"][f"{SCALER}/ModelDeployment"]
     print({"overall": o, "deployment": d})
     assert (o["failed"], o["errors"]) == (0, {})
+    require_the_load_was_sent(o)
     assert o["requests"] > 2500
     assert d["max_running"] >= 3, serve_diagnosis(demo[0], demo[1].serve_api_url or "", SCALER)
     late = (run.requests["sent_s"] >= 27) & (run.requests["sent_s"] < 35)
@@ -134,13 +149,18 @@ def test_a_step_scales_out_recovers_and_scales_back_without_a_failure(
 def test_fractional_gpus_cap_the_scale_out_and_the_excess_waits(
     demo: tuple[Demo, RunSettings], tmp_path: Path
 ) -> None:
-    # 40 s: on two busy cores each new replica takes several seconds to start.
-    profile = profiles.step(10, 200, at_s=3, duration_s=40)
+    # 100 req/s with a target of 0.25 ongoing requests asks for the maximum (8) at half
+    # the rate that once left a slow machine's generator 5.7 s behind; 50 s: on two
+    # busy cores each new replica takes several seconds to start.
+    profile = profiles.step(10, 100, at_s=3, duration_s=50)
     run, s = load(demo, SCALER_GPU, profile, cooldown_s=5, out=tmp_path)
     series = target_series(run)[f"{SCALER_GPU}/ModelDeployment"]
     o = s["overall"]
     print({"overall": o, "max_target": np.nanmax(series["target_replicas"])})
     assert (o["failed"], o["errors"]) == (0, {})
-    assert np.nanmax(series["running"]) == 4  # 4 x 0.25 fills the one logical GPU
+    require_the_load_was_sent(o)
+    assert np.nanmax(series["running"]) == 4, serve_diagnosis(
+        demo[0], demo[1].serve_api_url or "", SCALER_GPU
+    )  # 4 x 0.25 fills the one logical GPU
     assert np.nanmax(series["target_replicas"]) > 4  # it asked for more
     assert np.nanmax(series["starting"]) >= 1  # which pended, unplaceable

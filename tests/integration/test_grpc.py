@@ -16,6 +16,7 @@ from tritonclient.utils import InferenceServerException
 from tests.integration.conftest import BROKEN, GRPC_PORT
 
 pytestmark = pytest.mark.integration
+SESSION_APPS = ["minilm", "triage", BROKEN]
 
 SENTENCE = "The quick brown fox jumps over the lazy dog near the river bank."
 TICKET = "I was charged twice for my subscription this month, please refund ASAP"

@@ -9,9 +9,10 @@ import time
 import httpx
 import pytest
 
-from tests.integration.conftest import error_of
+from tests.integration.conftest import OVERLOADED, error_of
 
 pytestmark = pytest.mark.integration
+SESSION_APPS = ["minilm", OVERLOADED]
 
 INFER = "/v2/models/minilm/infer"
 
@@ -115,7 +116,7 @@ def test_a_burst_beyond_the_queue_gets_503_with_retry_after(serve_app_url: str) 
     """max_ongoing_requests 1 + max_queued_requests 1 on an eager MiniLM: a burst of 24
     long requests through the ingress is answered 200 or 503 with Retry-After (never a
     500 or a hang), and the model serves again right after."""
-    from tests.integration.conftest import OVERLOADED, send_burst
+    from tests.integration.conftest import send_burst
 
     text = "a long ticket about a parcel that never arrived " * 20
     payload = {"inputs": [{"name": "text", "shape": [4], "datatype": "BYTES", "data": [text] * 4}]}

@@ -11,10 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from serve_app.config import load_app_config
 from serve_app.graph.structure import model_nodes
 from tests.integration.conftest import ROOT
+
+pytestmark = pytest.mark.integration
+SESSION_APPS = ["triage"]
 
 
 def serve_log_dir() -> Path:

@@ -9,10 +9,14 @@ import urllib.request
 from collections import defaultdict
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from serve_app.server.metrics import EXPORTED
-from tests.integration.conftest import METRICS_PORT
+from tests.integration.conftest import METRICS_PORT, TENANTS
+
+pytestmark = pytest.mark.integration
+SESSION_APPS = ["minilm", "triage", TENANTS]
 
 Samples = dict[str, list[tuple[dict[str, str], float]]]
 

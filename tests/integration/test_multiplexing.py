@@ -23,6 +23,7 @@ from serve_app.models.architectures import ARCHITECTURES
 from tests.integration.conftest import TENANTS, error_of
 
 pytestmark = pytest.mark.integration
+SESSION_APPS = [TENANTS]
 
 X = np.random.default_rng(7).standard_normal((2, 384)).astype(np.float32)
 BODY = {"inputs": [{"name": "input", "shape": [2, 384], "datatype": "FP32", "data": X.tolist()}]}

@@ -15,6 +15,7 @@ from serve_app.demo import MLP_HEAD
 from tests.integration.conftest import MISTYPED, STAGED, error_of
 
 pytestmark = pytest.mark.integration
+SESSION_APPS = ["triage", "chain", "with-note", "pp-head", "needs-broken", MISTYPED]
 
 TICKETS = [
     "I was charged twice for my subscription this month, please refund ASAP",

@@ -12,16 +12,18 @@ import numpy as np
 import orjson
 import pytest
 
+from serve_app.deploy import progress
 from tests.integration.conftest import (
     BROKEN,
     GPU_MODEL,
-    READY_APPS,
-    deploy_and_wait,
+    STALL_S,
+    SessionServe,
     error_of,
     make_app_config,
 )
 
 pytestmark = pytest.mark.integration
+SESSION_APPS = ["minilm", "mlp-head", BROKEN, GPU_MODEL]
 
 SENTENCES = [
     "The quick brown fox jumps over the lazy dog.",
@@ -220,7 +222,9 @@ def test_concurrent_requests_are_batched(serve_app_url: str) -> None:
     assert after["batches"] - before["batches"] < 48
 
 
-def test_user_config_change_applies_without_restart(model_root: Path, serve_app_url: str) -> None:
+def test_user_config_change_applies_without_restart(
+    model_root: Path, serve_app_url: str, session_serve: SessionServe
+) -> None:
     from ray import serve
 
     port = int(serve_app_url.rsplit(":", 1)[1])
@@ -230,7 +234,7 @@ def test_user_config_change_applies_without_restart(model_root: Path, serve_app_
     app = make_app_config(
         model_root, port, mlp_batching={"max_batch_size": 3, "batch_wait_timeout_s": 0.02}
     )
-    deploy_and_wait(app, READY_APPS)
+    session_serve.redeploy(app)
     after = wait_for(
         lambda: (s := handle.batch_stats.remote().result())["max_batch_size"] == 3 and s
     )
@@ -245,14 +249,8 @@ def test_corrupt_weights_keep_replica_unready(client: httpx.Client, model_root: 
     from serve_app.server.oip_server import status_name
 
     bad_file = model_root / BROKEN / "1" / "model.safetensors"
-    app = wait_for(
-        lambda: (
-            (a := serve.status().applications.get(BROKEN))
-            and status_name(a.status) == "DEPLOY_FAILED"
-            and a
-        ),
-        timeout_s=90,
-    )
+    app = serve.status().applications[BROKEN]  # the session waited for it to fail
+    assert status_name(app.status) == "DEPLOY_FAILED"
     message = app.deployments["ModelDeployment"].message
     assert f"sha256 mismatch for {bad_file}" in message
     r = client.get("/v2/health/ready")
@@ -269,13 +267,21 @@ def test_corrupt_weights_keep_replica_unready(client: httpx.Client, model_root: 
 
 def test_four_quarter_gpu_replicas_fit_and_fifth_pends() -> None:
     import ray
-    from ray import serve
+
+    from serve_app import local
 
     def replica_states() -> dict[str, int]:
-        dep = serve.status().applications[GPU_MODEL].deployments["ModelDeployment"]
-        return {str(getattr(k, "value", k)): v for k, v in dep.replica_states.items()}
+        deployment = local.serve_snapshot()[GPU_MODEL].deployments["ModelDeployment"]
+        return dict(deployment.replica_states)
 
-    states = wait_for(lambda: (s := replica_states()).get("RUNNING") == 4 and s, timeout_s=120)
+    # As long as replicas keep starting: a slow machine takes longer, a stuck one stops.
+    progress.follow(
+        replica_states,
+        done=lambda s: s.get("RUNNING") == 4,
+        key=lambda s: tuple(sorted(s.items())),
+        stall_s=STALL_S,
+        what=f"4 RUNNING replicas of {GPU_MODEL}",
+    )
     time.sleep(2)
     states = replica_states()
     assert states["RUNNING"] == 4

@@ -17,21 +17,41 @@ from __future__ import annotations
 import copy
 import functools
 import json
+import os
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-CRD_DIR = REPO_ROOT.parent / "shared" / "kuberay-crds"
-"""The CRDs are shared data beside the clone (``shared/kuberay-crds``, see SOURCE.md)."""
+CRD_DIR = Path(
+    os.environ.get("SERVE_APP_KUBERAY_CRDS") or REPO_ROOT.parent / "shared" / "kuberay-crds"
+)
+"""KubeRay v1.7.0's ``ray.io_rayservices.yaml`` and ``ray.io_rayclusters.yaml``: shared
+data beside the clone (``shared/kuberay-crds``, see SOURCE.md there), or the folder that
+``SERVE_APP_KUBERAY_CRDS`` names (the README's Tests section says where to get them)."""
+MISSING_CRDS = (
+    f"KubeRay v1.7.0 CRD files not in {CRD_DIR}: set SERVE_APP_KUBERAY_CRDS (README, Tests)"
+)
+"""The one-line reason of every test skipped without the CRD files."""
 
 
 def crds_available() -> bool:
-    """Whether the vendored CRD files are present beside this clone."""
-    return (CRD_DIR / "ray.io_rayservices.yaml").is_file()
+    """Whether the CRD files are there (see ``CRD_DIR``)."""
+    return all((CRD_DIR / f"ray.io_{k}.yaml").is_file() for k in ("rayservices", "rayclusters"))
+
+
+def skip_without_crds() -> None:
+    """Skip the calling test, naming where the CRD files were looked for."""
+    if not crds_available():
+        pytest.skip(MISSING_CRDS)
+
+
+needs_crds = pytest.mark.skipif(not crds_available(), reason=MISSING_CRDS)
+"""Marks a test that needs the CRD files."""
 
 
 @functools.cache

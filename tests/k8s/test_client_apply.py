@@ -28,7 +28,7 @@ TOKEN = API_TOKEN
 NS = "serving"
 PATH = f"/apis/ray.io/v1/namespaces/{NS}/rayservices"
 FINALIZER = kr.RAYSERVICE_FINALIZER
-needs_crds = pytest.mark.skipif(not crds.crds_available(), reason="no KubeRay CRDs beside clone")
+needs_crds = crds.needs_crds
 
 
 @pytest.fixture

@@ -306,8 +306,7 @@ def test_cluster_change_upgrades_through_a_pending_cluster(client, server) -> No
 def status_errors(status: dict[str, Any]) -> list[str]:
     """What the API server would reject or prune in a status write. Pruned fields count:
     a builder emitting one would test a shape KubeRay never produces."""
-    if not crds.crds_available():
-        pytest.skip(f"KubeRay CRDs not found at {crds.CRD_DIR}")
+    crds.skip_without_crds()
     obj = {"apiVersion": "ray.io/v1", "kind": "RayService", "metadata": {}, "status": status}
     errors = [str(e) for e in crds.validate(obj)]
     return errors + [

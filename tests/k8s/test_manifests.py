@@ -55,8 +55,7 @@ def one(docs: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[
 
 
 def crd_errors(obj: dict[str, Any]) -> list[str]:
-    if not crds.crds_available():
-        pytest.skip(f"KubeRay CRDs not found at {crds.CRD_DIR} (shared/ beside the clone)")
+    crds.skip_without_crds()
     return crds.crd_errors(obj)
 
 
