@@ -9,8 +9,8 @@ A tenant is addressed two ways, both ending in :meth:`MultiplexedDeployment._ans
   the handle's router prefers a replica that already holds the tenant;
 - on the family's own route, ``/v2/models/<family>/infer`` with the header
   ``serve_multiplexed_model_id: <tenant>``: one hop, but with the HAProxy ingress the
-  replica is picked by HAProxy's ``leastconn``, not by who holds the tenant (see the
-  README section "Multiplexing").
+  replica is picked by HAProxy's ``leastconn``, not by who holds the tenant (see
+  docs/multiplexing.md).
 
 Each tenant's weights are verified against its manifest before they are loaded; an
 unknown tenant is a 404 and a corrupt one fails its own requests only (503 naming the

@@ -4,16 +4,19 @@ open-loop generator and sampler, with short autoscaling delays.
 
 - A step load raises an autoscaling model from 1 to at least 3 replicas, p99 comes back
   under the objective, replicas return to 1 after the load, and no request fails. The
-  step (100 req/s) is below what saturates two cores, with a target of 0.5 ongoing
-  requests so it still asks for the maximum: on a saturated box a new replica's process
-  can take longer to start than the step lasts (seen once in CI: target 4, none started
-  in 45 s, generator lag 0.5 s).
+  step (30 req/s) is far below what saturates even one slow core, with a target of 0.125
+  ongoing requests so it still asks for the maximum: at 100 req/s one core served 73
+  req/s with a p50 of 11 s and two requests timed out, which tests the machine, not the
+  scaling; and on a saturated box a new replica's process can take longer to start than
+  the step lasts (seen once in CI: target 4, none started in 45 s, generator lag 0.5 s).
 - With a fractional logical GPU (0.25 each, one GPU), scale-up stops at 4 running
   replicas while the target asks for more; the excess requests wait (queue limits are
   high), so none fails either.
 
 The model is ``mlp-head`` with a 20 ms batching window: each request waits for its batch,
-so ~20 ms x rate requests are in flight, which is what Serve scales on.
+so ~20 ms x rate requests are in flight, which is what Serve scales on. Both tests first
+check that the generator kept to its schedule (``require_the_load_was_sent``): a machine
+too slow to send the load skips, saying so, rather than failing on a load never sent.
 """
 
 from __future__ import annotations
@@ -94,8 +97,8 @@ def demo(
             "admin_ports": [free_port(), free_port()],
         },
         "models": [
-            scaler(SCALER, {"num_cpus": 0.25}, 4, target_ongoing_requests=0.5),
-            scaler(SCALER_GPU, {"num_cpus": 0, "num_gpus": 0.25}, 8, target_ongoing_requests=0.25),
+            scaler(SCALER, {"num_cpus": 0.25}, 4, target_ongoing_requests=0.125),
+            scaler(SCALER_GPU, {"num_cpus": 0, "num_gpus": 0.25}, 8, target_ongoing_requests=0.1),
         ],
     }
     dashboard, metrics = free_port(), free_port()
@@ -130,14 +133,14 @@ def load(
 def test_a_step_scales_out_recovers_and_scales_back_without_a_failure(
     demo: tuple[Demo, RunSettings], tmp_path: Path
 ) -> None:
-    profile = profiles.step(10, 100, at_s=5, duration_s=35)
+    profile = profiles.step(2, 30, at_s=5, duration_s=35)
     run, s = load(demo, SCALER, profile, cooldown_s=20, out=tmp_path)
     o = s["overall"]
     d = s["deployments"][f"{SCALER}/ModelDeployment"]
     print({"overall": o, "deployment": d})
-    assert (o["failed"], o["errors"]) == (0, {})
     require_the_load_was_sent(o)
-    assert o["requests"] > 2500
+    assert (o["failed"], o["errors"]) == (0, {})
+    assert o["requests"] >= 0.9 * profile.expected_requests()
     assert d["max_running"] >= 3, serve_diagnosis(demo[0], demo[1].serve_api_url or "", SCALER)
     late = (run.requests["sent_s"] >= 27) & (run.requests["sent_s"] < 35)
     late_p99_ms = float(np.percentile(run.requests["latency_s"][late], 99) * 1e3)
@@ -149,16 +152,16 @@ def test_a_step_scales_out_recovers_and_scales_back_without_a_failure(
 def test_fractional_gpus_cap_the_scale_out_and_the_excess_waits(
     demo: tuple[Demo, RunSettings], tmp_path: Path
 ) -> None:
-    # 100 req/s with a target of 0.25 ongoing requests asks for the maximum (8) at half
-    # the rate that once left a slow machine's generator 5.7 s behind; 50 s: on two
-    # busy cores each new replica takes several seconds to start.
-    profile = profiles.step(10, 100, at_s=3, duration_s=50)
+    # 40 req/s with a target of 0.1 ongoing requests asks for the maximum (8); 200 req/s
+    # once left a slow machine's generator 5.7 s behind, and 100 req/s on one core timed
+    # requests out. 50 s: on busy cores each new replica takes several seconds to start.
+    profile = profiles.step(2, 40, at_s=3, duration_s=50)
     run, s = load(demo, SCALER_GPU, profile, cooldown_s=5, out=tmp_path)
     series = target_series(run)[f"{SCALER_GPU}/ModelDeployment"]
     o = s["overall"]
     print({"overall": o, "max_target": np.nanmax(series["target_replicas"])})
-    assert (o["failed"], o["errors"]) == (0, {})
     require_the_load_was_sent(o)
+    assert (o["failed"], o["errors"]) == (0, {})
     assert np.nanmax(series["running"]) == 4, serve_diagnosis(
         demo[0], demo[1].serve_api_url or "", SCALER_GPU
     )  # 4 x 0.25 fills the one logical GPU

@@ -129,7 +129,7 @@ def test_abandoned_requests_leave_no_work_behind(demo: Demo) -> None:
     sees the disconnect and cancels. HAProxy 2.8 (with Ray's ``option abortonclose``)
     does not reliably close the server side once a request was forwarded: measured here
     with httpx clients, the next request waited 6-21 s instead of ~1 s; the work is
-    bounded only by ``http.request_timeout_s``. Documented in the README."""
+    bounded only by ``http.request_timeout_s``. Documented in docs/http-api.md."""
     if demo.ingress == "haproxy":
         pytest.skip("HAProxy does not propagate a client's disconnect to the replica")
     payload = {

@@ -271,8 +271,9 @@ def test_four_quarter_gpu_replicas_fit_and_fifth_pends() -> None:
     from serve_app import local
 
     def replica_states() -> dict[str, int]:
-        deployment = local.serve_snapshot()[GPU_MODEL].deployments["ModelDeployment"]
-        return dict(deployment.replica_states)
+        # Empty while the application is still being built (no deployment listed yet).
+        deployment = local.serve_snapshot()[GPU_MODEL].deployments.get("ModelDeployment")
+        return dict(deployment.replica_states) if deployment is not None else {}
 
     # As long as replicas keep starting: a slow machine takes longer, a stuck one stops.
     progress.follow(

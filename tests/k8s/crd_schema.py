@@ -32,9 +32,9 @@ CRD_DIR = Path(
 )
 """KubeRay v1.7.0's ``ray.io_rayservices.yaml`` and ``ray.io_rayclusters.yaml``: shared
 data beside the clone (``shared/kuberay-crds``, see SOURCE.md there), or the folder that
-``SERVE_APP_KUBERAY_CRDS`` names (the README's Tests section says where to get them)."""
+``SERVE_APP_KUBERAY_CRDS`` names (docs/tests.md says where to get them)."""
 MISSING_CRDS = (
-    f"KubeRay v1.7.0 CRD files not in {CRD_DIR}: set SERVE_APP_KUBERAY_CRDS (README, Tests)"
+    f"KubeRay v1.7.0 CRD files not in {CRD_DIR}: set SERVE_APP_KUBERAY_CRDS (docs/tests.md)"
 )
 """The one-line reason of every test skipped without the CRD files."""
 
