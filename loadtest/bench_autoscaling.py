@@ -96,8 +96,8 @@ def deploy(app: AppConfig, expected_running: int, timeout_s: float = 180) -> Non
     """Deploy ``app`` and wait until exactly ``expected_running`` replicas run."""
     from ray import serve
 
-    from serve_app import local
-    from serve_app.serve_config import render_serve_config
+    from serve_app.deploy.serve_config import render_serve_config
+    from serve_app.local import cluster as local
 
     local.deploy_config(render_serve_config(app))
     local.wait_running([MODEL], stall_s=timeout_s)
@@ -122,10 +122,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", default=None, help="comma-separated scenario names")
     a = p.parse_args(argv)
 
-    from serve_app import local
+    from serve_app.local import cluster as local
 
     local.prepare_environment()  # before anything imports ray (it reads it once)
-    from serve_app.demo import ensure_demo_models
+    from serve_app.local.demo import ensure_demo_models
 
     repo = str(Path(a.repo).resolve())
     ensure_demo_models(repo, progress=False, with_heads=False)

@@ -145,9 +145,9 @@ def demo_app_config(root: Path) -> dict[str, Any]:
 def serving(app_dict: dict[str, Any], timeout_s: float = 300) -> Iterator[Any]:
     """Start a local Ray (2 CPUs, 127.0.0.1, the config's ingress), deploy ``app_dict``,
     wait until every application is RUNNING; stop Ray (bounded) on exit."""
-    from serve_app import local
     from serve_app.config import AppConfig
-    from serve_app.serve_config import render_serve_config
+    from serve_app.deploy.serve_config import render_serve_config
+    from serve_app.local import cluster as local
 
     app = AppConfig.model_validate(app_dict)
     config = render_serve_config(app)
@@ -187,7 +187,7 @@ def node_stats() -> dict[str, dict[str, Any]]:
     """``batch_stats()`` of each chain model (one replica each)."""
     from ray import serve
 
-    from serve_app.app_args import MODEL_DEPLOYMENT
+    from serve_app.deploy.app_args import MODEL_DEPLOYMENT
 
     async def read() -> dict[str, dict[str, Any]]:
         return {
@@ -221,7 +221,7 @@ def bare_handle_ms(calls: int) -> dict[str, float]:
     driver to chain-a, per transport: the hop alone, as a cross-check."""
     from ray import serve
 
-    from serve_app.app_args import MODEL_DEPLOYMENT
+    from serve_app.deploy.app_args import MODEL_DEPLOYMENT
 
     async def measure() -> dict[str, float]:
         handle = serve.get_deployment_handle(MODEL_DEPLOYMENT, app_name=CHAIN[0])
@@ -302,7 +302,7 @@ def routed_script(payloads: list[str], route: str, path: Path) -> Path:
 
 def part_demo(a: argparse.Namespace, save: Callable[[dict[str, Any]], None]) -> None:
     """Part 2: the demo config, wrk at c=64 on triage and on minilm alone; ``save`` it."""
-    from serve_app.demo import ensure_demo_models
+    from serve_app.local.demo import ensure_demo_models
 
     payload = body([TICKET])
     with tempfile.TemporaryDirectory(prefix="bench-graph-demo-") as root:
@@ -397,7 +397,7 @@ def main() -> None:
     a.warmup_s = 1.0 if a.quick else 3.0
     a.demo_duration_s = 5.0 if a.quick else 15.0
     if a.part:
-        from serve_app import local
+        from serve_app.local import cluster as local
 
         local.prepare_environment({"SERVE_APP_LOG_TO_DRIVER": "0"})  # before Ray is imported
 

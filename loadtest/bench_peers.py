@@ -227,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--out", default=str(RESULTS / "peers"))
     a = p.parse_args(argv)
-    from serve_app.demo import ensure_demo_models
+    from serve_app.local.demo import ensure_demo_models
 
     repo = Path(a.repo).resolve()
     ensure_demo_models(str(repo), progress=False)

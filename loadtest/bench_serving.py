@@ -396,7 +396,7 @@ def main() -> None:
     a = p.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is needed: apt-get install wrk")
-    from serve_app.demo import ensure_demo_models
+    from serve_app.local.demo import ensure_demo_models
 
     repo_root = Path(a.repo).resolve()
     ensure_demo_models(repo_root, progress=False)

@@ -29,9 +29,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 START_STALL_S = 300.0
 """How long a starting demo may print nothing before it counts as stuck. The demo prints
 a line whenever a replica changes state and gives up itself after 180 s without one
-(``serve_app.local.DEFAULT_STALL_S``); this covers Ray's own start, which prints nothing."""
+(``serve_app.local.cluster.DEFAULT_STALL_S``); this covers Ray's own start, which prints nothing."""
 STOP_TIMEOUT_S = 120.0
-"""The drain alone takes ~35 s with HAProxy (see ``serve_app.demo.drain_budget_s``)."""
+"""The drain alone takes ~35 s with HAProxy (see ``serve_app.local.demo.drain_budget_s``)."""
 
 
 @dataclass

@@ -237,10 +237,10 @@ def replica_memory() -> list[dict[str, Any]]:
 
 def run(a: argparse.Namespace, root: Path) -> dict[str, Any]:
     """Everything above on one local Ray; returns the results."""
-    from serve_app import local
     from serve_app.config import AppConfig
-    from serve_app.demo_tenants import publish_tenants
-    from serve_app.serve_config import render_serve_config
+    from serve_app.deploy.serve_config import render_serve_config
+    from serve_app.local import cluster as local
+    from serve_app.local.demo_tenants import publish_tenants
 
     t0 = time.monotonic()
     published = publish_tenants(root, a.tenants, PREFIX)
@@ -405,7 +405,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     """Run the benchmark; results in ``--out``."""
-    from serve_app import local
+    from serve_app.local import cluster as local
 
     local.prepare_environment({"SERVE_APP_LOG_TO_DRIVER": "0"})
     a = parse_args(argv)

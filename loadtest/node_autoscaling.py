@@ -52,9 +52,9 @@ def run_experiment(
     from loadtest.nodes.cluster import make_cluster
     from loadtest.nodes.load import LoadStats, run_load
     from loadtest.nodes.recorder import Recorder
-    from serve_app import local
-    from serve_app.demo import ensure_demo_models
-    from serve_app.serve_config import render_serve_config
+    from serve_app.deploy.serve_config import render_serve_config
+    from serve_app.local import cluster as local
+    from serve_app.local.demo import ensure_demo_models
 
     cluster = make_cluster(s, run_id)
     repo = os.path.join(cluster.temp_dir, "model-repository")
@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     # Ray reads RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER once, at import: without it a driver's
     # ray.init("127.0.0.1:<port>") dials the host's routable address instead of loopback.
     # Set the loopback-only variables (never overriding the user's) before importing ray.
-    from serve_app.local import prepare_environment
+    from serve_app.local.cluster import prepare_environment
 
     prepare_environment()
     from loadtest.nodes.report import environment, summary_markdown

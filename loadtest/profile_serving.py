@@ -53,7 +53,7 @@ STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("encode response", ("encode_response", "encode_bytes_buffer", "json_response")),
     ("decode request (body read, JSON, tensors)",
      ("read_inference_request", "read_body", "decode_request", "_decode_input")),
-    ("batching (serve.batch queue)", ("serve/batching.py", "serve_app/batching.py")),
+    ("batching (serve.batch queue)", ("serve/batching.py", "serve_app/server/batching.py")),
     ("HTTP server (uvicorn, starlette, h11)", ("uvicorn", "h11", "httptools", "starlette")),
     ("Serve replica machinery", ("ray/serve/",)),
     ("Ray core (gRPC, metrics, tasks)",
@@ -323,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--env", action="append", default=[], help="K=V for the demo's Ray")
     p.add_argument("--out", default=str(RESULTS))
     a = p.parse_args(argv)
-    from serve_app.demo import ensure_demo_models
+    from serve_app.local.demo import ensure_demo_models
 
     ensure_demo_models(a.repo, progress=False)
     result = profile(a)

@@ -11,7 +11,7 @@ from typing import Any
 
 from ray.serve import Application
 
-from serve_app.app_args import (
+from serve_app.deploy.app_args import (
     APP_ARGS,
     ModelAppArgs,
     MultiplexAppArgs,

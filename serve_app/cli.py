@@ -59,7 +59,7 @@ def _models_verify(a: argparse.Namespace) -> int:
 
 def _render(a: argparse.Namespace) -> int:
     from serve_app.config import load_app_config
-    from serve_app.render import render_local, write_if_changed
+    from serve_app.deploy.render import render_local, write_if_changed
 
     app = load_app_config(a.config)
     text = render_local(app, a.config, a.out)
@@ -76,8 +76,8 @@ def _render(a: argparse.Namespace) -> int:
 
 
 def _train_demo_heads(a: argparse.Namespace) -> int:
-    from serve_app.demo import ensure_demo_models
-    from serve_app.demo_heads import train_demo_heads
+    from serve_app.local.demo import ensure_demo_models
+    from serve_app.local.demo_heads import train_demo_heads
 
     ensure_demo_models(a.repo, progress=not a.quiet, with_heads=False)
     for name, acc in train_demo_heads(a.repo, progress=not a.quiet).items():
@@ -90,7 +90,7 @@ def _train_demo_heads(a: argparse.Namespace) -> int:
 
 def _validate(a: argparse.Namespace) -> int:
     from serve_app.config import load_app_config
-    from serve_app.graph.check import check_pipelines
+    from serve_app.deploy.pipeline_check import check_pipelines
 
     app = load_app_config(a.config)
     for line in check_pipelines(app, a.repo):
@@ -99,7 +99,7 @@ def _validate(a: argparse.Namespace) -> int:
 
 
 def _demo(a: argparse.Namespace) -> int:
-    from serve_app.demo import run_demo
+    from serve_app.local.demo import run_demo
 
     ray_options = {
         "num_cpus": a.num_cpus,
@@ -113,8 +113,8 @@ def _demo(a: argparse.Namespace) -> int:
 def _deploy(a: argparse.Namespace) -> int:
     import os
 
-    from serve_app.local import TOKEN_PATH
-    from serve_app.rollout import ServeRestApi, render_for_deploy, rollout
+    from serve_app.deploy.rollout import ServeRestApi, render_for_deploy, rollout
+    from serve_app.local.cluster import TOKEN_PATH
 
     token_file = Path(a.token_file) if a.token_file else TOKEN_PATH
     token = os.environ.get("RAY_AUTH_TOKEN") or (
@@ -125,7 +125,7 @@ def _deploy(a: argparse.Namespace) -> int:
         import yaml
 
         from serve_app.config import AppConfig
-        from serve_app.rollout import end_canary, rollout_ending_canary
+        from serve_app.deploy.rollout import end_canary, rollout_ending_canary
 
         raw = yaml.safe_load(Path(a.config).read_text())
         edited = end_canary(raw, a.promote or a.rollback, promote=bool(a.promote))

@@ -38,7 +38,7 @@ def find_cluster_processes(run_id: str) -> list[Any]:
 def kill_cluster_processes(run_id: str, grace_s: float = 8.0) -> int:
     """SIGTERM the run's processes, SIGKILL what is left after ``grace_s``; returns how
     many there were. Only this run's processes, by pid: never ``ray stop``."""
-    from serve_app.local import terminate_processes
+    from serve_app.local.cluster import terminate_processes
 
     procs = find_cluster_processes(run_id)
     terminate_processes(procs, timeout_s=grace_s)

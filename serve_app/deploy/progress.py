@@ -14,6 +14,7 @@ the dashboard's ``GET /api/serve/applications/`` (any process with the token).
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -33,6 +34,21 @@ class DeployFailed(RuntimeError):
 
 class DeployStalled(TimeoutError):
     """Nothing moved for the stall window (or the optional overall cap ran out)."""
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def concise(message: str) -> str:
+    """Serve's status message without terminal colours, and with a replica's traceback
+    cut to its last line (the error itself, e.g. the file that failed verification)."""
+    message = _ANSI.sub("", message)
+    head, sep, tail = message.partition("Traceback (most recent call last):")
+    if not sep:
+        return message.strip()
+    last = next((ln.strip() for ln in reversed(tail.splitlines()) if ln.strip()), "")
+    lead = head.split("Error:")[0].strip() if "Error:" in head else head.strip()
+    return f"{lead} {last}".strip()
 
 
 def state_name(state: Any) -> str:

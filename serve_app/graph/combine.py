@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from serve_app.errors import InvalidInput
-from serve_app.graph.spec import COMBINE_OUTPUT, SwitchNode
+from serve_app.graph.nodes import COMBINE_OUTPUT, SwitchNode
 
 
 def combine(mode: str, values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

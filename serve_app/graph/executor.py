@@ -27,16 +27,16 @@ import numpy as np
 
 from serve_app.errors import InvalidInput, NodeError, ServeAppError
 from serve_app.graph.combine import combine, reduce_value, switch_target
-from serve_app.graph.spec import (
+from serve_app.graph.nodes import (
     PARAMETERS,
     REQUEST,
     SWITCH_OUTPUT,
     CombineNode,
     ModelNode,
-    PipelineConfig,
     SwitchNode,
     split_ref,
 )
+from serve_app.graph.spec import PipelineConfig
 from serve_app.graph.structure import dependencies, gates, topological_order
 
 logger = logging.getLogger("ray.serve")

@@ -20,154 +20,13 @@ tensor specs.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Literal
 
-from pydantic import Discriminator, Field, Tag, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from serve_app.graph.nodes import CombineNode, ModelNode, Node, PipelineInput, SwitchNode
+from serve_app.graph.structure import check_structure
 from serve_app.schema_base import StrictModel, model_route_prefix, validate_model_name
-
-REQUEST = "request"
-"""Source name of the pipeline's own inputs in a tensor reference."""
-PARAMETERS = "parameters"
-"""Prefix of a switch ``source`` that reads a request parameter: ``parameters.<key>``."""
-RESERVED_NODE_NAMES = frozenset({REQUEST, PARAMETERS})
-SWITCH_OUTPUT = "branch"
-"""The switch node's one output: a BYTES tensor of shape [1] naming the chosen target
-(empty when none)."""
-COMBINE_OUTPUT = "output"
-"""Output name of ``concat`` and ``mean`` combine nodes."""
-
-
-def split_ref(ref: str) -> tuple[str, str]:
-    """``"embed.embedding"`` -> ``("embed", "embedding")``; ``ValueError`` if malformed."""
-    source, sep, tensor = ref.partition(".")
-    if not sep or not source or not tensor:
-        raise ValueError(f"tensor reference {ref!r} must look like '<node>.<tensor>'")
-    return source, tensor
-
-
-class PipelineInput(StrictModel):
-    """A tensor the pipeline takes from the request."""
-
-    name: str = Field(description="Input name clients send (OIP ``inputs[].name``).")
-    datatype: str = Field(description="OIP datatype, e.g. BYTES or FP32.")
-    shape: list[int] = Field(description="Shape with -1 for variable dimensions.")
-
-
-class _NodeBase(StrictModel):
-    name: str = Field(description="Node name, unique in the pipeline; names errors and metrics.")
-
-    @field_validator("name")
-    @classmethod
-    def _check_name(cls, v: str) -> str:
-        validate_model_name(v)
-        if v in RESERVED_NODE_NAMES:
-            raise ValueError(f"node name {v!r} is reserved")
-        return v
-
-
-class ModelNode(_NodeBase):
-    """Run a served model. The node calls the model's own deployment (one deployment per
-    model, shared with its HTTP route), so the node batches and autoscales with it."""
-
-    kind: Literal["model"] = Field("model", description="Node kind (the default).")
-    model: str = Field(description="Name of a model in ``AppConfig.models``.")
-    version: Literal["latest"] | int | None = Field(
-        None,
-        description=(
-            "Version policy the node expects; must equal the model's configured version "
-            "(one deployment per model). None: whatever the model serves."
-        ),
-    )
-    inputs: dict[str, str] = Field(
-        min_length=1,
-        description="Model input name -> tensor reference ('request.text', 'embed.embedding').",
-    )
-    optional: bool = Field(
-        False,
-        description=(
-            "A failure of this node degrades the answer (its outputs are omitted and "
-            "named in the response parameters) instead of failing the request."
-        ),
-    )
-
-
-class CombineNode(_NodeBase):
-    """Combine tensors of other nodes without a model."""
-
-    kind: Literal["combine"] = Field(description="Node kind.")
-    mode: Literal["concat", "mean", "dict"] = Field(
-        description=(
-            "concat: along the last axis (output 'output'); mean: element-wise average of "
-            "same-shaped tensors (output 'output'); dict: each input becomes an output "
-            "of the same name. A dict omits inputs whose node was skipped or degraded; "
-            "concat and mean need all of them (else the node is skipped)."
-        )
-    )
-    inputs: dict[str, str] = Field(
-        min_length=1, description="Name -> tensor reference (names are the dict outputs)."
-    )
-
-
-class SwitchCase(StrictModel):
-    """One rule of a switch: the first rule that matches picks its target."""
-
-    below: float | None = Field(None, description="Matches when the score is < this.")
-    at_least: float | None = Field(None, description="Matches when the score is >= this.")
-    equals: str | float | None = Field(
-        None, description="Matches when the value (string or number) equals this."
-    )
-    to: str = Field(description="Node to run when the rule matches.")
-
-    @model_validator(mode="after")
-    def _one_condition(self) -> SwitchCase:
-        given = [k for k in ("below", "at_least", "equals") if getattr(self, k) is not None]
-        if len(given) != 1:
-            raise ValueError(f"a switch case needs exactly one of below/at_least/equals: {given}")
-        return self
-
-
-class SwitchNode(_NodeBase):
-    """Choose which nodes run next. Its targets are gated: they run only when chosen, and
-    anything that needs a skipped node's outputs is skipped too."""
-
-    kind: Literal["switch"] = Field(description="Node kind.")
-    source: str = Field(
-        description=(
-            "What decides: a tensor reference ('topic.confidence', 'request.lang') or "
-            "'parameters.<key>' (a request parameter)."
-        )
-    )
-    reduce: Literal["min", "max", "mean", "first"] = Field(
-        "min",
-        description=(
-            "How a tensor with several elements (e.g. one score per row) becomes one "
-            "value: min sends a request to a low-score branch if any row is low."
-        ),
-    )
-    cases: list[SwitchCase] = Field(min_length=1, description="Rules, tried in order.")
-    default: str | None = Field(None, description="Target when no rule matches (None: none).")
-
-    @property
-    def targets(self) -> list[str]:
-        """Every node this switch may choose (in declaration order, no repeats)."""
-        names = [c.to for c in self.cases] + ([self.default] if self.default else [])
-        return list(dict.fromkeys(names))
-
-
-def _node_kind(value: Any) -> str:
-    """``kind`` of a node; a node without one is a model node."""
-    if isinstance(value, dict):
-        return str(value.get("kind", "model"))
-    return str(getattr(value, "kind", "model"))
-
-
-Node = Annotated[
-    Annotated[ModelNode, Tag("model")]
-    | Annotated[CombineNode, Tag("combine")]
-    | Annotated[SwitchNode, Tag("switch")],
-    Discriminator(_node_kind),
-]
 
 
 class PipelineConfig(StrictModel):
@@ -214,7 +73,5 @@ class PipelineConfig(StrictModel):
 
     @model_validator(mode="after")
     def _structure(self) -> PipelineConfig:
-        from serve_app.graph.structure import check_structure
-
         check_structure(self)
         return self

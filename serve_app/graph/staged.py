@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from serve_app.graph.spec import ModelNode, PipelineConfig, PipelineInput
+from serve_app.graph.nodes import ModelNode, PipelineInput
+from serve_app.graph.spec import PipelineConfig
 
 
 def stage_node(index: int) -> str:

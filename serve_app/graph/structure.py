@@ -7,23 +7,19 @@ a message that names the pipeline and the node at fault.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
-from serve_app.graph.spec import (
+from serve_app.graph.nodes import (
     COMBINE_OUTPUT,
     PARAMETERS,
     REQUEST,
     SWITCH_OUTPUT,
+    AnyNode,
     CombineNode,
     ModelNode,
+    PipelineGraph,
     SwitchNode,
     split_ref,
 )
-
-if TYPE_CHECKING:
-    from serve_app.graph.spec import PipelineConfig
-
-AnyNode = ModelNode | CombineNode | SwitchNode
 
 
 def node_refs(node: AnyNode) -> list[str]:
@@ -39,7 +35,7 @@ def dependencies(node: AnyNode) -> list[str]:
     return list(dict.fromkeys(s for s in sources if s != REQUEST))
 
 
-def gates(pipeline: PipelineConfig) -> dict[str, str]:
+def gates(pipeline: PipelineGraph) -> dict[str, str]:
     """Node -> the switch that gates it (runs it only when chosen)."""
     out: dict[str, str] = {}
     for node in pipeline.nodes:
@@ -49,7 +45,7 @@ def gates(pipeline: PipelineConfig) -> dict[str, str]:
     return out
 
 
-def edges(pipeline: PipelineConfig) -> list[tuple[str, str]]:
+def edges(pipeline: PipelineGraph) -> list[tuple[str, str]]:
     """``(from, to)`` pairs: data edges, then switch -> target edges."""
     data = [(dep, n.name) for n in pipeline.nodes for dep in dependencies(n)]
     control = [(switch, target) for target, switch in gates(pipeline).items()]
@@ -65,7 +61,7 @@ def fixed_outputs(node: AnyNode) -> set[str] | None:
     return None
 
 
-def topological_order(pipeline: PipelineConfig) -> list[str]:
+def topological_order(pipeline: PipelineGraph) -> list[str]:
     """Node names so that every node comes after what it reads and what gates it.
 
     Raises:
@@ -91,7 +87,7 @@ def topological_order(pipeline: PipelineConfig) -> list[str]:
     return order
 
 
-def _check_refs(pipeline: PipelineConfig) -> None:
+def _check_refs(pipeline: PipelineGraph) -> None:
     names = {n.name for n in pipeline.nodes}
     inputs = {i.name for i in pipeline.inputs}
     by_name = {n.name: n for n in pipeline.nodes}
@@ -127,7 +123,7 @@ def _check_refs(pipeline: PipelineConfig) -> None:
         check(ref, f"output {out!r}")
 
 
-def _reachable_from_outputs(pipeline: PipelineConfig) -> set[str]:
+def _reachable_from_outputs(pipeline: PipelineGraph) -> set[str]:
     by_name = {n.name: n for n in pipeline.nodes}
     gate_of = gates(pipeline)
     seen: set[str] = set()
@@ -143,7 +139,7 @@ def _reachable_from_outputs(pipeline: PipelineConfig) -> set[str]:
     return seen
 
 
-def check_structure(pipeline: PipelineConfig) -> None:
+def check_structure(pipeline: PipelineGraph) -> None:
     """Validate names, references, switch targets, cycles and unused nodes.
 
     Raises:
@@ -184,6 +180,6 @@ def check_structure(pipeline: PipelineConfig) -> None:
         )
 
 
-def model_nodes(pipeline: PipelineConfig) -> Iterator[ModelNode]:
+def model_nodes(pipeline: PipelineGraph) -> Iterator[ModelNode]:
     """The pipeline's model nodes, in declaration order."""
     return (n for n in pipeline.nodes if isinstance(n, ModelNode))

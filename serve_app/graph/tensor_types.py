@@ -11,33 +11,25 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from serve_app.errors import ConfigError
-from serve_app.graph.spec import (
+from serve_app.graph.nodes import (
     COMBINE_OUTPUT,
     PARAMETERS,
     REQUEST,
     SWITCH_OUTPUT,
     CombineNode,
     ModelNode,
-    PipelineConfig,
     SwitchNode,
     split_ref,
 )
+from serve_app.graph.spec import PipelineConfig
 from serve_app.graph.structure import topological_order
-from serve_app.models.base import TensorSpec
+from serve_app.models.base import ModelSpecs, TensorSpec
 
 NUMERIC = frozenset(
     {"BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64"}
     | {"FP16", "FP32", "FP64"}
 )
 FLOAT = frozenset({"FP16", "FP32", "FP64"})
-
-
-@dataclass(frozen=True)
-class ModelSpecs:
-    """A model's declared inputs and outputs (what its metadata endpoint publishes)."""
-
-    inputs: tuple[TensorSpec, ...]
-    outputs: tuple[TensorSpec, ...]
 
 
 @dataclass(frozen=True)

@@ -25,9 +25,9 @@ from typing import Any
 import yaml
 
 from serve_app.config import AppConfig, HttpConfig, ModelConfig, load_app_config
-from serve_app.render import write_if_changed
-from serve_app.serve_config import render_serve_config
-from serve_app.version_policy import side_app_names
+from serve_app.deploy.render import write_if_changed
+from serve_app.deploy.serve_config import render_serve_config
+from serve_app.deploy.version_policy import side_app_names
 
 MODELS_MOUNT_PATH = "/mnt/models"
 """Where every Ray worker mounts the ReadOnlyMany weights claim (and the Job its writer)."""
@@ -319,7 +319,7 @@ def ray_container_env(http: HttpConfig) -> dict[str, str]:
 
     if http.ingress != "haproxy":
         return SERVE_RAY_ENV | {"RAY_SERVE_ENABLE_HA_PROXY": "0"}
-    from serve_app.ingress import balance_env
+    from serve_app.local.ingress import balance_env
 
     return SERVE_RAY_ENV | {"RAY_SERVE_ENABLE_HA_PROXY": "1"} | balance_env(http.haproxy_balance)
 

@@ -27,6 +27,14 @@ class TensorSpec:
         return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
 
 
+@dataclass(frozen=True)
+class ModelSpecs:
+    """A model's declared inputs and outputs (what its metadata endpoint publishes)."""
+
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+
 @dataclass
 class ModelInfo:
     """Static facts about a loaded model, for metadata and logs."""

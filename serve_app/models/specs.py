@@ -11,8 +11,7 @@ import json
 from pathlib import Path
 
 from serve_app.errors import ManifestError
-from serve_app.graph.tensor_types import ModelSpecs
-from serve_app.models.base import TensorSpec
+from serve_app.models.base import ModelSpecs, TensorSpec
 from serve_app.models.text import TEXT_INPUT
 from serve_app.repository.manifest import Manifest
 

@@ -18,7 +18,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from serve_app.config import validate_model_name
 from serve_app.errors import PublishError
 from serve_app.repository.hashing import CHUNK_BYTES
 from serve_app.repository.manifest import (
@@ -29,6 +28,7 @@ from serve_app.repository.manifest import (
     ModelFormat,
     ModelTask,
 )
+from serve_app.schema_base import validate_model_name
 
 WEIGHT_SUFFIXES = (".safetensors", ".onnx", ".onnx_data", ".bin")
 

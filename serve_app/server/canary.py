@@ -13,8 +13,8 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from serve_app.app_args import MODEL_DEPLOYMENT, CanaryArgs
 from serve_app.config import HttpConfig
+from serve_app.deploy.app_args import MODEL_DEPLOYMENT, CanaryArgs
 from serve_app.protocol import oip
 from serve_app.server.http import error_response, read_inference_request
 

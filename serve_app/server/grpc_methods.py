@@ -22,6 +22,7 @@ from tritonclient.grpc import service_pb2 as pb
 
 from serve_app.errors import ModelNotFound, ServeAppError, ServiceUnavailable
 from serve_app.protocol import grpc_codec
+from serve_app.server.serve_errors import classify_serve_error
 
 logger = logging.getLogger("ray.serve")
 
@@ -88,7 +89,6 @@ def check_name(served: str, requested: str) -> None:
 def classify_for_grpc(e: BaseException, retry_after_s: int) -> BaseException:
     """Serve's own failures of a handle call (back-pressure, a dead or unavailable
     replica) as ``ServiceUnavailable``; ours and anything else unchanged."""
-    from serve_app.server.pipeline_deployment import classify_serve_error
 
     if isinstance(e, ServeAppError):
         return e

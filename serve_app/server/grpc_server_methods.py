@@ -1,7 +1,7 @@
 """The five KServe v2 gRPC methods of the server application (``OIPServer``).
 
 A call without the ``application`` metadata reaches this application when it is Serve's
-default gRPC backend (see ``serve_app.ingress``); ``ModelInfer``, ``ModelReady`` and
+default gRPC backend (see ``serve_app.local.ingress``); ``ModelInfer``, ``ModelReady`` and
 ``ModelMetadata`` are forwarded by ``model_name`` to the model's or pipeline's own
 application through a DeploymentHandle (one extra hop; the ``application: <model>``
 metadata skips it).

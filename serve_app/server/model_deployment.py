@@ -20,13 +20,13 @@ from ray import serve
 from starlette.requests import Request
 from starlette.responses import Response
 
-from serve_app.app_args import CanaryArgs, ModelAppArgs
-from serve_app.batching import flatten_rows, split_rows
 from serve_app.config import BatchingConfig, model_route_prefix
+from serve_app.deploy.app_args import CanaryArgs, ModelAppArgs
 from serve_app.errors import InvalidInput, ModelNotFound
 from serve_app.models.threads import set_intra_op_threads
 from serve_app.protocol import oip
 from serve_app.repository.loader import ModelRepository
+from serve_app.server.batching import flatten_rows, split_rows
 from serve_app.server.canary import CanaryForwarder
 from serve_app.server.grpc_methods import GrpcModelMethods
 from serve_app.server.http import error_response, json_response, read_inference_request

@@ -30,8 +30,8 @@ from ray import serve
 from starlette.requests import Request
 from starlette.responses import Response
 
-from serve_app.app_args import MULTIPLEX_DEPLOYMENT, MultiplexAppArgs
 from serve_app.config import model_route_prefix
+from serve_app.deploy.app_args import MULTIPLEX_DEPLOYMENT, MultiplexAppArgs
 from serve_app.errors import InvalidInput
 from serve_app.protocol import oip
 from serve_app.protocol.limits import parse_header_length

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
+from serve_app.deploy.progress import state_name
 from serve_app.server.controller_view import ControllerView
 
 REFRESH_PERIOD_S = 2.0
@@ -29,8 +30,6 @@ def read_unserving(targets: Mapping[str, tuple[str, str]]) -> dict[str, str]:
     CPU under load when polled every 2 s (profiled with py-spy)."""
     from ray.serve.context import _get_global_client
 
-    from serve_app.server.oip_server import status_name
-
     client = _get_global_client()
     if client is None:
         return {}
@@ -41,9 +40,9 @@ def read_unserving(targets: Mapping[str, tuple[str, str]]) -> dict[str, str]:
         if overview is None:
             out[model] = "application not deployed"
             continue
-        app_state = status_name(overview.app_status.status)
+        app_state = state_name(overview.app_status.status)
         dep = overview.get_deployment_status(deployment)
-        dep_state = status_name(dep.status) if dep is not None else "MISSING"
+        dep_state = state_name(dep.status) if dep is not None else "MISSING"
         if app_state in FAILED_STATES or dep_state in FAILED_STATES | {"MISSING"}:
             reason = (dep.message if dep is not None else "") or overview.app_status.message
             out[model] = f"{app_state}: {reason}".strip(": ")

@@ -6,7 +6,6 @@ a model whose application is not running (503 with ``Retry-After`` and the reaso
 Serve reports, e.g. the weight file that failed verification).
 """
 
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +14,8 @@ from fastapi.responses import Response
 from ray import serve
 
 import serve_app
-from serve_app.app_args import ServerAppArgs, ServerUserConfig
+from serve_app.deploy.app_args import ServerAppArgs, ServerUserConfig
+from serve_app.deploy.progress import concise, state_name
 from serve_app.errors import ModelNotFound, ServiceUnavailable
 from serve_app.server.controller_view import ControllerView
 from serve_app.server.grpc_server_methods import GrpcServerMethods
@@ -52,26 +52,6 @@ class ModelState:
         }
 
 
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
-
-
-def concise(message: str) -> str:
-    """Serve's status message without terminal colours, and with a replica's traceback
-    cut to its last line (the error itself, e.g. the file that failed verification)."""
-    message = _ANSI.sub("", message)
-    head, sep, tail = message.partition("Traceback (most recent call last):")
-    if not sep:
-        return message.strip()
-    last = next((ln.strip() for ln in reversed(tail.splitlines()) if ln.strip()), "")
-    lead = head.split("Error:")[0].strip() if "Error:" in head else head.strip()
-    return f"{lead} {last}".strip()
-
-
-def status_name(status: Any) -> str:
-    """``RUNNING`` for ``ApplicationStatus.RUNNING`` (an enum) or for a plain string."""
-    return str(getattr(status, "value", status))
-
-
 def read_model_states(names: list[str]) -> dict[str, ModelState]:
     """Ask the Serve controller (blocking) for each application's status: one RPC that
     returns statuses only (``serve.status()`` builds every deployment's full details)."""
@@ -90,7 +70,7 @@ def read_model_states(names: list[str]) -> dict[str, ModelState]:
         messages = [concise(app.app_status.message)] + [
             concise(d.message) for d in app.deployment_statuses
         ]
-        state = status_name(app.app_status.status)
+        state = state_name(app.app_status.status)
         states[name] = ModelState(
             name, state == "RUNNING", state, " | ".join(m for m in messages if m)
         )

@@ -18,14 +18,15 @@ from ray.serve.handle import DeploymentHandle
 from starlette.requests import Request
 from starlette.responses import Response
 
-from serve_app.app_args import APP_ARGS, PipelineAppArgs, StagedAppArgs
+from serve_app.deploy.app_args import APP_ARGS, PipelineAppArgs, StagedAppArgs
+from serve_app.deploy.pipeline_check import read_model_specs
 from serve_app.errors import ModelNotFound, ServiceUnavailable
-from serve_app.graph.check import read_model_specs
-from serve_app.graph.executor import GraphExecutor, Tensors, classify_error
-from serve_app.graph.spec import ModelNode
+from serve_app.graph.executor import GraphExecutor, Tensors
+from serve_app.graph.nodes import ModelNode
 from serve_app.graph.staged import staged_pipeline
 from serve_app.graph.structure import edges, model_nodes
-from serve_app.graph.tensor_types import ModelSpecs, infer_specs
+from serve_app.graph.tensor_types import infer_specs
+from serve_app.models.base import ModelSpecs
 from serve_app.protocol import oip
 from serve_app.repository.loader import ModelRepository
 from serve_app.schema_base import model_route_prefix
@@ -34,23 +35,12 @@ from serve_app.server.http import error_response, json_response, read_inference_
 from serve_app.server.metrics import RayModelMetrics
 from serve_app.server.node_status import NodeStatus
 from serve_app.server.routes import match
+from serve_app.server.serve_errors import classify_serve_error
 
 logger = logging.getLogger("ray.serve")
 
 NODE_READY_TIMEOUT_S = 2.0
 """How long ``/ready`` waits for each model node to answer."""
-
-
-def classify_serve_error(exc: BaseException) -> tuple[int, str]:
-    """Status and message of a failed model call, including Serve's own errors."""
-    from ray.exceptions import ActorDiedError, ActorUnavailableError
-    from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
-
-    if isinstance(exc, BackPressureError):
-        return 503, "overloaded, retry later"
-    if isinstance(exc, (DeploymentUnavailableError, ActorDiedError, ActorUnavailableError)):
-        return 503, "model unavailable, retry later"
-    return classify_error(exc)
 
 
 class HandleBackend:

@@ -17,10 +17,10 @@ from typing import Any, Literal
 
 import numpy as np
 
-from serve_app.batching import plan_forwards, run_planned
 from serve_app.errors import ServiceUnavailable
 from serve_app.models.base import ModelAdapter
 from serve_app.repository.loader import ModelRepository, VerifiedVersion
+from serve_app.server.batching import plan_forwards, run_planned
 from serve_app.server.memory import free_memory_bytes, measure_peak_bytes
 
 logger = logging.getLogger("ray.serve")

@@ -18,13 +18,13 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from serve_app.app_args import MULTIPLEX_DEPLOYMENT
 from serve_app.config import HttpConfig, model_route_prefix
+from serve_app.config.tenants import family_of, is_tenant_name
+from serve_app.deploy.app_args import MULTIPLEX_DEPLOYMENT
 from serve_app.errors import ModelNotFound, ServeAppError, ServiceUnavailable
 from serve_app.protocol import oip
 from serve_app.server.http import read_body
 from serve_app.server.routes import match
-from serve_app.tenants import family_of, is_tenant_name
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,10 +19,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from serve_app.config.tenants import is_tenant_name
 from serve_app.errors import ModelNotFound, ModelVersionNotFound, RepositoryError
 from serve_app.repository.loader import ModelRepository, VerifiedVersion
 from serve_app.server.runtime import AdapterLoader, ModelRuntime
-from serve_app.tenants import is_tenant_name
 
 logger = logging.getLogger("ray.serve")
 

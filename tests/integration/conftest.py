@@ -20,8 +20,8 @@ import httpx
 import pytest
 
 from serve_app.config import AppConfig, ModelConfig, load_app_config
-from serve_app.demo import MLP_HEAD, ensure_demo_models
-from serve_app.serve_config import render_serve_config
+from serve_app.deploy.serve_config import render_serve_config
+from serve_app.local.demo import MLP_HEAD, ensure_demo_models
 
 ROOT = Path(__file__).resolve().parents[2]
 BROKEN = "broken"
@@ -298,8 +298,8 @@ class SessionServe:
         self._deploy(render_serve_config(app), list(self.deployed))
 
     def _deploy(self, config: dict[str, Any], wait_for: list[str]) -> None:
-        from serve_app import local
         from serve_app.deploy import progress
+        from serve_app.local import cluster as local
 
         apps = [a for a in config["applications"] if a["name"] in self.deployed]
         local.deploy_config({**config, "applications": apps})
@@ -325,7 +325,7 @@ def model_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     data = bytearray(weights.read_bytes())
     data[len(data) // 2] ^= 0xFF
     weights.write_bytes(bytes(data))
-    from serve_app.demo_tenants import publish_tenants
+    from serve_app.local.demo_tenants import publish_tenants
 
     publish_tenants(root, TENANT_COUNT)
     weights = root / "tenant-0003" / "1" / "model.safetensors"
@@ -343,7 +343,7 @@ METRICS_PORT = free_port()
 def session_serve(model_root: Path) -> Iterator[SessionServe]:
     """Start Ray (4 logical CPUs, 1 logical GPU, metrics on ``METRICS_PORT``) and the
     server application; modules deploy what they use through ``serve_app_url``."""
-    from serve_app import local
+    from serve_app.local import cluster as local
 
     local.prepare_environment({"SERVE_APP_LOG_TO_DRIVER": "0"})
     port = free_port()

@@ -33,7 +33,7 @@ from loadtest.analysis import load_run, summarize, target_series
 from loadtest.payloads import generated_body, model_metadata
 from loadtest.run import RunSettings, run_open_loop
 from loadtest.sampler import read_token
-from serve_app.demo import MLP_HEAD
+from serve_app.local.demo import MLP_HEAD
 from tests.integration.conftest import free_port
 from tests.integration.demo_process import Demo, demo_process, serve_diagnosis
 

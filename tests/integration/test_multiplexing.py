@@ -18,7 +18,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from serve_app.demo import MLP_HEAD_ARCH
+from serve_app.local.demo import MLP_HEAD_ARCH
 from serve_app.models.architectures import ARCHITECTURES
 from tests.integration.conftest import TENANTS, error_of
 

@@ -11,7 +11,7 @@ import numpy as np
 import orjson
 import pytest
 
-from serve_app.demo import MLP_HEAD
+from serve_app.local.demo import MLP_HEAD
 from tests.integration.conftest import MISTYPED, STAGED, error_of
 
 pytestmark = pytest.mark.integration
@@ -227,7 +227,7 @@ def test_stock_triton_client_calls_a_pipeline(serve_app_url: str) -> None:
 
 
 def test_staged_model_equals_the_whole_model(client: httpx.Client) -> None:
-    from serve_app.demo import minilm_source
+    from serve_app.local.demo import minilm_source
     from serve_app.models.hf_embedding import HFEmbeddingAdapter
 
     texts = [*TICKETS, "short", "a much longer sentence that goes on " * 8]

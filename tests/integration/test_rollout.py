@@ -30,7 +30,7 @@ import yaml
 
 from loadtest.payloads import generated_body, model_metadata
 from loadtest.sampler import http_get, read_token
-from serve_app.demo import MLP_HEAD
+from serve_app.local.demo import MLP_HEAD
 from serve_app.repository.manifest import MANIFEST_NAME, Manifest
 from serve_app.repository.publish import publish
 from tests.integration.conftest import copy_model, free_port

@@ -104,7 +104,7 @@ def test_infer_matches_in_process_model(client: httpx.Client) -> None:
     original model run in-process by sentence-transformers."""
     from sentence_transformers import SentenceTransformer
 
-    from serve_app.demo import minilm_source
+    from serve_app.local.demo import minilm_source
 
     r = client.post("/v2/models/minilm/infer", json=infer_body(SENTENCES, rid="req-7"))
     assert r.status_code == 200
@@ -246,11 +246,11 @@ def test_user_config_change_applies_without_restart(
 def test_corrupt_weights_keep_replica_unready(client: httpx.Client, model_root: Path) -> None:
     from ray import serve
 
-    from serve_app.server.oip_server import status_name
+    from serve_app.deploy.progress import state_name
 
     bad_file = model_root / BROKEN / "1" / "model.safetensors"
     app = serve.status().applications[BROKEN]  # the session waited for it to fail
-    assert status_name(app.status) == "DEPLOY_FAILED"
+    assert state_name(app.status) == "DEPLOY_FAILED"
     message = app.deployments["ModelDeployment"].message
     assert f"sha256 mismatch for {bad_file}" in message
     r = client.get("/v2/health/ready")
@@ -268,7 +268,7 @@ def test_corrupt_weights_keep_replica_unready(client: httpx.Client, model_root: 
 def test_four_quarter_gpu_replicas_fit_and_fifth_pends() -> None:
     import ray
 
-    from serve_app import local
+    from serve_app.local import cluster as local
 
     def replica_states() -> dict[str, int]:
         # Empty while the application is still being built (no deployment listed yet).

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 import yaml
 
-from serve_app.app_args import ModelAppArgs, ServerAppArgs
 from serve_app.config import load_app_config
+from serve_app.deploy.app_args import ModelAppArgs, ServerAppArgs
 from serve_app.k8s.render import PROFILES, PROXY_LOCATION, ClusterProfile, serve_config_text
 from tests.k8s import crd_schema as crds
 from tests.k8s.conftest import kustomize

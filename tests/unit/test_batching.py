@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from serve_app.batching import flatten_rows, plan_forwards, run_planned, split_rows
+from serve_app.server.batching import flatten_rows, plan_forwards, run_planned, split_rows
 
 
 def test_flatten_and_split_roundtrip() -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from serve_app.app_args import ModelAppArgs
 from serve_app.config import (
     AppConfig,
     AutoscalingConfig,
@@ -13,6 +12,7 @@ from serve_app.config import (
     ResourcesConfig,
     load_app_config,
 )
+from serve_app.deploy.app_args import ModelAppArgs
 
 
 def test_unknown_keys_rejected() -> None:

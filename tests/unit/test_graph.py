@@ -13,10 +13,11 @@ from pydantic import ValidationError
 from serve_app.config import AppConfig, load_app_config
 from serve_app.errors import ConfigError, InvalidInput, NodeError
 from serve_app.graph.executor import GraphExecutor
-from serve_app.graph.spec import ModelNode, PipelineConfig
+from serve_app.graph.nodes import ModelNode
+from serve_app.graph.spec import PipelineConfig
 from serve_app.graph.structure import edges, topological_order
-from serve_app.graph.tensor_types import ModelSpecs, infer_specs
-from serve_app.models.base import TensorSpec
+from serve_app.graph.tensor_types import infer_specs
+from serve_app.models.base import ModelSpecs, TensorSpec
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -9,9 +9,9 @@ from pathlib import Path
 from ray.serve.schema import ServeDeploySchema
 
 from serve_app.config import AppConfig
-from serve_app.config_grpc import SERVICER_FUNCTION
-from serve_app.ingress import grpc_backend_name, write_wrapper
-from serve_app.serve_config import render_serve_config
+from serve_app.config.grpc import SERVICER_FUNCTION
+from serve_app.deploy.serve_config import render_serve_config
+from serve_app.local.ingress import grpc_backend_name, write_wrapper
 
 HAPROXY_CONFIG = """frontend grpc_frontend
     bind 127.0.0.1:9000 proto h2

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from serve_app.ingress import haproxy_env, write_wrapper
+from serve_app.local.ingress import haproxy_env, write_wrapper
 
 CONFIG = """global
     stats socket /tmp/x/admin.sock mode 666 level admin

@@ -7,7 +7,7 @@ import sys
 
 import psutil
 
-from serve_app.local import end_leftovers
+from serve_app.local.cluster import end_leftovers
 
 
 def test_processes_still_running_after_the_grace_are_ended() -> None:

@@ -20,18 +20,18 @@ from pydantic import ValidationError
 from safetensors.torch import load_file
 from starlette.requests import Request
 
-from serve_app.app_args import APP_ARGS, MultiplexAppArgs, ServerAppArgs
 from serve_app.config import AppConfig
-from serve_app.demo import MLP_HEAD_ARCH
-from serve_app.demo_tenants import publish_tenants, tenant_name
+from serve_app.config.tenants import family_of
+from serve_app.deploy.app_args import APP_ARGS, MultiplexAppArgs, ServerAppArgs
+from serve_app.deploy.serve_config import render_serve_config
 from serve_app.errors import IntegrityError, ModelNotFound, ServiceUnavailable
+from serve_app.local.demo import MLP_HEAD_ARCH
+from serve_app.local.demo_tenants import publish_tenants, tenant_name
 from serve_app.models.architectures import ARCHITECTURES
 from serve_app.models.registry import load_adapter
 from serve_app.repository import ModelRepository
-from serve_app.serve_config import render_serve_config
 from serve_app.server.tenant_forward import ForwardedRequest, ForwardedResponse, TenantForwarder
 from serve_app.server.tenant_runtime import TenantLoader
-from serve_app.tenants import family_of
 
 FAMILY = {"name": "heads", "multiplex": {"tenant_prefix": "tenant-", "max_models_per_replica": 2}}
 
@@ -113,8 +113,8 @@ def test_rendered_family_is_one_multiplexed_deployment_and_the_server_knows_it()
 
 def test_haproxy_can_balance_on_the_tenant_header() -> None:
     from serve_app.config import HttpConfig
-    from serve_app.ingress import haproxy_env
     from serve_app.k8s.render import ray_container_env
+    from serve_app.local.ingress import haproxy_env
 
     assert haproxy_env(None) == {"RAY_SERVE_ENABLE_HA_PROXY": "1"}
     hashed = {

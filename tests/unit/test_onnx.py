@@ -9,7 +9,7 @@ import pytest
 
 pytest.importorskip("onnxruntime")
 
-from serve_app.demo import minilm_source  # noqa: E402
+from serve_app.local.demo import minilm_source  # noqa: E402
 from serve_app.models.hf_embedding import HFEmbeddingAdapter  # noqa: E402
 from serve_app.models.onnx_embedding import OnnxEmbeddingAdapter  # noqa: E402
 from serve_app.models.onnx_export import MIN_COSINE, export_onnx  # noqa: E402

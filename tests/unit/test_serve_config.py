@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from ray.serve.schema import ServeDeploySchema
 
-from serve_app.app_args import APP_ARGS
 from serve_app.config import load_app_config
-from serve_app.render import render_local
-from serve_app.serve_config import render_serve_config
+from serve_app.deploy.app_args import APP_ARGS
+from serve_app.deploy.render import render_local
+from serve_app.deploy.serve_config import render_serve_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -56,7 +56,7 @@ def test_batching_lives_in_user_config_not_args() -> None:
 def test_demo_drain_budget_covers_graceful_shutdown_and_the_haproxy_floor(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from serve_app.demo import drain_budget_s
+    from serve_app.local.demo import drain_budget_s
 
     monkeypatch.delenv("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", raising=False)
     config = {"applications": [

@@ -401,7 +401,7 @@ async def test_ready_is_503_state_unknown_when_the_controller_never_answered(
 
 
 def test_status_messages_are_cut_to_the_error() -> None:
-    from serve_app.server.oip_server import concise
+    from serve_app.deploy.progress import concise
 
     raw = (
         "A replica failed to start with exception. Retrying. Error:\n\x1b[36mray::ServeReplica:"

@@ -9,8 +9,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from serve_app.demo import MINILM, MLP_HEAD, ensure_demo_models
 from serve_app.errors import ManifestError
+from serve_app.local.demo import MINILM, MLP_HEAD, ensure_demo_models
 from serve_app.models.architectures import MLP
 from serve_app.models.registry import load_adapter
 from serve_app.models.specs import declared_specs

@@ -8,10 +8,10 @@ import torch
 from safetensors.torch import save_file
 
 from serve_app.config import AppConfig
+from serve_app.deploy.serve_config import render_serve_config
+from serve_app.deploy.versions import pin_latest_versions
 from serve_app.repository import publish
 from serve_app.repository.manifest import Architecture
-from serve_app.serve_config import render_serve_config
-from serve_app.versions import pin_latest_versions
 
 ARCH = Architecture(name="mlp", kwargs={"in_features": 4, "hidden": [], "out_features": 4})
 

@@ -12,16 +12,16 @@ import torch
 from pydantic import ValidationError
 from safetensors.torch import save_file
 
-from serve_app.app_args import CanaryArgs
 from serve_app.config import AppConfig, HttpConfig
+from serve_app.deploy.app_args import CanaryArgs
+from serve_app.deploy.rollout import end_canary
+from serve_app.deploy.serve_config import render_serve_config
+from serve_app.deploy.versions import pin_latest_versions
 from serve_app.errors import DeployError
 from serve_app.k8s.render import ClusterProfile, check_cluster_app, worker_max_replicas
 from serve_app.repository import publish
 from serve_app.repository.manifest import Architecture
-from serve_app.rollout import end_canary
-from serve_app.serve_config import render_serve_config
 from serve_app.server.canary import CanaryForwarder
-from serve_app.versions import pin_latest_versions
 
 ARCH = Architecture(name="mlp", kwargs={"in_features": 4, "hidden": [], "out_features": 4})
 

@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Literal
 
 from serve_app.config import AppConfig
-from serve_app.graph.tensor_types import ModelSpecs, PipelineSpecs, infer_specs
+from serve_app.graph.tensor_types import PipelineSpecs, infer_specs
+from serve_app.models.base import ModelSpecs
 from serve_app.repository.loader import ModelRepository
 
 

@@ -3,7 +3,7 @@
 weights, published into the repository like any model (safetensors + checksummed
 manifest). Tests and ``loadtest/multiplex_bench.py`` serve them.
 
-``python -m serve_app.demo_tenants --root ./model-repository --count 200`` publishes
+``python -m serve_app.local.demo_tenants --root ./model-repository --count 200`` publishes
 ``tenant-0000`` ... ``tenant-0199`` (those not already there).
 """
 
@@ -13,7 +13,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from serve_app.demo import MLP_HEAD_ARCH
+from serve_app.local.demo import MLP_HEAD_ARCH
 from serve_app.repository import ModelRepository, publish
 from serve_app.repository.manifest import Architecture
 

@@ -93,7 +93,7 @@ def ensure_demo_models(
             )
         done.append(MLP_HEAD)
     if with_heads:
-        from serve_app.demo_heads import HEADS, train_demo_heads
+        from serve_app.local.demo_heads import HEADS, train_demo_heads
 
         missing = [h.name for h in HEADS if not repo.versions(h.name)]
         if missing:
@@ -174,10 +174,10 @@ def run_demo(
     ``ray_options`` go to ``local.start_ray`` (logical CPUs/GPUs, dashboard, metrics).
     The start waits as long as replicas make progress; ``stall_s`` (default
     ``local.DEFAULT_STALL_S``) is how long nothing may move before it gives up."""
-    from serve_app import local
     from serve_app.config import load_app_config
-    from serve_app.render import render_local
-    from serve_app.serve_config import render_serve_config
+    from serve_app.deploy.render import render_local
+    from serve_app.deploy.serve_config import render_serve_config
+    from serve_app.local import cluster as local
 
     app = load_app_config(app_config_path)
     config: dict[str, Any] = render_serve_config(app)
@@ -201,7 +201,7 @@ def run_demo(
         published = ensure_demo_models(root)
         if published:
             print(f"published {published} into {root}", flush=True)
-    from serve_app.graph.check import check_pipelines
+    from serve_app.deploy.pipeline_check import check_pipelines
 
     for root in roots:  # datatypes and shapes of every pipeline edge, before deploying
         for line in check_pipelines(app, root):

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from serve_app.app_args import (
+from serve_app.config import AppConfig, ModelConfig
+from serve_app.deploy.app_args import (
     MODEL_DEPLOYMENT,
     MULTIPLEX_DEPLOYMENT,
     ROUTER_DEPLOYMENT,
@@ -18,9 +19,8 @@ from serve_app.app_args import (
     StagedAppArgs,
     stage_deployment,
 )
-from serve_app.config import AppConfig, ModelConfig
+from serve_app.deploy.version_policy import version_applications
 from serve_app.graph.spec import PipelineConfig
-from serve_app.version_policy import version_applications
 
 IMPORT_PATH = "serve_app.app:build_app"
 MAX_CONSTRUCTOR_RETRIES = 3

@@ -1,7 +1,7 @@
 """``serve-app train-demo-heads``: the support-ticket triage heads of the demo pipeline.
 
 Three small classifiers over MiniLM sentence embeddings, trained in seconds on CPU on
-the labelled tickets shipped in ``serve_app/demo_data/support_tickets.csv``, then
+the labelled tickets shipped in ``serve_app/local/demo_data/support_tickets.csv``, then
 published into the model repository like any model (safetensors + checksummed
 manifest, ``task: classification`` with the label names):
 
@@ -61,13 +61,13 @@ HEADS = (
 
 def load_tickets() -> list[dict[str, str]]:
     """The labelled tickets (text, topic, urgency)."""
-    text = (importlib.resources.files("serve_app.demo_data") / DATASET).read_text("utf-8")
+    text = (importlib.resources.files("serve_app.local.demo_data") / DATASET).read_text("utf-8")
     return list(csv.DictReader(text.splitlines()))
 
 
 def dataset_sha256() -> str:
     """sha256 of the shipped data set (recorded in each head's manifest)."""
-    data = (importlib.resources.files("serve_app.demo_data") / DATASET).read_bytes()
+    data = (importlib.resources.files("serve_app.local.demo_data") / DATASET).read_bytes()
     return hashlib.sha256(data).hexdigest()
 
 
@@ -172,7 +172,7 @@ def train_demo_heads(root: str | Path, progress: bool = True) -> dict[str, dict[
                 head.name,
                 architecture=arch,
                 task="classification",
-                source=f"serve-app train-demo-heads on serve_app/demo_data/{DATASET}",
+                source=f"serve-app train-demo-heads on serve_app/local/demo_data/{DATASET}",
                 metadata={
                     "labels": list(head.labels),
                     "dataset_sha256": dataset_sha256(),

@@ -31,7 +31,7 @@ def _pin(args: dict[str, Any], root: str, folder: str) -> None:
 def pin_latest_versions(config: dict[str, Any]) -> dict[str, Any]:
     """A copy of the Serve config ``config`` with every ``latest`` replaced by the
     highest published version (models, staged models and pipeline node targets)."""
-    from serve_app.version_policy import pin_latest_n
+    from serve_app.deploy.version_policy import pin_latest_n
 
     pinned = pin_latest_n(copy.deepcopy(config))
     for app in pinned.get("applications", []):

@@ -165,7 +165,7 @@ def wait_rolled(
 
 def reasons(app: Any) -> str:
     """An application's message and its deployments' messages, joined."""
-    from serve_app.server.oip_server import concise
+    from serve_app.deploy.progress import concise
 
     messages = [app.get("message", "")] + [
         d.get("message", "") for d in app.get("deployments", {}).values()
@@ -211,7 +211,7 @@ def rollout_ending_canary(
     canary applications of ``before``, then, once it runs, without them."""
     import copy
 
-    from serve_app.version_policy import CANARY_SUFFIX
+    from serve_app.deploy.version_policy import CANARY_SUFFIX
 
     names = {a["name"] for a in after["applications"]}
     canaries = [
@@ -232,8 +232,8 @@ def render_for_deploy(app_config: str | Path | AppConfig) -> dict[str, Any]:
     """The Serve config of an AppConfig (or its file) as ``serve-app demo`` deploys it:
     absolute repository roots and every ``latest`` pinned."""
     from serve_app.config import load_app_config
-    from serve_app.serve_config import render_serve_config
-    from serve_app.versions import pin_latest_versions
+    from serve_app.deploy.serve_config import render_serve_config
+    from serve_app.deploy.versions import pin_latest_versions
 
     app = app_config if isinstance(app_config, AppConfig) else load_app_config(app_config)
     config = render_serve_config(app)

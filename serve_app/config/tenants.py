@@ -7,13 +7,11 @@ uses them to forward ``/v2/models/<tenant>/...`` to the tenant's family.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Mapping
 
+from serve_app.graph.spec import PipelineConfig
+from serve_app.graph.structure import model_nodes
 from serve_app.schema_base import validate_model_name
-
-if TYPE_CHECKING:
-    from serve_app.config import AppConfig
 
 
 def family_of(name: str, prefixes: Mapping[str, str]) -> str | None:
@@ -34,12 +32,14 @@ def is_tenant_name(name: str, prefix: str) -> bool:
     return name.startswith(prefix) and len(name) > len(prefix)
 
 
-def check_tenant_prefixes(app: AppConfig) -> None:
+def check_tenant_prefixes(
+    prefixes: Mapping[str, str], names: Iterable[str], pipelines: Iterable[PipelineConfig]
+) -> None:
     """Raise ``ValueError`` when a tenant name could mean two things: two families'
-    prefixes overlap, a served model, pipeline or the server app has a name a family
-    would claim as a tenant, or a pipeline node uses a family (a family has no single
-    model's tensor specs; address one tenant's model directly instead)."""
-    prefixes = {m.name: m.multiplex.tenant_prefix for m in app.models if m.multiplex}
+    prefixes (``family -> tenant_prefix``) overlap, one of the served ``names`` (models,
+    pipelines, the server app) is a name a family would claim as a tenant, or a pipeline
+    node uses a family (a family has no single model's tensor specs; address one
+    tenant's model directly instead)."""
     if not prefixes:
         return
     items = sorted(prefixes.items())
@@ -50,7 +50,6 @@ def check_tenant_prefixes(app: AppConfig) -> None:
                     f"multiplexed families {a!r} and {b!r} have overlapping tenant prefixes "
                     f"{pa!r} and {pb!r}: a tenant name would belong to both"
                 )
-    names = [m.name for m in app.models] + [p.name for p in app.pipelines] + [app.server_name]
     for name in names:
         family = family_of(name, prefixes)
         if family is not None:
@@ -58,9 +57,7 @@ def check_tenant_prefixes(app: AppConfig) -> None:
                 f"{name!r} starts with the tenant prefix {prefixes[family]!r} of the "
                 f"multiplexed family {family!r}: its route would shadow that tenant"
             )
-    from serve_app.graph.structure import model_nodes
-
-    for p in app.pipelines:
+    for p in pipelines:
         for node in model_nodes(p):
             if node.model in prefixes:
                 raise ValueError(

@@ -41,7 +41,7 @@ def ingress_environment(http: HttpConfig, grpc_default_app: str | None) -> dict[
             HAProxy ingress it gets gRPC calls that carry no ``application`` metadata (a
             no-op while gRPC is off); None keeps Ray's NOT_FOUND for them.
     """
-    from serve_app.ingress import haproxy_env
+    from serve_app.local.ingress import haproxy_env
 
     if http.ingress == "haproxy":
         return haproxy_env(
@@ -107,7 +107,7 @@ def deploy_config(config: dict[str, Any]) -> None:
     from ray.serve._private import api as serve_api
     from ray.serve.schema import ServeDeploySchema
 
-    from serve_app.versions import pin_latest_versions
+    from serve_app.deploy.versions import pin_latest_versions
 
     schema = ServeDeploySchema.model_validate(pin_latest_versions(config))
     client = serve_api.serve_start(

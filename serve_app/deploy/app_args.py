@@ -13,10 +13,10 @@ from typing import Annotated, Literal
 from pydantic import Field, TypeAdapter
 
 from serve_app.config import AppConfig, HttpConfig, ModelConfig, RepositoryConfig, ResourcesConfig
+from serve_app.deploy.version_policy import side_app_names
 from serve_app.graph.spec import PipelineConfig
 from serve_app.graph.structure import model_nodes
 from serve_app.schema_base import StrictModel
-from serve_app.version_policy import side_app_names
 
 MODEL_DEPLOYMENT = "ModelDeployment"
 """Deployment of a model served whole (its app's ingress)."""

@@ -1,0 +1,191 @@
+"""AppConfig: the one source of truth for what is served and how.
+
+``configs/app.yaml`` holds an ``AppConfig``; ``serve-app render`` turns it into the
+Serve config file (``configs/local.yaml``) and the RayService ``serveConfigV2``. Every
+model is validated here, including the couplings Ray only warns about.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import Field, model_validator
+
+from serve_app.config.cluster import ClusterConfig
+from serve_app.config.grpc import GrpcConfig
+from serve_app.config.model import ModelConfig
+from serve_app.config.tenants import check_tenant_prefixes
+from serve_app.graph.spec import PipelineConfig
+from serve_app.graph.structure import model_nodes
+from serve_app.protocol.limits import RequestLimits
+from serve_app.schema_base import StrictModel
+
+
+class RepositoryConfig(StrictModel):
+    """Where the versioned weights live (a ReadOnlyMany PVC in a cluster)."""
+
+    root: str = Field(
+        "./model-repository",
+        description="Model repository root: /mnt/models in a cluster, a local folder on a laptop.",
+    )
+    hash_workers: int = Field(
+        4, ge=1, le=64, description="Threads used to sha256 weight files in parallel."
+    )
+
+
+class HttpConfig(StrictModel):
+    """HTTP ingress settings shared by every application."""
+
+    host: str = Field("127.0.0.1", description="Bind address of the Serve HTTP ingress.")
+    port: int = Field(8000, ge=1, le=65535, description="Port of the Serve HTTP ingress.")
+    max_request_bytes: int = Field(
+        16 * 1024 * 1024, ge=1024, description="Largest accepted request body (else 413)."
+    )
+    limits: RequestLimits = Field(
+        default_factory=RequestLimits,
+        description="What one inference request may declare (checked before decoding).",
+    )
+    request_timeout_s: float | None = Field(
+        30.0, gt=0, description="End-to-end request timeout enforced by Serve (408 after)."
+    )
+    retry_after_s: int = Field(
+        1, ge=1, description="Retry-After seconds sent with 503 when not ready or overloaded."
+    )
+    ingress: Literal["haproxy", "proxy"] = Field(
+        "haproxy",
+        description=(
+            "haproxy: Ray 2.60's HAProxy ingress straight to replicas (measured ~3x the "
+            "Python proxy's requests/s, see loadtest/results); proxy: Serve's Python proxy."
+        ),
+    )
+    admin_host: str | None = Field(
+        "127.0.0.1",
+        description=(
+            "Bind address of HAProxy's stats/metrics listeners; None keeps Ray's "
+            "all-interfaces default (inside a pod)."
+        ),
+    )
+    admin_ports: tuple[int, int] = Field(
+        (8404, 9101),
+        description=(
+            "HAProxy's stats and Prometheus ports on a local run (with admin_host set); "
+            "two local Rays with HAProxy ingress on one machine need different ones."
+        ),
+    )
+    access_log: bool = Field(
+        False,
+        description="Serve's per-request access log line (costs CPU on the request path).",
+    )
+    haproxy_balance: Literal["leastconn", "tenant-header"] = Field(
+        "leastconn",
+        description=(
+            "How HAProxy picks a replica, for every application. leastconn: Ray's default. "
+            "tenant-header: hash of the serve_multiplexed_model_id header, so a tenant's "
+            "requests on its family's route reach the replica that holds it (measured in "
+            "loadtest/results/multiplex-haproxy-hdr); requests without the header are "
+            "spread round-robin instead of by least connections."
+        ),
+    )
+
+
+class LogConfig(StrictModel):
+    """How every replica logs (Serve's ``logging_config``)."""
+
+    encoding: Literal["TEXT", "JSON"] = Field(
+        "TEXT",
+        description=(
+            "TEXT for people at a terminal; JSON for a log pipeline: one object per line "
+            "with Serve's request_id, application, deployment and replica, the same "
+            "request_id on every graph node a request passes through."
+        ),
+    )
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="Lowest level written by replicas and Serve's components."
+    )
+
+
+class AppConfig(StrictModel):
+    """Everything serve_app serves: the repository, the HTTP ingress and the models."""
+
+    repository: RepositoryConfig = Field(default_factory=RepositoryConfig)
+    http: HttpConfig = Field(default_factory=HttpConfig)
+    grpc: GrpcConfig = Field(
+        default_factory=GrpcConfig,
+        description="KServe v2 gRPC ingress (tritonclient.grpc), off by default.",
+    )
+    server_name: str = Field(
+        "oip", description="Serve application name of the server routes (/v2, health, list)."
+    )
+    models: list[ModelConfig] = Field(min_length=1, description="The models to serve.")
+    pipelines: list[PipelineConfig] = Field(
+        default_factory=list,
+        description="Inference graphs over the models, each served at /v2/models/<name>.",
+    )
+    logging: LogConfig = Field(
+        default_factory=LogConfig, description="Replica log format and level."
+    )
+    cluster: ClusterConfig | None = Field(
+        None,
+        description="Kubernetes only (serve-app render-k8s): the worker pod shape; "
+        "None keeps the overlay's default.",
+    )
+
+    @model_validator(mode="after")
+    def _unique(self) -> AppConfig:
+        names = [m.name for m in self.models] + [p.name for p in self.pipelines]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"duplicate model/pipeline names: {dupes}")
+        if self.server_name in names:
+            raise ValueError(f"server_name {self.server_name!r} clashes with a model name")
+        return self
+
+    @model_validator(mode="after")
+    def _tenant_names(self) -> AppConfig:
+        prefixes = {m.name: m.multiplex.tenant_prefix for m in self.models if m.multiplex}
+        names = [m.name for m in self.models] + [p.name for p in self.pipelines]
+        check_tenant_prefixes(prefixes, [*names, self.server_name], self.pipelines)
+        return self
+
+    @model_validator(mode="after")
+    def _pipeline_models(self) -> AppConfig:
+        models = {m.name: m for m in self.models}
+        for p in self.pipelines:
+            for node in model_nodes(p):
+                model = models.get(node.model)
+                if model is None:
+                    raise ValueError(
+                        f"pipeline {p.name!r} node {node.name!r}: unknown model {node.model!r} "
+                        f"(models: {sorted(models)})"
+                    )
+                if node.version is not None and node.version != model.version:
+                    raise ValueError(
+                        f"pipeline {p.name!r} node {node.name!r}: wants {node.model!r} version "
+                        f"{node.version!r}, but the model is served at version "
+                        f"{model.version!r} (one deployment per model; serve another version "
+                        "under its own name with repository_name)"
+                    )
+        return self
+
+    def pipeline(self, name: str) -> PipelineConfig:
+        """Return the pipeline called ``name`` (``KeyError`` if absent)."""
+        for p in self.pipelines:
+            if p.name == name:
+                return p
+        raise KeyError(name)
+
+    def model(self, name: str) -> ModelConfig:
+        """Return the config of model ``name`` (``KeyError`` if absent)."""
+        for m in self.models:
+            if m.name == name:
+                return m
+        raise KeyError(name)
+
+
+def load_app_config(path: str | Path) -> AppConfig:
+    """Read and validate an ``AppConfig`` YAML file."""
+    with open(path, encoding="utf-8") as f:
+        data = yaml.safe_load(f)
+    return AppConfig.model_validate(data)
