@@ -43,8 +43,8 @@ def _load_documents(path: str) -> list[Any]:
 
 
 def _apply(a: argparse.Namespace) -> int:
-    from serve_app.k8s.client import API_VERSION, KIND
     from serve_app.k8s.errors import InvalidManifest
+    from serve_app.k8s.resource import API_VERSION, KIND
 
     docs = _load_documents(a.filename)
     rayservices, skipped = [], []
@@ -149,8 +149,8 @@ def _wait(a: argparse.Namespace) -> int:
 
 
 def _upgrade(a: argparse.Namespace) -> int:
-    from serve_app.k8s.client import KIND
     from serve_app.k8s.errors import InvalidManifest
+    from serve_app.k8s.resource import KIND
     from serve_app.k8s.upgrade import parse_holds, safe_cluster_upgrade
 
     docs = [d for d in _load_documents(a.filename) if isinstance(d, dict) and d.get("kind") == KIND]

@@ -8,17 +8,13 @@ the kubeconfig or the in-cluster config is loaded on first use, never at import.
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from serve_app.k8s.errors import (
-    InvalidManifest,
-    KubeConfigError,
     KubernetesApiError,
     KubernetesUnreachable,
     RayServiceConflict,
@@ -29,78 +25,21 @@ from serve_app.k8s.errors import (
     RayServiceWaitTimeout,
     error_from_api_exception,
 )
+from serve_app.k8s.kubeconfig import default_namespace, load_api_client
+from serve_app.k8s.resource import GROUP, PLURAL, VERSION, prepare_manifest
+from serve_app.k8s.results import ApplyResult, DeleteResult
 from serve_app.k8s.status import RayServiceStatus
 
 if TYPE_CHECKING:
-    from kubernetes.client import ApiClient, CustomObjectsApi
+    from kubernetes.client import CustomObjectsApi
 
-GROUP = "ray.io"
-VERSION = "v1"
-PLURAL = "rayservices"
-KIND = "RayService"
-API_VERSION = f"{GROUP}/{VERSION}"
 APPLY_PATCH = "application/apply-patch+yaml"
 FIELD_MANAGER = "serve-app"
 """Server-side apply field manager of this client (``kubectl apply --server-side`` uses
 ``kubectl``): the fields it applied are the fields a later apply may remove."""
-# Set by the API server; sending them back on create is an error, on patch a surprise.
-_SERVER_METADATA = (
-    "uid",
-    "generation",
-    "creationTimestamp",
-    "managedFields",
-    "selfLink",
-    "deletionTimestamp",
-    "deletionGracePeriodSeconds",
-)
-_SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 
 ProgressFn = Callable[[RayServiceStatus, float], None]
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ApplyResult:
-    """What :meth:`RayServiceClient.apply` did and the object the server returned."""
-
-    action: Literal["created", "configured", "unchanged"]
-    """``configured``: the spec (``generation`` moved) or the labels/annotations changed."""
-    object: dict[str, Any]
-    """The object as stored after the apply."""
-    spec_changed: bool = False
-    """``generation`` moved: KubeRay will reconcile a new spec."""
-    warnings: tuple[str, ...] = ()
-    """The API server's ``Warning`` headers (deprecations, ignored fields)."""
-
-    @property
-    def name(self) -> str:
-        """metadata.name of the applied object."""
-        return str(self.object["metadata"]["name"])
-
-    @property
-    def namespace(self) -> str:
-        """metadata.namespace of the applied object."""
-        return str(self.object["metadata"]["namespace"])
-
-    @property
-    def generation(self) -> int:
-        """metadata.generation after the call (bumped by every spec change)."""
-        return int(self.object["metadata"].get("generation", 0))
-
-
-@dataclass(frozen=True)
-class DeleteResult:
-    """What :meth:`RayServiceClient.delete` left behind."""
-
-    deleted: bool
-    """Gone at once (no finalizer held it)."""
-    object: dict[str, Any]
-    """The API server's answer: the object being deleted, or a ``Status``."""
-
-    @property
-    def finalizers(self) -> tuple[str, ...]:
-        """Finalizers still holding the object (KubeRay's, while it cleans up)."""
-        return tuple((self.object.get("metadata") or {}).get("finalizers") or ())
 
 
 class RayServiceClient:
@@ -149,7 +88,7 @@ class RayServiceClient:
         Returns:
             A client that loads its API configuration on first use.
         """
-        ns = namespace or _default_namespace(kubeconfig, context)
+        ns = namespace or default_namespace(kubeconfig, context)
         return cls(None, ns, kubeconfig=kubeconfig, context=context)
 
     @property
@@ -158,7 +97,7 @@ class RayServiceClient:
         if self._api is None:
             from kubernetes.client import CustomObjectsApi
 
-            self._api = CustomObjectsApi(_load_api_client(self._kubeconfig, self._context))
+            self._api = CustomObjectsApi(load_api_client(self._kubeconfig, self._context))
         return self._api
 
     def _call(self, method: str, namespace: str, *args: Any, **kwargs: Any) -> Any:
@@ -216,7 +155,7 @@ class RayServiceClient:
                 resourceVersion.
             KubernetesApiError: Any other API error (400 unknown field, 422 invalid).
         """
-        body = _prepare_manifest(manifest)
+        body = prepare_manifest(manifest)
         meta = body["metadata"]
         name = meta["name"]
         ns = meta.setdefault("namespace", self.namespace)
@@ -431,65 +370,3 @@ def _warnings(headers: Any) -> list[str]:
 
 def _is_transient(e: KubernetesApiError) -> bool:
     return isinstance(e, KubernetesUnreachable) or e.status_code == 429 or e.status_code >= 500
-
-
-def _prepare_manifest(manifest: dict[str, Any]) -> dict[str, Any]:
-    if not isinstance(manifest, dict):
-        raise InvalidManifest(f"a manifest must be a mapping, got {type(manifest).__name__}")
-    kind, api_version = manifest.get("kind"), manifest.get("apiVersion")
-    if kind != KIND or api_version != API_VERSION:
-        raise InvalidManifest(
-            f"expected apiVersion {API_VERSION} kind {KIND}, got apiVersion {api_version} "
-            f"kind {kind}"
-        )
-    body = copy.deepcopy(manifest)
-    body.pop("status", None)
-    meta = body.get("metadata")
-    if not isinstance(meta, dict) or not meta.get("name"):
-        raise InvalidManifest("a RayService manifest needs metadata.name")
-    for key in _SERVER_METADATA:
-        meta.pop(key, None)
-    return body
-
-
-def _load_api_client(kubeconfig: str | None, context: str | None) -> ApiClient:
-    """An ``ApiClient`` from the kubeconfig, else from the in-cluster service account.
-
-    The global default ``Configuration`` is left alone, so several clients can talk to
-    different clusters in one process.
-    """
-    from kubernetes import client, config
-
-    try:
-        return config.new_client_from_config(
-            config_file=kubeconfig, context=context, persist_config=False
-        )
-    except (config.ConfigException, OSError) as e:
-        if kubeconfig is not None or context is not None:
-            where = kubeconfig or "(default: $KUBECONFIG or ~/.kube/config)"
-            raise KubeConfigError(f"cannot load kubeconfig {where}: {e}") from e
-        kube_error = e
-    cfg = client.Configuration()
-    try:
-        config.load_incluster_config(client_configuration=cfg)
-    except config.ConfigException as e:
-        raise KubeConfigError(
-            f"no Kubernetes configuration: kubeconfig: {kube_error}; in-cluster: {e}"
-        ) from e
-    return client.ApiClient(cfg)
-
-
-def _default_namespace(kubeconfig: str | None, context: str | None) -> str:
-    """The context's namespace, else the service account's, else ``default``."""
-    from kubernetes import config
-
-    try:
-        contexts, current = config.list_kube_config_contexts(kubeconfig)
-    except (config.ConfigException, OSError):
-        try:
-            with open(_SERVICE_ACCOUNT_NAMESPACE, encoding="utf-8") as f:
-                return f.read().strip() or "default"
-        except OSError:
-            return "default"
-    chosen = next((c for c in contexts if c.get("name") == context), None) if context else current
-    return str(((chosen or {}).get("context") or {}).get("namespace") or "default")

@@ -14,7 +14,8 @@ from serve_app.k8s.changes import (
     pending_changes,
     verdict,
 )
-from serve_app.k8s.render import PROFILES, rayservice_patch, render_k8s_files
+from serve_app.k8s.profiles import PROFILES
+from serve_app.k8s.render import rayservice_patch, render_k8s_files
 
 GPU = next(p for p in PROFILES if p.name == "gpu")
 WORKER = "/spec/rayClusterConfig/workerGroupSpecs/0"

@@ -18,13 +18,9 @@ import pytest
 import yaml
 
 from serve_app.config import load_app_config
-from serve_app.k8s.render import (
-    MODELS_MOUNT_PATH,
-    PROFILES,
-    ClusterProfile,
-    drain_timing,
-    worker_max_replicas,
-)
+from serve_app.k8s.drain import drain_timing
+from serve_app.k8s.profiles import PROFILES, ClusterProfile
+from serve_app.k8s.render import MODELS_MOUNT_PATH, worker_max_replicas
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # ids "<name>-overlay": tests/conftest.py skips items with a bare "gpu" keyword.

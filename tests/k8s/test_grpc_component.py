@@ -11,7 +11,8 @@ import yaml
 
 from serve_app.config import AppConfig, load_app_config
 from serve_app.config.grpc import SERVICER_FUNCTION
-from serve_app.k8s.render import GRPC_COMPONENT_PORT, PROFILES, check_cluster_app
+from serve_app.k8s.profiles import PROFILES
+from serve_app.k8s.render import GRPC_COMPONENT_PORT, check_cluster_app
 from tests.k8s.conftest import overlay_with_components
 from tests.k8s.test_manifests import REPO_ROOT, core_errors, crd_errors, one, profile
 

@@ -17,7 +17,8 @@ import yaml
 
 from serve_app.config import load_app_config
 from serve_app.deploy.app_args import ModelAppArgs, ServerAppArgs
-from serve_app.k8s.render import PROFILES, PROXY_LOCATION, ClusterProfile, serve_config_text
+from serve_app.k8s.profiles import PROFILES, ClusterProfile
+from serve_app.k8s.render import PROXY_LOCATION, serve_config_text
 from tests.k8s import crd_schema as crds
 from tests.k8s.conftest import kustomize
 

@@ -18,7 +18,7 @@ import sys
 
 import pytest
 
-from serve_app.k8s.render import DrainTiming, prestop_script
+from serve_app.k8s.drain import DrainTiming, prestop_script
 
 EXPERIMENT = r"""
 import json, os, subprocess, sys, time, urllib.request

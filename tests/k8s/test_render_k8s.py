@@ -17,13 +17,14 @@ import yaml
 
 from serve_app.config import AppConfig, ClusterConfig, WorkerPodConfig
 from serve_app.k8s.cli_render import add_render_k8s_command
-from serve_app.k8s.render import (
-    PROFILES,
+from serve_app.k8s.drain import (
     SERVE_DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_S,
-    ClusterProfile,
     DrainTiming,
-    check_cluster_app,
     prestop_script,
+)
+from serve_app.k8s.profiles import PROFILES, ClusterProfile
+from serve_app.k8s.render import (
+    check_cluster_app,
     ray_container_env,
     rayservice_patch,
     render_k8s_files,

@@ -23,14 +23,14 @@ import pytest
 import yaml
 
 from serve_app.config import load_app_config
-from serve_app.k8s.render import (
+from serve_app.k8s.drain import (
     DEFAULT_PROXY_DRAIN_S,
     DRAIN_CALL_TIMEOUT_S,
     NODE_ID_TIMEOUT_S,
-    PROFILES,
     RAY_STOP_GRACE_S,
     SIGTERM_MARGIN_S,
 )
+from serve_app.k8s.profiles import PROFILES
 from tests.k8s.conftest import overlay_with_components
 from tests.k8s.test_manifests import (
     OVERLAYS,

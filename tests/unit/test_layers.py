@@ -163,9 +163,7 @@ def test_the_checks_catch_a_circle_and_an_upward_import(tmp_path: Path) -> None:
     (pkg / "__init__.py").write_text("")
     (pkg / "errors.py").write_text("from serve_app.graph import spec\n")
     (pkg / "graph" / "__init__.py").write_text("")
-    (pkg / "graph" / "spec.py").write_text(
-        "def f():\n    from .structure import g\n    return g\n"
-    )
+    (pkg / "graph" / "spec.py").write_text("def f():\n    from .structure import g\n    return g\n")
     (pkg / "graph" / "structure.py").write_text("from serve_app.graph.spec import f\n")
     graph = import_graph(pkg)
     assert cycles(graph) == [["serve_app.graph.spec", "serve_app.graph.structure"]]

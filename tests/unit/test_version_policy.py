@@ -18,7 +18,8 @@ from serve_app.deploy.rollout import end_canary
 from serve_app.deploy.serve_config import render_serve_config
 from serve_app.deploy.versions import pin_latest_versions
 from serve_app.errors import DeployError
-from serve_app.k8s.render import ClusterProfile, check_cluster_app, worker_max_replicas
+from serve_app.k8s.profiles import ClusterProfile
+from serve_app.k8s.render import check_cluster_app, worker_max_replicas
 from serve_app.repository import publish
 from serve_app.repository.manifest import Architecture
 from serve_app.server.canary import CanaryForwarder
