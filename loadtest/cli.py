@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from loadtest import profiles
+from loadtest.traffic import profiles
 
 if TYPE_CHECKING:  # loadtest.run imports pyarrow: not at every serve-app start
     from loadtest.run import RunSettings
@@ -26,7 +26,7 @@ def profile_from_args(a: argparse.Namespace) -> profiles.Profile:
 
 
 def _body(a: argparse.Namespace) -> bytes:
-    from loadtest.payloads import body_from_file, generated_body, model_metadata
+    from loadtest.traffic.payloads import body_from_file, generated_body, model_metadata
 
     if a.payload:
         return body_from_file(Path(a.payload))
@@ -51,7 +51,7 @@ def _settings(a: argparse.Namespace, **extra: object) -> RunSettings:
 
 
 def _token(a: argparse.Namespace) -> str | None:
-    from loadtest.sampler import read_token
+    from loadtest.observe.sampler import read_token
 
     return Path(a.token_file).read_text().strip() if a.token_file else read_token()
 
@@ -82,7 +82,7 @@ def _sweep(a: argparse.Namespace) -> int:
 
 
 def _report_and_print(folder: Path, slo_ms: float) -> int:
-    from loadtest.report import report
+    from loadtest.reports.load import report
 
     report(folder, slo_ms)
     print((folder / "report.md").read_text())

@@ -13,11 +13,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import Field
 
-from loadtest.analysis import REQUESTS_FILE, RUN_FILE, SAMPLES_FILE
-from loadtest.generator import Requests, Target, closed_loop, open_loop
-from loadtest.machine import machine_info
-from loadtest.profiles import Profile
-from loadtest.sampler import Sampler
+from loadtest.harness.machine import machine_info
+from loadtest.observe.analysis import REQUESTS_FILE, RUN_FILE, SAMPLES_FILE
+from loadtest.observe.sampler import Sampler
+from loadtest.traffic.generator import Requests, Target, closed_loop, open_loop
+from loadtest.traffic.profiles import Profile
 from serve_app.schema_base import StrictModel
 
 

@@ -20,7 +20,7 @@ LOCAL_RAY_ENV = {
 SERVE_RAY_ENV = {
     # Run user code on the replica's own event loop. Ray's default runs it on a second
     # loop in another thread, which costs two cross-thread hand-offs per request (body in,
-    # response out). loadtest/profile_serving.py at c=64 on 2 cores: the replicas'
+    # response out). loadtest/bench/profile_serving.py at c=64 on 2 cores: the replicas'
     # event-loop CPU fell from 0.94-1.33 to 0.79 ms per request
     # (loadtest/results/profile/). Our replicas never block their loop: forwards and
     # large tokenizations run in worker threads.

@@ -19,7 +19,7 @@ from ray.autoscaler._private.fake_multi_node.node_provider import (
 )
 from ray.cluster_utils import AutoscalingCluster
 
-from loadtest.machine import free_port
+from loadtest.harness.machine import free_port
 from loadtest.nodes.processes import MARKER_ENV, cluster_temp_dir, kill_cluster_processes
 from loadtest.nodes.settings import WORKER_TYPE, Settings
 

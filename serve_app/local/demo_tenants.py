@@ -1,7 +1,7 @@
 """Tenant models for a multiplexed family: many small MLP heads of one architecture
 (the demo's ``mlp-head`` shape, 384 -> 128 -> 8), each with its own seeded random
 weights, published into the repository like any model (safetensors + checksummed
-manifest). Tests and ``loadtest/multiplex_bench.py`` serve them.
+manifest). Tests and ``loadtest/bench/multiplex.py`` serve them.
 
 ``python -m serve_app.local.demo_tenants --root ./model-repository --count 200`` publishes
 ``tenant-0000`` ... ``tenant-0199`` (those not already there).

@@ -1,9 +1,9 @@
 """``serve-app demo`` in its own process, as a user starts it (re-exported from
-``loadtest.demo_process``, which the benchmarks share): ``demo_process`` waits for
+``loadtest.harness.demo_process``, which the benchmarks share): ``demo_process`` waits for
 "serve_app is up", yields the running demo, and on exit sends Ctrl-C and checks that no
 process of its tree is left."""
 
-from loadtest.demo_process import (  # noqa: F401  (re-exported)
+from loadtest.harness.demo_process import (  # noqa: F401  (re-exported)
     REPO_ROOT,
     START_STALL_S,
     Demo,
@@ -21,7 +21,7 @@ def serve_diagnosis(demo: Demo, dashboard_url: str, app: str) -> str:
     import json
     import time
 
-    from loadtest.sampler import http_get, read_token
+    from loadtest.observe.sampler import http_get, read_token
 
     url = f"{dashboard_url}/api/serve/applications/"
     try:
@@ -56,7 +56,7 @@ def wait_for_replicas(
     last output."""
     import json
 
-    from loadtest.sampler import http_get, read_token
+    from loadtest.observe.sampler import http_get, read_token
     from serve_app.deploy import progress
 
     token = read_token()

@@ -28,11 +28,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from loadtest import profiles
-from loadtest.analysis import load_run, summarize, target_series
-from loadtest.payloads import generated_body, model_metadata
+from loadtest.observe.analysis import load_run, summarize, target_series
+from loadtest.observe.sampler import read_token
 from loadtest.run import RunSettings, run_open_loop
-from loadtest.sampler import read_token
+from loadtest.traffic import profiles
+from loadtest.traffic.payloads import generated_body, model_metadata
 from serve_app.local.demo import MLP_HEAD
 from tests.integration.conftest import free_port
 from tests.integration.demo_process import Demo, demo_process, serve_diagnosis

@@ -22,11 +22,11 @@ import numpy as np
 import psutil
 import pytest
 
-from loadtest import profiles
-from loadtest.analysis import load_run, summarize, target_series
-from loadtest.payloads import generated_body, model_metadata
+from loadtest.observe.analysis import load_run, summarize, target_series
+from loadtest.observe.sampler import http_get, read_token
 from loadtest.run import RunSettings, run_open_loop
-from loadtest.sampler import http_get, read_token
+from loadtest.traffic import profiles
+from loadtest.traffic.payloads import generated_body, model_metadata
 from serve_app.local.demo import MLP_HEAD
 from tests.integration.conftest import copy_model, free_port
 from tests.integration.demo_process import (

@@ -1,7 +1,7 @@
 """Node-level autoscaling end to end: load -> more replicas -> pending GPU demand -> the
 autoscaler adds a GPU worker node -> requests served there -> scale-down and node removal.
 
-``loadtest.node_autoscaling`` runs on a private fake multi-node cluster
+``loadtest.nodes.experiment`` runs on a private fake multi-node cluster
 (``AutoscalingCluster``'s provider driving Ray's real autoscaler). That cluster needs its
 own driver, so the experiment runs in a subprocess whatever Ray this session has started;
 its processes are found by run id and must all be gone afterwards.
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from loadtest import node_autoscaling as nas
+from loadtest.nodes import experiment as nas
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -41,7 +41,7 @@ def run_short_experiment(
     cmd = [
         sys.executable,
         "-m",
-        "loadtest.node_autoscaling",
+        "loadtest.nodes.experiment",
         "--out",
         str(out),
         "--run-id",

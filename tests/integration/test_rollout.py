@@ -28,8 +28,8 @@ import httpx
 import pytest
 import yaml
 
-from loadtest.payloads import generated_body, model_metadata
-from loadtest.sampler import http_get, read_token
+from loadtest.observe.sampler import http_get, read_token
+from loadtest.traffic.payloads import generated_body, model_metadata
 from serve_app.local.demo import MLP_HEAD
 from serve_app.repository.manifest import MANIFEST_NAME, Manifest
 from serve_app.repository.publish import publish

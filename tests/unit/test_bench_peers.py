@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from loadtest.bench_peers import markdown, parse_variant, ratios, raw_mean
+from loadtest.bench.peers import markdown, parse_variant, ratios, raw_mean
 
 
 def _server(rps: tuple[float, float, float]) -> dict:

@@ -17,11 +17,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from loadtest import profiles
-from loadtest.analysis import load_run, summarize
-from loadtest.generator import Target, closed_loop, open_loop
-from loadtest.report import report
-from loadtest.sampler import metric_sums, replica_counts
+from loadtest.observe.analysis import load_run, summarize
+from loadtest.observe.sampler import metric_sums, replica_counts
+from loadtest.reports.load import report
+from loadtest.traffic import profiles
+from loadtest.traffic.generator import Target, closed_loop, open_loop
 
 # --- profiles --------------------------------------------------------------------------
 
@@ -280,7 +280,7 @@ def test_locust_runs_the_same_profile(noop_server: str, tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    from loadtest.locust_profile import profile_from_env, users_at
+    from loadtest.traffic.locust_profile import profile_from_env, users_at
 
     env_profile = {"LOADTEST_PROFILE": "step", "LOADTEST_LOW": "2", "LOADTEST_HIGH": "9.5"}
     shape = profile_from_env({**env_profile, "LOADTEST_AT_S": "3", "LOADTEST_DURATION_S": "6"})
@@ -296,7 +296,7 @@ def test_locust_runs_the_same_profile(noop_server: str, tmp_path: Path) -> None:
         "LOADTEST_RATE": "20",
         "LOADTEST_DURATION_S": "4",
     }
-    cmd = [sys.executable, "-m", "locust", "-f", "loadtest/locustfile.py", "--headless"]
+    cmd = [sys.executable, "-m", "locust", "-f", "loadtest/traffic/locustfile.py", "--headless"]
     out = subprocess.run(
         [*cmd, "--host", noop_server, "--csv", str(tmp_path / "stats"), "--only-summary"],
         env=env,

@@ -8,7 +8,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from loadtest.multiplex_bench import counters_delta, lru_hit_rate, zipf_sequence
+from loadtest.bench.multiplex_stats import counters_delta, lru_hit_rate, zipf_sequence
 
 REQ = "ray_serve_multiplexed_get_model_requests_counter_total"
 LOAD = "ray_serve_multiplexed_models_load_counter_total"
@@ -45,7 +45,7 @@ def test_the_report_renders_the_committed_results() -> None:
     import json
     from pathlib import Path
 
-    from loadtest.multiplex_report import render_md
+    from loadtest.reports.multiplex import render_md
 
     folder = Path(__file__).resolve().parents[2] / "loadtest" / "results" / "multiplex"
     doc = json.loads((folder / "multiplex.json").read_text())

@@ -1,6 +1,6 @@
 """Property test of the OIP decoder: whatever the body and header, decoding either
 succeeds or raises one of our client errors (400/413/422), in bounded time. Anything
-else would be a 500. The longer run is `loadtest/fuzz_oip.py`."""
+else would be a 500. The longer run is `loadtest/soak/fuzz_oip.py`."""
 
 from __future__ import annotations
 

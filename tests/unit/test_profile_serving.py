@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from loadtest.profile_serving import OTHER, delta_by_group, parse_raw, stage_of
+from loadtest.bench.profile_serving import OTHER, delta_by_group, parse_raw, stage_of
 
 
 def test_a_stack_goes_to_its_innermost_known_stage_in_priority_order() -> None:
@@ -34,7 +34,7 @@ def test_cpu_deltas_only_count_processes_alive_at_both_ends() -> None:
 
 
 def test_haproxy_timers_come_from_the_backend_rows() -> None:
-    from loadtest.profile_serving import parse_haproxy_csv
+    from loadtest.bench.profile_serving import parse_haproxy_csv
 
     text = (
         "# pxname,svname,qtime,ctime,rtime,ttime,\n"
@@ -50,7 +50,7 @@ def test_haproxy_timers_come_from_the_backend_rows() -> None:
 def test_thread_cpu_reads_every_thread_of_a_process() -> None:
     import os
 
-    from loadtest.profile_serving import thread_cpu
+    from loadtest.bench.profile_serving import thread_cpu
 
     threads = thread_cpu(os.getpid())
     assert os.getpid() in threads  # the main thread's id is the process id

@@ -13,9 +13,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from loadtest.proc_sampler import PROCESS_SAMPLES_FILE, group_of, sample_tree
-from loadtest.soak import parse_args, summarize_soak
-from loadtest.soak_analysis import (
+from loadtest.observe.proc_sampler import PROCESS_SAMPLES_FILE, group_of, sample_tree
+from loadtest.soak.analysis import (
     MIB,
     analyse_groups,
     group_series,
@@ -23,7 +22,8 @@ from loadtest.soak_analysis import (
     per_minute,
     trend,
 )
-from loadtest.soak_report import plot, text
+from loadtest.soak.report import plot, text
+from loadtest.soak.run import parse_args, summarize_soak
 
 WALL_START_S = 1000.0
 

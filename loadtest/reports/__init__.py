@@ -1,0 +1,2 @@
+"""Reports: ``serve-app loadtest report`` of a load run (``load``), and the derived
+numbers and Markdown of the graph and multiplexing benchmarks."""
