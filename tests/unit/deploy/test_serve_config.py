@@ -13,7 +13,7 @@ from serve_app.deploy.app_args import APP_ARGS
 from serve_app.deploy.render import render_local
 from serve_app.deploy.serve_config import render_serve_config
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_local_yaml_has_not_drifted() -> None:

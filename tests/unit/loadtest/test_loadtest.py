@@ -303,7 +303,7 @@ def test_locust_runs_the_same_profile(noop_server: str, tmp_path: Path) -> None:
         capture_output=True,
         text=True,
         timeout=60,
-        cwd=Path(__file__).resolve().parents[2],
+        cwd=Path(__file__).resolve().parents[3],
     )
     assert out.returncode == 0, out.stderr[-2000:]
     rows = (tmp_path / "stats_stats.csv").read_text().splitlines()

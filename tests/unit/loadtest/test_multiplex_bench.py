@@ -47,6 +47,6 @@ def test_the_report_renders_the_committed_results() -> None:
 
     from loadtest.reports.multiplex import render_md
 
-    folder = Path(__file__).resolve().parents[2] / "loadtest" / "results" / "multiplex"
+    folder = Path(__file__).resolve().parents[3] / "loadtest" / "results" / "multiplex"
     doc = json.loads((folder / "multiplex.json").read_text())
     assert render_md(doc) == (folder / "multiplex.md").read_text()

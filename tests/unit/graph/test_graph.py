@@ -19,7 +19,7 @@ from serve_app.graph.structure import edges, topological_order
 from serve_app.graph.tensor_types import infer_specs
 from serve_app.models.base import ModelSpecs, TensorSpec
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 TEXT = (TensorSpec("text", "BYTES", (-1,)),)
 EMB = (TensorSpec("embedding", "FP32", (-1, 4)),)
