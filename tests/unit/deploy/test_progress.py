@@ -209,3 +209,17 @@ def test_messages_alone_are_not_progress() -> None:
     c = {"m": app("DEPLOYING", "taken more than 60s", STARTING=1, RUNNING=1)}
     assert progress.progress_key(a, ["m"]) == progress.progress_key(b, ["m"])
     assert progress.progress_key(b, ["m"]) != progress.progress_key(c, ["m"])
+
+
+def test_status_messages_are_cut_to_the_error() -> None:
+    raw = (
+        "A replica failed to start with exception. Retrying. Error:\n\x1b[36mray::ServeReplica:"
+        'fragile:ModelDeployment.initialize_and_get_metadata()\x1b[39m (pid=2595)\n  File "x",'
+        ' line 1\nRuntimeError: Traceback (most recent call last):\n  File "y", line 2\n'
+        "serve_app.errors.IntegrityError: sha256 mismatch for /m/fragile/1/model.safetensors\n"
+    )
+    assert progress.concise(raw) == (
+        "A replica failed to start with exception. Retrying. "
+        "serve_app.errors.IntegrityError: sha256 mismatch for /m/fragile/1/model.safetensors"
+    )
+    assert progress.concise("The deployments are UNHEALTHY.") == "The deployments are UNHEALTHY."

@@ -398,19 +398,3 @@ async def test_ready_is_503_state_unknown_when_the_controller_never_answered(
     assert (r.status_code, r.headers["retry-after"]) == (503, "4")
     assert error_of(r) == "state unknown: the Serve controller has never answered"
     assert (await client.get("/v2/health/live")).status_code == 200
-
-
-def test_status_messages_are_cut_to_the_error() -> None:
-    from serve_app.deploy.progress import concise
-
-    raw = (
-        "A replica failed to start with exception. Retrying. Error:\n\x1b[36mray::ServeReplica:"
-        'fragile:ModelDeployment.initialize_and_get_metadata()\x1b[39m (pid=2595)\n  File "x",'
-        ' line 1\nRuntimeError: Traceback (most recent call last):\n  File "y", line 2\n'
-        "serve_app.errors.IntegrityError: sha256 mismatch for /m/fragile/1/model.safetensors\n"
-    )
-    assert concise(raw) == (
-        "A replica failed to start with exception. Retrying. "
-        "serve_app.errors.IntegrityError: sha256 mismatch for /m/fragile/1/model.safetensors"
-    )
-    assert concise("The deployments are UNHEALTHY.") == "The deployments are UNHEALTHY."
