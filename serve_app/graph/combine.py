@@ -34,7 +34,9 @@ def combine(mode: str, values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 def reduce_value(array: np.ndarray, how: str) -> Any:
     """One value out of a tensor for a switch: ``min``/``max``/``mean``/``first``.
 
-    BYTES tensors only support ``first`` (decoded as UTF-8 text).
+    BYTES tensors only support ``first`` (decoded as UTF-8 text). A BOOL tensor's
+    ``min``/``max``/``first`` is a boolean (``min``: every row true), its ``mean`` the
+    share of true rows.
 
     Raises:
         InvalidInput: the tensor is empty, or a BYTES tensor with a numeric reduction.
@@ -49,6 +51,8 @@ def reduce_value(array: np.ndarray, how: str) -> Any:
         return item.decode("utf-8", "replace") if isinstance(item, bytes) else item
     if how == "first":
         return flat[0].item()
+    if array.dtype == np.bool_ and how in ("min", "max"):
+        return bool(getattr(np, how)(flat))  # min: all rows true, max: any row true
     return float(getattr(np, how)(flat))
 
 
@@ -68,7 +72,11 @@ def switch_target(node: SwitchNode, value: Any) -> str | None:
     return node.default
 
 
-def _equal(value: Any, expected: str | float) -> bool:
+def _equal(value: Any, expected: bool | str | float) -> bool:
+    """Equal and of the same kind: a boolean matches only a boolean, a string only a
+    string, a number only a number (``True`` is not ``1``)."""
+    if isinstance(expected, bool):
+        return isinstance(value, bool) and value is expected
     if isinstance(expected, str):
         return isinstance(value, str) and value == expected
     return isinstance(value, (int, float)) and not isinstance(value, bool) and value == expected

@@ -3,16 +3,23 @@ waiting where one model feeds the next. Free of Ray; the backend that calls mode
 injected (DeploymentHandles in serving, plain coroutines in unit tests).
 
 Every node is a task started at once. A model node whose inputs all come from one
-other model node is *chained*: it is submitted with that node's pending result, so the
-tensors go from replica to replica (Ray's object store) and the router never waits in
-between. Other nodes wait for the values they need. Nodes that read the same tensor
-run concurrently (fan-out).
+other model node is *chained*: it is submitted with that node's pending result, so it is
+queued at once and the router never waits in between. How the tensors travel is the
+backend's affair: by reference through Ray's object store (``transport: object_store``,
+replica to replica), or by value through the router (``transport: grpc``, the default,
+where the upstream result crosses into the router and back out). Other nodes wait for
+the values they need. Nodes that read the same tensor run concurrently (fan-out).
 
 Failures: a required node's failure fails the request with that node's status and
 message (the earliest failed node in topological order, so a chained node that failed
 because its upstream did is not blamed). An optional node's failure, a switch branch
 not taken, or a missing upstream value skips the node; its outputs are omitted and the
-response parameters say why.
+response parameters say why. A node with ``timeout_s`` that has not answered in time is
+cancelled: degraded when optional, else the request fails with 504 naming it.
+
+When the request ends early (a required node failed, or the caller went away), every
+call still in flight is cancelled through the backend, so no replica keeps computing an
+answer nobody will read, and every node task is awaited before ``run`` returns.
 """
 
 from __future__ import annotations
@@ -52,6 +59,10 @@ class NodeBackend(Protocol):
 
     def submit(self, node: ModelNode, tensors: Any, rename: dict[str, str]) -> Awaitable[Tensors]:
         """Start ``node``'s model on ``tensors``."""
+        ...
+
+    def cancel(self, pending: Any) -> None:
+        """Best effort: stop a call ``submit`` started whose answer is no longer wanted."""
         ...
 
 
@@ -98,6 +109,14 @@ class GraphResult:
 
 
 Outcome = Tensors | Skipped
+
+
+class _NodeTimeout(Exception):
+    """A node's call outlived its ``timeout_s``."""
+
+
+async def _resolve(pending: Awaitable[Tensors]) -> Tensors:
+    return await pending
 
 
 @dataclass
@@ -178,9 +197,20 @@ class GraphExecutor:
                 if task.done() and not task.cancelled() and task.exception() is not None:
                     raise task.exception()  # type: ignore[misc]
         finally:
-            for task in run.tasks.values():
-                task.cancel()
+            await self._stop(run)
         return self._collect(run)
+
+    async def _stop(self, run: _Run) -> None:
+        """Cancel the calls and node tasks still running, then wait for the tasks."""
+        for name, fut in run.submitted.items():
+            pending = fut.result() if fut.done() else None
+            if pending is not None and not run.tasks[name].done():
+                self.backend.cancel(pending)
+        unfinished = [task for task in run.tasks.values() if not task.done()]
+        for task in unfinished:
+            task.cancel()
+        if unfinished:
+            await asyncio.gather(*unfinished, return_exceptions=True)
 
     def _collect(self, run: _Run) -> GraphResult:
         result = GraphResult(outputs={})
@@ -268,9 +298,18 @@ class GraphExecutor:
             pending = self.backend.submit(node, values, {k: k for k in values})
         run.submitted[node.name].set_result(pending)
         try:
-            return await pending
+            return await self._answer(node, pending)
         except asyncio.CancelledError:
             raise
+        except _NodeTimeout:
+            self.backend.cancel(pending)
+            tagged = (
+                f"node {node.name!r} (model {node.model!r}): no answer within {node.timeout_s:g} s"
+            )
+            if node.optional:
+                logger.warning("pipeline %s degraded: %s", self.pipeline.name, tagged)
+                return Skipped(tagged, degraded=True)
+            raise NodeError(tagged, node.name, 504) from None
         except Exception as e:
             if upstream is not None:  # blame the upstream node if it is what failed
                 up = await run.tasks[upstream]
@@ -284,6 +323,23 @@ class GraphExecutor:
             if status >= 500:
                 logger.error("pipeline %s: %s", self.pipeline.name, tagged, exc_info=e)
             raise NodeError(tagged, node.name, status) from None
+
+    @staticmethod
+    async def _answer(node: ModelNode, pending: Any) -> Tensors:
+        """``await pending``, within the node's ``timeout_s`` when it has one."""
+        if node.timeout_s is None:
+            result: Tensors = await pending
+            return result
+        waiter = asyncio.ensure_future(_resolve(pending))
+        try:
+            done, _ = await asyncio.wait({waiter}, timeout=node.timeout_s)
+        except asyncio.CancelledError:
+            waiter.cancel()
+            raise
+        if not done:
+            waiter.cancel()
+            raise _NodeTimeout
+        return waiter.result()
 
     async def _combine(self, node: CombineNode, run: _Run) -> Outcome:
         values: dict[str, np.ndarray] = {}

@@ -76,6 +76,17 @@ class ModelNode(_NodeBase):
             "named in the response parameters) instead of failing the request."
         ),
     )
+    timeout_s: float | None = Field(
+        None,
+        gt=0,
+        description=(
+            "Longest wait for this node's answer, from the moment it is called (for a "
+            "chained node that includes its upstream's time). Past it the call is "
+            "cancelled: an optional node degrades the answer, a required one fails the "
+            "request with 504 naming the node. None: no deadline of its own (the HTTP "
+            "request timeout still applies)."
+        ),
+    )
 
 
 class CombineNode(_NodeBase):
@@ -100,8 +111,12 @@ class SwitchCase(StrictModel):
 
     below: float | None = Field(None, description="Matches when the score is < this.")
     at_least: float | None = Field(None, description="Matches when the score is >= this.")
-    equals: str | float | None = Field(
-        None, description="Matches when the value (string or number) equals this."
+    equals: bool | str | float | None = Field(
+        None,
+        description=(
+            "Matches when the value equals this: a boolean (a BOOL tensor or a JSON "
+            "true/false parameter), a string (BYTES or a string parameter) or a number."
+        ),
     )
     to: str = Field(description="Node to run when the rule matches.")
 

@@ -140,7 +140,8 @@ def _reachable_from_outputs(pipeline: PipelineGraph) -> set[str]:
 
 
 def check_structure(pipeline: PipelineGraph) -> None:
-    """Validate names, references, switch targets, cycles and unused nodes.
+    """Validate names, references, switch targets, cycles, unused nodes, and that no
+    required model node reads a node that may not run.
 
     Raises:
         ValueError: with a message naming the pipeline and the node.
@@ -171,13 +172,50 @@ def check_structure(pipeline: PipelineGraph) -> None:
                     f"{gated[target]!r} and {node.name!r}; a node has one gate"
                 )
             gated[target] = node.name
-    topological_order(pipeline)
+    _check_required_inputs(pipeline, topological_order(pipeline))
     unused = [n for n in names if n not in _reachable_from_outputs(pipeline)]
     if unused:
         raise ValueError(
             f"pipeline {pipeline.name!r}: nodes {unused} feed no pipeline output "
             "(dangling); remove them or use their outputs"
         )
+
+
+def may_be_missing(pipeline: PipelineGraph, order: list[str]) -> dict[str, str]:
+    """Node -> why it may produce nothing on some request (optional, gated by a switch,
+    or reading such a node); nodes that always run are absent."""
+    by_name = {n.name: n for n in pipeline.nodes}
+    gate_of = gates(pipeline)
+    why: dict[str, str] = {}
+    for name in order:
+        node = by_name[name]
+        missing = [why[d] for d in dependencies(node) if d in why]
+        if isinstance(node, ModelNode) and node.optional:
+            why[name] = f"{name!r} is optional"
+        elif name in gate_of:
+            why[name] = f"{name!r} runs only when switch {gate_of[name]!r} chooses it"
+        elif isinstance(node, CombineNode) and node.mode == "dict":
+            if missing and len(missing) == len(dependencies(node)):
+                why[name] = missing[0]
+        elif missing:
+            why[name] = missing[0]
+    return why
+
+
+def _check_required_inputs(pipeline: PipelineGraph, order: list[str]) -> None:
+    """A required model node must not read a node that may not run: it would be skipped
+    silently, though nothing says it may be."""
+    why = may_be_missing(pipeline, order)
+    for node in model_nodes(pipeline):
+        if node.optional:
+            continue
+        for dep in dependencies(node):
+            if dep in why:
+                raise ValueError(
+                    f"pipeline {pipeline.name!r}: required node {node.name!r} reads {dep!r}, "
+                    f"which may not run ({why[dep]}); make {node.name!r} optional "
+                    "(skipped with it, named in the response) or read a node that always runs"
+                )
 
 
 def model_nodes(pipeline: PipelineGraph) -> Iterator[ModelNode]:

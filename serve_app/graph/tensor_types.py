@@ -160,3 +160,30 @@ def _check_switch(
             node.name,
             f"compares {node.source!r} ({spec.datatype}) with a threshold; it must be numeric",
         )
+    for case in node.cases:
+        if case.equals is None:
+            continue
+        wants = _equals_datatypes(case.equals)
+        if isinstance(case.equals, bool) and node.reduce == "mean":
+            raise _fail(
+                pipeline,
+                node.name,
+                f"compares the mean of {node.source!r} (a number) with {case.equals!r}; "
+                "use reduce: min (every row), max (any row) or first",
+            )
+        if spec.datatype not in wants:
+            raise _fail(
+                pipeline,
+                node.name,
+                f"compares {node.source!r} ({spec.datatype}) with {case.equals!r}, which "
+                f"only a {' or '.join(sorted(wants))} tensor can equal",
+            )
+
+
+def _equals_datatypes(expected: bool | str | float) -> frozenset[str]:
+    """Datatypes whose values a switch case's ``equals`` can match."""
+    if isinstance(expected, bool):
+        return frozenset({"BOOL"})
+    if isinstance(expected, str):
+        return frozenset({"BYTES"})
+    return NUMERIC - {"BOOL"}

@@ -54,6 +54,7 @@ GRPC_STATUS = {
     422: grpc.StatusCode.INVALID_ARGUMENT,
     429: grpc.StatusCode.UNAVAILABLE,
     503: grpc.StatusCode.UNAVAILABLE,
+    504: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
 """HTTP status of a ``ServeAppError`` -> gRPC code (anything else: INTERNAL)."""
 

@@ -66,6 +66,10 @@ class HandleBackend:
         """Start the call; an upstream ``DeploymentResponse`` is passed on unresolved."""
         return self.handles[node.model].remote(tensors, rename)
 
+    def cancel(self, pending: Any) -> None:
+        """Cancel a call whose answer is no longer wanted (best effort, as Serve does)."""
+        pending.cancel()
+
 
 @serve.deployment(
     name="PipelineRouter", max_ongoing_requests=256, ray_actor_options={"num_cpus": 0}

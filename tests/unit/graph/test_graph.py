@@ -4,63 +4,20 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
+from graph_doubles import SPECS, FakeBackend, app_with, pipeline, run
 from pydantic import ValidationError
 
 from serve_app.config import AppConfig, load_app_config
 from serve_app.errors import ConfigError, InvalidInput, NodeError
 from serve_app.graph.executor import GraphExecutor
-from serve_app.graph.nodes import ModelNode
 from serve_app.graph.spec import PipelineConfig
 from serve_app.graph.structure import edges, topological_order
 from serve_app.graph.tensor_types import infer_specs
-from serve_app.models.base import ModelSpecs, TensorSpec
 
 ROOT = Path(__file__).resolve().parents[3]
-
-TEXT = (TensorSpec("text", "BYTES", (-1,)),)
-EMB = (TensorSpec("embedding", "FP32", (-1, 4)),)
-HEAD_IN = (TensorSpec("input", "FP32", (-1, 4)),)
-CLASSIFY = (
-    TensorSpec("probabilities", "FP32", (-1, 2)),
-    TensorSpec("label", "BYTES", (-1,)),
-    TensorSpec("confidence", "FP32", (-1,)),
-)
-SPECS = {
-    "enc": ModelSpecs(TEXT, EMB),
-    "head": ModelSpecs(HEAD_IN, CLASSIFY),
-    "head2": ModelSpecs(HEAD_IN, CLASSIFY),
-    "small": ModelSpecs((TensorSpec("input", "FP32", (-1, 8)),), CLASSIFY),
-}
-
-
-def pipeline(**changes: Any) -> dict[str, Any]:
-    base: dict[str, Any] = {
-        "name": "p",
-        "inputs": [{"name": "text", "datatype": "BYTES", "shape": [-1]}],
-        "nodes": [
-            {"name": "embed", "model": "enc", "inputs": {"text": "request.text"}},
-            {"name": "a", "model": "head", "inputs": {"input": "embed.embedding"}},
-            {"name": "b", "model": "head2", "inputs": {"input": "embed.embedding"}},
-            {
-                "name": "both",
-                "kind": "combine",
-                "mode": "mean",
-                "inputs": {"a": "a.probabilities", "b": "b.probabilities"},
-            },
-        ],
-        "outputs": {"label": "a.label", "mean": "both.output"},
-    }
-    base.update(changes)
-    return base
-
-
-def app_with(p: dict[str, Any]) -> AppConfig:
-    return AppConfig.model_validate({"models": [{"name": n} for n in SPECS], "pipelines": [p]})
-
 
 # --- declaration and structure -------------------------------------------------------
 
@@ -201,45 +158,6 @@ def test_datatype_and_shape_mismatches_name_node_and_specs() -> None:
 
 
 # --- executor ------------------------------------------------------------------------
-
-
-class FakeBackend:
-    """Runs a numpy function per model after resolving a chained upstream, like Ray does;
-    records what each call received and when it started."""
-
-    def __init__(self, fail: dict[str, Exception] | None = None, delay_s: float = 0.02) -> None:
-        self.fail = fail or {}
-        self.delay_s = delay_s
-        self.received: dict[str, Any] = {}
-        self.events: list[tuple[str, str]] = []
-
-    def submit(self, node: ModelNode, tensors: Any, rename: dict[str, str]) -> asyncio.Task[Any]:
-        self.received[node.name] = tensors
-        return asyncio.ensure_future(self._run(node, tensors, rename))
-
-    async def _run(self, node: ModelNode, tensors: Any, rename: dict[str, str]) -> dict[str, Any]:
-        if not isinstance(tensors, dict):
-            tensors = await tensors  # a chained upstream result
-        inputs = {k: tensors[v] for k, v in rename.items()}
-        self.events.append(("start", node.name))
-        await asyncio.sleep(self.delay_s)
-        self.events.append(("end", node.name))
-        if node.model in self.fail:
-            raise self.fail[node.model]
-        if node.model == "enc":
-            n = len(inputs["text"])
-            return {"embedding": np.arange(n * 4, dtype=np.float32).reshape(n, 4)}
-        x = inputs["input"]
-        conf = 0.9 if node.model == "head" else 0.6
-        probs = np.tile(np.array([conf, 1 - conf], dtype=np.float32), (len(x), 1))
-        label = np.array(["yes"] * len(x), dtype=object)
-        return {"probabilities": probs, "label": label, "confidence": probs[:, 0]}
-
-
-def run(p: dict[str, Any], backend: FakeBackend, **params: Any) -> Any:
-    executor = GraphExecutor(PipelineConfig.model_validate(p), backend)
-    text = np.array(["one", "two"], dtype=object)
-    return asyncio.run(executor.run({"text": text}, params))
 
 
 def test_sequence_is_chained_and_fan_out_runs_concurrently() -> None:
