@@ -35,6 +35,14 @@ class SchemaViolation(ServeAppError):
     status_code = 422
 
 
+class OutputNotProduced(ServeAppError):
+    """An output the request named in ``outputs`` was not produced on this request (its
+    branch was not chosen, or an optional node degraded): OIP returns every requested
+    output, so the request fails instead of dropping it silently."""
+
+    status_code = 422
+
+
 class ModelNotFound(ServeAppError):
     """Unknown model or version (HTTP 404)."""
 

@@ -26,13 +26,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 
-from serve_app.errors import InvalidInput, NodeError, ServeAppError
+from serve_app.errors import InvalidInput, NodeError, OutputNotProduced, ServeAppError
 from serve_app.graph.combine import combine, reduce_value, switch_target
 from serve_app.graph.nodes import (
     PARAMETERS,
@@ -95,6 +95,19 @@ class GraphResult:
     degraded: dict[str, str] = field(default_factory=dict)
     """Optional node -> the error it failed with."""
     omitted_outputs: list[str] = field(default_factory=list)
+    omitted_why: dict[str, str] = field(default_factory=dict)
+    """Omitted output -> why its node produced nothing."""
+
+    def check_requested(self, requested: Iterable[str]) -> None:
+        """Raise ``OutputNotProduced`` naming each requested output that was omitted."""
+        missing = [
+            f"{out!r} ({self.omitted_why[out]})" for out in requested if out in self.omitted_why
+        ]
+        if missing:
+            raise OutputNotProduced(
+                f"requested output(s) not produced on this request: {', '.join(missing)}; "
+                "leave them out of 'outputs' to get what was produced"
+            )
 
     def parameters(self) -> dict[str, Any]:
         """Response parameters describing degradation (empty when nothing was skipped)."""
@@ -223,6 +236,11 @@ class GraphExecutor:
             value = self._value_now(ref, run)
             if isinstance(value, Skipped):
                 result.omitted_outputs.append(out)
+                source = split_ref(ref)[0]
+                own = value.reason.startswith(f"node {source!r}")
+                result.omitted_why[out] = (
+                    value.reason if own else f"node {source!r}: {value.reason}"
+                )
             else:
                 result.outputs[out] = value
         return result

@@ -207,10 +207,8 @@ class PipelineRouter(GrpcPipelineMethods):
         result = await self.executor.run(
             decoded.inputs, decoded.parameters, self.node_status.unserving()
         )
-        if decoded.requested_outputs is not None and result.omitted_outputs:
-            decoded.requested_outputs = {
-                k: v for k, v in decoded.requested_outputs.items() if k in result.outputs
-            }
+        if decoded.requested_outputs is not None:
+            result.check_requested(decoded.requested_outputs)
         payload, headers = oip.encode_response(
             self.pipeline.name, self.version, decoded, result.outputs, result.parameters()
         )

@@ -14,7 +14,7 @@ import pytest
 from graph_doubles import SPECS, FakeBackend, pipeline, run
 from pydantic import ValidationError
 
-from serve_app.errors import ConfigError, InvalidInput, NodeError
+from serve_app.errors import ConfigError, InvalidInput, NodeError, OutputNotProduced
 from serve_app.graph.executor import GraphExecutor
 from serve_app.graph.nodes import SwitchCase
 from serve_app.graph.spec import PipelineConfig
@@ -169,3 +169,23 @@ def test_a_required_node_reading_an_optional_or_gated_node_is_refused() -> None:
         r"'sw' chooses it\)",
     ):
         PipelineConfig.model_validate(p)
+
+
+# --- an output the client asked for is never dropped silently ----------------------------
+
+
+def test_a_requested_output_that_was_not_produced_is_a_422_naming_it_and_why() -> None:
+    p = pipeline()
+    p["nodes"].append({"name": "sw", "kind": "switch", "source": "a.confidence",
+                       "cases": [{"below": 0.5, "to": "b"}]})  # fmt: skip
+    result = run(p, FakeBackend())  # a's confidence is 0.9: 'b' is not chosen
+    assert result.omitted_outputs == ["mean"]
+    result.check_requested(["label"])  # asked only for what was produced
+    with pytest.raises(OutputNotProduced) as e:
+        result.check_requested(["label", "mean"])
+    assert (e.value.status_code, e.value.message) == (
+        422,
+        "requested output(s) not produced on this request: 'mean' (node 'both': mean needs "
+        "'b.probabilities', which is missing); leave them out of 'outputs' to get what was "
+        "produced",
+    )
