@@ -53,8 +53,11 @@ def percentile_ms(latency_s: np.ndarray, q: float) -> float | None:
 
 
 def error_label(status: int, error: str) -> str:
-    """``HTTP 503``, or the client-side error (``timeout``, ``ClientConnectorError``)."""
-    return f"HTTP {status}" if status else (error or "no answer")
+    """``HTTP 503: overloaded, retry later`` (``HTTP 503`` when the body said nothing), or
+    the client-side error (``timeout``, ``ClientConnectorError``)."""
+    if status:
+        return f"HTTP {status}: {error}" if error else f"HTTP {status}"
+    return error or "no answer"
 
 
 def request_summary(req: dict[str, np.ndarray], mask: np.ndarray | None = None) -> dict[str, Any]:

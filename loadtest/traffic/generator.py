@@ -3,12 +3,16 @@
 One asyncio loop with aiohttp keep-alive connections. Every request is recorded: when it
 was scheduled, when it actually left (the generator's own lag), its latency, status and
 error. A 200 counts as served; anything else, including a connection error (status 0) or
-a client timeout (status 0, error ``timeout``), is a failure.
+a client timeout (status 0, error ``timeout``), is a failure. An HTTP error keeps why, as
+the server said it (``overloaded, retry later``), so a test can name each failure it
+allows by its response body.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +22,22 @@ import pyarrow as pa
 
 STATUS_CLIENT_ERROR = 0
 """Status recorded when no HTTP answer came back (connection error, client timeout)."""
+REASON_CHARS = 120
+"""Most characters of an error body kept as the request's ``error``."""
+
+
+def error_reason(body: bytes) -> str:
+    """Why an HTTP error happened, from its body: an OIP error's ``error`` field, else the
+    first line of text (HTML tags dropped), at most ``REASON_CHARS`` characters."""
+    text = body.decode("utf-8", "replace")
+    try:
+        parsed = json.loads(text)
+    except ValueError:
+        parsed = None
+    if isinstance(parsed, dict) and isinstance(parsed.get("error"), str):
+        return parsed["error"][:REASON_CHARS]
+    lines = [ln.strip() for ln in re.sub(r"<[^>]*>", "\n", text).splitlines()]
+    return next((ln for ln in lines if ln), "")[:REASON_CHARS]
 
 
 @dataclass
@@ -68,7 +88,8 @@ class Requests:
 
 
 async def post(session: Any, target: Target, timeout_s: float) -> tuple[int, str]:
-    """One request: (HTTP status, "") or (``STATUS_CLIENT_ERROR``, what went wrong)."""
+    """One request: (200, ""), (HTTP status, why from the body) or
+    (``STATUS_CLIENT_ERROR``, what went wrong)."""
     import aiohttp
 
     try:
@@ -78,8 +99,8 @@ async def post(session: Any, target: Target, timeout_s: float) -> tuple[int, str
             headers=target.headers,
             timeout=aiohttp.ClientTimeout(total=timeout_s),
         ) as r:
-            await r.read()
-            return r.status, ""
+            body = await r.read()
+            return r.status, "" if r.status == 200 else error_reason(body)
     except TimeoutError:
         return STATUS_CLIENT_ERROR, "timeout"
     except aiohttp.ClientError as e:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -66,6 +67,9 @@ class NodeBackend(Protocol):
         ...
 
 
+TIMING_PARAMETER = "timing"
+"""Request parameter that asks for per-node timing (``parameters.timing_ms``)."""
+
 Classifier = Callable[[BaseException], tuple[int, str]]
 """Maps an exception raised by a model call to ``(http_status, message)``."""
 
@@ -97,6 +101,10 @@ class GraphResult:
     omitted_outputs: list[str] = field(default_factory=list)
     omitted_why: dict[str, str] = field(default_factory=dict)
     """Omitted output -> why its node produced nothing."""
+    timing_ms: dict[str, dict[str, float]] | None = None
+    """Node -> ``{"start", "end"}`` in ms since the request started (``timing: true``):
+    a model node from its call to its answer (so chained and fan-out overlap shows), a
+    combine or switch from when its inputs were there; a node that did not run is absent."""
 
     def check_requested(self, requested: Iterable[str]) -> None:
         """Raise ``OutputNotProduced`` naming each requested output that was omitted."""
@@ -118,6 +126,8 @@ class GraphResult:
             params["skipped"] = self.skipped
         if self.omitted_outputs:
             params["omitted_outputs"] = self.omitted_outputs
+        if self.timing_ms is not None:
+            params["timing_ms"] = self.timing_ms
         return params
 
 
@@ -139,6 +149,14 @@ class _Run:
     unavailable: Mapping[str, str]
     tasks: dict[str, asyncio.Task[Outcome]] = field(default_factory=dict)
     submitted: dict[str, asyncio.Future[Any]] = field(default_factory=dict)
+    started_s: float = field(default_factory=time.perf_counter)
+    timing_ms: dict[str, dict[str, float]] | None = None
+
+    def mark(self, node: str, key: str) -> None:
+        """Record when ``node`` reached ``key`` (start or end), when timing is on."""
+        if self.timing_ms is not None:
+            elapsed_ms = round((time.perf_counter() - self.started_s) * 1e3, 3)
+            self.timing_ms.setdefault(node, {})[key] = elapsed_ms
 
 
 class GraphExecutor:
@@ -198,6 +216,8 @@ class GraphExecutor:
             )
         loop = asyncio.get_running_loop()
         run = _Run(inputs=inputs, parameters=parameters or {}, unavailable=unavailable or {})
+        if run.parameters.get(TIMING_PARAMETER) is True:
+            run.timing_ms = {}
         for name in self.order:
             if isinstance(self.nodes[name], ModelNode):
                 run.submitted[name] = loop.create_future()
@@ -224,9 +244,12 @@ class GraphExecutor:
             task.cancel()
         if unfinished:
             await asyncio.gather(*unfinished, return_exceptions=True)
+        for task in run.tasks.values():  # a node that failed because another did: seen
+            if not task.cancelled():
+                task.exception()
 
     def _collect(self, run: _Run) -> GraphResult:
-        result = GraphResult(outputs={})
+        result = GraphResult(outputs={}, timing_ms=run.timing_ms)
         for name in self.order:
             outcome = run.tasks[name].result()
             if isinstance(outcome, Skipped):
@@ -288,6 +311,8 @@ class GraphExecutor:
                 return await self._combine(node, run)
             return await self._switch(node, run)
         finally:
+            if run.timing_ms is not None and name in run.timing_ms:
+                run.mark(name, "end")
             fut = run.submitted.get(name)
             if fut is not None and not fut.done():
                 fut.set_result(None)
@@ -315,6 +340,7 @@ class GraphExecutor:
                 values[inp] = value
             pending = self.backend.submit(node, values, {k: k for k in values})
         run.submitted[node.name].set_result(pending)
+        run.mark(node.name, "start")
         try:
             return await self._answer(node, pending)
         except asyncio.CancelledError:
@@ -370,6 +396,7 @@ class GraphExecutor:
             values[key] = value
         if not values:
             return Skipped("every input is missing")
+        run.mark(node.name, "start")
         try:
             return combine(node.mode, values)
         except InvalidInput as e:
@@ -390,6 +417,7 @@ class GraphExecutor:
                 raise NodeError(
                     f"node {node.name!r} (switch): {e.message}", node.name, 400
                 ) from None
+        run.mark(node.name, "start")
         target = switch_target(node, value)
         branch = np.empty(1, dtype=object)
         branch[0] = target or ""

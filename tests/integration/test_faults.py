@@ -163,6 +163,7 @@ def test_scale_down_under_load_fails_no_request(faulty: Running, tmp_path: Path)
     peak_s = float(t[np.nanargmax(replicas)])
     print(f"running replicas: max {np.nanmax(replicas):.0f} at {peak_s:.1f} s, "
           f"{replicas[t < 40][-1]:.0f} at the end of the load")  # fmt: skip
+    print(f"errors by phase: { {k: v['errors'] for k, v in s['phases'].items()} }")
     assert np.nanmax(replicas) >= 2
     assert replicas[t < 40][-1] == 1  # scaled in while the 5 req/s went on
     assert (s["overall"]["failed"], s["overall"]["errors"]) == (0, {})

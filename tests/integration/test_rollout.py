@@ -33,6 +33,7 @@ from loadtest.traffic.payloads import generated_body, model_metadata
 from serve_app.local.demo import MLP_HEAD
 from serve_app.repository.manifest import MANIFEST_NAME, Manifest
 from serve_app.repository.publish import publish
+from serve_app.server.oip_server import STATUS_PERIOD_S, STATUS_STALE_S
 from tests.integration.conftest import copy_model, free_port
 from tests.integration.demo_process import REPO_ROOT, Demo, demo_process, serve_diagnosis
 
@@ -225,7 +226,21 @@ def test_versions_side_by_side_each_on_its_own_route_and_rolled_by_latest_n(
     assert [version_of(p) for p in ("", "/versions/3", "/versions/2")] == ["3", "3", "2"]
     code, text = version_of("/versions/1")  # type: ignore[misc]
     assert code == 404 and "(serving versions 2, 3)" in text
-    assert httpx.get(f"{rollout.demo.url}/v2/health/ready").status_code == 200
+    ready_after_s = server_ready_after_s(rollout)
+    print(f"server ready {ready_after_s:.1f} s after the deploy returned")
+
+
+def server_ready_after_s(rollout: Rollout) -> float:
+    """Seconds until the server application's readiness is 200. It reads Serve's state
+    from a cached view refreshed every STATUS_PERIOD_S, so it may lag a deploy that just
+    returned; it must catch up before the view counts as stale (STATUS_STALE_S)."""
+    start = time.monotonic()
+    while True:
+        r = httpx.get(f"{rollout.demo.url}/v2/health/ready", timeout=10)
+        if r.status_code == 200:
+            return time.monotonic() - start
+        assert time.monotonic() - start < STATUS_STALE_S, (r.status_code, r.text)
+        time.sleep(STATUS_PERIOD_S / 4)
 
 
 def stable_replicas(rollout: Rollout) -> set[str]:

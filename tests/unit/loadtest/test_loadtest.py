@@ -310,3 +310,17 @@ def test_locust_runs_the_same_profile(noop_server: str, tmp_path: Path) -> None:
     total = next(r for r in rows if ",Aggregated," in r).split(",")
     requests, failures = int(total[2]), int(total[3])
     assert failures == 0 and 50 <= requests <= 100, total
+
+
+def test_an_http_error_keeps_why_from_its_body() -> None:
+    from loadtest.observe.analysis import error_label
+    from loadtest.traffic.generator import error_reason
+
+    oip = json.dumps({"error": "overloaded, retry later", "request_id": "r1"}).encode()
+    assert error_reason(oip) == "overloaded, retry later"
+    haproxy = b"<html><body><h1>503 Service Unavailable</h1>\nNo server is available</body></html>"
+    assert error_reason(haproxy) == "503 Service Unavailable"
+    assert error_reason(b"x" * 500) == "x" * 120
+    assert error_reason(b"") == ""
+    assert error_label(503, "overloaded, retry later") == "HTTP 503: overloaded, retry later"
+    assert (error_label(503, ""), error_label(0, "timeout")) == ("HTTP 503", "timeout")
