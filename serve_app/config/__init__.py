@@ -3,8 +3,9 @@ served and how, and every part of it (models, pipelines' place in it, the HTTP a
 ingress, lifecycle, tenants, the Kubernetes worker shape).
 
 ``app`` holds ``AppConfig`` and ``load_app_config``; ``model`` what one model is
-configured with; ``cluster``, ``grpc``, ``lifecycle`` the smaller parts; ``tenants`` the
-rules that keep multiplexed tenant names unambiguous. Everything public is re-exported
+configured with; ``pipeline`` how a pipeline's router is served; ``cluster``, ``grpc``,
+``lifecycle`` the smaller parts; ``tenants`` the rules that keep multiplexed tenant
+names unambiguous. Everything public is re-exported
 here: ``serve_app.config.AppConfig`` is the path users write.
 
 May import: ``schema_base``, ``errors``, ``constants``, ``protocol`` (request limits) and
@@ -28,6 +29,7 @@ from serve_app.config.model import (
     ResourcesConfig,
     StageConfig,
 )
+from serve_app.config.pipeline import ServedPipelineConfig
 from serve_app.schema_base import MODEL_NAME_PATTERN, model_route_prefix, validate_model_name
 
 __all__ = [
@@ -44,6 +46,7 @@ __all__ = [
     "MultiplexConfig",
     "RepositoryConfig",
     "ResourcesConfig",
+    "ServedPipelineConfig",
     "StageConfig",
     "VersionPolicy",
     "WorkerPodConfig",

@@ -16,8 +16,8 @@ from pydantic import Field, model_validator
 from serve_app.config.cluster import ClusterConfig
 from serve_app.config.grpc import GrpcConfig
 from serve_app.config.model import ModelConfig
+from serve_app.config.pipeline import ServedPipelineConfig
 from serve_app.config.tenants import check_tenant_prefixes
-from serve_app.graph.spec import PipelineConfig
 from serve_app.graph.structure import model_nodes
 from serve_app.protocol.limits import RequestLimits
 from serve_app.schema_base import StrictModel
@@ -119,7 +119,7 @@ class AppConfig(StrictModel):
         "oip", description="Serve application name of the server routes (/v2, health, list)."
     )
     models: list[ModelConfig] = Field(min_length=1, description="The models to serve.")
-    pipelines: list[PipelineConfig] = Field(
+    pipelines: list[ServedPipelineConfig] = Field(
         default_factory=list,
         description="Inference graphs over the models, each served at /v2/models/<name>.",
     )
@@ -169,7 +169,7 @@ class AppConfig(StrictModel):
                     )
         return self
 
-    def pipeline(self, name: str) -> PipelineConfig:
+    def pipeline(self, name: str) -> ServedPipelineConfig:
         """Return the pipeline called ``name`` (``KeyError`` if absent)."""
         for p in self.pipelines:
             if p.name == name:

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from serve_app.config import AppConfig, ModelConfig
+from serve_app.config import AppConfig, AutoscalingConfig, ModelConfig
+from serve_app.config.pipeline import ServedPipelineConfig
 from serve_app.deploy.app_args import (
     MODEL_DEPLOYMENT,
     MULTIPLEX_DEPLOYMENT,
@@ -20,7 +21,6 @@ from serve_app.deploy.app_args import (
     stage_deployment,
 )
 from serve_app.deploy.version_policy import version_applications
-from serve_app.graph.spec import PipelineConfig
 
 IMPORT_PATH = "serve_app.app:build_app"
 MAX_CONSTRUCTOR_RETRIES = 3
@@ -52,12 +52,22 @@ def deployment_options(model: ModelConfig, retry_after_s: int = 1) -> dict[str, 
     return opts
 
 
-def router_options(num_replicas: int = 1, max_ongoing_requests: int = 256) -> dict[str, Any]:
+def router_options(
+    num_replicas: int = 1,
+    max_ongoing_requests: int = 256,
+    autoscaling: AutoscalingConfig | None = None,
+) -> dict[str, Any]:
     """Options of a ``PipelineRouter``: it mostly awaits its nodes, so no CPU is
-    reserved and it takes many requests at once."""
+    reserved and it takes many requests at once; ``autoscaling`` replaces the fixed
+    ``num_replicas``."""
+    sizing: dict[str, Any] = (
+        {"autoscaling_config": autoscaling.to_serve()}
+        if autoscaling is not None
+        else {"num_replicas": num_replicas}
+    )
     return {
         "name": ROUTER_DEPLOYMENT,
-        "num_replicas": num_replicas,
+        **sizing,
         "max_ongoing_requests": max_ongoing_requests,
         "ray_actor_options": {"num_cpus": 0},
     }
@@ -115,7 +125,7 @@ def model_application(app: AppConfig, model: ModelConfig) -> dict[str, Any]:
     }
 
 
-def pipeline_application(app: AppConfig, pipeline: PipelineConfig) -> dict[str, Any]:
+def pipeline_application(app: AppConfig, pipeline: ServedPipelineConfig) -> dict[str, Any]:
     """One Serve application per pipeline: its router at ``/v2/models/<pipeline>``,
     calling the models' own applications (no model deployment is duplicated)."""
     return {
@@ -123,7 +133,11 @@ def pipeline_application(app: AppConfig, pipeline: PipelineConfig) -> dict[str, 
         "route_prefix": pipeline.route_prefix,
         "import_path": IMPORT_PATH,
         "args": PipelineAppArgs.from_config(app, pipeline).model_dump(mode="json"),
-        "deployments": [router_options(pipeline.num_replicas, pipeline.max_ongoing_requests)],
+        "deployments": [
+            router_options(
+                pipeline.num_replicas, pipeline.max_ongoing_requests, pipeline.autoscaling
+            )
+        ],
     }
 
 

@@ -92,3 +92,25 @@ def test_committed_app_config_loads() -> None:
     heads = ["ticket-topic", "ticket-urgency", "ticket-topic-large"]
     assert [m.name for m in app.models] == ["minilm", "mlp-head", *heads]
     assert [p.name for p in app.pipelines] == ["triage"]
+
+
+def test_a_pipeline_router_autoscales_when_declared() -> None:
+    from serve_app.deploy.serve_config import render_serve_config
+
+    raw = load_app_config("configs/app.yaml").model_dump(mode="json", exclude_unset=True)
+    raw["pipelines"][0]["autoscaling"] = {"min_replicas": 1, "max_replicas": 3,
+                                          "target_ongoing_requests": 32}  # fmt: skip
+    app = AppConfig.model_validate(raw)
+    apps = {a["name"]: a for a in render_serve_config(app)["applications"]}
+    (router,) = apps["triage"]["deployments"]
+    assert "num_replicas" not in router
+    assert router["autoscaling_config"] == {
+        "min_replicas": 1, "max_replicas": 3, "target_ongoing_requests": 32,
+        "upscale_delay_s": 5.0, "downscale_delay_s": 60.0, "look_back_period_s": 10.0,
+        "metrics_interval_s": 2.0,
+    }  # fmt: skip
+    # the router's args carry the graph only: its replicas validate them as PipelineConfig
+    assert "autoscaling" not in apps["triage"]["args"]["pipeline"]
+    raw["pipelines"][0]["num_replicas"] = 2
+    with pytest.raises(ValidationError, match="set num_replicas or autoscaling for its router"):
+        AppConfig.model_validate(raw)
