@@ -72,6 +72,10 @@ TIMING_PARAMETER = "timing"
 
 Classifier = Callable[[BaseException], tuple[int, str]]
 """Maps an exception raised by a model call to ``(http_status, message)``."""
+NodeObserver = Callable[[str, str, float], None]
+"""Told ``(node, outcome, seconds)`` when a model node's call ends. Outcomes: ``ok``,
+``failed``, ``degraded`` (an optional node failed), ``timeout``, ``skipped`` (its
+upstream did not run) and ``cancelled`` (the request ended first)."""
 
 
 def classify_error(exc: BaseException) -> tuple[int, str]:
@@ -166,6 +170,8 @@ class GraphExecutor:
         pipeline: A validated pipeline.
         backend: Calls the models (see ``NodeBackend``).
         classify: Maps a model call's exception to a status and message.
+        observe_node: Told how each model node call ended and how long it took
+            (metrics); None: nobody is told.
     """
 
     def __init__(
@@ -173,10 +179,12 @@ class GraphExecutor:
         pipeline: PipelineConfig,
         backend: NodeBackend,
         classify: Classifier = classify_error,
+        observe_node: NodeObserver | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.backend = backend
         self.classify = classify
+        self.observe_node = observe_node
         self.order = topological_order(pipeline)
         self.rank = {name: i for i, name in enumerate(self.order)}
         self.gate_of = gates(pipeline)
@@ -341,11 +349,17 @@ class GraphExecutor:
             pending = self.backend.submit(node, values, {k: k for k in values})
         run.submitted[node.name].set_result(pending)
         run.mark(node.name, "start")
+        called_s = time.perf_counter()
+        outcome = "failed"
         try:
-            return await self._answer(node, pending)
+            answer = await self._answer(node, pending)
+            outcome = "ok"
+            return answer
         except asyncio.CancelledError:
+            outcome = "cancelled"
             raise
         except _NodeTimeout:
+            outcome = "timeout"
             self.backend.cancel(pending)
             tagged = (
                 f"node {node.name!r} (model {node.model!r}): no answer within {node.timeout_s:g} s"
@@ -358,15 +372,20 @@ class GraphExecutor:
             if upstream is not None:  # blame the upstream node if it is what failed
                 up = await run.tasks[upstream]
                 if isinstance(up, Skipped):
+                    outcome = "skipped"
                     return Skipped(f"needs node {upstream!r}, which did not run")
             status, message = self.classify(e)
             tagged = f"node {node.name!r} (model {node.model!r}): {message}"
             if node.optional:
+                outcome = "degraded"
                 logger.warning("pipeline %s degraded: %s", self.pipeline.name, tagged)
                 return Skipped(tagged, degraded=True)
             if status >= 500:
                 logger.error("pipeline %s: %s", self.pipeline.name, tagged, exc_info=e)
             raise NodeError(tagged, node.name, status) from None
+        finally:
+            if self.observe_node is not None:
+                self.observe_node(node.name, outcome, time.perf_counter() - called_s)
 
     @staticmethod
     async def _answer(node: ModelNode, pending: Any) -> Tensors:

@@ -30,6 +30,9 @@ ROW_BOUNDARIES: list[float] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024]
 """Rows per batch and per request."""
 
 MODEL_TAGS = ("model", "version")
+NODE_TAGS = (*MODEL_TAGS, "node")
+"""A pipeline node's series: ``model`` is the pipeline; nodes are fixed by its config, so
+the cardinality is bounded."""
 GAUGE_REFRESH_S = 1.0
 """How often a replica re-sets its gauges (Ray forgets one not set for ~2 s to ~20 s)."""
 PREFIX = "serve_app_"
@@ -52,6 +55,10 @@ FAMILIES: dict[str, tuple[str, str]] = {
         "gauge", "1 per replica, with the model's version, format, device and num_gpus."),
     "serve_app_device_memory_bytes": (
         "gauge", "Device memory the replica's torch allocator holds (CUDA only)."),
+    "serve_app_pipeline_node_latency_ms": (
+        "histogram", "A pipeline model node's call, from the router's call to its answer."),
+    "serve_app_pipeline_node_calls": (
+        "counter", "A pipeline's model node calls by outcome (ok, failed, timeout, ...)."),
 }  # fmt: skip
 
 
@@ -182,6 +189,37 @@ class RayModelMetrics:
     def set_device_memory(self, nbytes: int) -> None:
         """See :class:`ModelMetricsSink`."""
         self._set("device_memory", self._device_memory, nbytes, {"device": self._device})
+
+
+class RayNodeMetrics:
+    """Per-node latency and outcomes of one pipeline's router (``GraphExecutor``'s
+    ``observe_node``), over ``ray.serve.metrics``.
+
+    Args:
+        pipeline: Pipeline name, the ``model`` tag.
+        version: Its version, the ``version`` tag.
+    """
+
+    def __init__(self, pipeline: str, version: str) -> None:
+        from ray.serve import metrics as ray_metrics
+
+        Counter: Any = ray_metrics.Counter
+        Histogram: Any = ray_metrics.Histogram
+        tags = {"model": pipeline, "version": version}
+        name = "serve_app_pipeline_node_latency_ms"
+        self._latency = Histogram(
+            name, description=FAMILIES[name][1], boundaries=LATENCY_BOUNDARIES_MS,
+            tag_keys=NODE_TAGS,
+        )  # fmt: skip
+        self._latency.set_default_tags(dict(tags))
+        name = "serve_app_pipeline_node_calls"
+        self._calls = Counter(name, description=FAMILIES[name][1], tag_keys=(*NODE_TAGS, "outcome"))
+        self._calls.set_default_tags(dict(tags))
+
+    def observe_node(self, node: str, outcome: str, seconds: float) -> None:
+        """One model node call that ended with ``outcome`` after ``seconds``."""
+        self._calls.inc(1, tags={"node": node, "outcome": outcome})
+        self._latency.observe(seconds * 1000.0, tags={"node": node})
 
 
 def device_memory_bytes(device: str) -> int | None:

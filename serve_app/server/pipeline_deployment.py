@@ -32,7 +32,7 @@ from serve_app.repository.loader import ModelRepository
 from serve_app.schema_base import model_route_prefix
 from serve_app.server.grpc_methods import GrpcPipelineMethods
 from serve_app.server.http import error_response, json_response, read_inference_request
-from serve_app.server.metrics import RayModelMetrics
+from serve_app.server.metrics import RayModelMetrics, RayNodeMetrics
 from serve_app.server.node_status import NodeStatus
 from serve_app.server.routes import match
 from serve_app.server.serve_errors import classify_serve_error
@@ -102,6 +102,7 @@ class PipelineRouter(GrpcPipelineMethods):
             self.pipeline,
             HandleBackend(self.handles, self.pipeline.transport),
             classify_serve_error,
+            RayNodeMetrics(self.pipeline.name, self.version).observe_node,
         )
         # Requests and end-to-end latency under the pipeline's name; its models report
         # their own batches, waits and compute.

@@ -12,11 +12,16 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from serve_app.server.metrics import EXPORTED
+from serve_app.server.metrics import EXPORTED, exported_name
 from tests.integration.conftest import METRICS_PORT, TENANTS
 
 pytestmark = pytest.mark.integration
 SESSION_APPS = ["minilm", "triage", TENANTS]
+NODE_SERIES = {
+    s
+    for family in ("serve_app_pipeline_node_latency_ms", "serve_app_pipeline_node_calls")
+    for s in exported_name(family)
+}
 
 Samples = dict[str, list[tuple[dict[str, str], float]]]
 
@@ -121,8 +126,9 @@ def test_model_metrics_are_exported_and_move_with_traffic(client: httpx.Client) 
     assert {"application", "deployment", "replica"} <= info.keys()  # Serve's own tags
     assert total(after, "ray_serve_app_weights_bytes", **model) > 80_000_000  # MiniLM as ONNX
     assert total(after, "ray_serve_app_weights_verify_seconds", **model) > 0
-    # Every family but device memory (CUDA only) is on the page.
-    missing = {n for n in EXPORTED if n not in after}
+    # Every family but device memory (CUDA only) is on the page; the pipeline node
+    # families come with the first pipeline request (the next test checks them).
+    missing = {n for n in EXPORTED if n not in after} - NODE_SERIES
     assert missing == {"ray_serve_app_device_memory_bytes"}
 
 
@@ -135,6 +141,19 @@ def test_pipeline_requests_are_counted_under_its_name(client: httpx.Client) -> N
         lambda s: total(s, "ray_serve_app_requests_total", status="200", **tags) > ok0
     )
     assert total(after, "ray_serve_app_requests_total", status="200", **tags) == ok0 + 1
+    # Each model node that ran is counted and timed under its node label.
+    nodes = ("embed", "topic", "urgency")
+    calls = "ray_serve_app_pipeline_node_calls_total"
+    latency = "ray_serve_app_pipeline_node_latency_ms_count"
+    before = {n: total(after, calls, node=n, outcome="ok", **tags) for n in nodes}
+    r = client.post("/v2/models/triage/infer", json=body(["my laptop will not boot"]))
+    assert r.status_code == 200
+    after = wait_until(
+        lambda s: all(total(s, calls, node=n, outcome="ok", **tags) > before[n] for n in nodes)
+    )
+    for n in nodes:
+        assert total(after, calls, node=n, outcome="ok", **tags) == before[n] + 1
+        assert total(after, latency, node=n, **tags) == total(after, calls, node=n, **tags)
 
 
 def test_dashboard_queries_name_series_the_live_node_exports(client: httpx.Client) -> None:

@@ -66,7 +66,7 @@ def test_monitoring_component_ships_the_dashboard_to_grafana(tmp_path: Path) -> 
 def test_panels_are_well_formed() -> None:
     data = json.loads(builder().render())
     ids = [p["id"] for p in data["panels"]]
-    assert len(ids) == len(set(ids)) == 10
+    assert len(ids) == len(set(ids)) == 12
     for p in data["panels"]:
         assert p["targets"] and all(t["expr"] and t["refId"] for t in p["targets"])
         assert p["datasource"] == {"type": "prometheus", "uid": "${datasource}"}

@@ -110,6 +110,14 @@ def dashboard() -> dict[str, Any]:
             (f"max by (model, version) (ray_serve_app_weights_bytes{{{SEL}}})",
              "{{model}} v{{version}} bytes"),
         ], "none", 12, 32, kind="table"),
+        panel(11, "Pipeline nodes: latency from the router's call to the answer (p95)", [
+            (quantile(0.95, "ray_serve_app_pipeline_node_latency_ms", "model, node"),
+             "{{model}} {{node}} p95"),
+        ], "ms", 0, 40),
+        panel(12, "Pipeline node calls that did not answer (failed, degraded, timeout)", [
+            (rate("ray_serve_app_pipeline_node_calls_total", "model, node, outcome",
+                  f'{SEL},outcome!="ok"'), "{{model}} {{node}} {{outcome}}"),
+        ], "ops", 12, 40),
     ]  # fmt: skip
     return {
         "uid": "serve-app",

@@ -189,22 +189,3 @@ def test_a_requested_output_that_was_not_produced_is_a_422_naming_it_and_why() -
         "'b.probabilities', which is missing); leave them out of 'outputs' to get what was "
         "produced",
     )
-
-
-# --- where a slow graph spends its time ------------------------------------------------
-
-
-def test_timing_on_request_shows_each_node_that_ran() -> None:
-    p = pipeline()
-    p["nodes"].append({"name": "sw", "kind": "switch", "source": "a.confidence",
-                       "cases": [{"below": 0.5, "to": "b"}]})  # fmt: skip
-    assert "timing_ms" not in run(p, FakeBackend()).parameters()
-    backend = FakeBackend()
-    backend.delays_s["enc"] = 0.1
-    timing = run(p, backend, timing=True).parameters()["timing_ms"]
-    assert sorted(timing) == ["a", "embed", "sw"]  # 'b' and 'both' did not run
-    assert all(set(t) == {"start", "end"} and t["end"] >= t["start"] for t in timing.values())
-    assert timing["embed"]["end"] - timing["embed"]["start"] >= 100
-    # 'a' is chained to 'embed': called at once, answered only after embed's 100 ms
-    assert timing["a"]["start"] < timing["embed"]["end"] <= timing["a"]["end"]
-    assert timing["sw"]["start"] >= timing["a"]["end"]
