@@ -182,6 +182,14 @@ class ModelConfig(StrictModel):
         description="Requests queued per caller beyond that before 503 (-1: unbounded).",
     )
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    runtime: Literal["auto", "torch"] = Field(
+        "auto",
+        description=(
+            "What runs a declared-architecture safetensors model. auto: numpy on a CPU "
+            "replica for architectures numpy implements (mlp), so the replica never imports "
+            "torch (about 1 s and 200 MiB per process), torch otherwise; torch: always torch."
+        ),
+    )
     health_check_period_s: float = Field(10.0, gt=0, description="Serve health-check period.")
     health_check_timeout_s: float = Field(30.0, gt=0, description="Serve health-check timeout.")
     graceful_shutdown_timeout_s: float = Field(

@@ -56,6 +56,7 @@ class ModelAppArgs(StrictModel):
     folder: str | None = Field(None, description="Repository folder; None: the name.")
     version: Literal["latest"] | int = Field("latest", description="Version policy.")
     torch_threads: int = Field(1, ge=1, description="torch intra-op threads in the replica.")
+    runtime: Literal["auto", "torch"] = Field("auto", description="ModelConfig.runtime.")
     layers: tuple[int, int] | None = Field(
         None, description="Encoder layers of a pipeline-parallel stage; None: whole model."
     )
@@ -84,6 +85,7 @@ class ModelAppArgs(StrictModel):
             folder=model.repository_name,
             version=model.version,
             torch_threads=torch_threads(model.resources),
+            runtime=model.runtime,
             hung_forward_s=model.hung_forward_s,
         )
 

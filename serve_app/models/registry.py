@@ -10,8 +10,10 @@ from serve_app.models.threads import apply_to_torch
 from serve_app.repository.loader import VerifiedVersion
 
 
-def load_adapter(version: VerifiedVersion, device: str) -> ModelAdapter:
-    """Load the model of a verified version onto ``device``."""
+def load_adapter(version: VerifiedVersion, device: str, runtime: str = "auto") -> ModelAdapter:
+    """Load the model of a verified version onto ``device``; ``runtime`` is
+    ``ModelConfig.runtime`` (``auto`` runs a small declared architecture on numpy when
+    the device is the CPU)."""
     m = version.manifest
     if m.format == "huggingface" and m.task == "sentence-embedding":
         from serve_app.models.hf_embedding import HFEmbeddingAdapter
@@ -22,6 +24,11 @@ def load_adapter(version: VerifiedVersion, device: str) -> ModelAdapter:
         from serve_app.models.onnx_embedding import OnnxEmbeddingAdapter
 
         return OnnxEmbeddingAdapter(version.path, device)
+    if m.format == "safetensors" and runtime == "auto" and device == "cpu":
+        from serve_app.models.numpy_module import NUMPY_ARCHITECTURES, NumpyModuleAdapter
+
+        if m.architecture is not None and m.architecture.name in NUMPY_ARCHITECTURES:
+            return NumpyModuleAdapter(version.path, m)
     if m.format == "safetensors":
         from serve_app.models.torch_module import TorchModuleAdapter
 
@@ -49,9 +56,9 @@ def load_stage_adapter(
 
 
 def adapter_loader_for(
-    layers: tuple[int, int] | None,
+    layers: tuple[int, int] | None, runtime: str = "auto"
 ) -> Callable[[VerifiedVersion, str], ModelAdapter]:
     """The loader of a whole model (``layers`` None) or of one stage."""
     if layers is None:
-        return load_adapter
+        return lambda version, device: load_adapter(version, device, runtime)
     return lambda version, device: load_stage_adapter(version, device, layers)

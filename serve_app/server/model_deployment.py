@@ -113,7 +113,7 @@ class ModelDeployment(GrpcModelMethods):
         if adapter_loader is None:
             from serve_app.models.registry import adapter_loader_for
 
-            adapter_loader = adapter_loader_for(self.args.layers)
+            adapter_loader = adapter_loader_for(self.args.layers, self.args.runtime)
         self.runtime = ModelRuntime(
             ModelRepository(self.args.repository.root, self.args.repository.hash_workers),
             self.args.repository_folder,

@@ -193,17 +193,23 @@ def test_read_only_root_loads_without_writing(repo: ModelRepository) -> None:
     assert writes_seen == []
 
 
-def test_partial_state_dict_refused(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("runtime", "reason"),
+    [
+        ("torch", r"(?s:.*)Missing key\(s\) in state_dict: \"net.0.bias\""),
+        (
+            "auto",
+            r"missing keys \['net.0.bias', 'net.2.bias', 'net.2.weight'\], unexpected keys \[\]",
+        ),
+    ],
+)
+def test_partial_state_dict_refused(tmp_path: Path, runtime: str, reason: str) -> None:
     path = tmp_path / "w.safetensors"
     save_file({"net.0.weight": torch.zeros(3, 4)}, str(path))
     publish(path, tmp_path / "repo", "mlp", architecture=ARCH)
     v = ModelRepository(tmp_path / "repo").verify("mlp")
-    with pytest.raises(
-        IntegrityError,
-        match=r"w.safetensors does not match mlp: (?s:.*)"
-        r"Missing key\(s\) in state_dict: \"net.0.bias\"",
-    ):
-        load_adapter(v, "cpu")
+    with pytest.raises(IntegrityError, match=r"w.safetensors does not match mlp: " + reason):
+        load_adapter(v, "cpu", runtime)
 
 
 def test_cli_verify_exit_codes(repo: ModelRepository, capsys: pytest.CaptureFixture[str]) -> None:
