@@ -29,6 +29,20 @@ from serve_app.graph.structure import check_structure
 from serve_app.schema_base import StrictModel, model_route_prefix, validate_model_name
 
 
+class CoalesceConfig(StrictModel):
+    """Coalescing in the router: concurrent requests' rows for one node share a call."""
+
+    max_in_flight: int = Field(
+        2,
+        ge=1,
+        description=(
+            "Calls to one model a router keeps pending before requests wait to share the "
+            "next one; more spreads load over the model's replicas, fewer coalesces more."
+        ),
+    )
+    max_rows: int = Field(256, ge=1, description="Most rows in one coalesced call.")
+
+
 class PipelineConfig(StrictModel):
     """A named inference graph, served at ``/v2/models/<name>``."""
 
@@ -51,6 +65,14 @@ class PipelineConfig(StrictModel):
             "measured in loadtest/results/graph.md; messages up to 4 MiB). object_store: "
             "by reference through Ray's object store, a chained node fetching its upstream's "
             "result straight from that replica (for large tensors)."
+        ),
+    )
+    coalesce: CoalesceConfig | None = Field(
+        default_factory=CoalesceConfig,
+        description=(
+            "With the grpc transport, concurrent requests' rows for the same node travel "
+            "in one call (a request's answer is its own slice; a bad request fails alone). "
+            "None: one call per request per node."
         ),
     )
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from ray import serve
@@ -23,6 +24,7 @@ from serve_app.deploy.pipeline_check import read_model_specs
 from serve_app.errors import ModelNotFound, ServiceUnavailable
 from serve_app.graph.executor import GraphExecutor, Tensors
 from serve_app.graph.nodes import ModelNode
+from serve_app.graph.spec import CoalesceConfig
 from serve_app.graph.staged import staged_pipeline
 from serve_app.graph.structure import edges, model_nodes
 from serve_app.graph.tensor_types import infer_specs
@@ -30,6 +32,7 @@ from serve_app.models.base import ModelSpecs
 from serve_app.protocol import oip
 from serve_app.repository.loader import ModelRepository
 from serve_app.schema_base import model_route_prefix
+from serve_app.server.coalesce import NodeCoalescer, resolved
 from serve_app.server.grpc_methods import GrpcPipelineMethods
 from serve_app.server.http import error_response, json_response, read_inference_request
 from serve_app.server.metrics import RayModelMetrics, RayNodeMetrics
@@ -51,7 +54,12 @@ class HandleBackend:
         transport: ``grpc`` (by value, pickled numpy) or ``object_store`` (by reference).
     """
 
-    def __init__(self, handles: dict[str, DeploymentHandle], transport: str = "grpc") -> None:
+    def __init__(
+        self,
+        handles: dict[str, DeploymentHandle],
+        transport: str = "grpc",
+        coalesce: CoalesceConfig | None = None,
+    ) -> None:
         options: dict[str, Any] = {"method_name": "infer_tensors"}
         if transport == "grpc":
             options.update(
@@ -61,14 +69,37 @@ class HandleBackend:
             )
         # Options applied once: ``handle.method`` builds new handle options on every access.
         self.handles = {k: h.options(**options) for k, h in handles.items()}
+        self.coalescers: dict[str, NodeCoalescer] = {}
+        if transport == "grpc" and coalesce is not None:
+            self.coalescers = {
+                model: NodeCoalescer(_stacked_call(h), coalesce.max_in_flight, coalesce.max_rows)
+                for model, h in self.handles.items()
+            }
 
     def submit(self, node: ModelNode, tensors: Any, rename: dict[str, str]) -> Any:
-        """Start the call; an upstream ``DeploymentResponse`` is passed on unresolved."""
-        return self.handles[node.model].remote(tensors, rename)
+        """Start the call. Coalesced: the request's rows join the node's next call (a
+        chained node's upstream answer is awaited here first: by value it crosses the
+        router anyway). Otherwise an upstream ``DeploymentResponse`` is passed on
+        unresolved."""
+        coalescer = self.coalescers.get(node.model)
+        if coalescer is None:
+            return self.handles[node.model].remote(tensors, rename)
+        if isinstance(tensors, dict):
+            return coalescer.submit({k: tensors[v] for k, v in rename.items()})
+        return asyncio.ensure_future(self._chained(coalescer, tensors, rename))
+
+    @staticmethod
+    async def _chained(coalescer: NodeCoalescer, upstream: Any, rename: dict[str, str]) -> Any:
+        return await coalescer.submit(await resolved(upstream, rename))
 
     def cancel(self, pending: Any) -> None:
         """Cancel a call whose answer is no longer wanted (best effort, as Serve does)."""
         pending.cancel()
+
+
+def _stacked_call(handle: DeploymentHandle) -> Callable[[Tensors], Any]:
+    """A model call on already renamed, stacked tensors."""
+    return lambda stacked: handle.remote(stacked, {k: k for k in stacked})
 
 
 @serve.deployment(
@@ -100,7 +131,7 @@ class PipelineRouter(GrpcPipelineMethods):
         self.route_prefix = model_route_prefix(self.pipeline.name)
         self.executor = GraphExecutor(
             self.pipeline,
-            HandleBackend(self.handles, self.pipeline.transport),
+            HandleBackend(self.handles, self.pipeline.transport, self.pipeline.coalesce),
             classify_serve_error,
             RayNodeMetrics(self.pipeline.name, self.version).observe_node,
         )
