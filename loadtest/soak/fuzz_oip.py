@@ -9,7 +9,7 @@ import sys
 
 from hypothesis import HealthCheck, given, settings
 
-from tests.unit.test_oip_fuzz import bodies, decode_is_client_error
+from tests.unit.protocol.test_oip_fuzz import bodies, decode_is_client_error
 
 
 def main() -> None:
