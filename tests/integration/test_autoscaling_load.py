@@ -144,8 +144,12 @@ def test_a_step_scales_out_recovers_and_scales_back_without_a_failure(
     assert d["max_running"] >= 3, serve_diagnosis(demo[0], demo[1].serve_api_url or "", SCALER)
     late = (run.requests["sent_s"] >= 27) & (run.requests["sent_s"] < 35)
     late_p99_ms = float(np.percentile(run.requests["latency_s"][late], 99) * 1e3)
-    print(f"p99 over the last 8 s of the step: {late_p99_ms:.0f} ms")
-    assert late_p99_ms < SLO_MS
+    # The generator measures latency on its own event loop: on a busy machine its delay
+    # (its lag behind schedule, at most GENERATOR_LAG_LIMIT_MS here) is in every latency
+    # it reads, so the objective holds for what the server adds on top of it.
+    lag_ms = o["generator_lag_p99_ms"] or 0.0
+    print(f"p99 over the last 8 s of the step: {late_p99_ms:.0f} ms (generator lag {lag_ms:.0f})")
+    assert late_p99_ms < SLO_MS + lag_ms
     assert d["scale_down"]["replicas_final"] == 1.0 and d["scale_down"]["scale_down_s"] is not None
 
 
