@@ -52,6 +52,8 @@ class HandleBackend:
     Args:
         handles: Model name -> handle of its deployment.
         transport: ``grpc`` (by value, pickled numpy) or ``object_store`` (by reference).
+        coalesce: With ``grpc``, concurrent requests' rows for one model share a call
+            (``server/coalesce.py``); None: one call per request per node.
     """
 
     def __init__(
