@@ -13,9 +13,8 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import load_file
 
-from serve_app.errors import IntegrityError, InvalidInput, ManifestError
-from serve_app.models.base import ModelAdapter, ModelInfo
-from serve_app.models.specs import declared_specs
+from serve_app.errors import IntegrityError
+from serve_app.models.declared import DeclaredModuleAdapter
 from serve_app.repository.manifest import Manifest
 
 NUMPY_ARCHITECTURES = frozenset({"mlp"})
@@ -69,53 +68,25 @@ def mlp_layers(
     ]
 
 
-class NumpyModuleAdapter(ModelAdapter):
+class NumpyModuleAdapter(DeclaredModuleAdapter):
     """``TorchModuleAdapter``'s contract on numpy: FP32 ``input`` [N, in_features] in;
     ``output``, or for a ``classification`` head ``probabilities``, ``label`` and
     ``confidence`` out."""
 
     def __init__(self, folder: Path, manifest: Manifest) -> None:
-        arch = manifest.architecture
-        where = f"model {manifest.name!r} version {manifest.version}"
-        if arch is None or arch.name not in NUMPY_ARCHITECTURES:
-            raise ManifestError(f"{where}: numpy does not run architecture {arch and arch.name!r}")
-        if len(manifest.weights) != 1:
-            raise ManifestError(f"{where}: expected one safetensors weight file")
-        weights = folder / manifest.weights[0]
-        kwargs = arch.kwargs
+        super().__init__(folder, manifest, NUMPY_ARCHITECTURES, "numpy_safetensors", "cpu")
+        kwargs = self.architecture.kwargs
         try:
             self.layers = mlp_layers(
-                load_file(str(weights)),
-                int(kwargs["in_features"]),
+                load_file(str(self.weights)),
+                self.in_features,
                 [int(h) for h in kwargs.get("hidden", [])],
                 int(kwargs["out_features"]),
             )
         except ValueError as e:
-            raise IntegrityError(f"{where}: {weights} does not match {arch.name}: {e}") from None
-        self.in_features = int(kwargs["in_features"])
-        specs = declared_specs(folder, manifest)
-        self.labels: np.ndarray | None = None
-        if manifest.task == "classification":
-            self.labels = np.array(manifest.metadata["labels"], dtype=object)
-        self.info = ModelInfo(
-            platform="numpy_safetensors",
-            inputs=list(specs.inputs),
-            outputs=list(specs.outputs),
-            device="cpu",
-            extra={"architecture": arch.name, "task": manifest.task},
-        )
-
-    def prepare(self, inputs: dict[str, np.ndarray]) -> list[Any]:
-        x = inputs.get("input")
-        if x is None:
-            raise InvalidInput(f"missing input 'input'; got {sorted(inputs)}")
-        if x.dtype != np.float32:
-            raise InvalidInput("input 'input' must have datatype FP32")
-        if x.ndim != 2 or x.shape[1] != self.in_features or x.shape[0] == 0:
-            raise InvalidInput(
-                f"input 'input' must have shape [N, {self.in_features}], got {list(x.shape)}"
-            )
-        return list(x)
+            raise IntegrityError(
+                f"{self.where}: {self.weights} does not match {self.architecture.name}: {e}"
+            ) from None
 
     def forward(self, items: list[Any]) -> dict[str, np.ndarray]:
         x = np.stack(items)
@@ -133,6 +104,3 @@ class NumpyModuleAdapter(ModelAdapter):
             "label": self.labels[top],
             "confidence": probs[np.arange(len(top)), top],
         }
-
-    def warmup_items(self, n: int) -> list[Any]:
-        return [np.zeros(self.in_features, dtype=np.float32)] * n
