@@ -77,6 +77,48 @@ def _combine_spec(pipeline: PipelineConfig, node: CombineNode, got: list[TensorS
     return TensorSpec(COMBINE_OUTPUT, dtype, (*first[:-1], last))
 
 
+ITEM_BYTES = {
+    "BOOL": 1, "UINT8": 1, "INT8": 1, "UINT16": 2, "INT16": 2, "FP16": 2,
+    "UINT32": 4, "INT32": 4, "FP32": 4, "UINT64": 8, "INT64": 8, "FP64": 8,
+}  # fmt: skip
+"""Bytes of one element of each fixed-size OIP datatype (BYTES has no fixed size)."""
+GRPC_CALL_BYTES = 3 * 1024 * 1024
+"""What one coalesced call may carry: 3/4 of Serve's 4 MiB replica gRPC message cap."""
+
+
+def row_bytes(spec: TensorSpec) -> int | None:
+    """Bytes of one row (first axis) of a tensor, when its datatype and every other
+    dimension are fixed; else None."""
+    dims = spec.shape[1:]
+    if spec.datatype not in ITEM_BYTES or any(d < 0 for d in dims):
+        return None
+    size = ITEM_BYTES[spec.datatype]
+    for d in dims:
+        size *= d
+    return size
+
+
+def _check_message_size(
+    pipeline: PipelineConfig, node: ModelNode, outputs: tuple[TensorSpec, ...]
+) -> None:
+    """A coalesced answer of ``max_rows`` rows must fit Serve's gRPC message cap."""
+    if pipeline.transport != "grpc" or pipeline.coalesce is None:
+        return
+    sizes = [row_bytes(s) for s in outputs]
+    if any(s is None for s in sizes):
+        return  # a BYTES or variable-size output: bounded at run time only
+    per_call = pipeline.coalesce.max_rows * sum(s for s in sizes if s is not None)
+    if per_call > GRPC_CALL_BYTES:
+        raise _fail(
+            pipeline,
+            node.name,
+            f"model {node.model!r} answers {per_call / 2**20:.1f} MiB for "
+            f"coalesce.max_rows={pipeline.coalesce.max_rows} rows, above the "
+            f"{GRPC_CALL_BYTES / 2**20:.0f} MiB a gRPC call may carry (Serve caps a message "
+            "at 4 MiB); lower coalesce.max_rows or use transport: object_store",
+        )
+
+
 def infer_specs(pipeline: PipelineConfig, models: Mapping[str, ModelSpecs]) -> PipelineSpecs:
     """Check every edge and return the specs of all tensors and of the outputs.
 
@@ -122,6 +164,7 @@ def infer_specs(pipeline: PipelineConfig, models: Mapping[str, ModelSpecs]) -> P
                     )
             for s in specs.outputs:
                 tensors[f"{name}.{s.name}"] = s
+            _check_message_size(pipeline, node, specs.outputs)
         elif isinstance(node, CombineNode):
             parts: list[TensorSpec] = []
             for ref in node.inputs.values():

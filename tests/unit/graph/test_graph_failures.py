@@ -19,6 +19,7 @@ from serve_app.graph.executor import GraphExecutor
 from serve_app.graph.nodes import SwitchCase
 from serve_app.graph.spec import PipelineConfig
 from serve_app.graph.tensor_types import infer_specs
+from serve_app.models.base import ModelSpecs, TensorSpec
 from serve_app.protocol.grpc_codec import GRPC_STATUS
 
 
@@ -189,3 +190,24 @@ def test_a_requested_output_that_was_not_produced_is_a_422_naming_it_and_why() -
         "'b.probabilities', which is missing); leave them out of 'outputs' to get what was "
         "produced",
     )
+
+
+# --- an answer too large for Serve's gRPC message cap is refused at config time -----------
+
+
+def test_a_node_whose_coalesced_answer_exceeds_the_message_cap_is_refused() -> None:
+    wide = {
+        **SPECS,
+        "head2": ModelSpecs(SPECS["head2"].inputs, (TensorSpec("big", "FP32", (-1, 4096)),)),
+    }
+    p = pipeline(outputs={"label": "a.label", "big": "b.big"})
+    p["nodes"] = p["nodes"][:3]
+    with pytest.raises(
+        ConfigError,
+        match=r"node 'b': model 'head2' answers 4.0 MiB for coalesce.max_rows=256 rows, above "
+        r"the 3 MiB a gRPC call may carry .* lower coalesce.max_rows or use transport: "
+        "object_store",
+    ):
+        infer_specs(PipelineConfig.model_validate(p), wide)
+    for fix in ({"coalesce": {"max_rows": 128}}, {"transport": "object_store"}, {"coalesce": None}):
+        infer_specs(PipelineConfig.model_validate({**p, **fix}), wide)
