@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -29,6 +28,7 @@ import yaml
 from loadtest.harness.demo_process import REPO_ROOT, descendants, start_demo, stop_demo
 from loadtest.harness.machine import machine_info, machine_line
 from loadtest.observe.proc_sampler import group_of
+from loadtest.reports.files import write_results
 from loadtest.traffic.payloads import generated_body, model_metadata
 
 VARIANTS = {"torch heads": "torch", "numpy heads": "auto"}
@@ -165,10 +165,7 @@ def main(argv: list[str] | None = None) -> None:
             )
             print(f"{name}: {results['variants'][name]}", flush=True)
     results["machine"] = machine_info()
-    a.out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
-    text = report(results)
-    a.out.with_suffix(".md").write_text(text)
-    print(text)
+    write_results(a.out, results, report(results))
 
 
 if __name__ == "__main__":

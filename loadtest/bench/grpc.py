@@ -35,6 +35,7 @@ import numpy as np
 from loadtest.bench.serving import SENTENCE
 from loadtest.harness.demo_process import REPO_ROOT, cpu_used_s, start_demo, stop_demo, tree_cpu_s
 from loadtest.harness.machine import free_port, machine_info
+from loadtest.reports.files import write_results
 from loadtest.traffic.wrk import body, run_wrk, wrk_script
 
 MODEL = "minilm"
@@ -229,11 +230,7 @@ def main() -> None:
         print(json.dumps(r))
         return
     results = bench(4.0 if a.quick else 10.0)
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
-    out.with_suffix(".md").write_text(render(results))
-    print(render(results))
+    write_results(Path(a.out), results, render(results))
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ import numpy as np
 
 from loadtest.harness.demo_process import REPO_ROOT
 from loadtest.harness.machine import machine_info, machine_line
+from loadtest.reports.files import write_results
 
 RUNTIMES = ("torch", "auto")
 """``ModelConfig.runtime`` values: ``auto`` runs this head on numpy on a CPU replica."""
@@ -140,10 +141,7 @@ def main(argv: list[str] | None = None) -> None:
         "rows": 256,
         "max_abs_diff": float(np.abs(probs["torch"] - probs["auto"]).max()),
     }
-    a.out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
-    text = report(results)
-    a.out.with_suffix(".md").write_text(text)
-    print(text)
+    write_results(a.out, results, report(results))
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ from loadtest.bench.serving import raw_baselines
 from loadtest.harness.demo_process import REPO_ROOT, cpu_used_s, tree_cpu_s, user_environment
 from loadtest.harness.machine import free_port, machine_info, machine_line
 from loadtest.harness.processes import pss_bytes, spawned
+from loadtest.reports.files import write_results
 from loadtest.traffic.payloads import SENTENCE
 from loadtest.traffic.wrk import INFER, body, run_wrk, wait_first_200, wrk_script
 
@@ -240,11 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     raw_after = raw_baselines(repo, 4.0, versions=(2,))[0]
     result["raw_onnxruntime"] = raw_mean(raw_before, raw_after)
     result["ratios"] = ratios(result)
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    out.with_suffix(".md").write_text(markdown(result))
-    print(markdown(result))
+    write_results(Path(a.out), result, markdown(result))
     return 0
 
 

@@ -27,6 +27,7 @@ from loadtest.bench.graph import routed_script, serving
 from loadtest.bench.graph_apps import demo_app_config
 from loadtest.harness.demo_process import REPO_ROOT
 from loadtest.harness.machine import machine_info, machine_line
+from loadtest.reports.files import write_results
 from loadtest.traffic.http_load import infer_path, wait_ok
 from loadtest.traffic.wrk import body, run_wrk
 
@@ -94,10 +95,7 @@ def main(argv: list[str] | None = None) -> None:
                         print(f"  {line} ms errors {r['errors']}", flush=True)
     results = {"machine": machine_info(), "mix": mix, "duration_s": a.duration_s,
                "rounds": a.rounds, "loads": loads}  # fmt: skip
-    a.out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
-    text = report(results)
-    a.out.with_suffix(".md").write_text(text)
-    print(text)
+    write_results(a.out, results, report(results))
 
 
 def median(runs: list[dict[str, Any]], key: str) -> float:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from serve_app.config import AppConfig
+from serve_app.deploy.progress import concise
 from serve_app.errors import DeployError, RepositoryError
 from serve_app.repository.loader import ModelRepository
 
@@ -165,8 +166,6 @@ def wait_rolled(
 
 def reasons(app: Any) -> str:
     """An application's message and its deployments' messages, joined."""
-    from serve_app.deploy.progress import concise
-
     messages = [app.get("message", "")] + [
         d.get("message", "") for d in app.get("deployments", {}).values()
     ]

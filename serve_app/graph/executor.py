@@ -102,13 +102,17 @@ class GraphResult:
     """Node -> why it did not run (switch, missing upstream)."""
     degraded: dict[str, str] = field(default_factory=dict)
     """Optional node -> the error it failed with."""
-    omitted_outputs: list[str] = field(default_factory=list)
     omitted_why: dict[str, str] = field(default_factory=dict)
     """Omitted output -> why its node produced nothing."""
     timing_ms: dict[str, dict[str, float]] | None = None
     """Node -> ``{"start", "end"}`` in ms since the request started (``timing: true``):
     a model node from its call to its answer (so chained and fan-out overlap shows), a
     combine or switch from when its inputs were there; a node that did not run is absent."""
+
+    @property
+    def omitted_outputs(self) -> list[str]:
+        """Pipeline outputs not produced on this request, in declaration order."""
+        return list(self.omitted_why)
 
     def check_requested(self, requested: Iterable[str]) -> None:
         """Raise ``OutputNotProduced`` naming each requested output that was omitted."""
@@ -266,7 +270,6 @@ class GraphExecutor:
         for out, ref in self.pipeline.outputs.items():
             value = self._value_now(ref, run)
             if isinstance(value, Skipped):
-                result.omitted_outputs.append(out)
                 source = split_ref(ref)[0]
                 own = value.reason.startswith(f"node {source!r}")
                 result.omitted_why[out] = (

@@ -24,6 +24,7 @@ from serve_app.graph.nodes import (
 from serve_app.graph.spec import PipelineConfig
 from serve_app.graph.structure import topological_order
 from serve_app.models.base import ModelSpecs, TensorSpec
+from serve_app.protocol.oip import DATATYPES
 
 NUMERIC = frozenset(
     {"BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64"}
@@ -77,11 +78,6 @@ def _combine_spec(pipeline: PipelineConfig, node: CombineNode, got: list[TensorS
     return TensorSpec(COMBINE_OUTPUT, dtype, (*first[:-1], last))
 
 
-ITEM_BYTES = {
-    "BOOL": 1, "UINT8": 1, "INT8": 1, "UINT16": 2, "INT16": 2, "FP16": 2,
-    "UINT32": 4, "INT32": 4, "FP32": 4, "UINT64": 8, "INT64": 8, "FP64": 8,
-}  # fmt: skip
-"""Bytes of one element of each fixed-size OIP datatype (BYTES has no fixed size)."""
 GRPC_CALL_BYTES = 3 * 1024 * 1024
 """What one coalesced call may carry: 3/4 of Serve's 4 MiB replica gRPC message cap."""
 
@@ -90,9 +86,10 @@ def row_bytes(spec: TensorSpec) -> int | None:
     """Bytes of one row (first axis) of a tensor, when its datatype and every other
     dimension are fixed; else None."""
     dims = spec.shape[1:]
-    if spec.datatype not in ITEM_BYTES or any(d < 0 for d in dims):
+    dtype = DATATYPES.get(spec.datatype)
+    if dtype is None or dtype.hasobject or any(d < 0 for d in dims):
         return None
-    size = ITEM_BYTES[spec.datatype]
+    size = dtype.itemsize
     for d in dims:
         size *= d
     return size

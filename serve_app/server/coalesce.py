@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -69,11 +69,6 @@ class _Segment:
     future: asyncio.Future[Tensors]
 
 
-@dataclass
-class _Group:
-    waiting: list[_Segment] = field(default_factory=list)
-
-
 class NodeCoalescer:
     """Coalesces one model node's calls (one per model per router replica).
 
@@ -96,9 +91,8 @@ class NodeCoalescer:
         self.max_rows = max_rows
         self.max_bytes = max_bytes
         self.in_flight = 0
-        self.groups: dict[tuple[Any, ...], _Group] = {}
-        self.calls = 0
-        """Calls started (for tests and the benchmark)."""
+        self.waiting: dict[tuple[Any, ...], list[_Segment]] = {}
+        """Segments waiting for a call, by what they stack with."""
 
     def submit(self, tensors: Tensors) -> asyncio.Future[Tensors]:
         """Queue one request's tensors; the future resolves to its own outputs."""
@@ -110,33 +104,34 @@ class NodeCoalescer:
         if rows is None:
             loop.create_task(self._single(segment))
             return segment.future
-        self.groups.setdefault(stack_key(tensors), _Group()).waiting.append(segment)
+        self.waiting.setdefault(stack_key(tensors), []).append(segment)
         self._flush()
         return segment.future
 
     def _flush(self) -> None:
         """Start calls while below the in-flight limit and segments wait."""
-        for key in list(self.groups):
-            group = self.groups[key]
+        for key in list(self.waiting):
+            queue = self.waiting[key]
             while self.in_flight < self.max_in_flight:
-                batch = self._take(group)
+                batch = self._take(queue)
                 if not batch:
                     break
                 self.in_flight += 1
                 asyncio.get_running_loop().create_task(self._run(batch))
-            if not group.waiting:
-                del self.groups[key]
+            if not queue:
+                del self.waiting[key]
 
-    def _take(self, group: _Group) -> list[_Segment]:
-        """The next call's segments: waiting ones, oldest first, within the caps."""
-        group.waiting = [s for s in group.waiting if not s.future.done()]
+    def _take(self, queue: list[_Segment]) -> list[_Segment]:
+        """The next call's segments from ``queue`` (oldest first, cancelled ones dropped),
+        within the caps."""
+        queue[:] = [s for s in queue if not s.future.done()]
         batch: list[_Segment] = []
         rows = nbytes = 0
-        while group.waiting:
-            s = group.waiting[0]
+        while queue:
+            s = queue[0]
             if batch and (rows + s.rows > self.max_rows or nbytes + s.nbytes > self.max_bytes):
                 break
-            batch.append(group.waiting.pop(0))
+            batch.append(queue.pop(0))
             rows, nbytes = rows + s.rows, nbytes + s.nbytes
         return batch
 
@@ -151,7 +146,6 @@ class NodeCoalescer:
             self._flush()
 
     async def _single(self, segment: _Segment) -> None:
-        self.calls += 1
         try:
             pending = self.call(segment.tensors)
         except Exception as e:
@@ -174,7 +168,6 @@ class NodeCoalescer:
     async def _coalesced(self, batch: list[_Segment]) -> None:
         keys = list(batch[0].tensors)
         stacked = {k: np.concatenate([s.tensors[k] for s in batch]) for k in keys}
-        self.calls += 1
         try:
             result = await self.call(stacked)
             parts = split(result, [s.rows for s in batch])
@@ -211,9 +204,3 @@ def _cancel_if(future: asyncio.Future[Tensors], pending: Any) -> None:
         cancel: Callable[[], Any] | None = getattr(pending, "cancel", None)
         if cancel is not None:
             cancel()
-
-
-async def resolved(pending: Awaitable[Tensors], rename: dict[str, str]) -> Tensors:
-    """A chained node's inputs: its upstream's answer, picked and renamed."""
-    values = await pending
-    return {k: values[v] for k, v in rename.items()}

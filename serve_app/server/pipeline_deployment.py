@@ -32,7 +32,7 @@ from serve_app.models.base import ModelSpecs
 from serve_app.protocol import oip
 from serve_app.repository.loader import ModelRepository
 from serve_app.schema_base import model_route_prefix
-from serve_app.server.coalesce import NodeCoalescer, resolved
+from serve_app.server.coalesce import NodeCoalescer
 from serve_app.server.grpc_methods import GrpcPipelineMethods
 from serve_app.server.http import error_response, json_response, read_inference_request
 from serve_app.server.metrics import RayModelMetrics, RayNodeMetrics
@@ -92,7 +92,8 @@ class HandleBackend:
 
     @staticmethod
     async def _chained(coalescer: NodeCoalescer, upstream: Any, rename: dict[str, str]) -> Any:
-        return await coalescer.submit(await resolved(upstream, rename))
+        values = await upstream
+        return await coalescer.submit({k: values[v] for k, v in rename.items()})
 
     def cancel(self, pending: Any) -> None:
         """Cancel a call whose answer is no longer wanted (best effort, as Serve does)."""
