@@ -18,7 +18,8 @@ from serve_app.config.grpc import GrpcConfig
 from serve_app.config.model import ModelConfig
 from serve_app.config.pipeline import ServedPipelineConfig
 from serve_app.config.tenants import check_tenant_prefixes
-from serve_app.graph.structure import model_nodes
+from serve_app.graph.nodes import ModelNode
+from serve_app.graph.structure import fused_hosts, model_nodes
 from serve_app.protocol.limits import RequestLimits
 from serve_app.schema_base import StrictModel
 
@@ -160,6 +161,7 @@ class AppConfig(StrictModel):
                         f"pipeline {p.name!r} node {node.name!r}: unknown model {node.model!r} "
                         f"(models: {sorted(models)})"
                     )
+                _check_placement(p, node, model, models)
                 if node.version is not None and node.version != model.version:
                     raise ValueError(
                         f"pipeline {p.name!r} node {node.name!r}: wants {node.model!r} version "
@@ -167,6 +169,27 @@ class AppConfig(StrictModel):
                         f"{model.version!r} (one deployment per model; serve another version "
                         "under its own name with repository_name)"
                     )
+        return self
+
+    @model_validator(mode="after")
+    def _standalone_or_fused(self) -> AppConfig:
+        for model in self.models:
+            if model.standalone:
+                continue
+            uses = [
+                (p.name, n) for p in self.pipelines for n in model_nodes(p) if n.model == model.name
+            ]
+            separate = [f"{p}/{n.name}" for p, n in uses if not n.fused]
+            if not uses or separate:
+                raise ValueError(
+                    f"model {model.name!r} has standalone: false, so it runs only fused into "
+                    f"pipeline nodes' hosts; "
+                    + (
+                        f"nodes {separate} call it as a separate deployment"
+                        if separate
+                        else "no pipeline node fuses it"
+                    )
+                )
         return self
 
     def pipeline(self, name: str) -> ServedPipelineConfig:
@@ -182,6 +205,27 @@ class AppConfig(StrictModel):
             if m.name == name:
                 return m
         raise KeyError(name)
+
+
+def _check_placement(
+    pipeline: ServedPipelineConfig,
+    node: ModelNode,
+    model: ModelConfig,
+    models: dict[str, ModelConfig],
+) -> None:
+    """A fused node's model and its host's model are plain models (one deployment that
+    loads the whole model): a staged or multiplexed model cannot host or be fused."""
+    if not node.fused:
+        return
+    host_node = pipeline.node(fused_hosts(pipeline)[node.name])
+    host = models.get(host_node.model) if isinstance(host_node, ModelNode) else None
+    for role, m in (("fused", model), ("host", host)):
+        if m is not None and (m.stages or m.multiplex):
+            raise ValueError(
+                f"pipeline {pipeline.name!r} node {node.name!r}: {role} model {m.name!r} is "
+                f"{'staged' if m.stages else 'multiplexed'}; fusing needs plain models "
+                "(use placement: separate)"
+            )
 
 
 def load_app_config(path: str | Path) -> AppConfig:

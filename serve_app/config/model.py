@@ -190,6 +190,15 @@ class ModelConfig(StrictModel):
             "torch (about 1 s and 200 MiB per process), torch otherwise; torch: always torch."
         ),
     )
+    standalone: bool = Field(
+        True,
+        description=(
+            "False: the model gets no deployment, process or route of its own; it runs "
+            "only inside the replicas of the pipeline nodes it is fused into "
+            "(``placement: fused``), so every node using it must be fused. Its weights "
+            "are still resolved and sha256-verified from the repository by each host."
+        ),
+    )
     health_check_period_s: float = Field(10.0, gt=0, description="Serve health-check period.")
     health_check_timeout_s: float = Field(30.0, gt=0, description="Serve health-check timeout.")
     graceful_shutdown_timeout_s: float = Field(

@@ -14,8 +14,9 @@ from pydantic import Field, TypeAdapter
 
 from serve_app.config import AppConfig, HttpConfig, ModelConfig, RepositoryConfig, ResourcesConfig
 from serve_app.deploy.version_policy import side_app_names
+from serve_app.graph.nodes import ModelNode
 from serve_app.graph.spec import PipelineConfig
-from serve_app.graph.structure import model_nodes
+from serve_app.graph.structure import fused_hosts, model_nodes, topological_order
 from serve_app.schema_base import StrictModel
 
 MODEL_DEPLOYMENT = "ModelDeployment"
@@ -46,6 +47,47 @@ class CanaryArgs(StrictModel):
     percent: float = Field(gt=0, le=100, description="Share of unversioned requests, percent.")
 
 
+class FusedNodeArgs(StrictModel):
+    """A pipeline node fused into this model's replicas (``placement: fused``)."""
+
+    pipeline: str = Field(description="Pipeline that declares the node.")
+    node: str = Field(description="Node name.")
+    host: str = Field(description="The pipeline's node this model serves (the host node).")
+    model: str = Field(description="The fused node's model (metrics and messages).")
+    folder: str = Field(description="Repository folder of its weights.")
+    version: Literal["latest"] | int = Field(description="Its version policy.")
+    runtime: Literal["auto", "torch"] = Field("auto", description="Its ModelConfig.runtime.")
+    inputs: dict[str, str] = Field(description="Model input -> tensor reference.")
+
+
+def fused_into(app: AppConfig, model: ModelConfig) -> list[FusedNodeArgs]:
+    """Every pipeline node fused into ``model``'s replicas, each after what it reads."""
+    out = []
+    for p in app.pipelines:
+        hosts = fused_hosts(p)
+        for name in topological_order(p):
+            node = p.node(name)
+            if name not in hosts or not isinstance(node, ModelNode):
+                continue
+            host = p.node(hosts[name])
+            if not isinstance(host, ModelNode) or host.model != model.name:
+                continue
+            fused_model = app.model(node.model)
+            out.append(
+                FusedNodeArgs(
+                    pipeline=p.name,
+                    node=name,
+                    host=host.name,
+                    model=fused_model.name,
+                    folder=fused_model.folder,
+                    version=fused_model.version,
+                    runtime=fused_model.runtime,
+                    inputs=node.inputs,
+                )
+            )
+    return out
+
+
 class ModelAppArgs(StrictModel):
     """Args of a model replica (a whole model, or one stage of a staged model)."""
 
@@ -74,6 +116,10 @@ class ModelAppArgs(StrictModel):
     slot: int = Field(
         0, ge=0, description="Under latest_n: 0 serves the newest version, 1 the one before..."
     )
+    fused: list[FusedNodeArgs] = Field(
+        default_factory=list,
+        description="Pipeline nodes fused into this model's replicas (loaded with it).",
+    )
 
     @classmethod
     def from_config(cls, app: AppConfig, model: ModelConfig) -> ModelAppArgs:
@@ -87,6 +133,7 @@ class ModelAppArgs(StrictModel):
             torch_threads=torch_threads(model.resources),
             runtime=model.runtime,
             hung_forward_s=model.hung_forward_s,
+            fused=fused_into(app, model),
         )
 
     @property
@@ -150,7 +197,9 @@ class StagedAppArgs(StrictModel):
 class NodeTarget(StrictModel):
     """Where a pipeline's model node sends its calls, and where its specs are read."""
 
-    app: str = Field(description="Serve application of the model.")
+    app: str | None = Field(
+        description="Serve application of the model; None: only fused nodes use it here."
+    )
     deployment: str = Field(description="Its ingress deployment (has ``infer_tensors``).")
     folder: str = Field(description="Repository folder of the weights.")
     version: Literal["latest"] | int = Field(description="Version policy of the model.")
@@ -169,10 +218,11 @@ class PipelineAppArgs(StrictModel):
     def from_config(cls, app: AppConfig, pipeline: PipelineConfig) -> PipelineAppArgs:
         """Slice of ``app`` that a pipeline router needs."""
         targets = {}
+        called = {n.model for n in model_nodes(pipeline) if not n.fused}
         for node in model_nodes(pipeline):
             model = app.model(node.model)
             targets[model.name] = NodeTarget(
-                app=model.app_name,
+                app=model.app_name if model.name in called else None,
                 deployment=ROUTER_DEPLOYMENT if model.stages else MODEL_DEPLOYMENT,
                 folder=model.folder,
                 version=model.version,
@@ -200,9 +250,9 @@ class ServerAppArgs(StrictModel):
         """Slice of ``app`` that the server needs."""
         return cls(
             http=app.http,
-            models=[m.name for m in app.models],
+            models=[m.name for m in app.models if m.standalone],
             pipelines={
-                p.name: sorted({n.model for n in model_nodes(p) if not n.optional})
+                p.name: sorted({n.model for n in model_nodes(p) if not (n.optional or n.fused)})
                 for p in app.pipelines
             },
             families={m.name: m.multiplex.tenant_prefix for m in app.models if m.multiplex},

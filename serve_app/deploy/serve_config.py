@@ -185,6 +185,11 @@ def render_serve_config(
             "enable_access_log": app.http.access_log,
         },
         "applications": [server_application(app)]
-        + [a for m in app.models for a in version_applications(m, model_application(app, m))]
+        + [
+            a
+            for m in app.models
+            if m.standalone  # the others run only fused into their hosts' replicas
+            for a in version_applications(m, model_application(app, m))
+        ]
         + [pipeline_application(app, p) for p in app.pipelines],
     }

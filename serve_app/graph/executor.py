@@ -35,6 +35,7 @@ import numpy as np
 
 from serve_app.errors import InvalidInput, NodeError, OutputNotProduced, ServeAppError
 from serve_app.graph.combine import combine, reduce_value, switch_target
+from serve_app.graph.fused import FusedCall, node_answer
 from serve_app.graph.nodes import (
     PARAMETERS,
     REQUEST,
@@ -45,7 +46,7 @@ from serve_app.graph.nodes import (
     split_ref,
 )
 from serve_app.graph.spec import PipelineConfig
-from serve_app.graph.structure import dependencies, gates, topological_order
+from serve_app.graph.structure import dependencies, fused_hosts, gates, topological_order
 
 logger = logging.getLogger("ray.serve")
 
@@ -58,8 +59,11 @@ class NodeBackend(Protocol):
     ``submit`` (the backend passes it on unresolved); ``rename`` maps each model input
     to the key it has in ``tensors``."""
 
-    def submit(self, node: ModelNode, tensors: Any, rename: dict[str, str]) -> Awaitable[Tensors]:
-        """Start ``node``'s model on ``tensors``."""
+    def submit(
+        self, node: ModelNode, tensors: Any, rename: dict[str, str], fused: FusedCall | None
+    ) -> Awaitable[Tensors]:
+        """Start ``node``'s model on ``tensors``; with ``fused``, its replica also runs
+        those fused nodes and returns their outputs in the same answer (``graph.fused``)."""
         ...
 
     def cancel(self, pending: Any) -> None:
@@ -158,6 +162,8 @@ class _Run:
     tasks: dict[str, asyncio.Task[Outcome]] = field(default_factory=dict)
     submitted: dict[str, asyncio.Future[Any]] = field(default_factory=dict)
     started_s: float = field(default_factory=time.perf_counter)
+    called_s: dict[str, float] = field(default_factory=dict)
+    """Model node -> ``time.perf_counter()`` when its call started."""
     timing_ms: dict[str, dict[str, float]] | None = None
 
     def mark(self, node: str, key: str) -> None:
@@ -193,13 +199,24 @@ class GraphExecutor:
         self.rank = {name: i for i, name in enumerate(self.order)}
         self.gate_of = gates(pipeline)
         self.nodes = {n.name: n for n in pipeline.nodes}
+        self.hosts = fused_hosts(pipeline)
+        """Fused node -> the separate model node whose call runs it."""
+        self.fused_calls = {
+            host: FusedCall(
+                pipeline.name, tuple(n for n in self.order if self.hosts.get(n) == host)
+            )
+            for host in set(self.hosts.values())
+        }
+        """Host node -> the fused nodes its calls run."""
         self.chained = {
             n.name: deps[0]
             for n in pipeline.nodes
             if isinstance(n, ModelNode)
+            and not n.fused
             and len(deps := dependencies(n)) == 1
             and all(split_ref(r)[0] != REQUEST for r in n.inputs.values())
-            and isinstance(self.nodes[deps[0]], ModelNode)
+            and isinstance(up := self.nodes[deps[0]], ModelNode)
+            and not up.fused
         }
         """Model node -> the model node it is chained to (reads only that node's outputs)."""
 
@@ -231,7 +248,8 @@ class GraphExecutor:
         if run.parameters.get(TIMING_PARAMETER) is True:
             run.timing_ms = {}
         for name in self.order:
-            if isinstance(self.nodes[name], ModelNode):
+            node = self.nodes[name]
+            if isinstance(node, ModelNode) and not node.fused:
                 run.submitted[name] = loop.create_future()
         for name in self.order:
             run.tasks[name] = asyncio.create_task(self._node(name, run), name=f"node:{name}")
@@ -316,6 +334,8 @@ class GraphExecutor:
                 chosen = None if isinstance(decision, Skipped) else decision[SWITCH_OUTPUT][0]
                 if chosen != name:
                     return Skipped(f"not chosen by switch {gate!r}")
+            if isinstance(node, ModelNode) and node.fused:
+                return await self._fused(node, run)
             if isinstance(node, ModelNode):
                 return await self._model(node, run)
             if isinstance(node, CombineNode):
@@ -341,7 +361,9 @@ class GraphExecutor:
             if pending_upstream is None:
                 return Skipped(f"needs node {upstream!r}, which did not run")
             rename = {inp: split_ref(ref)[1] for inp, ref in node.inputs.items()}
-            pending = self.backend.submit(node, pending_upstream, rename)
+            pending = self.backend.submit(
+                node, pending_upstream, rename, self.fused_calls.get(node.name)
+            )
         else:
             values: Tensors = {}
             for inp, ref in node.inputs.items():
@@ -349,10 +371,12 @@ class GraphExecutor:
                 if isinstance(value, Skipped):
                     return value
                 values[inp] = value
-            pending = self.backend.submit(node, values, {k: k for k in values})
+            pending = self.backend.submit(
+                node, values, {k: k for k in values}, self.fused_calls.get(node.name)
+            )
         run.submitted[node.name].set_result(pending)
         run.mark(node.name, "start")
-        called_s = time.perf_counter()
+        called_s = run.called_s[node.name] = time.perf_counter()
         outcome = "failed"
         try:
             answer = await self._answer(node, pending)
@@ -389,6 +413,34 @@ class GraphExecutor:
         finally:
             if self.observe_node is not None:
                 self.observe_node(node.name, outcome, time.perf_counter() - called_s)
+
+    async def _fused(self, node: ModelNode, run: _Run) -> Outcome:
+        """A fused node's outputs, out of its host's answer (no call of its own)."""
+        upstream = dependencies(node)[0]
+        if isinstance(await run.tasks[upstream], Skipped):
+            return Skipped(f"needs node {upstream!r}, which did not run")
+        host = self.hosts[node.name]
+        answer = run.tasks[host].result()  # done: the upstream is the host or waited for it
+        assert not isinstance(answer, Skipped)
+        if run.timing_ms is not None:
+            run.timing_ms[node.name] = {"start": run.timing_ms[host]["start"]}
+        got = node_answer(answer, node.name)
+        outcome = "ok"
+        try:
+            if isinstance(got, dict):
+                return got
+            status, message = got
+            tagged = f"node {node.name!r} (model {node.model!r}, fused into {host!r}): {message}"
+            if node.optional:
+                outcome = "degraded"
+                logger.warning("pipeline %s degraded: %s", self.pipeline.name, tagged)
+                return Skipped(tagged, degraded=True)
+            outcome = "failed"
+            raise NodeError(tagged, node.name, status)
+        finally:
+            if self.observe_node is not None:
+                elapsed_s = time.perf_counter() - run.called_s[host]
+                self.observe_node(node.name, outcome, elapsed_s)
 
     @staticmethod
     async def _answer(node: ModelNode, pending: Any) -> Tensors:

@@ -76,6 +76,21 @@ class ModelNode(_NodeBase):
             "named in the response parameters) instead of failing the request."
         ),
     )
+    placement: Literal["separate", "fused"] = Field(
+        "separate",
+        description=(
+            "separate: the node calls the model's own deployment (one hop per call; the "
+            "model batches, scales and rolls out on its own). fused: the node runs inside "
+            "the replica of the one model node it reads from (its host), on the host's "
+            "outputs for the same rows right after the host's forward, and comes back in "
+            "the host's answer: no hop, no process of its own. A fused node gives up "
+            "independent replicas, autoscaling and rollout (it scales, restarts and "
+            "changes version with its host's deployment), and a gated fused node is "
+            "computed for every call of its host and dropped when not chosen; meant for "
+            "small heads. Its model is still resolved, sha256-verified and type-checked "
+            "like any model, and reports its own batch metrics."
+        ),
+    )
     timeout_s: float | None = Field(
         None,
         gt=0,
@@ -87,6 +102,20 @@ class ModelNode(_NodeBase):
             "request timeout still applies)."
         ),
     )
+
+    @model_validator(mode="after")
+    def _fused_has_no_deadline(self) -> ModelNode:
+        if self.placement == "fused" and self.timeout_s is not None:
+            raise ValueError(
+                f"node {self.name!r}: a fused node runs inside its host's call and has no "
+                "deadline of its own; set timeout_s on the host node"
+            )
+        return self
+
+    @property
+    def fused(self) -> bool:
+        """Whether the node runs inside its host's replica (``placement: fused``)."""
+        return self.placement == "fused"
 
 
 class CombineNode(_NodeBase):

@@ -173,12 +173,39 @@ def check_structure(pipeline: PipelineGraph) -> None:
                 )
             gated[target] = node.name
     _check_required_inputs(pipeline, topological_order(pipeline))
+    fused_hosts(pipeline)
     unused = [n for n in names if n not in _reachable_from_outputs(pipeline)]
     if unused:
         raise ValueError(
             f"pipeline {pipeline.name!r}: nodes {unused} feed no pipeline output "
             "(dangling); remove them or use their outputs"
         )
+
+
+def fused_hosts(pipeline: PipelineGraph) -> dict[str, str]:
+    """Fused node -> its host: the separate model node whose replica runs it (a fused
+    node reading another fused node has that node's host).
+
+    Raises:
+        ValueError: a fused node reads the request, several nodes, or a node that is not
+            a model node (the message names it).
+    """
+    by_name = {n.name: n for n in pipeline.nodes}
+    hosts: dict[str, str] = {}
+    for name in topological_order(pipeline):
+        node = by_name[name]
+        if not isinstance(node, ModelNode) or not node.fused:
+            continue
+        sources = {split_ref(r)[0] for r in node.inputs.values()}
+        upstream = by_name.get(next(iter(sources))) if len(sources) == 1 else None
+        if not isinstance(upstream, ModelNode):
+            raise ValueError(
+                f"pipeline {pipeline.name!r}: fused node {node.name!r} must read only one "
+                f"model node's outputs (it runs inside that node's replica); it reads "
+                f"{sorted(sources)}"
+            )
+        hosts[name] = hosts.get(upstream.name, upstream.name)
+    return hosts
 
 
 def may_be_missing(pipeline: PipelineGraph, order: list[str]) -> dict[str, str]:

@@ -12,7 +12,7 @@ prefixed, as in the REST binary extension). Outputs always go back as
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -69,6 +69,27 @@ class GrpcRequest:
     inputs: dict[str, np.ndarray]
     requested_outputs: list[str] | None
     """Output names the client asked for, in order; None: every output."""
+    parameters: dict[str, Any] = field(default_factory=dict)
+    """The request's ``parameters`` as Python values (a pipeline's switch and
+    ``timing`` read them, as they read the JSON request's)."""
+
+
+PARAMETER_FIELDS = ("bool_param", "int64_param", "string_param", "double_param", "uint64_param")
+
+
+def decode_parameters(parameters: Any) -> dict[str, Any]:
+    """A ``map<string, InferParameter>`` as plain values (``{"timing": True}``).
+
+    Raises:
+        InvalidInput: a parameter with no value set.
+    """
+    decoded: dict[str, Any] = {}
+    for key, value in parameters.items():
+        which = value.WhichOneof("parameter_choice")
+        if which not in PARAMETER_FIELDS:
+            raise InvalidInput(f"parameter {key!r} has no value")
+        decoded[key] = getattr(value, which)
+    return decoded
 
 
 def grpc_status(exc: BaseException, request_id: str = "") -> tuple[grpc.StatusCode, str]:
@@ -196,6 +217,7 @@ def decode_infer_request(request: Any, limits: RequestLimits) -> GrpcRequest:
         id=request.id,
         inputs=inputs,
         requested_outputs=wanted,
+        parameters=decode_parameters(request.parameters),
     )
 
 

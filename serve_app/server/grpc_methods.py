@@ -245,11 +245,11 @@ class GrpcPipelineMethods(GrpcApplicationMethods):
         async def run() -> Any:
             self._check_grpc_target(request.model_name, request.model_version)
             decoded = grpc_codec.decode_infer_request(request, self.http.limits)
-            result = await self.executor.run(decoded.inputs, None, self.node_status.unserving())
-            if decoded.requested_outputs is not None and result.omitted_outputs:
-                decoded.requested_outputs = [
-                    k for k in decoded.requested_outputs if k in result.outputs
-                ]
+            result = await self.executor.run(
+                decoded.inputs, decoded.parameters, self.node_status.unserving()
+            )
+            if decoded.requested_outputs is not None:
+                result.check_requested(decoded.requested_outputs)
             response = grpc_codec.encode_infer_response(
                 self.pipeline.name, self.version, decoded, result.outputs
             )

@@ -23,11 +23,13 @@ from starlette.responses import Response
 from serve_app.config import BatchingConfig, model_route_prefix
 from serve_app.deploy.app_args import CanaryArgs, ModelAppArgs
 from serve_app.errors import InvalidInput, ModelNotFound
+from serve_app.graph.fused import FusedCall
 from serve_app.models.threads import set_intra_op_threads
 from serve_app.protocol import oip
 from serve_app.repository.loader import ModelRepository
 from serve_app.server.batching import flatten_rows, split_rows
 from serve_app.server.canary import CanaryForwarder
+from serve_app.server.fused_nodes import FusedNodes
 from serve_app.server.grpc_methods import GrpcModelMethods
 from serve_app.server.http import error_response, json_response, read_inference_request
 from serve_app.server.metrics import ModelMetricsSink, RayModelMetrics, device_memory_bytes
@@ -124,6 +126,15 @@ class ModelDeployment(GrpcModelMethods):
         self.runtime.hung_forward_s = self.args.hung_forward_s
         self.batching = BatchingConfig()
         self.runtime.load()
+        # Pipeline nodes fused into this model: verified and loaded before it is ready.
+        self.fused = FusedNodes(
+            self.args.fused,
+            self.runtime.repository,
+            self.runtime.device,
+            metrics_for=RayModelMetrics if metrics is None else None,
+        )
+        self.fused.load()
+        self._fused_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fused")
         self._executor: ThreadPoolExecutor | None = None
         self._prepare_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prepare")
         self._batcher: Any = None
@@ -188,8 +199,10 @@ class ModelDeployment(GrpcModelMethods):
 
     def check_health(self) -> None:
         """Serve health check: the model is loaded, no forward has hung, and its files
-        are in place."""
+        are in place (its fused models' too)."""
         self.runtime.check_health()
+        for runtime in self.fused.runtimes.values():
+            runtime.check_health()
 
     # --- inference -----------------------------------------------------------------
 
@@ -227,7 +240,10 @@ class ModelDeployment(GrpcModelMethods):
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
     async def infer_tensors(
-        self, tensors: dict[str, np.ndarray], rename: dict[str, str]
+        self,
+        tensors: dict[str, np.ndarray],
+        rename: dict[str, str],
+        fused: FusedCall | None = None,
     ) -> dict[str, np.ndarray]:
         """Pipeline entry point (DeploymentHandle): run the model on named arrays.
 
@@ -235,6 +251,8 @@ class ModelDeployment(GrpcModelMethods):
             tensors: Arrays by name, e.g. the outputs of the previous node (Ray resolves
                 an upstream ``DeploymentResponse`` into this dict on this replica).
             rename: Model input name -> key in ``tensors``.
+            fused: Pipeline nodes fused into this model to run on its outputs for these
+                rows (their outputs join the answer, ``serve_app.graph.fused``).
 
         Raises:
             InvalidInput: a mapped tensor is missing, or the model rejects it.
@@ -250,6 +268,12 @@ class ModelDeployment(GrpcModelMethods):
                 )
             rows = await self._prepare({k: tensors[v] for k, v in rename.items()})
             outputs = await self.infer_rows(rows)
+            if fused is not None:
+                loop = asyncio.get_running_loop()
+                extra = await loop.run_in_executor(
+                    self._fused_executor, self.fused.run, fused, outputs
+                )
+                outputs = outputs | extra
         except Exception as e:
             self.metrics.observe_request(
                 _status_of(e), time.perf_counter() - start_s, None if rows is None else len(rows)

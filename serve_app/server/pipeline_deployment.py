@@ -23,6 +23,7 @@ from serve_app.deploy.app_args import APP_ARGS, PipelineAppArgs, StagedAppArgs
 from serve_app.deploy.pipeline_check import read_model_specs
 from serve_app.errors import ModelNotFound, ServiceUnavailable
 from serve_app.graph.executor import GraphExecutor, Tensors
+from serve_app.graph.fused import FusedCall
 from serve_app.graph.nodes import ModelNode
 from serve_app.graph.spec import CoalesceConfig
 from serve_app.graph.staged import staged_pipeline
@@ -71,21 +72,31 @@ class HandleBackend:
             )
         # Options applied once: ``handle.method`` builds new handle options on every access.
         self.handles = {k: h.options(**options) for k, h in handles.items()}
-        self.coalescers: dict[str, NodeCoalescer] = {}
-        if transport == "grpc" and coalesce is not None:
-            self.coalescers = {
-                model: NodeCoalescer(_stacked_call(h), coalesce.max_in_flight, coalesce.max_rows)
-                for model, h in self.handles.items()
-            }
+        self.coalesce = coalesce if transport == "grpc" else None
+        self.coalescers: dict[tuple[str, FusedCall | None], NodeCoalescer] = {}
+        """(model, fused nodes its calls run) -> the coalescer of those calls."""
 
-    def submit(self, node: ModelNode, tensors: Any, rename: dict[str, str]) -> Any:
-        """Start the call. Coalesced: the request's rows join the node's next call (a
+    def _coalescer(self, model: str, fused: FusedCall | None) -> NodeCoalescer | None:
+        if self.coalesce is None:
+            return None
+        coalescer = self.coalescers.get((model, fused))
+        if coalescer is None:
+            call = _stacked_call(self.handles[model], fused)
+            coalescer = NodeCoalescer(call, self.coalesce.max_in_flight, self.coalesce.max_rows)
+            self.coalescers[(model, fused)] = coalescer
+        return coalescer
+
+    def submit(
+        self, node: ModelNode, tensors: Any, rename: dict[str, str], fused: FusedCall | None
+    ) -> Any:
+        """Start the call (with ``fused``, the replica runs those nodes too). Coalesced:
+        the request's rows join the node's next call with the same fused nodes (a
         chained node's upstream answer is awaited here first: by value it crosses the
         router anyway). Otherwise an upstream ``DeploymentResponse`` is passed on
         unresolved."""
-        coalescer = self.coalescers.get(node.model)
+        coalescer = self._coalescer(node.model, fused)
         if coalescer is None:
-            return self.handles[node.model].remote(tensors, rename)
+            return self.handles[node.model].remote(tensors, rename, fused)
         if isinstance(tensors, dict):
             return coalescer.submit({k: tensors[v] for k, v in rename.items()})
         return asyncio.ensure_future(self._chained(coalescer, tensors, rename))
@@ -100,9 +111,9 @@ class HandleBackend:
         pending.cancel()
 
 
-def _stacked_call(handle: DeploymentHandle) -> Callable[[Tensors], Any]:
+def _stacked_call(handle: DeploymentHandle, fused: FusedCall | None) -> Callable[[Tensors], Any]:
     """A model call on already renamed, stacked tensors."""
-    return lambda stacked: handle.remote(stacked, {k: k for k in stacked})
+    return lambda stacked: handle.remote(stacked, {k: k for k in stacked}, fused)
 
 
 @serve.deployment(
@@ -159,11 +170,15 @@ class PipelineRouter(GrpcPipelineMethods):
         specs = infer_specs(self.pipeline, model_specs)
         self.inputs = [specs.tensors[f"request.{i.name}"] for i in self.pipeline.inputs]
         self.outputs = list(specs.outputs)
+        called = {m: t for m, t in args.models.items() if t.app is not None}
         self.handles = {
             name: serve.get_deployment_handle(t.deployment, app_name=t.app)
-            for name, t in args.models.items()
+            for name, t in called.items()
+            if t.app is not None
         }
-        self.node_status = NodeStatus({m: (t.app, t.deployment) for m, t in args.models.items()})
+        self.node_status = NodeStatus(
+            {m: (t.app, t.deployment) for m, t in called.items() if t.app is not None}
+        )
 
     def _init_staged(self, args: StagedAppArgs, handles: dict[str, DeploymentHandle]) -> None:
         from serve_app.models.specs import declared_specs
@@ -185,8 +200,11 @@ class PipelineRouter(GrpcPipelineMethods):
 
     # --- composition ---------------------------------------------------------------
 
-    async def infer_tensors(self, tensors: Tensors, rename: dict[str, str]) -> Tensors:
-        """Run the graph as a node of another graph (same contract as a model)."""
+    async def infer_tensors(
+        self, tensors: Tensors, rename: dict[str, str], fused: FusedCall | None = None
+    ) -> Tensors:
+        """Run the graph as a node of another graph (same contract as a model; nothing
+        can be fused into a router, so ``fused`` is always None)."""
         result = await self.executor.run(
             {k: tensors[v] for k, v in rename.items()}, None, self.node_status.unserving()
         )
@@ -212,7 +230,9 @@ class PipelineRouter(GrpcPipelineMethods):
         return body
 
     async def _check_nodes_ready(self) -> None:
-        required = sorted({n.model for n in model_nodes(self.pipeline) if not n.optional})
+        required = sorted(
+            {n.model for n in model_nodes(self.pipeline) if not (n.optional or n.fused)}
+        )
 
         async def ping(model: str) -> str | None:
             try:

@@ -5,6 +5,7 @@ to the model's replicas)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
 import httpx
@@ -94,6 +95,30 @@ def test_infer_triage_pipeline(grpc_client: grpcclient.InferenceServerClient) ->
         result = grpc_client.infer("triage", [text_input(TICKET)], headers=headers)
         assert result.as_numpy("topic").tolist() == [b"billing"]
         assert result.as_numpy("urgency").tolist() == [b"high"]
+
+
+def test_triage_reads_request_parameters_and_refuses_unproduced_outputs(
+    grpc_client: grpcclient.InferenceServerClient,
+) -> None:
+    """The pipeline's gRPC path gets the request parameters (``timing``) like HTTP does,
+    and an output asked for by name that this request did not produce is an error, not
+    silently dropped."""
+    result = grpc_client.infer("triage", [text_input(TICKET)], parameters={"timing": True})
+    timing = result.get_response().parameters["timing_ms"].string_param
+    assert {"embed", "topic"} <= set(json.loads(timing))
+    assert result.as_numpy("route").tolist() == [b""]  # a sure ticket: no second opinion
+    status, message = error_of(
+        lambda: grpc_client.infer(
+            "triage",
+            [text_input(TICKET)],
+            outputs=[grpcclient.InferRequestedOutput("second_opinion")],
+        )
+    )
+    assert status == "StatusCode.INVALID_ARGUMENT"
+    assert message.startswith(
+        "requested output(s) not produced on this request: 'second_opinion' (node "
+        "'second-opinion': not chosen by switch 'route')"
+    ), message
 
 
 def test_unknown_model_is_not_found(grpc_client: grpcclient.InferenceServerClient) -> None:

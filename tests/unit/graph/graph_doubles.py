@@ -9,7 +9,8 @@ from typing import Any
 import numpy as np
 
 from serve_app.config import AppConfig
-from serve_app.graph.executor import GraphExecutor
+from serve_app.graph.executor import GraphExecutor, classify_error
+from serve_app.graph.fused import FusedCall, FusedStep, run_fused
 from serve_app.graph.nodes import ModelNode
 from serve_app.graph.spec import PipelineConfig
 from serve_app.models.base import ModelSpecs, TensorSpec
@@ -68,39 +69,69 @@ class FakeBackend:
         self.delays_s: dict[str, float] = {}
         """Model -> its own delay (else ``delay_s``)."""
         self.cancelled: list[str] = []
+        self.graph: PipelineConfig | None = None
+        """The pipeline being run (set by ``run``): where fused nodes are looked up."""
+        self.fused_calls: dict[str, FusedCall] = {}
+        """Host node -> the fused nodes its call ran."""
 
-    def submit(self, node: ModelNode, tensors: Any, rename: dict[str, str]) -> asyncio.Task[Any]:
+    def submit(
+        self,
+        node: ModelNode,
+        tensors: Any,
+        rename: dict[str, str],
+        fused: FusedCall | None = None,
+    ) -> asyncio.Task[Any]:
         self.received[node.name] = tensors
+        if fused is not None:
+            self.fused_calls[node.name] = fused
         return asyncio.get_running_loop().create_task(
-            self._run(node, tensors, rename), name=node.name
+            self._run(node, tensors, rename, fused), name=node.name
         )
 
     def cancel(self, pending: asyncio.Task[Any]) -> None:
         self.cancelled.append(pending.get_name())
         pending.cancel()
 
-    async def _run(self, node: ModelNode, tensors: Any, rename: dict[str, str]) -> dict[str, Any]:
+    async def _run(
+        self, node: ModelNode, tensors: Any, rename: dict[str, str], fused: FusedCall | None
+    ) -> dict[str, Any]:
         if not isinstance(tensors, dict):
             tensors = await tensors  # a chained upstream result
         inputs = {k: tensors[v] for k, v in rename.items()}
         self.events.append(("start", node.name))
         await asyncio.sleep(self.delays_s.get(node.model, self.delay_s))
         self.events.append(("end", node.name))
-        if node.model in self.fail:
-            raise self.fail[node.model]
-        if node.model == "enc":
+        outputs = self.compute(node.model, inputs)
+        if fused is None:
+            return outputs
+        assert self.graph is not None
+        graph = self.graph
+        steps = [FusedStep(n, graph.node(n).inputs) for n in fused.nodes]  # type: ignore[union-attr]
+
+        def run_step(step: FusedStep, values: dict[str, np.ndarray]) -> dict[str, Any]:
+            self.events.append(("fused", step.node))
+            return self.compute(graph.node(step.node).model, values)  # type: ignore[union-attr]
+
+        return outputs | run_fused(steps, node.name, outputs, run_step, classify_error)
+
+    def compute(self, model: str, inputs: dict[str, np.ndarray]) -> dict[str, Any]:
+        """The stand-in model's answer (or its configured failure)."""
+        if model in self.fail:
+            raise self.fail[model]
+        if model == "enc":
             n = len(inputs["text"])
             return {"embedding": np.arange(n * 4, dtype=np.float32).reshape(n, 4)}
         x = inputs["input"]
-        if node.model == "urgent":
+        if model == "urgent":
             return {"urgent": np.ones(len(x), dtype=bool)}
-        conf = 0.9 if node.model == "head" else 0.6
+        conf = 0.9 if model == "head" else 0.6
         probs = np.tile(np.array([conf, 1 - conf], dtype=np.float32), (len(x), 1))
         label = np.array(["yes"] * len(x), dtype=object)
         return {"probabilities": probs, "label": label, "confidence": probs[:, 0]}
 
 
 def run(p: dict[str, Any], backend: FakeBackend, **params: Any) -> Any:
-    executor = GraphExecutor(PipelineConfig.model_validate(p), backend)
+    backend.graph = PipelineConfig.model_validate(p)
+    executor = GraphExecutor(backend.graph, backend)
     text = np.array(["one", "two"], dtype=object)
     return asyncio.run(executor.run({"text": text}, params))

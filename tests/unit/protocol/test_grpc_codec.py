@@ -211,3 +211,20 @@ def test_unexpected_errors_are_masked() -> None:
         grpc.StatusCode.INTERNAL,
         "internal error, request id rid-7",
     )
+
+
+def test_request_parameters_decode_to_python_values() -> None:
+    request = tritonclient_request(text_input("a"))
+    request.parameters["timing"].bool_param = True
+    request.parameters["lang"].string_param = "de"
+    request.parameters["k"].int64_param = 3
+    request.parameters["t"].double_param = 0.5
+    decoded = decode_infer_request(request, LIMITS)
+    assert decoded.parameters == {"timing": True, "lang": "de", "k": 3, "t": 0.5}
+
+
+def test_a_parameter_without_a_value_is_refused() -> None:
+    request = tritonclient_request(text_input("a"))
+    request.parameters["empty"].CopyFrom(pb.InferParameter())
+    with pytest.raises(InvalidInput, match="parameter 'empty' has no value"):
+        decode_infer_request(request, LIMITS)
