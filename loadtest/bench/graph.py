@@ -9,6 +9,8 @@ FP32 [1, 384] request, closed loop at c=1 and c=16 (Python threads, one keep-ali
 ``http.client`` connection each, in the same process on the same cores), over:
 
 - ``graph_chain3`` (a): POST ``/v2/models/chain3/infer``;
+- ``graph_chain3_fused``: POST ``/v2/models/chain3-fused/infer``, the same chain with b
+  and c fused into a's replica (``placement: fused``: one hop for the three);
 - ``graph_chain1``: POST ``/v2/models/chain1/infer`` (one node);
 - ``client_chain`` (b): the same chain as three HTTP calls, the client decoding each
   answer and posting its ``output`` to the next model;
@@ -188,6 +190,9 @@ def part_hops(a: argparse.Namespace, save: Callable[[dict[str, Any]], None]) -> 
     request = fp32_body(rng.standard_normal(DIM).astype(np.float32).tolist(), [1, DIM])
     calls: dict[str, Call] = {
         "graph_chain3": lambda conn: post(conn, infer_path("chain3"), request) is not None,
+        "graph_chain3_fused": lambda conn: (
+            post(conn, infer_path("chain3-fused"), request) is not None
+        ),
         "graph_chain1": lambda conn: post(conn, infer_path("chain1"), request) is not None,
         "client_chain": lambda conn: chained_output(conn, request, CHAIN, decode=False) is not None,
         "direct": lambda conn: post(conn, infer_path(CHAIN[0]), request) is not None,
@@ -197,12 +202,14 @@ def part_hops(a: argparse.Namespace, save: Callable[[dict[str, Any]], None]) -> 
         app = chain_app_config(Path(root), a.chain_wait_s)
         with serving(app):
             graph_out = json.loads(wait_ok(infer_path("chain3"), request))["outputs"][0]
+            fused_out = json.loads(wait_ok(infer_path("chain3-fused"), request))["outputs"][0]
             wait_ok(infer_path("chain1"), request)
             conn = http.client.HTTPConnection("127.0.0.1", PORT, timeout=30)
             client_out = chained_output(conn, request, CHAIN)
             conn.close()
             # Same numbers both ways, or the comparison means nothing.
             diff = float(np.max(np.abs(np.subtract(graph_out["data"], client_out["data"]))))
+            fused_diff = float(np.max(np.abs(np.subtract(fused_out["data"], client_out["data"]))))
             points = {}
             for c in (1, 16):
                 for path in HOP_PATHS:
@@ -223,6 +230,7 @@ def part_hops(a: argparse.Namespace, save: Callable[[dict[str, Any]], None]) -> 
                     "app_config": app,
                     "bare_handle_call": bare,
                     "graph_vs_client_chain_max_abs_diff": diff,
+                    "fused_vs_client_chain_max_abs_diff": fused_diff,
                     "warmup_s": a.warmup_s,
                     "duration_s": a.duration_s,
                     "points": points,

@@ -42,7 +42,8 @@ def publish_chain(root: Path) -> None:
 
 
 def chain_app_config(root: Path, wait_s: float) -> dict[str, Any]:
-    """AppConfig (as a dict) of the chain models and the ``chain3``/``chain1`` pipelines."""
+    """AppConfig (as a dict) of the chain models and the ``chain3``, ``chain3-fused`` (b
+    and c fused into a's replicas) and ``chain1`` pipelines."""
     model = {
         "batching": {"max_batch_size": 32, "batch_wait_timeout_s": wait_s},
         "max_ongoing_requests": 64,
@@ -60,6 +61,12 @@ def chain_app_config(root: Path, wait_s: float) -> dict[str, Any]:
         "models": [{"name": n, **model} for n in CHAIN],
         "pipelines": [
             {"name": "chain3", "inputs": inputs, "nodes": nodes, "outputs": {"output": "c.output"}},
+            {
+                "name": "chain3-fused",
+                "inputs": inputs,
+                "nodes": [nodes[0]] + [{**n, "placement": "fused"} for n in nodes[1:]],
+                "outputs": {"output": "c.output"},
+            },
             {
                 "name": "chain1",
                 "inputs": inputs,

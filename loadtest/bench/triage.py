@@ -1,14 +1,16 @@
-"""The demo pipeline against its bottleneck model, with and without coalescing, in one
-run on one local Ray (issue 25's goals).
+"""The demo pipeline against its bottleneck model, heads fused or separate, in one run on
+one local Ray (issue 25's goals).
 
-``configs/app.yaml`` served from a temporary repository, plus ``triage-plain``: the same
-graph with ``coalesce: null`` (one handle call per request per node, as before). The
-requests cycle through a ticket mix from the demo's data set in which a quarter take the
-second-opinion branch (each ticket's branch is read from ``triage`` before the loads; the
-share is reported). wrk at c=64 and c=1 on ``triage``, ``triage-plain`` and ``minilm``
-alone (the bottleneck node), in that order each time, ``--rounds`` times.
+``configs/app.yaml`` served from a temporary repository (``triage``: the heads fused into
+minilm's replicas), plus ``triage-separate``: the same graph with every head on its own
+deployment (``placement: separate``, coalesced calls), for which the heads are served
+standalone (idle while ``triage`` is loaded). The requests cycle through a ticket mix
+from the demo's data set in which a quarter take the second-opinion branch (each
+ticket's branch is read from ``triage`` before the loads; the share is reported). wrk at
+c=64 and c=1 on ``triage``, ``triage-separate`` and ``minilm`` alone (the bottleneck
+node), in that order each time, ``--rounds`` times.
 
-Results: ``loadtest/results/triage-coalesce.{json,md}``. Needs ``wrk``; 127.0.0.1 only.
+Results: ``loadtest/results/triage-fused.{json,md}``. Needs ``wrk``; 127.0.0.1 only.
 
     python -m loadtest.bench.triage            # ~4 min on 2 cores
 """
@@ -31,15 +33,22 @@ from loadtest.reports.files import write_results
 from loadtest.traffic.http_load import infer_path, wait_ok
 from loadtest.traffic.wrk import body, run_wrk
 
-TARGETS = ("triage", "triage-plain", "minilm")
+TARGETS = ("triage", "triage-separate", "minilm")
 UNSURE_SHARE = 0.25
 """Share of the mix's tickets that take the second-opinion branch."""
 
 
-def with_plain_twin(app: dict[str, Any]) -> dict[str, Any]:
-    """``app`` plus ``triage-plain``: triage without coalescing."""
+def with_separate_twin(app: dict[str, Any]) -> dict[str, Any]:
+    """``app`` plus ``triage-separate``: triage with every head on its own deployment
+    (the heads then served standalone)."""
     triage = next(p for p in app["pipelines"] if p["name"] == "triage")
-    app["pipelines"].append({**triage, "name": "triage-plain", "coalesce": None})
+    nodes = [{**n, "placement": "separate"} for n in triage["nodes"]]
+    for node in nodes:
+        if node.get("kind", "model") != "model":
+            del node["placement"]
+    app["pipelines"].append({**triage, "name": "triage-separate", "nodes": nodes})
+    for model in app["models"]:
+        model.pop("standalone", None)
     return app
 
 
@@ -72,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--duration-s", type=float, default=15.0, help="each c=64 load")
     parser.add_argument("--rounds", type=int, default=2, help="loads per route, interleaved")
     parser.add_argument("--mix", type=int, default=40, help="tickets in the mix")
-    parser.add_argument("--out", type=Path, default=REPO_ROOT / "loadtest/results/triage-coalesce")
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "loadtest/results/triage-fused")
     a = parser.parse_args(argv)
     from serve_app.local import cluster as local
     from serve_app.local.demo import ensure_demo_models
@@ -81,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
     loads: dict[str, list[dict[str, Any]]] = {f"{t}_c{c}": [] for t in TARGETS for c in (64, 1)}
     with tempfile.TemporaryDirectory(prefix="bench-triage-") as root:
         ensure_demo_models(root, progress=False)
-        with serving(with_plain_twin(demo_app_config(Path(root)))):
+        with serving(with_separate_twin(demo_app_config(Path(root)))):
             payloads, mix = ticket_mix(a.mix)
             for target in TARGETS:
                 wait_ok(infer_path(target), payloads[0].encode())
@@ -107,7 +116,7 @@ def report(results: dict[str, Any]) -> str:
     """The Markdown table and ratios of a run."""
     loads, mix = results["loads"], results["mix"]
     lines = [
-        "# The demo pipeline against its bottleneck model, with and without coalescing",
+        "# The demo pipeline against its bottleneck model, heads fused and separate",
         "",
         f"`python -m loadtest.bench.triage`, {results['machine']['date']}. "
         f"{machine_line(results['machine'])}",
@@ -130,12 +139,12 @@ def report(results: dict[str, Any]) -> str:
     p50 = {t: median(loads[f"{t}_c1"], "p50_ms") for t in TARGETS}
     lines += [
         "",
-        f"- triage / minilm at c=64: **{rps['triage'] / rps['minilm']:.2f}x** "
-        f"(without coalescing {rps['triage-plain'] / rps['minilm']:.2f}x); coalescing gains "
-        f"{rps['triage'] / rps['triage-plain']:.2f}x.",
+        f"- triage (heads fused) / minilm at c=64: **{rps['triage'] / rps['minilm']:.2f}x** "
+        f"(heads separate {rps['triage-separate'] / rps['minilm']:.2f}x); fusing gains "
+        f"{rps['triage'] / rps['triage-separate']:.2f}x.",
         f"- c=1 p50: triage {p50['triage']:.2f} ms, minilm {p50['minilm']:.2f} ms "
-        f"({p50['triage'] - p50['minilm']:+.2f} ms); without coalescing "
-        f"{p50['triage-plain']:.2f} ms.",
+        f"({p50['triage'] - p50['minilm']:+.2f} ms); heads separate "
+        f"{p50['triage-separate']:.2f} ms.",
         "",
     ]
     return "\n".join(lines)

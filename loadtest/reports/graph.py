@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 CHAIN = ("chain-a", "chain-b", "chain-c")
-HOP_PATHS = ("graph_chain3", "graph_chain1", "client_chain", "direct")
+HOP_PATHS = ("graph_chain3", "graph_chain3_fused", "graph_chain1", "client_chain", "direct")
+"""``graph_chain3_fused``: the same chain with b and c fused into a's replica (one hop)."""
 
 
 def derive_hops(points: dict[str, Any], wait_s: float) -> dict[str, Any]:
@@ -29,6 +30,16 @@ def derive_hops(points: dict[str, Any], wait_s: float) -> dict[str, Any]:
         "meets_target": per_call <= 2.0,
         "client_chain_over_graph_p50": round(L["client_chain"] / L["graph_chain3"], 3),
         "client_chain_minus_graph_p50_ms": round(L["client_chain"] - L["graph_chain3"], 3),
+        "fused": {
+            f"over_client_chain_rps_c{c}": round(
+                points[f"graph_chain3_fused_c{c}"]["rps"] / points[f"client_chain_c{c}"]["rps"], 3
+            )
+            for c in (1, 16)
+        }
+        | {
+            "p50_ms_c1": L["graph_chain3_fused"],
+            "minus_client_chain_p50_ms_c1": round(L["graph_chain3_fused"] - L["client_chain"], 3),
+        },
     }
 
 
@@ -95,7 +106,17 @@ def render_md(results: dict[str, Any]) -> str:
             f"batcher, no forward), p50: by reference {bare['by_reference_p50_ms']} ms, "
             f"gRPC transport (`_by_reference=False`) {bare['grpc_p50_ms']} ms",
             f"- graph and client-side chain agree: max |difference| of the outputs "
-            f"{hops['graph_vs_client_chain_max_abs_diff']:.2e}",
+            f"{hops['graph_vs_client_chain_max_abs_diff']:.2e}"
+            + (
+                f" (fused chain: {hops['fused_vs_client_chain_max_abs_diff']:.2e})"
+                if "fused_vs_client_chain_max_abs_diff" in hops
+                else ""
+            ),
+            f"- b and c fused into a (`graph_chain3_fused`, one hop) vs the client-side "
+            f"chain: **{d['fused']['over_client_chain_rps_c16']}x** req/s at c=16, "
+            f"{d['fused']['over_client_chain_rps_c1']}x at c=1; p50 at c=1 "
+            f"{d['fused']['p50_ms_c1']} vs {L['client_chain']} ms "
+            f"({d['fused']['minus_client_chain_p50_ms_c1']:+} ms)",
             "",
         ]
     demo = results["demo"]

@@ -29,13 +29,29 @@ def test_rendered_config_validates_against_ray_schema() -> None:
     config = render_serve_config(app)
     schema = ServeDeploySchema.model_validate(config)
     names = [a.name for a in schema.applications]
-    heads = ["ticket-topic", "ticket-urgency", "ticket-topic-large"]
-    assert names == ["oip", "minilm", "mlp-head", *heads, "triage"]
+    # the triage heads are fused into minilm (standalone: false): no application of their own
+    assert names == ["oip", "minilm", "mlp-head", "triage"]
     assert [a.route_prefix for a in schema.applications] == ["/"] + [
         f"/v2/models/{n}" for n in names[1:]
     ]
-    kinds = [APP_ARGS.validate_python(a["args"]).kind for a in config["applications"]]
-    assert kinds == ["server"] + ["model"] * 5 + ["pipeline"]
+    args = [APP_ARGS.validate_python(a["args"]) for a in config["applications"]]
+    assert [a.kind for a in args] == ["server", "model", "model", "pipeline"]
+    fused = [(f.node, f.host, f.model, f.folder) for f in args[1].fused]  # type: ignore[union-attr]
+    assert fused == [
+        ("topic", "embed", "ticket-topic", "ticket-topic"),
+        ("urgency", "embed", "ticket-urgency", "ticket-urgency"),
+        ("second-opinion", "embed", "ticket-topic-large", "ticket-topic-large"),
+    ]
+    assert args[2].fused == []  # type: ignore[union-attr]
+    targets = args[3].models  # type: ignore[union-attr]
+    assert {m: t.app for m, t in targets.items()} == {
+        "minilm": "minilm",
+        "ticket-topic": None,
+        "ticket-urgency": None,
+        "ticket-topic-large": None,
+    }
+    assert args[0].models == ["minilm", "mlp-head"]  # type: ignore[union-attr]
+    assert args[0].pipelines == {"triage": ["minilm"]}  # type: ignore[union-attr]
 
 
 def test_batching_lives_in_user_config_not_args() -> None:
