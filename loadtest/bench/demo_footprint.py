@@ -1,13 +1,15 @@
 """What the demo costs a machine before it serves anything: cold start to the first 200 on
 every route, and the idle process tree (PSS, processes, which replicas loaded torch), with
-the heads on torch (``runtime: torch``, as before issue 25) and on numpy (``runtime:
-auto``, the default), one after the other in one run.
+the triage heads on deployments of their own (``placement: separate``, numpy runtime,
+as before fused nodes) and fused into minilm's replicas (``configs/app.yaml`` as
+committed), one after the other in one run.
 
 Each variant is ``serve-app demo`` on ``configs/app.yaml`` (its repository in a temporary
 folder, published once), started as a user starts it. Cold start: from launching the
 command until every model and pipeline route has answered an inference with 200. The
 tree is sampled after ``--settle-s`` of idleness. Results:
-``loadtest/results/demo-footprint.{json,md}``; 127.0.0.1 only.
+``loadtest/results/demo-footprint-fused.{json,md}`` (the torch vs numpy heads run of
+before is ``demo-footprint.{json,md}``); 127.0.0.1 only.
 
     python -m loadtest.bench.demo_footprint     # ~4 min on 2 cores
 """
@@ -25,22 +27,21 @@ import httpx
 import psutil
 import yaml
 
+from loadtest.bench.graph_apps import separate_heads
 from loadtest.harness.demo_process import REPO_ROOT, descendants, start_demo, stop_demo
 from loadtest.harness.machine import machine_info, machine_line
 from loadtest.observe.proc_sampler import group_of
 from loadtest.reports.files import write_results
 from loadtest.traffic.payloads import generated_body, model_metadata
 
-VARIANTS = {"torch heads": "torch", "numpy heads": "auto"}
+VARIANTS = ("separate heads", "fused heads")
 
 
-def variant_config(base: dict[str, Any], root: Path, runtime: str) -> dict[str, Any]:
-    """The demo's AppConfig on ``root`` with every model's ``runtime`` set."""
+def variant_config(base: dict[str, Any], root: Path, variant: str) -> dict[str, Any]:
+    """The demo's AppConfig on ``root``, its heads separate or (as committed) fused."""
     config = copy.deepcopy(base)
     config["repository"]["root"] = str(root)
-    for model in config["models"]:
-        model["runtime"] = runtime
-    return config
+    return separate_heads(config) if variant == "separate heads" else config
 
 
 def routes(config: dict[str, Any]) -> list[str]:
@@ -117,7 +118,7 @@ def report(results: dict[str, Any]) -> str:
     """The Markdown table of a run."""
     m = results["machine"]
     lines = [
-        "# The demo's cold start and idle footprint, heads on torch vs numpy",
+        "# The demo's cold start and idle footprint, triage heads separate vs fused",
         "",
         f"`python -m loadtest.bench.demo_footprint`, {m['date']}. {machine_line(m)}",
         f"configs/app.yaml; idle tree sampled {results['settle_s']:.0f} s after every route "
@@ -133,10 +134,10 @@ def report(results: dict[str, Any]) -> str:
             f"| {name} | {r['cold_start_s']} s | {r['processes']} | {r['pss_mib']:.0f} MiB | "
             f"{r['replica_pss_mib']:.0f} MiB | {torch_list} |"
         )
-    t, n = results["variants"]["torch heads"], results["variants"]["numpy heads"]
+    t, n = results["variants"]["separate heads"], results["variants"]["fused heads"]
     lines += [
         "",
-        f"numpy heads vs torch heads: cold start {n['cold_start_s'] - t['cold_start_s']:+.1f} s, "
+        f"fused vs separate heads: cold start {n['cold_start_s'] - t['cold_start_s']:+.1f} s, "
         f"PSS {n['pss_mib'] - t['pss_mib']:+.0f} MiB ({n['pss_mib'] / t['pss_mib']:.2f}x), "
         f"processes {n['processes'] - t['processes']:+d}.",
         "",
@@ -148,7 +149,9 @@ def main(argv: list[str] | None = None) -> None:
     """Run both variants and write the results."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--settle-s", type=float, default=10.0, help="idle time before sampling")
-    parser.add_argument("--out", type=Path, default=REPO_ROOT / "loadtest/results/demo-footprint")
+    parser.add_argument(
+        "--out", type=Path, default=REPO_ROOT / "loadtest/results/demo-footprint-fused"
+    )
     a = parser.parse_args(argv)
     from serve_app.local.demo import ensure_demo_models
 
@@ -157,11 +160,11 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-footprint-") as tmp:
         root = Path(tmp) / "repo"
         ensure_demo_models(root, progress=False)
-        for name, runtime in VARIANTS.items():
-            folder = Path(tmp) / runtime
+        for name in VARIANTS:
+            folder = Path(tmp) / name.replace(" ", "-")
             folder.mkdir()
             results["variants"][name] = run_variant(
-                variant_config(base, root, runtime), folder, a.settle_s
+                variant_config(base, root, name), folder, a.settle_s
             )
             print(f"{name}: {results['variants'][name]}", flush=True)
     results["machine"] = machine_info()

@@ -82,3 +82,27 @@ def demo_app_config(root: Path) -> dict[str, Any]:
     data = yaml.safe_load((REPO_ROOT / "configs" / "app.yaml").read_text())
     data["repository"]["root"] = str(root)
     return data
+
+
+def separate_heads(
+    app: dict[str, Any], pipeline: str = "triage", name: str | None = None
+) -> dict[str, Any]:
+    """``app`` with ``pipeline``'s model nodes on their own deployments (``placement:
+    separate``), renamed ``name`` when given (a twin next to the original); models that
+    ran only fused are then served standalone, as the demo served them before fusing:
+    tiny, on no CPU of their own."""
+    graph = next(p for p in app["pipelines"] if p["name"] == pipeline)
+    nodes = [dict(n) for n in graph["nodes"]]
+    for node in nodes:
+        if node.get("kind", "model") == "model":
+            node["placement"] = "separate"
+    separate = {**graph, "nodes": nodes}
+    if name is None:
+        app["pipelines"] = [separate if p is graph else p for p in app["pipelines"]]
+    else:
+        app["pipelines"].append({**separate, "name": name})
+    for model in app["models"]:
+        if model.pop("standalone", True) is False:
+            model["resources"] = {"num_cpus": 0, "torch_threads": 1}
+            model["batching"] = {"max_batch_size": 64, "batch_wait_timeout_s": 0.002}
+    return app

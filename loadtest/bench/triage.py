@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from loadtest.bench.graph import routed_script, serving
-from loadtest.bench.graph_apps import demo_app_config
+from loadtest.bench.graph_apps import demo_app_config, separate_heads
 from loadtest.harness.demo_process import REPO_ROOT
 from loadtest.harness.machine import machine_info, machine_line
 from loadtest.reports.files import write_results
@@ -36,20 +36,6 @@ from loadtest.traffic.wrk import body, run_wrk
 TARGETS = ("triage", "triage-separate", "minilm")
 UNSURE_SHARE = 0.25
 """Share of the mix's tickets that take the second-opinion branch."""
-
-
-def with_separate_twin(app: dict[str, Any]) -> dict[str, Any]:
-    """``app`` plus ``triage-separate``: triage with every head on its own deployment
-    (the heads then served standalone)."""
-    triage = next(p for p in app["pipelines"] if p["name"] == "triage")
-    nodes = [{**n, "placement": "separate"} for n in triage["nodes"]]
-    for node in nodes:
-        if node.get("kind", "model") != "model":
-            del node["placement"]
-    app["pipelines"].append({**triage, "name": "triage-separate", "nodes": nodes})
-    for model in app["models"]:
-        model.pop("standalone", None)
-    return app
 
 
 def ticket_mix(size: int) -> tuple[list[str], dict[str, Any]]:
@@ -90,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
     loads: dict[str, list[dict[str, Any]]] = {f"{t}_c{c}": [] for t in TARGETS for c in (64, 1)}
     with tempfile.TemporaryDirectory(prefix="bench-triage-") as root:
         ensure_demo_models(root, progress=False)
-        with serving(with_separate_twin(demo_app_config(Path(root)))):
+        with serving(separate_heads(demo_app_config(Path(root)), name="triage-separate")):
             payloads, mix = ticket_mix(a.mix)
             for target in TARGETS:
                 wait_ok(infer_path(target), payloads[0].encode())
@@ -102,9 +88,10 @@ def main(argv: list[str] | None = None) -> None:
                         loads[f"{target}_c{c}"].append(r)
                         line = f"{target:13s} c={c:2d} {r['rps']:7.1f} req/s p50 {r.get('p50_ms')}"
                         print(f"  {line} ms errors {r['errors']}", flush=True)
-    results = {"machine": machine_info(), "mix": mix, "duration_s": a.duration_s,
-               "rounds": a.rounds, "loads": loads}  # fmt: skip
-    write_results(a.out, results, report(results))
+            # Written before Serve shuts down: a slow shutdown has taken the driver with it.
+            results = {"machine": machine_info(), "mix": mix, "duration_s": a.duration_s,
+                       "rounds": a.rounds, "loads": loads}  # fmt: skip
+            write_results(a.out, results, report(results))
 
 
 def median(runs: list[dict[str, Any]], key: str) -> float:

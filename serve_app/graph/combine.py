@@ -7,19 +7,24 @@ from typing import Any
 import numpy as np
 
 from serve_app.errors import InvalidInput
-from serve_app.graph.nodes import COMBINE_OUTPUT, SwitchNode
+from serve_app.graph.nodes import ARGMAX_OUTPUTS, COMBINE_OUTPUT, SwitchNode
 
 
-def combine(mode: str, values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """``concat`` (last axis), ``mean`` (element-wise) or ``dict`` (pass through).
+def combine(
+    mode: str, values: dict[str, np.ndarray], labels: list[str] | None = None
+) -> dict[str, np.ndarray]:
+    """``concat`` (last axis), ``mean`` (element-wise), ``dict`` (pass through) or
+    ``argmax`` (the label of the highest score per row, from ``labels``).
 
     Raises:
         InvalidInput: the tensors' shapes do not fit together at run time (e.g. a
-            different number of rows).
+            different number of rows), or scores of another width than ``labels``.
     """
     if mode == "dict":
         return dict(values)
     arrays = list(values.values())
+    if mode == "argmax":
+        return _argmax(arrays[0], labels or [])
     try:
         if mode == "concat":
             return {COMBINE_OUTPUT: np.concatenate(arrays, axis=-1)}
@@ -29,6 +34,19 @@ def combine(mode: str, values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         shapes = {k: list(v.shape) for k, v in values.items()}
         raise InvalidInput(f"cannot {mode} tensors of shapes {shapes}") from None
     raise InvalidInput(f"unknown combine mode {mode!r}")
+
+
+def _argmax(scores: np.ndarray, labels: list[str]) -> dict[str, np.ndarray]:
+    if scores.ndim == 0 or scores.shape[-1] != len(labels):
+        raise InvalidInput(
+            f"argmax over scores of shape {list(scores.shape)} with {len(labels)} labels "
+            "(the last axis must have one score per label)"
+        )
+    best = np.argmax(scores, axis=-1)
+    label = np.empty(best.shape, dtype=object)
+    label[...] = np.asarray(labels, dtype=object)[best]
+    confidence = np.take_along_axis(scores, best[..., None], axis=-1)[..., 0]
+    return {ARGMAX_OUTPUTS[0]: label, ARGMAX_OUTPUTS[1]: confidence}
 
 
 def reduce_value(array: np.ndarray, how: str) -> Any:

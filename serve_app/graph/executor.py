@@ -464,7 +464,7 @@ class GraphExecutor:
         for key, ref in node.inputs.items():
             value = await self._value(ref, run)
             if isinstance(value, Skipped):
-                if node.mode != "dict":
+                if node.mode != "dict" and not node.partial:
                     return Skipped(f"{node.mode} needs {ref!r}, which is missing")
                 continue
             values[key] = value
@@ -472,7 +472,7 @@ class GraphExecutor:
             return Skipped("every input is missing")
         run.mark(node.name, "start")
         try:
-            return combine(node.mode, values)
+            return combine(node.mode, values, node.labels)
         except InvalidInput as e:
             raise NodeError(
                 f"node {node.name!r} ({node.mode}): {e.message}", node.name, 400

@@ -22,6 +22,8 @@ SWITCH_OUTPUT = "branch"
 (empty when none)."""
 COMBINE_OUTPUT = "output"
 """Output name of ``concat`` and ``mean`` combine nodes."""
+ARGMAX_OUTPUTS = ("label", "confidence")
+"""Outputs of an ``argmax`` combine node: the winning label per row and its score."""
 
 
 def split_ref(ref: str) -> tuple[str, str]:
@@ -122,17 +124,44 @@ class CombineNode(_NodeBase):
     """Combine tensors of other nodes without a model."""
 
     kind: Literal["combine"] = Field(description="Node kind.")
-    mode: Literal["concat", "mean", "dict"] = Field(
+    mode: Literal["concat", "mean", "dict", "argmax"] = Field(
         description=(
             "concat: along the last axis (output 'output'); mean: element-wise average of "
             "same-shaped tensors (output 'output'); dict: each input becomes an output "
-            "of the same name. A dict omits inputs whose node was skipped or degraded; "
-            "concat and mean need all of them (else the node is skipped)."
+            "of the same name; argmax: of one tensor of scores per row, the label of the "
+            "highest (outputs 'label' and 'confidence'). A dict omits inputs whose node "
+            "was skipped or degraded; concat, argmax and mean need all of them (else the "
+            "node is skipped), unless a mean is ``partial``."
         )
     )
     inputs: dict[str, str] = Field(
         min_length=1, description="Name -> tensor reference (names are the dict outputs)."
     )
+    partial: bool = Field(
+        False,
+        description=(
+            "mean only: average the inputs that are present (a skipped or degraded "
+            "branch is left out); skipped only when none is."
+        ),
+    )
+    labels: list[str] | None = Field(
+        None,
+        description="argmax only: the label of each position along the last axis.",
+    )
+
+    @model_validator(mode="after")
+    def _mode_options(self) -> CombineNode:
+        if self.partial and self.mode != "mean":
+            raise ValueError(f"node {self.name!r}: partial applies to mode mean only")
+        if (self.labels is not None) != (self.mode == "argmax"):
+            raise ValueError(f"node {self.name!r}: labels go with mode argmax, and only there")
+        if self.mode == "argmax" and len(self.inputs) != 1:
+            raise ValueError(f"node {self.name!r}: argmax reads one tensor of scores")
+        if self.labels is not None and (
+            not self.labels or len(set(self.labels)) != len(self.labels)
+        ):
+            raise ValueError(f"node {self.name!r}: labels must be distinct and not empty")
+        return self
 
 
 class SwitchCase(StrictModel):

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from serve_app.graph.nodes import (
+    ARGMAX_OUTPUTS,
     COMBINE_OUTPUT,
     PARAMETERS,
     REQUEST,
@@ -57,6 +58,8 @@ def fixed_outputs(node: AnyNode) -> set[str] | None:
     if isinstance(node, SwitchNode):
         return {SWITCH_OUTPUT}
     if isinstance(node, CombineNode):
+        if node.mode == "argmax":
+            return set(ARGMAX_OUTPUTS)
         return set(node.inputs) if node.mode == "dict" else {COMBINE_OUTPUT}
     return None
 
@@ -221,7 +224,7 @@ def may_be_missing(pipeline: PipelineGraph, order: list[str]) -> dict[str, str]:
             why[name] = f"{name!r} is optional"
         elif name in gate_of:
             why[name] = f"{name!r} runs only when switch {gate_of[name]!r} chooses it"
-        elif isinstance(node, CombineNode) and node.mode == "dict":
+        elif isinstance(node, CombineNode) and (node.mode == "dict" or node.partial):
             if missing and len(missing) == len(dependencies(node)):
                 why[name] = missing[0]
         elif missing:

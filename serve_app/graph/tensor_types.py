@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from serve_app.errors import ConfigError
 from serve_app.graph.nodes import (
+    ARGMAX_OUTPUTS,
     COMBINE_OUTPUT,
     PARAMETERS,
     REQUEST,
@@ -76,6 +77,27 @@ def _combine_spec(pipeline: PipelineConfig, node: CombineNode, got: list[TensorS
     lasts = [s.shape[-1] for s in got]
     last = -1 if -1 in lasts else sum(lasts)
     return TensorSpec(COMBINE_OUTPUT, dtype, (*first[:-1], last))
+
+
+def _argmax_specs(
+    pipeline: PipelineConfig, node: CombineNode, scores: TensorSpec
+) -> tuple[TensorSpec, TensorSpec]:
+    """``label`` (BYTES) and ``confidence`` of an argmax over ``scores``' last axis."""
+    if scores.datatype not in FLOAT or not scores.shape:
+        raise _fail(
+            pipeline,
+            node.name,
+            f"argmax needs floating-point scores, got {scores.datatype} {list(scores.shape)}",
+        )
+    width = scores.shape[-1]
+    n_labels = len(node.labels or [])
+    if width not in (-1, n_labels):
+        raise _fail(
+            pipeline, node.name, f"argmax over {width} scores per row with {n_labels} labels"
+        )
+    rows = scores.shape[:-1]
+    label, confidence = ARGMAX_OUTPUTS
+    return TensorSpec(label, "BYTES", rows), TensorSpec(confidence, scores.datatype, rows)
 
 
 GRPC_CALL_BYTES = 3 * 1024 * 1024
@@ -171,6 +193,9 @@ def infer_specs(pipeline: PipelineConfig, models: Mapping[str, ModelSpecs]) -> P
             if node.mode == "dict":
                 for out, spec in zip(node.inputs, parts, strict=True):
                     tensors[f"{name}.{out}"] = TensorSpec(out, spec.datatype, spec.shape)
+            elif node.mode == "argmax":
+                for spec in _argmax_specs(pipeline, node, parts[0]):
+                    tensors[f"{name}.{spec.name}"] = spec
             else:
                 tensors[f"{name}.{COMBINE_OUTPUT}"] = _combine_spec(pipeline, node, parts)
         else:

@@ -13,8 +13,10 @@ from pydantic import ValidationError
 from serve_app.config import AppConfig, load_app_config
 from serve_app.errors import ConfigError, InvalidInput, NodeError
 from serve_app.graph.executor import GraphExecutor
+from serve_app.graph.nodes import CombineNode
 from serve_app.graph.spec import PipelineConfig
-from serve_app.graph.structure import edges, topological_order
+from serve_app.graph.staged import staged_pipeline
+from serve_app.graph.structure import edges, gates, may_be_missing, topological_order
 from serve_app.graph.tensor_types import infer_specs
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -32,6 +34,7 @@ def test_demo_config_declares_the_triage_pipeline() -> None:
         "route",
         "second-opinion",
         "consensus",
+        "verdict",
     ]
     assert ("route", "second-opinion") in edges(triage)
     assert ("embed", "topic") in edges(triage) and ("embed", "urgency") in edges(triage)
@@ -275,3 +278,93 @@ def test_unserving_models_fail_fast_or_degrade() -> None:
     result = asyncio.run(executor.run({"text": text}, None, {"head2": "UNHEALTHY"}))
     assert sorted(result.outputs) == ["a"]
     assert result.degraded == {"b": "node 'b' (model 'head2') is not ready: UNHEALTHY"}
+
+
+def test_the_demo_verdict_names_the_topic_heads_labels_in_their_order() -> None:
+    """``verdict``'s labels are written in the config: they must be the heads' own."""
+    from serve_app.local.demo_heads import HEADS
+
+    verdict = load_app_config(ROOT / "configs/app.yaml").pipeline("triage").node("verdict")
+    heads = {h.name: h.labels for h in HEADS}
+    assert isinstance(verdict, CombineNode)
+    assert tuple(verdict.labels or ()) == heads["ticket-topic"] == heads["ticket-topic-large"]
+
+
+def test_a_partial_mean_averages_what_ran_and_argmax_names_the_winner() -> None:
+    p = pipeline()
+    p["nodes"][3]["partial"] = True
+    p["nodes"].append(
+        {
+            "name": "sw",
+            "kind": "switch",
+            "source": "a.confidence",
+            "cases": [{"below": 0.5, "to": "b"}],  # a is sure (0.9): b never runs
+        }
+    )
+    p["nodes"].append(
+        {
+            "name": "best",
+            "kind": "combine",
+            "mode": "argmax",
+            "labels": ["yes", "no"],
+            "inputs": {"scores": "both.output"},
+        }
+    )
+    p["outputs"] |= {"best": "best.label", "best_score": "best.confidence"}
+    result = run(p, FakeBackend())
+    np.testing.assert_allclose(result.outputs["mean"], [[0.9, 0.1], [0.9, 0.1]])  # a alone
+    assert result.outputs["best"].tolist() == ["yes", "yes"]
+    np.testing.assert_allclose(result.outputs["best_score"], [0.9, 0.9])
+    assert result.skipped == {"b": "not chosen by switch 'sw'"}
+    p["nodes"][4]["cases"] = [{"below": 0.95, "to": "b"}]  # now b runs: 0.9 and 0.6
+    result = run(p, FakeBackend())
+    np.testing.assert_allclose(result.outputs["mean"], [[0.75, 0.25], [0.75, 0.25]])
+    specs = infer_specs(PipelineConfig.model_validate(p), SPECS)
+    assert specs.tensors["best.label"].datatype == "BYTES"
+    assert specs.tensors["best.confidence"].shape == (-1,)
+
+
+@pytest.mark.parametrize(
+    ("node", "message"),
+    [
+        ({"mode": "concat", "partial": True}, "partial applies to mode mean only"),
+        ({"mode": "argmax"}, "labels go with mode argmax, and only there"),
+        ({"mode": "mean", "labels": ["x"]}, "labels go with mode argmax, and only there"),
+        (
+            {"mode": "argmax", "labels": ["x", "x"], "inputs": {"s": "a.probabilities"}},
+            "labels must be distinct and not empty",
+        ),
+        ({"mode": "argmax", "labels": ["x"]}, "argmax reads one tensor of scores"),
+    ],
+)
+def test_combine_options_that_do_not_fit_the_mode_are_refused(
+    node: dict[str, object], message: str
+) -> None:
+    p = pipeline()
+    p["nodes"][3].update(node)
+    with pytest.raises(ValidationError, match=message):
+        PipelineConfig.model_validate(p)
+
+
+def test_argmax_with_the_wrong_number_of_labels_is_refused_at_config_time() -> None:
+    p = pipeline()
+    p["nodes"][3] = {
+        "name": "both",
+        "kind": "combine",
+        "mode": "argmax",
+        "labels": ["a", "b", "c"],
+        "inputs": {"scores": "a.probabilities"},
+    }
+    p["outputs"] = {"label": "both.label", "other": "b.label"}
+    with pytest.raises(ConfigError, match="argmax over 2 scores per row with 3 labels"):
+        infer_specs(PipelineConfig.model_validate(p), SPECS)
+
+
+@pytest.mark.parametrize("stages", [2, 3])
+def test_a_staged_model_as_a_node_has_no_details_to_lose(stages: int) -> None:
+    """A staged model answers a pipeline node with its outputs only (``infer_tensors``):
+    that loses nothing, because its graph is a chain of required stages, so every run
+    either produces every output or fails with the stage's error."""
+    graph = staged_pipeline("m", stages)
+    assert may_be_missing(graph, topological_order(graph)) == {}
+    assert not gates(graph)
