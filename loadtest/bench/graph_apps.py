@@ -106,3 +106,22 @@ def separate_heads(
             model["resources"] = {"num_cpus": 0, "torch_threads": 1}
             model["batching"] = {"max_batch_size": 64, "batch_wait_timeout_s": 0.002}
     return app
+
+
+def with_host_router(app: dict[str, Any], pipeline: str, name: str) -> dict[str, Any]:
+    """``app`` plus ``name``: ``pipeline`` with ``router: host``, its host model a copy of
+    the original (same weights, batching and replicas; no CPU reserved, so it fits next
+    to the original on the same cores, and no route of its own)."""
+    graph = next(p for p in app["pipelines"] if p["name"] == pipeline)
+    nodes = [dict(n) for n in graph["nodes"]]
+    (host,) = [
+        n for n in nodes if n.get("kind", "model") == "model" and n.get("placement") != "fused"
+    ]
+    model = next(m for m in app["models"] if m["name"] == host["model"])
+    copy = {**model, "name": f"{model['name']}-{name}", "standalone": False,
+            "repository_name": model.get("repository_name", model["name"]),
+            "resources": {**model.get("resources", {}), "num_cpus": 0}}  # fmt: skip
+    app["models"].append(copy)
+    host["model"] = copy["name"]
+    app["pipelines"].append({**graph, "name": name, "nodes": nodes, "router": "host"})
+    return app

@@ -2,13 +2,15 @@
 one local Ray (issue 25's goals).
 
 ``configs/app.yaml`` served from a temporary repository (``triage``: the heads fused into
-minilm's replicas), plus ``triage-separate``: the same graph with every head on its own
-deployment (``placement: separate``, coalesced calls), for which the heads are served
-standalone (idle while ``triage`` is loaded). The requests cycle through a ticket mix
-from the demo's data set in which a quarter take the second-opinion branch (each
-ticket's branch is read from ``triage`` before the loads; the share is reported). wrk at
-c=64 and c=1 on ``triage``, ``triage-separate`` and ``minilm`` alone (the bottleneck
-node), in that order each time, ``--rounds`` times.
+minilm's replicas, a router of its own), plus two twins: ``triage-inline``, the same
+graph with ``router: host`` (its own two replicas load MiniLM and the heads and run the
+graph in-process: one HTTP hop), and ``triage-separate``, every head on its own
+deployment (``placement: separate``, coalesced calls; the heads then served standalone,
+idle while the others are loaded). The requests cycle through a ticket mix from the
+demo's data set in which a quarter take the second-opinion branch (each ticket's branch
+is read from ``triage`` before the loads; the share is reported). wrk at c=64 and c=1 on
+each of ``TARGETS`` (``minilm`` alone is the bottleneck node), in that order each time,
+``--rounds`` times.
 
 Results: ``loadtest/results/triage-fused.{json,md}``. Needs ``wrk``; 127.0.0.1 only.
 
@@ -26,16 +28,22 @@ from typing import Any
 import numpy as np
 
 from loadtest.bench.graph import routed_script, serving
-from loadtest.bench.graph_apps import demo_app_config, separate_heads
+from loadtest.bench.graph_apps import demo_app_config, separate_heads, with_host_router
 from loadtest.harness.demo_process import REPO_ROOT
 from loadtest.harness.machine import machine_info, machine_line
 from loadtest.reports.files import write_results
 from loadtest.traffic.http_load import infer_path, wait_ok
 from loadtest.traffic.wrk import body, run_wrk
 
-TARGETS = ("triage", "triage-separate", "minilm")
+TARGETS = ("triage", "triage-inline", "triage-separate", "minilm")
 UNSURE_SHARE = 0.25
 """Share of the mix's tickets that take the second-opinion branch."""
+
+
+def demo_apps(root: Path) -> dict[str, Any]:
+    """The demo's config on ``root`` with the two twins of ``triage``."""
+    app = separate_heads(demo_app_config(root), name="triage-separate")
+    return with_host_router(app, "triage", "triage-inline")
 
 
 def ticket_mix(size: int) -> tuple[list[str], dict[str, Any]]:
@@ -66,7 +74,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration-s", type=float, default=15.0, help="each c=64 load")
     parser.add_argument("--rounds", type=int, default=2, help="loads per route, interleaved")
-    parser.add_argument("--mix", type=int, default=40, help="tickets in the mix")
+    parser.add_argument(
+        "--mix", type=int, default=28, help="tickets in the mix (the data set has 7 unsure)"
+    )
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "loadtest/results/triage-fused")
     a = parser.parse_args(argv)
     from serve_app.local import cluster as local
@@ -76,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
     loads: dict[str, list[dict[str, Any]]] = {f"{t}_c{c}": [] for t in TARGETS for c in (64, 1)}
     with tempfile.TemporaryDirectory(prefix="bench-triage-") as root:
         ensure_demo_models(root, progress=False)
-        with serving(separate_heads(demo_app_config(Path(root)), name="triage-separate")):
+        with serving(demo_apps(Path(root))):
             payloads, mix = ticket_mix(a.mix)
             for target in TARGETS:
                 wait_ok(infer_path(target), payloads[0].encode())
@@ -127,11 +137,13 @@ def report(results: dict[str, Any]) -> str:
     lines += [
         "",
         f"- triage (heads fused) / minilm at c=64: **{rps['triage'] / rps['minilm']:.2f}x** "
-        f"(heads separate {rps['triage-separate'] / rps['minilm']:.2f}x); fusing gains "
+        f"(router: host {rps['triage-inline'] / rps['minilm']:.2f}x, heads separate "
+        f"{rps['triage-separate'] / rps['minilm']:.2f}x); fusing gains "
         f"{rps['triage'] / rps['triage-separate']:.2f}x.",
         f"- c=1 p50: triage {p50['triage']:.2f} ms, minilm {p50['minilm']:.2f} ms "
-        f"({p50['triage'] - p50['minilm']:+.2f} ms); heads separate "
-        f"{p50['triage-separate']:.2f} ms.",
+        f"({p50['triage'] - p50['minilm']:+.2f} ms); router: host "
+        f"{p50['triage-inline']:.2f} ms ({p50['triage-inline'] - p50['minilm']:+.2f} ms); "
+        f"heads separate {p50['triage-separate']:.2f} ms.",
         "",
     ]
     return "\n".join(lines)

@@ -176,18 +176,17 @@ class AppConfig(StrictModel):
         for model in self.models:
             if model.standalone:
                 continue
-            uses = [
-                (p.name, n) for p in self.pipelines for n in model_nodes(p) if n.model == model.name
-            ]
-            separate = [f"{p}/{n.name}" for p, n in uses if not n.fused]
-            if not uses or separate:
+            uses = [(p, n) for p in self.pipelines for n in model_nodes(p) if n.model == model.name]
+            # Fused, or the host a router: host pipeline loads itself: no handle calls it.
+            called = [f"{p.name}/{n.name}" for p, n in uses if not n.fused and p.router != "host"]
+            if not uses or called:
                 raise ValueError(
-                    f"model {model.name!r} has standalone: false, so it runs only fused into "
-                    f"pipeline nodes' hosts; "
+                    f"model {model.name!r} has standalone: false, so it runs only inside "
+                    "pipeline replicas (fused, or as the host of a router: host pipeline); "
                     + (
-                        f"nodes {separate} call it as a separate deployment"
-                        if separate
-                        else "no pipeline node fuses it"
+                        f"nodes {called} call it as a separate deployment"
+                        if called
+                        else "no pipeline runs it"
                     )
                 )
         return self

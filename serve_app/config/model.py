@@ -194,9 +194,9 @@ class ModelConfig(StrictModel):
         True,
         description=(
             "False: the model gets no deployment, process or route of its own; it runs "
-            "only inside the replicas of the pipeline nodes it is fused into "
-            "(``placement: fused``), so every node using it must be fused. Its weights "
-            "are still resolved and sha256-verified from the repository by each host."
+            "only inside pipeline replicas: fused into a host (``placement: fused``) or as "
+            "the host of a ``router: host`` pipeline. Its weights are still resolved and "
+            "sha256-verified from the repository by each replica that loads it."
         ),
     )
     health_check_period_s: float = Field(10.0, gt=0, description="Serve health-check period.")

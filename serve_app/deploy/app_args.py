@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 from pydantic import Field, TypeAdapter
 
 from serve_app.config import AppConfig, HttpConfig, ModelConfig, RepositoryConfig, ResourcesConfig
+from serve_app.config.pipeline import ServedPipelineConfig
 from serve_app.deploy.version_policy import side_app_names
 from serve_app.graph.nodes import ModelNode
 from serve_app.graph.spec import PipelineConfig
@@ -60,10 +61,13 @@ class FusedNodeArgs(StrictModel):
     inputs: dict[str, str] = Field(description="Model input -> tensor reference.")
 
 
-def fused_into(app: AppConfig, model: ModelConfig) -> list[FusedNodeArgs]:
-    """Every pipeline node fused into ``model``'s replicas, each after what it reads."""
+def fused_into(app: AppConfig, model: ModelConfig, only: str | None = None) -> list[FusedNodeArgs]:
+    """Every pipeline node fused into ``model``'s replicas (of pipeline ``only`` when
+    given; else of the pipelines whose router is separate), each after what it reads."""
     out = []
     for p in app.pipelines:
+        if (p.name != only) if only is not None else p.router == "host":
+            continue
         hosts = fused_hosts(p)
         for name in topological_order(p):
             node = p.node(name)
@@ -213,12 +217,31 @@ class PipelineAppArgs(StrictModel):
     http: HttpConfig = Field(default_factory=HttpConfig)
     pipeline: PipelineConfig
     models: dict[str, NodeTarget] = Field(description="Model name -> where it is served.")
+    host: ModelAppArgs | None = Field(
+        None,
+        description=(
+            "``router: host``: the host model's replica args (its fused nodes included), "
+            "loaded in the router's own process and called in-process; None: the models "
+            "are called through handles."
+        ),
+    )
 
     @classmethod
-    def from_config(cls, app: AppConfig, pipeline: PipelineConfig) -> PipelineAppArgs:
+    def from_config(cls, app: AppConfig, pipeline: ServedPipelineConfig) -> PipelineAppArgs:
         """Slice of ``app`` that a pipeline router needs."""
+        host = None
+        if pipeline.router == "host":
+            (node,) = [n for n in model_nodes(pipeline) if not n.fused]
+            model = app.model(node.model)
+            host = ModelAppArgs.from_config(app, model).model_copy(
+                update={"fused": fused_into(app, model, only=pipeline.name)}
+            )
         targets = {}
-        called = {n.model for n in model_nodes(pipeline) if not n.fused}
+        called = (
+            set()  # the router runs them all in-process
+            if pipeline.router == "host"
+            else {n.model for n in model_nodes(pipeline) if not n.fused}
+        )
         for node in model_nodes(pipeline):
             model = app.model(node.model)
             targets[model.name] = NodeTarget(
@@ -227,7 +250,9 @@ class PipelineAppArgs(StrictModel):
                 folder=model.folder,
                 version=model.version,
             )
-        return cls(repository=app.repository, http=app.http, pipeline=pipeline, models=targets)
+        return cls(
+            repository=app.repository, http=app.http, pipeline=pipeline, models=targets, host=host
+        )
 
 
 class ServerAppArgs(StrictModel):
@@ -252,7 +277,11 @@ class ServerAppArgs(StrictModel):
             http=app.http,
             models=[m.name for m in app.models if m.standalone],
             pipelines={
-                p.name: sorted({n.model for n in model_nodes(p) if not (n.optional or n.fused)})
+                p.name: (
+                    []  # its router loads and runs its models itself
+                    if p.router == "host"
+                    else sorted({n.model for n in model_nodes(p) if not (n.optional or n.fused)})
+                )
                 for p in app.pipelines
             },
             families={m.name: m.multiplex.tenant_prefix for m in app.models if m.multiplex},

@@ -21,6 +21,7 @@ from serve_app.deploy.app_args import (
     stage_deployment,
 )
 from serve_app.deploy.version_policy import version_applications
+from serve_app.graph.structure import model_nodes
 
 IMPORT_PATH = "serve_app.app:build_app"
 MAX_CONSTRUCTOR_RETRIES = 3
@@ -133,11 +134,20 @@ def pipeline_application(app: AppConfig, pipeline: ServedPipelineConfig) -> dict
         "route_prefix": pipeline.route_prefix,
         "import_path": IMPORT_PATH,
         "args": PipelineAppArgs.from_config(app, pipeline).model_dump(mode="json"),
-        "deployments": [
-            router_options(
-                pipeline.num_replicas, pipeline.max_ongoing_requests, pipeline.autoscaling
-            )
-        ],
+        "deployments": [pipeline_router_options(app, pipeline)],
+    }
+
+
+def pipeline_router_options(app: AppConfig, pipeline: ServedPipelineConfig) -> dict[str, Any]:
+    """The router's options: its own (``router: separate``), or its host model's
+    (``router: host``: the router's replicas load and run that model)."""
+    if pipeline.router == "separate":
+        return router_options(
+            pipeline.num_replicas, pipeline.max_ongoing_requests, pipeline.autoscaling
+        )
+    (host,) = [n for n in model_nodes(pipeline) if not n.fused]
+    return deployment_options(app.model(host.model), app.http.retry_after_s) | {
+        "name": ROUTER_DEPLOYMENT
     }
 
 

@@ -111,6 +111,30 @@ class HandleBackend:
         pending.cancel()
 
 
+class LocalBackend:
+    """Calls the one model a ``router: host`` pipeline runs, in this process: the model
+    replica object (``ModelDeployment``'s class, with its fused nodes) batches the
+    requests of this router replica with ``@serve.batch`` like any model replica."""
+
+    def __init__(self, replica: Any) -> None:
+        self.replica = replica
+
+    def submit(
+        self, node: ModelNode, tensors: Any, rename: dict[str, str], fused: FusedCall | None
+    ) -> Any:
+        """Start the model on ``tensors`` (awaiting a chained upstream first)."""
+        return asyncio.ensure_future(self._call(tensors, rename, fused))
+
+    async def _call(self, tensors: Any, rename: dict[str, str], fused: FusedCall | None) -> Any:
+        if not isinstance(tensors, dict):
+            tensors = await tensors
+        return await self.replica.infer_tensors(tensors, rename, fused)
+
+    def cancel(self, pending: Any) -> None:
+        """Cancel the call (its rows leave the batch if it has not started)."""
+        pending.cancel()
+
+
 def _stacked_call(handle: DeploymentHandle, fused: FusedCall | None) -> Callable[[Tensors], Any]:
     """A model call on already renamed, stacked tensors."""
     return lambda stacked: handle.remote(stacked, {k: k for k in stacked}, fused)
@@ -136,6 +160,8 @@ class PipelineRouter(GrpcPipelineMethods):
         model_specs: dict[str, ModelSpecs] | None = None,
     ) -> None:
         parsed = APP_ARGS.validate_python(args)
+        self.host: Any = None
+        """``router: host``: the model replica object this router runs in-process."""
         if isinstance(parsed, StagedAppArgs):
             self._init_staged(parsed, node_handles or {})
         elif isinstance(parsed, PipelineAppArgs):
@@ -143,9 +169,14 @@ class PipelineRouter(GrpcPipelineMethods):
         else:
             raise TypeError(f"PipelineRouter cannot serve args of kind {parsed.kind!r}")
         self.route_prefix = model_route_prefix(self.pipeline.name)
+        backend: LocalBackend | HandleBackend = (
+            LocalBackend(self.host)
+            if self.host is not None
+            else HandleBackend(self.handles, self.pipeline.transport, self.pipeline.coalesce)
+        )
         self.executor = GraphExecutor(
             self.pipeline,
-            HandleBackend(self.handles, self.pipeline.transport, self.pipeline.coalesce),
+            backend,
             classify_serve_error,
             RayNodeMetrics(self.pipeline.name, self.version).observe_node,
         )
@@ -179,6 +210,21 @@ class PipelineRouter(GrpcPipelineMethods):
         self.node_status = NodeStatus(
             {m: (t.app, t.deployment) for m, t in called.items() if t.app is not None}
         )
+        if args.host is not None:
+            from serve_app.server.model_deployment import ModelDeployment
+
+            replica_class = ModelDeployment.func_or_class  # type: ignore[attr-defined]
+            self.host = replica_class(args.host.model_dump(mode="json"))
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """``router: host``: the host model's ``user_config`` (batching), applied to it."""
+        if self.host is not None:
+            self.host.reconfigure(user_config)
+
+    def check_health(self) -> None:
+        """``router: host``: the host model's health check; else nothing to check."""
+        if self.host is not None:
+            self.host.check_health()
 
     def _init_staged(self, args: StagedAppArgs, handles: dict[str, DeploymentHandle]) -> None:
         from serve_app.models.specs import declared_specs
@@ -230,6 +276,9 @@ class PipelineRouter(GrpcPipelineMethods):
         return body
 
     async def _check_nodes_ready(self) -> None:
+        if self.host is not None:
+            self.host.runtime.require()
+            return
         required = sorted(
             {n.model for n in model_nodes(self.pipeline) if not (n.optional or n.fused)}
         )

@@ -40,6 +40,8 @@ STAGED = "minilm-pp"
 OVERLOADED = "overloaded"
 HEAD_MODELS = ["ticket-topic", "ticket-urgency", "ticket-topic-large"]
 MISTYPED = "mistyped"
+INLINE = "urgency-inline"
+"""A pipeline with ``router: host`` (its one model, ticket-urgency, runs in its router)."""
 TENANTS = "tenants"
 """A multiplexed family (tests/integration/test_multiplexing.py): tenant-0000..0003 in the
 repository, tenant-0003 corrupt, two tenants per replica."""
@@ -108,6 +110,15 @@ def session_pipelines() -> list[dict[str, Any]]:
             ],
             "outputs": {"scores": "head.output"},
         },
+        {  # router: host: the route's replicas load the model and run the graph in-process
+            "name": INLINE,
+            "router": "host",
+            "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, 384]}],
+            "nodes": [
+                {"name": "urgency", "model": "ticket-urgency", "inputs": {"input": "request.input"}}
+            ],
+            "outputs": {"label": "urgency.label", "confidence": "urgency.confidence"},
+        },  # fmt: skip
         {  # structurally fine, but BYTES into an FP32 input: its router must refuse to start
             "name": MISTYPED,
             "inputs": [{"name": "text", "datatype": "BYTES", "shape": [-1]}],
@@ -212,6 +223,7 @@ READY_APPS = [
     "with-note",
     "pp-head",
     "needs-broken",
+    INLINE,
     OVERLOADED,
     TENANTS,
 ]

@@ -12,10 +12,10 @@ import orjson
 import pytest
 
 from serve_app.local.demo import MLP_HEAD
-from tests.integration.conftest import MISTYPED, STAGED, error_of
+from tests.integration.conftest import INLINE, MISTYPED, STAGED, error_of
 
 pytestmark = pytest.mark.integration
-SESSION_APPS = ["triage", "chain", "with-note", "pp-head", "needs-broken", MISTYPED]
+SESSION_APPS = ["triage", "chain", "with-note", "pp-head", "needs-broken", MISTYPED, INLINE]
 
 TICKETS = [
     "I was charged twice for my subscription this month, please refund ASAP",
@@ -113,6 +113,33 @@ def test_sequence_with_tensor_mapping(client: httpx.Client) -> None:
         )
     )
     np.testing.assert_allclose(got["scores"], direct["output"], atol=1e-5)
+
+
+def test_a_host_router_answers_as_its_model_does(client: httpx.Client) -> None:
+    """``router: host``: the pipeline's replicas run ticket-urgency in-process; the answer
+    equals the model's own deployment's, and the route is ready without that deployment."""
+    emb = outputs(infer(client, "minilm", body("text", TICKETS)))["embedding"]
+    head_body = {
+        "inputs": [
+            {
+                "name": "input",
+                "shape": list(emb.shape),
+                "datatype": "FP32",
+                "data": emb.reshape(-1).tolist(),
+            }
+        ],
+        "parameters": {"timing": True},
+    }
+    r = infer(client, INLINE, head_body)
+    got, direct = outputs(r), outputs(infer(client, "ticket-urgency", head_body))
+    assert got["label"].tolist() == direct["label"].tolist()
+    np.testing.assert_allclose(got["confidence"], direct["confidence"], atol=1e-6)
+    assert list(r.json()["parameters"]["timing_ms"]) == ["urgency"]
+    meta = client.get(f"/v2/models/{INLINE}").json()
+    assert (meta["platform"], [n["name"] for n in meta["nodes"]]) == ("ensemble", ["urgency"])
+    assert client.get(f"/v2/models/{INLINE}/ready").status_code == 200
+    listed = {m["name"]: m for m in client.get("/v2/models").json()["models"]}
+    assert listed[INLINE]["ready"] is True and listed[INLINE]["models"] == []
 
 
 def test_pipeline_metadata_ready_and_listing(client: httpx.Client) -> None:

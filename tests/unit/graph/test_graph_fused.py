@@ -157,7 +157,7 @@ def test_a_model_without_a_deployment_must_be_fused_everywhere() -> None:
     assert app(fused("a", "b"), head={"standalone": False}).model("head").standalone is False
     with pytest.raises(ValidationError, match=r"nodes \['p/a'\] call it as a separate"):
         app(pipeline(), head={"standalone": False})
-    with pytest.raises(ValidationError, match="no pipeline node fuses it"):
+    with pytest.raises(ValidationError, match="no pipeline runs it"):
         app(fused("a", "b"), urgent={"standalone": False})
 
 
