@@ -46,8 +46,12 @@ def variant_config(base: dict[str, Any], root: Path, variant: str) -> dict[str, 
 
 def routes(config: dict[str, Any]) -> list[str]:
     """Every model and pipeline name the demo serves (multiplexed families excluded:
-    their routes are their tenants)."""
-    models = [m["name"] for m in config["models"] if not m.get("multiplex")]
+    their routes are their tenants; models without a deployment have no route)."""
+    models = [
+        m["name"]
+        for m in config["models"]
+        if not m.get("multiplex") and m.get("standalone", True) is not False
+    ]
     return models + [p["name"] for p in config.get("pipelines", [])]
 
 

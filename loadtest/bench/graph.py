@@ -11,6 +11,8 @@ FP32 [1, 384] request, closed loop at c=1 and c=16 (Python threads, one keep-ali
 - ``graph_chain3`` (a): POST ``/v2/models/chain3/infer``;
 - ``graph_chain3_fused``: POST ``/v2/models/chain3-fused/infer``, the same chain with b
   and c fused into a's replica (``placement: fused``: one hop for the three);
+- ``graph_chain3_inline``: POST ``/v2/models/chain3-inline/infer``, the fused chain with
+  ``router: host``: its own replicas load a (with b and c) and run the graph in-process;
 - ``graph_chain1``: POST ``/v2/models/chain1/infer`` (one node);
 - ``client_chain`` (b): the same chain as three HTTP calls, the client decoding each
   answer and posting its ``output`` to the next model;
@@ -193,6 +195,9 @@ def part_hops(a: argparse.Namespace, save: Callable[[dict[str, Any]], None]) -> 
         "graph_chain3_fused": lambda conn: (
             post(conn, infer_path("chain3-fused"), request) is not None
         ),
+        "graph_chain3_inline": lambda conn: (
+            post(conn, infer_path("chain3-inline"), request) is not None
+        ),
         "graph_chain1": lambda conn: post(conn, infer_path("chain1"), request) is not None,
         "client_chain": lambda conn: chained_output(conn, request, CHAIN, decode=False) is not None,
         "direct": lambda conn: post(conn, infer_path(CHAIN[0]), request) is not None,
@@ -203,6 +208,7 @@ def part_hops(a: argparse.Namespace, save: Callable[[dict[str, Any]], None]) -> 
         with serving(app):
             graph_out = json.loads(wait_ok(infer_path("chain3"), request))["outputs"][0]
             fused_out = json.loads(wait_ok(infer_path("chain3-fused"), request))["outputs"][0]
+            wait_ok(infer_path("chain3-inline"), request)
             wait_ok(infer_path("chain1"), request)
             conn = http.client.HTTPConnection("127.0.0.1", PORT, timeout=30)
             client_out = chained_output(conn, request, CHAIN)

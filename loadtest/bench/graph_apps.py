@@ -43,7 +43,12 @@ def publish_chain(root: Path) -> None:
 
 def chain_app_config(root: Path, wait_s: float) -> dict[str, Any]:
     """AppConfig (as a dict) of the chain models and the ``chain3``, ``chain3-fused`` (b
-    and c fused into a's replicas) and ``chain1`` pipelines."""
+    and c fused into a's replicas), ``chain3-inline`` (the same with ``router: host``) and
+    ``chain1`` pipelines."""
+    return with_host_router(_chain_apps(root, wait_s), "chain3-fused", "chain3-inline")
+
+
+def _chain_apps(root: Path, wait_s: float) -> dict[str, Any]:
     model = {
         "batching": {"max_batch_size": 32, "batch_wait_timeout_s": wait_s},
         "max_ongoing_requests": 64,

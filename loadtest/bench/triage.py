@@ -4,7 +4,9 @@ one local Ray (issue 25's goals).
 ``configs/app.yaml`` served from a temporary repository (``triage``: the heads fused into
 minilm's replicas, a router of its own), plus two twins: ``triage-inline``, the same
 graph with ``router: host`` (its own two replicas load MiniLM and the heads and run the
-graph in-process: one HTTP hop), and ``triage-separate``, every head on its own
+graph in-process: one HTTP hop), ``triage-same-loop``, whose router's handles route on
+the replica's own event loop (``handle_loop: same``), and ``triage-separate``, every
+head on its own
 deployment (``placement: separate``, coalesced calls; the heads then served standalone,
 idle while the others are loaded). The requests cycle through a ticket mix from the
 demo's data set in which a quarter take the second-opinion branch (each ticket's branch
@@ -35,7 +37,7 @@ from loadtest.reports.files import write_results
 from loadtest.traffic.http_load import infer_path, wait_ok
 from loadtest.traffic.wrk import body, run_wrk
 
-TARGETS = ("triage", "triage-inline", "triage-separate", "minilm")
+TARGETS = ("triage", "triage-same-loop", "triage-inline", "triage-separate", "minilm")
 UNSURE_SHARE = 0.25
 """Share of the mix's tickets that take the second-opinion branch."""
 
@@ -43,6 +45,8 @@ UNSURE_SHARE = 0.25
 def demo_apps(root: Path) -> dict[str, Any]:
     """The demo's config on ``root`` with the two twins of ``triage``."""
     app = separate_heads(demo_app_config(root), name="triage-separate")
+    triage = next(p for p in app["pipelines"] if p["name"] == "triage")
+    app["pipelines"].append({**triage, "name": "triage-same-loop", "handle_loop": "same"})
     return with_host_router(app, "triage", "triage-inline")
 
 
@@ -137,12 +141,14 @@ def report(results: dict[str, Any]) -> str:
     lines += [
         "",
         f"- triage (heads fused) / minilm at c=64: **{rps['triage'] / rps['minilm']:.2f}x** "
-        f"(router: host {rps['triage-inline'] / rps['minilm']:.2f}x, heads separate "
+        f"(handles on the same loop {rps['triage-same-loop'] / rps['minilm']:.2f}x, "
+        f"router: host {rps['triage-inline'] / rps['minilm']:.2f}x, heads separate "
         f"{rps['triage-separate'] / rps['minilm']:.2f}x); fusing gains "
         f"{rps['triage'] / rps['triage-separate']:.2f}x.",
         f"- c=1 p50: triage {p50['triage']:.2f} ms, minilm {p50['minilm']:.2f} ms "
         f"({p50['triage'] - p50['minilm']:+.2f} ms); router: host "
         f"{p50['triage-inline']:.2f} ms ({p50['triage-inline'] - p50['minilm']:+.2f} ms); "
+        f"handles on the same loop {p50['triage-same-loop']:.2f} ms; "
         f"heads separate {p50['triage-separate']:.2f} ms.",
         "",
     ]

@@ -5,8 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 CHAIN = ("chain-a", "chain-b", "chain-c")
-HOP_PATHS = ("graph_chain3", "graph_chain3_fused", "graph_chain1", "client_chain", "direct")
-"""``graph_chain3_fused``: the same chain with b and c fused into a's replica (one hop)."""
+HOP_PATHS = (
+    "graph_chain3",
+    "graph_chain3_fused",
+    "graph_chain3_inline",
+    "graph_chain1",
+    "client_chain",
+    "direct",
+)
+"""``graph_chain3_fused``: the same chain with b and c fused into a's replica (one hop);
+``graph_chain3_inline``: that, with ``router: host`` (no hop)."""
 
 
 def derive_hops(points: dict[str, Any], wait_s: float) -> dict[str, Any]:
@@ -30,17 +38,20 @@ def derive_hops(points: dict[str, Any], wait_s: float) -> dict[str, Any]:
         "meets_target": per_call <= 2.0,
         "client_chain_over_graph_p50": round(L["client_chain"] / L["graph_chain3"], 3),
         "client_chain_minus_graph_p50_ms": round(L["client_chain"] - L["graph_chain3"], 3),
-        "fused": {
-            f"over_client_chain_rps_c{c}": round(
-                points[f"graph_chain3_fused_c{c}"]["rps"] / points[f"client_chain_c{c}"]["rps"], 3
-            )
-            for c in (1, 16)
-        }
-        | {
-            "p50_ms_c1": L["graph_chain3_fused"],
-            "minus_client_chain_p50_ms_c1": round(L["graph_chain3_fused"] - L["client_chain"], 3),
-        },
+        "fused": _against_client_chain(points, "graph_chain3_fused"),
+        "inline": _against_client_chain(points, "graph_chain3_inline"),
     }
+
+
+def _against_client_chain(points: dict[str, Any], path: str) -> dict[str, float]:
+    """``path``'s req/s over the client-side chain's at c=1 and c=16, and its c=1 p50."""
+    p50, client_p50 = points[f"{path}_c1"]["p50_ms"], points["client_chain_c1"]["p50_ms"]
+    return {
+        f"over_client_chain_rps_c{c}": round(
+            points[f"{path}_c{c}"]["rps"] / points[f"client_chain_c{c}"]["rps"], 3
+        )
+        for c in (1, 16)
+    } | {"p50_ms_c1": p50, "minus_client_chain_p50_ms_c1": round(p50 - client_p50, 3)}
 
 
 def render_md(results: dict[str, Any]) -> str:
@@ -112,11 +123,17 @@ def render_md(results: dict[str, Any]) -> str:
                 if "fused_vs_client_chain_max_abs_diff" in hops
                 else ""
             ),
-            f"- b and c fused into a (`graph_chain3_fused`, one hop) vs the client-side "
-            f"chain: **{d['fused']['over_client_chain_rps_c16']}x** req/s at c=16, "
-            f"{d['fused']['over_client_chain_rps_c1']}x at c=1; p50 at c=1 "
-            f"{d['fused']['p50_ms_c1']} vs {L['client_chain']} ms "
-            f"({d['fused']['minus_client_chain_p50_ms_c1']:+} ms)",
+            *(
+                f"- {label} vs the client-side chain: "
+                f"**{d[key]['over_client_chain_rps_c16']}x** req/s at c=16, "
+                f"{d[key]['over_client_chain_rps_c1']}x at c=1; p50 at c=1 "
+                f"{d[key]['p50_ms_c1']} vs {L['client_chain']} ms "
+                f"({d[key]['minus_client_chain_p50_ms_c1']:+} ms)"
+                for key, label in (
+                    ("fused", "b and c fused into a (`graph_chain3_fused`, one hop)"),
+                    ("inline", "the same with `router: host` (`graph_chain3_inline`, no hop)"),
+                )
+            ),
             "",
         ]
     demo = results["demo"]

@@ -38,6 +38,16 @@ class ServedPipelineConfig(PipelineConfig):
         ),
     )
 
+    handle_loop: Literal["separate", "same"] = Field(
+        "separate",
+        description=(
+            "Where the router's DeploymentHandles route their calls. separate: Serve's "
+            "default, a router event loop in a thread of its own (each call crosses "
+            "threads twice). same: the replica's own event loop, where the graph runs "
+            "(set on these handles only, not process-wide, so drivers keep the default)."
+        ),
+    )
+
     @model_validator(mode="after")
     def _host_router_has_one_host(self) -> ServedPipelineConfig:
         if self.router != "host":

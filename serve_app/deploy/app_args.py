@@ -217,6 +217,9 @@ class PipelineAppArgs(StrictModel):
     http: HttpConfig = Field(default_factory=HttpConfig)
     pipeline: PipelineConfig
     models: dict[str, NodeTarget] = Field(description="Model name -> where it is served.")
+    handle_loop: Literal["separate", "same"] = Field(
+        "separate", description="ServedPipelineConfig.handle_loop."
+    )
     host: ModelAppArgs | None = Field(
         None,
         description=(
@@ -251,7 +254,12 @@ class PipelineAppArgs(StrictModel):
                 version=model.version,
             )
         return cls(
-            repository=app.repository, http=app.http, pipeline=pipeline, models=targets, host=host
+            repository=app.repository,
+            http=app.http,
+            pipeline=pipeline,
+            models=targets,
+            handle_loop=pipeline.handle_loop,
+            host=host,
         )
 
 

@@ -3,7 +3,9 @@
 It decodes the OIP request once, runs the graph through DeploymentHandles (tensors go
 between model replicas as numpy arrays through Ray, never as JSON) and encodes one
 answer. Model nodes call the models' own deployments, so a model used by a pipeline
-and served on its own is one deployment that batches and autoscales for both.
+and served on its own is one deployment that batches and autoscales for both. With
+``router: host`` the router loads its pipeline's one host model itself (with the nodes
+fused into it) and calls it in-process (``LocalBackend``): no handle, no hop.
 """
 
 from __future__ import annotations
@@ -201,14 +203,18 @@ class PipelineRouter(GrpcPipelineMethods):
         specs = infer_specs(self.pipeline, model_specs)
         self.inputs = [specs.tensors[f"request.{i.name}"] for i in self.pipeline.inputs]
         self.outputs = list(specs.outputs)
-        called = {m: t for m, t in args.models.items() if t.app is not None}
+        apps = {m: t.app for m, t in args.models.items() if t.app is not None}
         self.handles = {
-            name: serve.get_deployment_handle(t.deployment, app_name=t.app)
-            for name, t in called.items()
-            if t.app is not None
+            m: serve.get_deployment_handle(args.models[m].deployment, app_name=app)
+            for m, app in apps.items()
         }
+        if args.handle_loop == "same":
+            for handle in self.handles.values():
+                # Serve's per-handle switch (RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP is the
+                # process-wide one); must run on the loop the calls are made from.
+                handle._init(_run_router_in_separate_loop=False)
         self.node_status = NodeStatus(
-            {m: (t.app, t.deployment) for m, t in called.items() if t.app is not None}
+            {m: (app, args.models[m].deployment) for m, app in apps.items()}
         )
         if args.host is not None:
             from serve_app.server.model_deployment import ModelDeployment

@@ -90,3 +90,11 @@ def test_a_model_only_a_host_router_runs_needs_no_deployment_of_its_own() -> Non
     raw["pipelines"][0]["nodes"][0]["model"] = "minilm-inline"  # called through a handle
     with pytest.raises(ValidationError, match=re.escape("nodes ['triage/embed'] call it")):
         AppConfig.model_validate(raw)
+
+
+def test_handle_loop_reaches_the_router() -> None:
+    raw = load_app_config(ROOT / "configs/app.yaml").model_dump(mode="json", exclude_unset=True)
+    raw["pipelines"][0]["handle_loop"] = "same"
+    app = AppConfig.model_validate(raw)
+    (triage,) = [a for a in render_serve_config(app)["applications"] if a["name"] == "triage"]
+    assert PipelineAppArgs.model_validate(triage["args"]).handle_loop == "same"
