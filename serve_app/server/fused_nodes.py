@@ -16,6 +16,7 @@ from collections.abc import Callable
 import numpy as np
 
 from serve_app.deploy.app_args import FusedNodeArgs
+from serve_app.errors import ServiceUnavailable
 from serve_app.graph.executor import classify_error
 from serve_app.graph.fused import FusedCall, FusedStep, Tensors, run_fused
 from serve_app.repository.loader import ModelRepository
@@ -26,6 +27,8 @@ LoaderFor = Callable[[FusedNodeArgs], AdapterLoader]
 """The adapter loader of a fused node's model (its ``runtime``)."""
 MetricsFor = Callable[[str, str], ModelMetricsSink]
 """Metrics of a fused model, by model name and version."""
+RETRY_AFTER_S = 1
+"""Retry-After of a call that reached a replica of another config mid-deploy."""
 
 
 def default_loader(args: FusedNodeArgs) -> AdapterLoader:
@@ -91,16 +94,18 @@ class FusedNodes:
         """Run ``call``'s nodes on the host's outputs (blocking; call it off the loop).
 
         Raises:
-            KeyError: a node of ``call`` was not declared for this replica (the router's
-                config and this replica's disagree: a deploy is half applied).
+            ServiceUnavailable: a node of ``call`` was not declared for this replica (the
+                router's config and this replica's disagree while a deploy is half
+                applied: a retry reaches a replica of the same config).
         """
         steps = self.steps.get(call)
         if steps is None:
             missing = [n for n in call.nodes if (call.pipeline, n) not in self.nodes]
             if missing:
-                raise KeyError(
+                raise ServiceUnavailable(
                     f"pipeline {call.pipeline!r}: nodes {missing} are not fused into this "
-                    "replica (its config is older or newer than the router's)"
+                    "replica (its config is older or newer than the router's)",
+                    RETRY_AFTER_S,
                 )
             steps = [FusedStep(n, self.nodes[(call.pipeline, n)].inputs) for n in call.nodes]
             self.steps[call] = steps

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import save_file
 
 from serve_app.deploy.app_args import FusedNodeArgs
-from serve_app.errors import IntegrityError
+from serve_app.errors import IntegrityError, ServiceUnavailable
 from serve_app.graph.fused import FusedCall, node_answer
 from serve_app.models.architectures import MLP
 from serve_app.models.registry import load_adapter
@@ -102,7 +102,7 @@ def test_a_corrupt_fused_model_fails_the_host_naming_the_file(repo: ModelReposit
 def test_a_node_this_replica_does_not_have_is_named(repo: ModelRepository) -> None:
     fused = FusedNodes(NODES[:1], repo, "cpu")
     fused.load()
-    with pytest.raises(KeyError, match=r"nodes \['second'\] are not fused into this replica"):
+    with pytest.raises(ServiceUnavailable, match=r"nodes \['second'\] are not fused into this"):
         fused.run(FusedCall("p", ("first", "second")), {"embedding": np.ones((1, 8), "f4")})
 
 
