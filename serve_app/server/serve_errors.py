@@ -6,6 +6,13 @@ from __future__ import annotations
 
 from serve_app.graph.executor import classify_error
 
+TOO_LARGE_FOR_TRANSPORT = (
+    "its answer is larger than Serve's replica gRPC message cap "
+    "(RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH, 4 MiB by default): send fewer rows per "
+    "request, or declare the pipeline with transport: object_store"
+)
+"""Message of a call whose answer did not fit the by-value transport."""
+
 
 def classify_serve_error(exc: BaseException) -> tuple[int, str]:
     """Status and message of a failed model call, including Serve's own errors."""
@@ -16,4 +23,22 @@ def classify_serve_error(exc: BaseException) -> tuple[int, str]:
         return 503, "overloaded, retry later"
     if isinstance(exc, (DeploymentUnavailableError, ActorDiedError, ActorUnavailableError)):
         return 503, "model unavailable, retry later"
+    if is_message_too_large(exc):
+        return 413, TOO_LARGE_FOR_TRANSPORT
     return classify_error(exc)
+
+
+def is_message_too_large(exc: BaseException) -> bool:
+    """Whether a handle call failed because a message passed the gRPC cap: the caller's
+    channel refuses the answer with RESOURCE_EXHAUSTED (``grpc.aio.AioRpcError``, or the
+    ``RuntimeError`` Serve raises for an error on a request the replica had accepted)."""
+    import grpc
+
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in str(
+            exc.details()
+        )
+    text = str(exc)
+    return (
+        isinstance(exc, RuntimeError) and "RESOURCE_EXHAUSTED" in text and "larger than max" in text
+    )
