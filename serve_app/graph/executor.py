@@ -8,7 +8,11 @@ queued at once and the router never waits in between. How the tensors travel is 
 backend's affair: by reference through Ray's object store (``transport: object_store``,
 replica to replica), or by value through the router (``transport: grpc``, the default,
 where the upstream result crosses into the router and back out). Other nodes wait for
-the values they need. Nodes that read the same tensor run concurrently (fan-out).
+the values they need. Nodes that read the same tensor run concurrently (fan-out). A
+fused node (``placement: fused``) is not called: its host's call runs it, and its outputs
+are taken from the host's answer (``serve_app.graph.fused``). A ``per_row`` switch routes
+each row on its own: its target runs on its rows only, and a partial mean places them
+back by row.
 
 Failures: a required node's failure fails the request with that node's status and
 message (the earliest failed node in topological order, so a chained node that failed
@@ -37,6 +41,7 @@ from serve_app.errors import InvalidInput, NodeError, OutputNotProduced, ServeAp
 from serve_app.graph.combine import combine, reduce_value, switch_target
 from serve_app.graph.fused import FusedCall, node_answer
 from serve_app.graph.nodes import (
+    COMBINE_OUTPUT,
     PARAMETERS,
     REQUEST,
     SWITCH_OUTPUT,
@@ -46,7 +51,13 @@ from serve_app.graph.nodes import (
     split_ref,
 )
 from serve_app.graph.spec import PipelineConfig
-from serve_app.graph.structure import dependencies, fused_hosts, gates, topological_order
+from serve_app.graph.structure import (
+    dependencies,
+    fused_hosts,
+    gates,
+    row_subsets,
+    topological_order,
+)
 
 logger = logging.getLogger("ray.serve")
 
@@ -108,6 +119,9 @@ class GraphResult:
     """Optional node -> the error it failed with."""
     omitted_why: dict[str, str] = field(default_factory=dict)
     """Omitted output -> why its node produced nothing."""
+    rows: dict[str, list[int]] = field(default_factory=dict)
+    """Output -> the request rows it answers for, when a ``per_row`` switch routed only
+    some rows to its node (its rows are those, in order)."""
     timing_ms: dict[str, dict[str, float]] | None = None
     """Node -> ``{"start", "end"}`` in ms since the request started (``timing: true``):
     a model node from its call to its answer (so chained and fan-out overlap shows), a
@@ -138,6 +152,8 @@ class GraphResult:
             params["skipped"] = self.skipped
         if self.omitted_outputs:
             params["omitted_outputs"] = self.omitted_outputs
+        if self.rows:
+            params["rows"] = self.rows
         if self.timing_ms is not None:
             params["timing_ms"] = self.timing_ms
         return params
@@ -164,6 +180,11 @@ class _Run:
     started_s: float = field(default_factory=time.perf_counter)
     called_s: dict[str, float] = field(default_factory=dict)
     """Model node -> ``time.perf_counter()`` when its call started."""
+    rows: dict[str, tuple[np.ndarray, int]] = field(default_factory=dict)
+    """Node answering for some rows only (``per_row`` switch) -> (its row indices, the
+    request's row count)."""
+    routes: dict[str, list[str]] = field(default_factory=dict)
+    """``per_row`` switch -> the target of each row ("" for none)."""
     timing_ms: dict[str, dict[str, float]] | None = None
 
     def mark(self, node: str, key: str) -> None:
@@ -208,6 +229,8 @@ class GraphExecutor:
             for host in set(self.hosts.values())
         }
         """Host node -> the fused nodes its calls run."""
+        self.subsets = row_subsets(pipeline)
+        """Node -> the ``per_row`` switch whose rows it answers for."""
         self.chained = {
             n.name: deps[0]
             for n in pipeline.nodes
@@ -217,6 +240,7 @@ class GraphExecutor:
             and all(split_ref(r)[0] != REQUEST for r in n.inputs.values())
             and isinstance(up := self.nodes[deps[0]], ModelNode)
             and not up.fused
+            and n.name not in self.subsets  # its rows are chosen after its upstream ran
         }
         """Model node -> the model node it is chained to (reads only that node's outputs)."""
 
@@ -287,14 +311,16 @@ class GraphExecutor:
                 target[name] = outcome.reason
         for out, ref in self.pipeline.outputs.items():
             value = self._value_now(ref, run)
+            source = split_ref(ref)[0]
             if isinstance(value, Skipped):
-                source = split_ref(ref)[0]
                 own = value.reason.startswith(f"node {source!r}")
                 result.omitted_why[out] = (
                     value.reason if own else f"node {source!r}: {value.reason}"
                 )
             else:
                 result.outputs[out] = value
+                if source in run.rows:
+                    result.rows[out] = run.rows[source][0].tolist()
         return result
 
     def _value_now(self, ref: str, run: _Run) -> np.ndarray | Skipped:
@@ -331,8 +357,14 @@ class GraphExecutor:
             gate = self.gate_of.get(name)
             if gate is not None:
                 decision = await run.tasks[gate]
-                chosen = None if isinstance(decision, Skipped) else decision[SWITCH_OUTPUT][0]
-                if chosen != name:
+                if isinstance(decision, Skipped):
+                    return Skipped(f"not chosen by switch {gate!r}")
+                if gate in run.routes:  # per row: this node answers for its rows
+                    picked = [i for i, t in enumerate(run.routes[gate]) if t == name]
+                    if not picked:
+                        return Skipped(f"not chosen by switch {gate!r} for any row")
+                    run.rows[name] = (np.asarray(picked), len(run.routes[gate]))
+                elif decision[SWITCH_OUTPUT][0] != name:
                     return Skipped(f"not chosen by switch {gate!r}")
             if isinstance(node, ModelNode) and node.fused:
                 return await self._fused(node, run)
@@ -366,11 +398,12 @@ class GraphExecutor:
             )
         else:
             values: Tensors = {}
+            rows = run.rows.get(node.name)
             for inp, ref in node.inputs.items():
                 value = await self._value(ref, run)
                 if isinstance(value, Skipped):
                     return value
-                values[inp] = value
+                values[inp] = value if rows is None else _take_rows(value, rows, ref)
             pending = self.backend.submit(
                 node, values, {k: k for k in values}, self.fused_calls.get(node.name)
             )
@@ -428,6 +461,11 @@ class GraphExecutor:
         outcome = "ok"
         try:
             if isinstance(got, dict):
+                if host in run.rows:  # the host ran on some rows only: so did this node
+                    run.rows[node.name] = run.rows[host]
+                elif node.name in run.rows:  # computed on every row; routed some of them
+                    rows = run.rows[node.name]
+                    return {k: _take_rows(v, rows, f"{node.name}.{k}") for k, v in got.items()}
                 return got
             status, message = got
             tagged = f"node {node.name!r} (model {node.model!r}, fused into {host!r}): {message}"
@@ -471,7 +509,14 @@ class GraphExecutor:
         if not values:
             return Skipped("every input is missing")
         run.mark(node.name, "start")
+        placed = {
+            k: run.rows[source]
+            for k in values
+            if (source := split_ref(node.inputs[k])[0]) in run.rows
+        }
         try:
+            if placed:  # a partial mean over rows that several branches answered
+                return {COMBINE_OUTPUT: _mean_by_row(values, placed)}
             return combine(node.mode, values, node.labels)
         except InvalidInput as e:
             raise NodeError(
@@ -479,6 +524,8 @@ class GraphExecutor:
             ) from None
 
     async def _switch(self, node: SwitchNode, run: _Run) -> Outcome:
+        if node.per_row:
+            return await self._switch_rows(node, run)
         if node.source.startswith(PARAMETERS + "."):
             value: Any = run.parameters.get(node.source[len(PARAMETERS) + 1 :])
         else:
@@ -496,3 +543,73 @@ class GraphExecutor:
         branch = np.empty(1, dtype=object)
         branch[0] = target or ""
         return {SWITCH_OUTPUT: branch}
+
+    async def _switch_rows(self, node: SwitchNode, run: _Run) -> Outcome:
+        """``reduce: per_row``: the target of each row, by its own value."""
+        array = await self._value(node.source, run)
+        if isinstance(array, Skipped):
+            return array
+        if array.ndim != 1:
+            raise NodeError(
+                f"node {node.name!r} (switch): routes rows by a tensor of shape "
+                f"{list(array.shape)}; reduce: per_row needs one value per row",
+                node.name,
+                400,
+            )
+        run.mark(node.name, "start")
+        targets = [switch_target(node, _row_value(v)) or "" for v in array]
+        run.routes[node.name] = targets
+        branch = np.empty(len(targets), dtype=object)
+        branch[:] = targets
+        return {SWITCH_OUTPUT: branch}
+
+
+def _row_value(item: Any) -> Any:
+    """One row's value as a switch case reads it (text, boolean or number)."""
+    if isinstance(item, bytes):
+        return item.decode("utf-8", "replace")
+    return item.item() if isinstance(item, np.generic) else item
+
+
+def _take_rows(value: np.ndarray, rows: tuple[np.ndarray, int], ref: str) -> np.ndarray:
+    """The routed rows of a tensor that holds every row of the request.
+
+    Raises:
+        NodeError: the tensor does not have one row per request row.
+    """
+    indices, count = rows
+    if value.ndim == 0 or len(value) != count:
+        raise NodeError(
+            f"{ref!r} has shape {list(value.shape)}, not one row per each of the request's "
+            f"{count} rows, so rows routed by a per_row switch cannot be taken from it",
+            split_ref(ref)[0],
+            400,
+        )
+    return value[indices]
+
+
+def _mean_by_row(
+    values: dict[str, np.ndarray], placed: dict[str, tuple[np.ndarray, int]]
+) -> np.ndarray:
+    """Element-wise mean per row of the inputs that answered for that row: a placed input
+    (routed rows only) counts at its rows, any other at every row.
+
+    Raises:
+        InvalidInput: the inputs' shapes do not fit together.
+    """
+    count = next(iter(placed.values()))[1]
+    first = next(iter(values.values()))
+    total = np.zeros((count, *first.shape[1:]), dtype=np.float64)
+    seen = np.zeros(count, dtype=np.int64)
+    for key, value in values.items():
+        indices = placed[key][0] if key in placed else np.arange(count)
+        if value.shape[1:] != first.shape[1:] or len(value) != len(indices):
+            shapes = {k: list(v.shape) for k, v in values.items()}
+            raise InvalidInput(f"cannot mean tensors of shapes {shapes} by row")
+        total[indices] += value
+        seen[indices] += 1
+    if (seen == 0).any():
+        missing = np.flatnonzero(seen == 0).tolist()
+        raise InvalidInput(f"no input answered for rows {missing}")
+    shape = (count,) + (1,) * (first.ndim - 1)
+    return (total / seen.reshape(shape)).astype(first.dtype)

@@ -18,8 +18,8 @@ PARAMETERS = "parameters"
 """Prefix of a switch ``source`` that reads a request parameter: ``parameters.<key>``."""
 RESERVED_NODE_NAMES = frozenset({REQUEST, PARAMETERS})
 SWITCH_OUTPUT = "branch"
-"""The switch node's one output: a BYTES tensor of shape [1] naming the chosen target
-(empty when none)."""
+"""The switch node's one output: a BYTES tensor naming the chosen target (empty when
+none), of shape [1], or one per row with ``reduce: per_row``."""
 COMBINE_OUTPUT = "output"
 """Output name of ``concat`` and ``mean`` combine nodes."""
 ARGMAX_OUTPUTS = ("label", "confidence")
@@ -197,15 +197,33 @@ class SwitchNode(_NodeBase):
             "'parameters.<key>' (a request parameter)."
         )
     )
-    reduce: Literal["min", "max", "mean", "first"] = Field(
+    reduce: Literal["min", "max", "mean", "first", "per_row"] = Field(
         "min",
         description=(
             "How a tensor with several elements (e.g. one score per row) becomes one "
-            "value: min sends a request to a low-score branch if any row is low."
+            "value: min sends a request to a low-score branch if any row is low. "
+            "per_row: each row goes to the target its own value picks (the source holds "
+            "one value per row): a target model node runs on its rows only, and what "
+            "reads it gets those rows (a partial mean places them back by row; a pipeline "
+            "output names them in parameters.rows)."
         ),
     )
     cases: list[SwitchCase] = Field(min_length=1, description="Rules, tried in order.")
     default: str | None = Field(None, description="Target when no rule matches (None: none).")
+
+    @model_validator(mode="after")
+    def _per_row_reads_a_tensor(self) -> SwitchNode:
+        if self.reduce == "per_row" and self.source.startswith(PARAMETERS + "."):
+            raise ValueError(
+                f"switch {self.name!r}: reduce: per_row needs a tensor with one value per "
+                f"row; {self.source!r} is one value per request"
+            )
+        return self
+
+    @property
+    def per_row(self) -> bool:
+        """Whether each row is routed on its own (``reduce: per_row``)."""
+        return self.reduce == "per_row"
 
     @property
     def targets(self) -> list[str]:

@@ -177,6 +177,7 @@ def check_structure(pipeline: PipelineGraph) -> None:
             gated[target] = node.name
     _check_required_inputs(pipeline, topological_order(pipeline))
     fused_hosts(pipeline)
+    _check_row_subsets(pipeline)
     unused = [n for n in names if n not in _reachable_from_outputs(pipeline)]
     if unused:
         raise ValueError(
@@ -209,6 +210,43 @@ def fused_hosts(pipeline: PipelineGraph) -> dict[str, str]:
             )
         hosts[name] = hosts.get(upstream.name, upstream.name)
     return hosts
+
+
+def row_subsets(pipeline: PipelineGraph) -> dict[str, str]:
+    """Node -> the ``per_row`` switch whose rows it answers for: the switch's targets and
+    the nodes fused into them (they see only the rows routed to their host)."""
+    by_name = {n.name: n for n in pipeline.nodes}
+    subset: dict[str, str] = {}
+    for target, switch in gates(pipeline).items():
+        node = by_name[switch]
+        if isinstance(node, SwitchNode) and node.per_row:
+            subset[target] = switch
+    for fused, host in fused_hosts(pipeline).items():
+        if host in subset:
+            subset[fused] = subset[host]
+    return subset
+
+
+def _check_row_subsets(pipeline: PipelineGraph) -> None:
+    """What ``reduce: per_row`` can route and what may read the rows it routes."""
+    by_name = {n.name: n for n in pipeline.nodes}
+    subsets = row_subsets(pipeline)
+    for name, switch in subsets.items():
+        if not isinstance(by_name[name], ModelNode):
+            raise ValueError(
+                f"pipeline {pipeline.name!r}: switch {switch!r} routes rows (reduce: per_row) "
+                f"to {name!r}, which is not a model node"
+            )
+    for node in pipeline.nodes:
+        if node.name in subsets and isinstance(node, ModelNode) and node.fused:
+            continue  # runs in its host on the host's rows
+        read = [d for d in dependencies(node) if d in subsets]
+        if read and not (isinstance(node, CombineNode) and node.mode == "mean" and node.partial):
+            raise ValueError(
+                f"pipeline {pipeline.name!r}: node {node.name!r} reads {read[0]!r}, which "
+                f"answers only the rows switch {subsets[read[0]]!r} routes to it (reduce: "
+                "per_row); only a mean with partial: true (or a pipeline output) can read it"
+            )
 
 
 def may_be_missing(pipeline: PipelineGraph, order: list[str]) -> dict[str, str]:

@@ -200,7 +200,8 @@ def infer_specs(pipeline: PipelineConfig, models: Mapping[str, ModelSpecs]) -> P
                 tensors[f"{name}.{COMBINE_OUTPUT}"] = _combine_spec(pipeline, node, parts)
         else:
             _check_switch(pipeline, node, tensors)
-            tensors[f"{name}.{SWITCH_OUTPUT}"] = TensorSpec(SWITCH_OUTPUT, "BYTES", (1,))
+            rows = tensors[node.source].shape[:1] if node.per_row else (1,)
+            tensors[f"{name}.{SWITCH_OUTPUT}"] = TensorSpec(SWITCH_OUTPUT, "BYTES", rows)
     outputs = []
     for out, ref in pipeline.outputs.items():
         if ref not in tensors:
@@ -218,6 +219,13 @@ def _check_switch(
     spec = tensors.get(node.source)
     if spec is None:
         raise _fail(pipeline, node.name, f"switches on {node.source!r}, which does not exist")
+    if node.per_row and len(spec.shape) != 1:
+        raise _fail(
+            pipeline,
+            node.name,
+            f"routes rows by {node.source!r} {list(spec.shape)}; reduce: per_row needs one "
+            "value per row (a tensor of shape [-1])",
+        )
     thresholds = any(c.below is not None or c.at_least is not None for c in node.cases)
     if thresholds and spec.datatype not in NUMERIC - {"BOOL"}:
         raise _fail(

@@ -117,7 +117,7 @@ def test_triage_reads_request_parameters_and_refuses_unproduced_outputs(
     assert status == "StatusCode.INVALID_ARGUMENT"
     assert message.startswith(
         "requested output(s) not produced on this request: 'second_opinion' (node "
-        "'second-opinion': not chosen by switch 'route')"
+        "'second-opinion': not chosen by switch 'route' for any row)"
     ), message
 
 

@@ -85,12 +85,32 @@ def test_switch_sends_low_confidence_tickets_to_a_second_opinion(client: httpx.C
         else:
             np.testing.assert_allclose(got["first_opinion_confidence"], got["topic_confidence"])
             assert r.json()["parameters"]["skipped"]["second-opinion"] == (
-                "not chosen by switch 'route'"
-            )
-            assert r.json()["parameters"]["skipped"]["second-opinion"] == (
-                "not chosen by switch 'route'"
+                "not chosen by switch 'route' for any row"
             )
     assert 0 < routed < len(TICKETS)
+
+
+def test_one_request_routes_each_ticket_on_its_own(client: httpx.Client) -> None:
+    """``reduce: per_row``: in one request of every ticket, only the unsure ones get a
+    second opinion, and each ticket's consensus is its own."""
+    r = infer(client, "triage", body("text", TICKETS))
+    got = outputs(r)
+    unsure = [i for i, c in enumerate(got["first_opinion_confidence"]) if c < 0.7]
+    assert 0 < len(unsure) < len(TICKETS)
+    assert got["route"].tolist() == [
+        "second-opinion" if i in unsure else "" for i in range(len(TICKETS))
+    ]
+    assert r.json()["parameters"]["rows"] == {"second_opinion": unsure}
+    assert len(got["second_opinion"]) == len(unsure)
+    sure = [i for i in range(len(TICKETS)) if i not in unsure]
+    np.testing.assert_allclose(
+        got["topic_confidence"][sure], got["first_opinion_confidence"][sure], atol=1e-6
+    )
+    for i in range(len(TICKETS)):  # each ticket as if it came alone
+        alone = outputs(infer(client, "triage", body("text", [TICKETS[i]])))
+        np.testing.assert_allclose(
+            got["consensus_probabilities"][i], alone["consensus_probabilities"][0], atol=1e-5
+        )
 
 
 def test_sequence_with_tensor_mapping(client: httpx.Client) -> None:

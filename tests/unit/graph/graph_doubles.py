@@ -29,6 +29,7 @@ SPECS = {
     "head2": ModelSpecs(HEAD_IN, CLASSIFY),
     "small": ModelSpecs((TensorSpec("input", "FP32", (-1, 8)),), CLASSIFY),
     "urgent": ModelSpecs(HEAD_IN, (TensorSpec("urgent", "BOOL", (-1,)),)),
+    "mixed": ModelSpecs(HEAD_IN, CLASSIFY),
 }
 
 
@@ -124,8 +125,12 @@ class FakeBackend:
         x = inputs["input"]
         if model == "urgent":
             return {"urgent": np.ones(len(x), dtype=bool)}
-        conf = 0.9 if model == "head" else 0.6
-        probs = np.tile(np.array([conf, 1 - conf], dtype=np.float32), (len(x), 1))
+        if model == "mixed":  # sure of the even rows (0.9), unsure of the odd ones (0.3)
+            conf_rows = np.where(np.arange(len(x)) % 2 == 0, 0.9, 0.3).astype(np.float32)
+            probs = np.stack([conf_rows, 1 - conf_rows], axis=1)
+        else:
+            conf = 0.9 if model == "head" else 0.6
+            probs = np.tile(np.array([conf, 1 - conf], dtype=np.float32), (len(x), 1))
         label = np.array(["yes"] * len(x), dtype=object)
         return {"probabilities": probs, "label": label, "confidence": probs[:, 0]}
 
