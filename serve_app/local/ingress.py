@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import stat
 import tempfile
 from pathlib import Path
 
@@ -63,6 +64,30 @@ def real_haproxy_binary() -> str:
     return str(get_haproxy_binary())
 
 
+def private_folder(folder: Path) -> Path:
+    """``folder``, owner-only (0700), or refused: a folder under a shared /tmp with a
+    predictable name could have been made, or written to, by another user, who could then
+    replace the script Ray runs as HAProxy. A folder of ours that others can read but not
+    write (an older serve_app made it 0755) is tightened to 0700.
+
+    Raises:
+        PermissionError: it is a link, not a folder, not ours, or writable by others.
+    """
+    try:
+        folder.mkdir(mode=0o700, parents=True)
+    except FileExistsError:
+        pass
+    info = folder.lstat()
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o022:
+        raise PermissionError(
+            f"{folder} is not a private folder of this user (owner uid {info.st_uid}, mode "
+            f"{stat.filemode(info.st_mode)}); remove it, or point TMPDIR elsewhere"
+        )
+    if stat.S_IMODE(info.st_mode) != 0o700:
+        folder.chmod(0o700)
+    return folder
+
+
 def write_wrapper(
     admin_host: str,
     binary: str | None = None,
@@ -82,8 +107,7 @@ def write_wrapper(
         binary=shlex.quote(binary),
         grpc_backend=shlex.quote(backend),
     )
-    folder = Path(directory or tempfile.gettempdir()) / f"serve-app-{os.getuid()}"
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = private_folder(Path(directory or tempfile.gettempdir()) / f"serve-app-{os.getuid()}")
     suffix = f"-{backend}" if backend else ""
     path = folder / f"haproxy-{admin_host.replace(':', '_')}{suffix}.sh"
     if not path.exists() or path.read_text() != text:

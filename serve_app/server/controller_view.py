@@ -32,6 +32,10 @@ class ControllerView(Generic[T]):
         self._value: T | None = None
         self._read_at: float | None = None
         self._task: asyncio.Task[None] | None = None
+        self._reading: asyncio.Future[T] | None = None
+        """The read in flight: a read that outlived ``timeout_s`` keeps its thread (a
+        thread cannot be cancelled), so the next read waits for it instead of starting
+        another: one thread at most, however long the controller hangs."""
 
     def start(self) -> None:
         """Start refreshing on the running loop (idempotent)."""
@@ -52,8 +56,12 @@ class ControllerView(Generic[T]):
         return self.latest()
 
     async def _read_once(self) -> None:
+        if self._reading is None or self._reading.done():
+            self._reading = asyncio.ensure_future(asyncio.to_thread(self.reader))
+            # An abandoned read that fails later is not an unretrieved error.
+            self._reading.add_done_callback(lambda f: f.cancelled() or f.exception())
         try:
-            self._value = await asyncio.wait_for(asyncio.to_thread(self.reader), self.timeout_s)
+            self._value = await asyncio.wait_for(asyncio.shield(self._reading), self.timeout_s)
             self._read_at = time.monotonic()
         except Exception as e:  # keep the last answer; its age tells how stale it is
             logger.warning("reading Serve state failed: %r", e)

@@ -176,8 +176,11 @@ class ModelRuntime:
         """Raise unless the model is loaded, no forward has hung (run longer than
         ``hung_forward_s``) and its weight files are still in place."""
         self.require()
-        if self.hung_forward_s is not None and self._forwards_in_flight:
-            running_s = time.monotonic() - min(self._forwards_in_flight.values())
+        # One copy (atomic under the GIL): a forward ending on its thread between a check
+        # and a read of the live dict would fail this check falsely.
+        started = list(self._forwards_in_flight.copy().values())
+        if self.hung_forward_s is not None and started:
+            running_s = time.monotonic() - min(started)
             if running_s > self.hung_forward_s:
                 raise ServiceUnavailable(
                     f"model {self.name!r}: a forward has been running for {running_s:.0f} s "

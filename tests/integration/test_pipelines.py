@@ -42,21 +42,20 @@ def infer(client: httpx.Client, model: str, payload: dict) -> httpx.Response:
     return client.post(f"/v2/models/{model}/infer", json=payload)
 
 
+def embeddings_body(client: httpx.Client, texts: list[str]) -> dict:
+    """A request for a head: MiniLM's embeddings of ``texts`` as its FP32 ``input``."""
+    emb = outputs(infer(client, "minilm", body("text", texts)))["embedding"]
+    data = emb.reshape(-1).tolist()
+    return {
+        "inputs": [{"name": "input", "shape": list(emb.shape), "datatype": "FP32", "data": data}]
+    }
+
+
 def test_triage_equals_its_models_called_one_by_one(client: httpx.Client) -> None:
     """The heads fused into minilm's replicas answer as the same heads served on their
     own deployments (the session serves them standalone too)."""
     got = outputs(infer(client, "triage", body("text", TICKETS)))
-    emb = outputs(infer(client, "minilm", body("text", TICKETS)))["embedding"]
-    head_body = {
-        "inputs": [
-            {
-                "name": "input",
-                "shape": list(emb.shape),
-                "datatype": "FP32",
-                "data": emb.reshape(-1).tolist(),
-            }
-        ]
-    }
+    head_body = embeddings_body(client, TICKETS)
     topic = outputs(infer(client, "ticket-topic", head_body))
     urgency = outputs(infer(client, "ticket-urgency", head_body))
     assert got["first_opinion"].tolist() == topic["label"].tolist()
@@ -138,18 +137,7 @@ def test_sequence_with_tensor_mapping(client: httpx.Client) -> None:
 def test_a_host_router_answers_as_its_model_does(client: httpx.Client) -> None:
     """``router: host``: the pipeline's replicas run ticket-urgency in-process; the answer
     equals the model's own deployment's, and the route is ready without that deployment."""
-    emb = outputs(infer(client, "minilm", body("text", TICKETS)))["embedding"]
-    head_body = {
-        "inputs": [
-            {
-                "name": "input",
-                "shape": list(emb.shape),
-                "datatype": "FP32",
-                "data": emb.reshape(-1).tolist(),
-            }
-        ],
-        "parameters": {"timing": True},
-    }
+    head_body = embeddings_body(client, TICKETS) | {"parameters": {"timing": True}}
     r = infer(client, INLINE, head_body)
     got, direct = outputs(r), outputs(infer(client, "ticket-urgency", head_body))
     assert got["label"].tolist() == direct["label"].tolist()

@@ -49,3 +49,28 @@ def test_a_hung_controller_does_not_block_the_loop() -> None:
     first, waited, slept = asyncio.run(scenario())
     gate.set()
     assert first is None and waited < 0.5 and slept < 0.2
+
+
+def test_a_hung_controller_holds_one_thread_at_most() -> None:
+    """A read that outlives its timeout keeps its thread; the next reads wait for it
+    instead of starting more (one stuck thread, not one per refresh)."""
+    gate = threading.Event()
+    calls: list[int] = []
+
+    def reader() -> int:
+        calls.append(1)
+        gate.wait(5)
+        return len(calls)
+
+    async def scenario() -> object:
+        view = ControllerView(reader, period_s=0.01, timeout_s=0.02)
+        view.start()
+        await asyncio.sleep(0.3)  # ~10 refreshes while the controller hangs
+        stuck_calls = len(calls)
+        gate.set()
+        await asyncio.sleep(0.1)
+        assert stuck_calls == 1
+        return view.latest()
+
+    latest = asyncio.run(scenario())
+    assert latest is not None and latest[0] >= 1  # it answers again once the controller does

@@ -75,6 +75,26 @@ def test_health_fails_while_a_forward_hangs_and_recovers(
     assert rt.forward_rows([1.0, 2.0])["y"].tolist() == [1.0, 2.0]
 
 
+class EndsWhenRead(dict[int, float]):
+    """Forwards in flight where the one the check saw ends (on its thread) before the
+    check reads when it started."""
+
+    def __bool__(self) -> bool:
+        return True
+
+    def __len__(self) -> int:
+        return 1
+
+
+def test_a_forward_ending_during_the_health_check_is_no_failure(
+    runtime: tuple[ModelRuntime, BlockingAdapter],
+) -> None:
+    rt, _ = runtime
+    rt.hung_forward_s = 0.2
+    rt._forwards_in_flight = EndsWhenRead()
+    rt.check_health()  # before the fix: min() of an empty sequence, a false failure
+
+
 def test_large_requests_are_prepared_off_the_event_loop() -> None:
     import asyncio
     from concurrent.futures import ThreadPoolExecutor
