@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from serve_app.config.model import AutoscalingConfig
+from serve_app.graph.nodes import ModelNode
 from serve_app.graph.spec import PipelineConfig
 from serve_app.graph.structure import model_nodes
 
@@ -48,11 +49,22 @@ class ServedPipelineConfig(PipelineConfig):
         ),
     )
 
+    @property
+    def separate_nodes(self) -> list[ModelNode]:
+        """Model nodes that call their model's deployment (not fused into another)."""
+        return [n for n in model_nodes(self) if not n.fused]
+
+    @property
+    def host_model(self) -> str:
+        """``router: host``: the model its replicas load (its one separate node's)."""
+        (host,) = self.separate_nodes
+        return host.model
+
     @model_validator(mode="after")
     def _host_router_has_one_host(self) -> ServedPipelineConfig:
         if self.router != "host":
             return self
-        separate = [n.name for n in model_nodes(self) if not n.fused]
+        separate = [n.name for n in self.separate_nodes]
         if len(separate) != 1:
             raise ValueError(
                 f"pipeline {self.name!r}: router: host needs exactly one separate model node "

@@ -62,12 +62,12 @@ class FusedNodeArgs(StrictModel):
 
 
 def fused_into(app: AppConfig, model: ModelConfig, only: str | None = None) -> list[FusedNodeArgs]:
-    """Every pipeline node fused into ``model``'s replicas (of pipeline ``only`` when
-    given; else of the pipelines whose router is separate), each after what it reads."""
+    """Every pipeline node fused into ``model``'s replicas, each after what it reads: of
+    pipeline ``only`` (a ``router: host`` pipeline's own replicas), else of every pipeline
+    whose router calls the model's deployment."""
+    wanted = [p for p in app.pipelines if p.name == only or (only is None and p.router != "host")]
     out = []
-    for p in app.pipelines:
-        if (p.name != only) if only is not None else p.router == "host":
-            continue
+    for p in wanted:
         hosts = fused_hosts(p)
         for name in topological_order(p):
             node = p.node(name)
@@ -234,8 +234,7 @@ class PipelineAppArgs(StrictModel):
         """Slice of ``app`` that a pipeline router needs."""
         host = None
         if pipeline.router == "host":
-            (node,) = [n for n in model_nodes(pipeline) if not n.fused]
-            model = app.model(node.model)
+            model = app.model(pipeline.host_model)
             host = ModelAppArgs.from_config(app, model).model_copy(
                 update={"fused": fused_into(app, model, only=pipeline.name)}
             )
@@ -243,7 +242,7 @@ class PipelineAppArgs(StrictModel):
         called = (
             set()  # the router runs them all in-process
             if pipeline.router == "host"
-            else {n.model for n in model_nodes(pipeline) if not n.fused}
+            else {n.model for n in pipeline.separate_nodes}
         )
         for node in model_nodes(pipeline):
             model = app.model(node.model)
@@ -288,7 +287,7 @@ class ServerAppArgs(StrictModel):
                 p.name: (
                     []  # its router loads and runs its models itself
                     if p.router == "host"
-                    else sorted({n.model for n in model_nodes(p) if not (n.optional or n.fused)})
+                    else sorted({n.model for n in p.separate_nodes if not n.optional})
                 )
                 for p in app.pipelines
             },

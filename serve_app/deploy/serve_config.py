@@ -21,7 +21,6 @@ from serve_app.deploy.app_args import (
     stage_deployment,
 )
 from serve_app.deploy.version_policy import version_applications
-from serve_app.graph.structure import model_nodes
 
 IMPORT_PATH = "serve_app.app:build_app"
 MAX_CONSTRUCTOR_RETRIES = 3
@@ -145,8 +144,7 @@ def pipeline_router_options(app: AppConfig, pipeline: ServedPipelineConfig) -> d
         return router_options(
             pipeline.num_replicas, pipeline.max_ongoing_requests, pipeline.autoscaling
         )
-    (host,) = [n for n in model_nodes(pipeline) if not n.fused]
-    return deployment_options(app.model(host.model), app.http.retry_after_s) | {
+    return deployment_options(app.model(pipeline.host_model), app.http.retry_after_s) | {
         "name": ROUTER_DEPLOYMENT
     }
 

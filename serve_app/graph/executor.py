@@ -31,13 +31,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 
-from serve_app.errors import InvalidInput, NodeError, OutputNotProduced, ServeAppError
+from serve_app.errors import InvalidInput, NodeError
 from serve_app.graph.combine import combine, reduce_value, switch_target
 from serve_app.graph.fused import FusedCall, node_answer
 from serve_app.graph.nodes import (
@@ -50,6 +50,15 @@ from serve_app.graph.nodes import (
     SwitchNode,
     split_ref,
 )
+from serve_app.graph.result import (
+    Classifier,
+    GraphResult,
+    Outcome,
+    Skipped,
+    Tensors,
+    classify_error,
+)
+from serve_app.graph.rows import mean_by_row, row_value, take_rows
 from serve_app.graph.spec import PipelineConfig
 from serve_app.graph.structure import (
     dependencies,
@@ -60,8 +69,6 @@ from serve_app.graph.structure import (
 )
 
 logger = logging.getLogger("ray.serve")
-
-Tensors = dict[str, np.ndarray]
 
 
 class NodeBackend(Protocol):
@@ -85,81 +92,10 @@ class NodeBackend(Protocol):
 TIMING_PARAMETER = "timing"
 """Request parameter that asks for per-node timing (``parameters.timing_ms``)."""
 
-Classifier = Callable[[BaseException], tuple[int, str]]
-"""Maps an exception raised by a model call to ``(http_status, message)``."""
 NodeObserver = Callable[[str, str, float], None]
 """Told ``(node, outcome, seconds)`` when a model node's call ends. Outcomes: ``ok``,
 ``failed``, ``degraded`` (an optional node failed), ``timeout``, ``skipped`` (its
 upstream did not run) and ``cancelled`` (the request ended first)."""
-
-
-def classify_error(exc: BaseException) -> tuple[int, str]:
-    """Status and message of an error: ours keep theirs, anything else is a masked 500."""
-    if isinstance(exc, ServeAppError):
-        return exc.status_code, exc.message
-    return 500, "internal error"
-
-
-@dataclass(frozen=True)
-class Skipped:
-    """A node that produced nothing: not chosen, upstream missing, or degraded."""
-
-    reason: str
-    degraded: bool = False
-
-
-@dataclass
-class GraphResult:
-    """What a pipeline run produced."""
-
-    outputs: Tensors
-    skipped: dict[str, str] = field(default_factory=dict)
-    """Node -> why it did not run (switch, missing upstream)."""
-    degraded: dict[str, str] = field(default_factory=dict)
-    """Optional node -> the error it failed with."""
-    omitted_why: dict[str, str] = field(default_factory=dict)
-    """Omitted output -> why its node produced nothing."""
-    rows: dict[str, list[int]] = field(default_factory=dict)
-    """Output -> the request rows it answers for, when a ``per_row`` switch routed only
-    some rows to its node (its rows are those, in order)."""
-    timing_ms: dict[str, dict[str, float]] | None = None
-    """Node -> ``{"start", "end"}`` in ms since the request started (``timing: true``):
-    a model node from its call to its answer (so chained and fan-out overlap shows), a
-    combine or switch from when its inputs were there; a node that did not run is absent."""
-
-    @property
-    def omitted_outputs(self) -> list[str]:
-        """Pipeline outputs not produced on this request, in declaration order."""
-        return list(self.omitted_why)
-
-    def check_requested(self, requested: Iterable[str]) -> None:
-        """Raise ``OutputNotProduced`` naming each requested output that was omitted."""
-        missing = [
-            f"{out!r} ({self.omitted_why[out]})" for out in requested if out in self.omitted_why
-        ]
-        if missing:
-            raise OutputNotProduced(
-                f"requested output(s) not produced on this request: {', '.join(missing)}; "
-                "leave them out of 'outputs' to get what was produced"
-            )
-
-    def parameters(self) -> dict[str, Any]:
-        """Response parameters describing degradation (empty when nothing was skipped)."""
-        params: dict[str, Any] = {}
-        if self.degraded:
-            params["degraded"] = self.degraded
-        if self.skipped:
-            params["skipped"] = self.skipped
-        if self.omitted_outputs:
-            params["omitted_outputs"] = self.omitted_outputs
-        if self.rows:
-            params["rows"] = self.rows
-        if self.timing_ms is not None:
-            params["timing_ms"] = self.timing_ms
-        return params
-
-
-Outcome = Tensors | Skipped
 
 
 class _NodeTimeout(Exception):
@@ -403,7 +339,7 @@ class GraphExecutor:
                 value = await self._value(ref, run)
                 if isinstance(value, Skipped):
                     return value
-                values[inp] = value if rows is None else _take_rows(value, rows, ref)
+                values[inp] = value if rows is None else take_rows(value, rows, ref)
             pending = self.backend.submit(
                 node, values, {k: k for k in values}, self.fused_calls.get(node.name)
             )
@@ -444,8 +380,7 @@ class GraphExecutor:
                 logger.error("pipeline %s: %s", self.pipeline.name, tagged, exc_info=e)
             raise NodeError(tagged, node.name, status) from None
         finally:
-            if self.observe_node is not None:
-                self.observe_node(node.name, outcome, time.perf_counter() - called_s)
+            self._observe(node.name, outcome, called_s)
 
     async def _fused(self, node: ModelNode, run: _Run) -> Outcome:
         """A fused node's outputs, out of its host's answer (no call of its own)."""
@@ -458,27 +393,26 @@ class GraphExecutor:
         if run.timing_ms is not None:
             run.timing_ms[node.name] = {"start": run.timing_ms[host]["start"]}
         got = node_answer(answer, node.name)
-        outcome = "ok"
-        try:
-            if isinstance(got, dict):
-                if host in run.rows:  # the host ran on some rows only: so did this node
-                    run.rows[node.name] = run.rows[host]
-                elif node.name in run.rows:  # computed on every row; routed some of them
-                    rows = run.rows[node.name]
-                    return {k: _take_rows(v, rows, f"{node.name}.{k}") for k, v in got.items()}
-                return got
-            status, message = got
-            tagged = f"node {node.name!r} (model {node.model!r}, fused into {host!r}): {message}"
-            if node.optional:
-                outcome = "degraded"
-                logger.warning("pipeline %s degraded: %s", self.pipeline.name, tagged)
-                return Skipped(tagged, degraded=True)
-            outcome = "failed"
+        if isinstance(got, dict):
+            self._observe(node.name, "ok", run.called_s[host])
+            if host in run.rows:  # the host ran on some rows only: so did this node
+                run.rows[node.name] = run.rows[host]
+            elif node.name in run.rows:  # computed on every row; routed some of them
+                rows = run.rows[node.name]
+                return {k: take_rows(v, rows, f"{node.name}.{k}") for k, v in got.items()}
+            return got
+        status, message = got
+        tagged = f"node {node.name!r} (model {node.model!r}, fused into {host!r}): {message}"
+        self._observe(node.name, "degraded" if node.optional else "failed", run.called_s[host])
+        if not node.optional:
             raise NodeError(tagged, node.name, status)
-        finally:
-            if self.observe_node is not None:
-                elapsed_s = time.perf_counter() - run.called_s[host]
-                self.observe_node(node.name, outcome, elapsed_s)
+        logger.warning("pipeline %s degraded: %s", self.pipeline.name, tagged)
+        return Skipped(tagged, degraded=True)
+
+    def _observe(self, node: str, outcome: str, since_s: float) -> None:
+        """Tell the observer how ``node``'s call (started at ``since_s``) ended."""
+        if self.observe_node is not None:
+            self.observe_node(node, outcome, time.perf_counter() - since_s)
 
     @staticmethod
     async def _answer(node: ModelNode, pending: Any) -> Tensors:
@@ -516,7 +450,7 @@ class GraphExecutor:
         }
         try:
             if placed:  # a partial mean over rows that several branches answered
-                return {COMBINE_OUTPUT: _mean_by_row(values, placed)}
+                return {COMBINE_OUTPUT: mean_by_row(values, placed)}
             return combine(node.mode, values, node.labels)
         except InvalidInput as e:
             raise NodeError(
@@ -557,59 +491,8 @@ class GraphExecutor:
                 400,
             )
         run.mark(node.name, "start")
-        targets = [switch_target(node, _row_value(v)) or "" for v in array]
+        targets = [switch_target(node, row_value(v)) or "" for v in array]
         run.routes[node.name] = targets
         branch = np.empty(len(targets), dtype=object)
         branch[:] = targets
         return {SWITCH_OUTPUT: branch}
-
-
-def _row_value(item: Any) -> Any:
-    """One row's value as a switch case reads it (text, boolean or number)."""
-    if isinstance(item, bytes):
-        return item.decode("utf-8", "replace")
-    return item.item() if isinstance(item, np.generic) else item
-
-
-def _take_rows(value: np.ndarray, rows: tuple[np.ndarray, int], ref: str) -> np.ndarray:
-    """The routed rows of a tensor that holds every row of the request.
-
-    Raises:
-        NodeError: the tensor does not have one row per request row.
-    """
-    indices, count = rows
-    if value.ndim == 0 or len(value) != count:
-        raise NodeError(
-            f"{ref!r} has shape {list(value.shape)}, not one row per each of the request's "
-            f"{count} rows, so rows routed by a per_row switch cannot be taken from it",
-            split_ref(ref)[0],
-            400,
-        )
-    return value[indices]
-
-
-def _mean_by_row(
-    values: dict[str, np.ndarray], placed: dict[str, tuple[np.ndarray, int]]
-) -> np.ndarray:
-    """Element-wise mean per row of the inputs that answered for that row: a placed input
-    (routed rows only) counts at its rows, any other at every row.
-
-    Raises:
-        InvalidInput: the inputs' shapes do not fit together.
-    """
-    count = next(iter(placed.values()))[1]
-    first = next(iter(values.values()))
-    total = np.zeros((count, *first.shape[1:]), dtype=np.float64)
-    seen = np.zeros(count, dtype=np.int64)
-    for key, value in values.items():
-        indices = placed[key][0] if key in placed else np.arange(count)
-        if value.shape[1:] != first.shape[1:] or len(value) != len(indices):
-            shapes = {k: list(v.shape) for k, v in values.items()}
-            raise InvalidInput(f"cannot mean tensors of shapes {shapes} by row")
-        total[indices] += value
-        seen[indices] += 1
-    if (seen == 0).any():
-        missing = np.flatnonzero(seen == 0).tolist()
-        raise InvalidInput(f"no input answered for rows {missing}")
-    shape = (count,) + (1,) * (first.ndim - 1)
-    return (total / seen.reshape(shape)).astype(first.dtype)

@@ -16,8 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from serve_app.graph.nodes import split_ref
-
-Tensors = dict[str, np.ndarray]
+from serve_app.graph.result import Classifier, Tensors
 
 
 @dataclass(frozen=True)
@@ -77,7 +76,6 @@ class FusedStep:
 
 RunStep = Callable[[FusedStep, Tensors], Tensors]
 """Runs one fused node's model on its inputs (rows first); raises on failure."""
-Classify = Callable[[BaseException], tuple[int, str]]
 
 
 def run_fused(
@@ -85,7 +83,7 @@ def run_fused(
     host: str,
     host_outputs: Tensors,
     run_step: RunStep,
-    classify: Classify,
+    classify: Classifier,
 ) -> Tensors:
     """Run ``steps`` in order on ``host``'s outputs; their outputs and failures keyed as
     the module says. A step whose upstream failed is left out (the router sees that

@@ -17,8 +17,8 @@ import numpy as np
 
 from serve_app.deploy.app_args import FusedNodeArgs
 from serve_app.errors import ServiceUnavailable
-from serve_app.graph.executor import classify_error
-from serve_app.graph.fused import FusedCall, FusedStep, Tensors, run_fused
+from serve_app.graph.fused import FusedCall, FusedStep, run_fused
+from serve_app.graph.result import Tensors, classify_error
 from serve_app.repository.loader import ModelRepository
 from serve_app.server.metrics import ModelMetricsSink
 from serve_app.server.runtime import AdapterLoader, ModelRuntime
@@ -83,9 +83,6 @@ class FusedNodes:
                 self.metrics[args.model] = self.metrics_for(
                     args.model, str(runtime.version.version)
                 )
-
-    def __bool__(self) -> bool:
-        return bool(self.nodes)
 
     def _runtime(self, args: FusedNodeArgs) -> ModelRuntime:
         return self.runtimes[(args.folder, str(args.version), args.runtime)]

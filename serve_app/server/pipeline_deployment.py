@@ -24,9 +24,10 @@ from starlette.responses import Response
 from serve_app.deploy.app_args import APP_ARGS, PipelineAppArgs, StagedAppArgs
 from serve_app.deploy.pipeline_check import read_model_specs
 from serve_app.errors import ModelNotFound, ServiceUnavailable
-from serve_app.graph.executor import GraphExecutor, Tensors
+from serve_app.graph.executor import GraphExecutor
 from serve_app.graph.fused import FusedCall
 from serve_app.graph.nodes import ModelNode
+from serve_app.graph.result import Tensors
 from serve_app.graph.spec import CoalesceConfig
 from serve_app.graph.staged import staged_pipeline
 from serve_app.graph.structure import edges, model_nodes

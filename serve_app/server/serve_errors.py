@@ -4,7 +4,7 @@ Used by the pipeline router over HTTP and by the gRPC methods."""
 
 from __future__ import annotations
 
-from serve_app.graph.executor import classify_error
+from serve_app.graph.result import classify_error
 
 TOO_LARGE_FOR_TRANSPORT = (
     "its answer is larger than Serve's replica gRPC message cap "

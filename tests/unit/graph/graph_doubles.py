@@ -9,9 +9,10 @@ from typing import Any
 import numpy as np
 
 from serve_app.config import AppConfig
-from serve_app.graph.executor import GraphExecutor, classify_error
+from serve_app.graph.executor import GraphExecutor
 from serve_app.graph.fused import FusedCall, FusedStep, run_fused
 from serve_app.graph.nodes import ModelNode
+from serve_app.graph.result import classify_error
 from serve_app.graph.spec import PipelineConfig
 from serve_app.models.base import ModelSpecs, TensorSpec
 
