@@ -42,8 +42,11 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 BACKPRESSURE = "HTTP 503: Request dropped due to backpressure"
 """A model's answer beyond max_ongoing + max_queued requests (Serve's backpressure_config)."""
-KILLED_IN_FLIGHT = "ServerDisconnectedError"
-"""What a client sees of a request a SIGKILLed replica had in flight: the connection ends."""
+KILLED_IN_FLIGHT = {"ServerDisconnectedError", "ClientPayloadError"}
+"""What a client sees of a request a SIGKILLed replica had in flight: the connection ends
+before the answer starts (ServerDisconnectedError) or in the middle of its body
+(ClientPayloadError, "Response payload is not completed"; seen once in CI at 16:44 UTC
+2026-12-02, 1 of 427 requests, in the corrupt-weights kill)."""
 VICTIM, SHRINKER, CONTROLLED, SLOW = "victim", "shrinker", "steady", "slow"
 FRAGILE = "fragile"
 
@@ -219,7 +222,7 @@ def test_replica_killed_under_load_loses_at_most_its_in_flight_requests(
     # At 30 req/s and ~5 ms a request, ~0.15 requests are on a replica at any time: the
     # requests the kill can lose are the ones it had in flight, whose connections the
     # replica's death closed.
-    assert set(o["errors"]) <= {KILLED_IN_FLIGHT} and o["failed"] <= 3, o["errors"]
+    assert set(o["errors"]) <= KILLED_IN_FLIGHT and o["failed"] <= 3, o["errors"]
     # Replaced: Serve starts another replica (seconds on a fast machine, more on a slow one).
     wait_for_replicas(faulty.demo, faulty.dashboard_url, VICTIM, replicas=2)
     assert len(demo_processes(faulty.demo, f"ServeReplica:{VICTIM}:")) == 2
@@ -285,7 +288,7 @@ def test_corrupt_weights_keep_serving_and_block_new_replicas(
         assert pid is not None
         # Only what the killed replica had in flight may fail (as in the kill test).
         errors = s["overall"]["errors"]
-        assert set(errors) <= {KILLED_IN_FLIGHT} and s["overall"]["failed"] <= 3, errors
+        assert set(errors) <= KILLED_IN_FLIGHT and s["overall"]["failed"] <= 3, errors
         # Its replacement verifies, refuses, and the reason names the file.
         mismatch = f"sha256 mismatch for {weights}"
         wait_for_ready(faulty, client, lambda r: r.status_code == 503 and mismatch in r.text)
