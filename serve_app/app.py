@@ -13,6 +13,7 @@ from ray.serve import Application
 
 from serve_app.deploy.app_args import (
     APP_ARGS,
+    ConsumerAppArgs,
     ModelAppArgs,
     MultiplexAppArgs,
     PipelineAppArgs,
@@ -29,7 +30,8 @@ def build_app(args: dict[str, Any]) -> Application:
     ``MultiplexedDeployment`` serving a family of tenants; ``kind: staged`` binds one
     ``ModelDeployment`` per stage behind a ``PipelineRouter`` that chains them;
     ``kind: pipeline`` binds a ``PipelineRouter`` that calls the models' own
-    applications; ``kind: server`` binds the ``OIPServer``.
+    applications; ``kind: consumer`` binds one target's ``JobConsumer``s (Serve task
+    consumers on its queue); ``kind: server`` binds the ``OIPServer``.
     """
     parsed = APP_ARGS.validate_python(args)
     if isinstance(parsed, ModelAppArgs):
@@ -55,6 +57,10 @@ def build_app(args: dict[str, Any]) -> Application:
         from serve_app.server.pipeline_deployment import PipelineRouter
 
         return PipelineRouter.bind(parsed.model_dump(mode="json"))  # type: ignore[attr-defined]
+    if isinstance(parsed, ConsumerAppArgs):
+        from serve_app.server.job_consumer import consumer_deployment
+
+        return consumer_deployment(parsed).bind(parsed.model_dump(mode="json"))  # type: ignore[no-any-return]
     from serve_app.server.oip_server import OIPServer
 
     return OIPServer.bind(parsed.model_dump(mode="json"))  # type: ignore[attr-defined]

@@ -21,6 +21,7 @@ from serve_app.config.app import (
 )
 from serve_app.config.cluster import ClusterConfig, WorkerPodConfig
 from serve_app.config.grpc import GrpcConfig
+from serve_app.config.jobs import ConsumerScaling, JobsConfig
 from serve_app.config.lifecycle import CanaryConfig, MultiplexConfig, VersionPolicy
 from serve_app.config.model import (
     AutoscalingConfig,
@@ -39,7 +40,9 @@ __all__ = [
     "BatchingConfig",
     "CanaryConfig",
     "ClusterConfig",
+    "ConsumerScaling",
     "GrpcConfig",
+    "JobsConfig",
     "HttpConfig",
     "LogConfig",
     "ModelConfig",

@@ -15,6 +15,7 @@ from pydantic import Field, model_validator
 
 from serve_app.config.cluster import ClusterConfig
 from serve_app.config.grpc import GrpcConfig
+from serve_app.config.jobs import JobsConfig
 from serve_app.config.model import ModelConfig
 from serve_app.config.pipeline import ServedPipelineConfig
 from serve_app.config.tenants import check_tenant_prefixes
@@ -132,6 +133,10 @@ class AppConfig(StrictModel):
         description="Kubernetes only (serve-app render-k8s): the worker pod shape; "
         "None keeps the overlay's default.",
     )
+    jobs: JobsConfig | None = Field(
+        None,
+        description="Inference jobs from a queue (Prefer: respond-async, /v2/jobs); None: off.",
+    )
 
     @model_validator(mode="after")
     def _unique(self) -> AppConfig:
@@ -188,6 +193,29 @@ class AppConfig(StrictModel):
                         if called
                         else "no pipeline runs it"
                     )
+                )
+        return self
+
+    @model_validator(mode="after")
+    def _job_targets(self) -> AppConfig:
+        if self.jobs is None:
+            return self
+        models = {m.name: m for m in self.models}
+        pipelines = {p.name for p in self.pipelines}
+        for target in self.jobs.targets:
+            model = models.get(target)
+            if model is None and target not in pipelines:
+                raise ValueError(
+                    f"jobs target {target!r} is not a model or pipeline of this config "
+                    f"(models and pipelines: {sorted([*models, *pipelines])})"
+                )
+            if model is not None and (model.multiplex or not model.standalone):
+                why = "a multiplexed family" if model.multiplex else "standalone: false"
+                raise ValueError(f"jobs target {target!r} is {why}; it has no route to call")
+            if f"jobs-{target}" in models or f"jobs-{target}" in pipelines:
+                raise ValueError(
+                    f"jobs target {target!r}: its consumers' application jobs-{target} "
+                    "clashes with a model or pipeline of that name"
                 )
         return self
 

@@ -18,6 +18,7 @@ from serve_app.deploy.version_policy import side_app_names
 from serve_app.graph.nodes import ModelNode
 from serve_app.graph.spec import PipelineConfig
 from serve_app.graph.structure import fused_hosts, model_nodes, topological_order
+from serve_app.jobs.settings import QueueSettings
 from serve_app.schema_base import StrictModel
 
 MODEL_DEPLOYMENT = "ModelDeployment"
@@ -27,6 +28,20 @@ ROUTER_DEPLOYMENT = "PipelineRouter"
 SERVER_DEPLOYMENT = "OIPServer"
 MULTIPLEX_DEPLOYMENT = "MultiplexedDeployment"
 """Deployment of a multiplexed family of tenant models."""
+CONSUMER_DEPLOYMENT = "JobConsumer"
+"""Deployment of a job target's consumers (in application ``jobs-<target>``)."""
+
+
+def consumer_app(target: str) -> str:
+    """Application name of the job consumers of ``target``."""
+    return f"jobs-{target}"
+
+
+def job_queue(app: AppConfig, target: str) -> QueueSettings | None:
+    """The queue ``target`` takes jobs on, or None when it takes none."""
+    if app.jobs is None or target not in app.jobs.targets:
+        return None
+    return app.jobs.queue_settings(target)
 
 
 def stage_deployment(index: int) -> str:
@@ -124,6 +139,9 @@ class ModelAppArgs(StrictModel):
         default_factory=list,
         description="Pipeline nodes fused into this model's replicas (loaded with it).",
     )
+    jobs: QueueSettings | None = Field(
+        None, description="Where a Prefer: respond-async request is queued; None: not taken."
+    )
 
     @classmethod
     def from_config(cls, app: AppConfig, model: ModelConfig) -> ModelAppArgs:
@@ -138,6 +156,7 @@ class ModelAppArgs(StrictModel):
             runtime=model.runtime,
             hung_forward_s=model.hung_forward_s,
             fused=fused_into(app, model),
+            jobs=job_queue(app, model.name),
         )
 
     @property
@@ -194,7 +213,11 @@ class StagedAppArgs(StrictModel):
     def stage_args(self, index: int) -> ModelAppArgs:
         """Args of stage ``index``'s replicas."""
         return self.model.model_copy(
-            update={"layers": self.stages[index], "torch_threads": self.stage_threads[index]}
+            update={
+                "layers": self.stages[index],
+                "torch_threads": self.stage_threads[index],
+                "jobs": None,  # the staged app's router takes them
+            }
         )
 
 
@@ -228,6 +251,9 @@ class PipelineAppArgs(StrictModel):
             "are called through handles."
         ),
     )
+    jobs: QueueSettings | None = Field(
+        None, description="Where a Prefer: respond-async request is queued; None: not taken."
+    )
 
     @classmethod
     def from_config(cls, app: AppConfig, pipeline: ServedPipelineConfig) -> PipelineAppArgs:
@@ -258,7 +284,10 @@ class PipelineAppArgs(StrictModel):
             pipeline=pipeline,
             models=targets,
             handle_loop=pipeline.handle_loop,
-            host=host,
+            host=(
+                None if host is None else host.model_copy(update={"jobs": None})
+            ),
+            jobs=job_queue(app, pipeline.name),
         )
 
 
@@ -276,6 +305,13 @@ class ServerAppArgs(StrictModel):
         default_factory=dict,
         description="Multiplexed family (app name) -> tenant prefix: where tenants are forwarded.",
     )
+    jobs: list[QueueSettings] = Field(
+        default_factory=list,
+        description="The queues whose jobs /v2/jobs answers for and whose depths it exports.",
+    )
+    jobs_poll_interval_s: float = Field(
+        2.0, gt=0, description="How often the queues' depths are read for the metrics."
+    )
 
     @classmethod
     def from_config(cls, app: AppConfig) -> ServerAppArgs:
@@ -292,6 +328,10 @@ class ServerAppArgs(StrictModel):
                 for p in app.pipelines
             },
             families={m.name: m.multiplex.tenant_prefix for m in app.models if m.multiplex},
+            jobs=(
+                [app.jobs.queue_settings(t) for t in app.jobs.targets] if app.jobs else []
+            ),
+            jobs_poll_interval_s=app.jobs.consumers.poll_interval_s if app.jobs else 2.0,
         )
 
 
@@ -316,8 +356,43 @@ class ServerUserConfig(StrictModel):
         )
 
 
+class ConsumerAppArgs(StrictModel):
+    """Args of one job target's consumers (application ``jobs-<target>``)."""
+
+    kind: Literal["consumer"] = "consumer"
+    queue: QueueSettings
+    app: str = Field(description="The target's Serve application.")
+    deployment: str = Field(description="Its ingress deployment (has ``answer_body``).")
+    max_retries: int = Field(3, ge=0, description="JobsConfig.max_retries.")
+    job_timeout_s: float = Field(120.0, gt=0, description="JobsConfig.job_timeout_s.")
+    ready_timeout_s: float = Field(
+        600.0, gt=0, description="How long a new consumer waits for its target to answer."
+    )
+
+    @classmethod
+    def from_config(cls, app: AppConfig, target: str) -> ConsumerAppArgs:
+        """The consumers of ``target`` (a job target of ``app``)."""
+        assert app.jobs is not None
+        models = {m.name: m for m in app.models}
+        model = models.get(target)
+        return cls(
+            queue=app.jobs.queue_settings(target),
+            app=model.app_name if model is not None else target,
+            deployment=(
+                MODEL_DEPLOYMENT if model is not None and not model.stages else ROUTER_DEPLOYMENT
+            ),
+            max_retries=app.jobs.max_retries,
+            job_timeout_s=app.jobs.job_timeout_s,
+        )
+
+
 AppArgs = Annotated[
-    ModelAppArgs | StagedAppArgs | MultiplexAppArgs | PipelineAppArgs | ServerAppArgs,
+    ModelAppArgs
+    | StagedAppArgs
+    | MultiplexAppArgs
+    | PipelineAppArgs
+    | ServerAppArgs
+    | ConsumerAppArgs,
     Field(discriminator="kind"),
 ]
 APP_ARGS: TypeAdapter[AppArgs] = TypeAdapter(AppArgs)

@@ -8,21 +8,26 @@ from typing import Any
 from serve_app.config import AppConfig, AutoscalingConfig, ModelConfig
 from serve_app.config.pipeline import ServedPipelineConfig
 from serve_app.deploy.app_args import (
+    CONSUMER_DEPLOYMENT,
     MODEL_DEPLOYMENT,
     MULTIPLEX_DEPLOYMENT,
     ROUTER_DEPLOYMENT,
     SERVER_DEPLOYMENT,
+    ConsumerAppArgs,
     ModelAppArgs,
     MultiplexAppArgs,
     PipelineAppArgs,
     ServerAppArgs,
     ServerUserConfig,
     StagedAppArgs,
+    consumer_app,
     stage_deployment,
 )
 from serve_app.deploy.version_policy import version_applications
 
 IMPORT_PATH = "serve_app.app:build_app"
+QUEUE_POLICY = "serve_app.server.job_autoscaling:QueueDepthPolicy"
+"""Import path of the consumers' autoscaling policy (runs in the Serve controller)."""
 MAX_CONSTRUCTOR_RETRIES = 3
 """A model with bad weights fails the same way every time: give up after 3 tries, so the
 application turns DEPLOY_FAILED and requests fail fast instead of waiting for a replica."""
@@ -170,6 +175,47 @@ def server_application(app: AppConfig) -> dict[str, Any]:
     }
 
 
+def consumer_application(app: AppConfig, target: str) -> dict[str, Any]:
+    """One application per job target: its ``JobConsumer``s, no HTTP route, scaled by
+    ``QueueDepthPolicy`` on the queue's depth plus the jobs they hold, from zero."""
+    assert app.jobs is not None
+    scaling = app.jobs.consumers
+    queue = app.jobs.queue_settings(target)
+    return {
+        "name": consumer_app(target),
+        "route_prefix": None,
+        "import_path": IMPORT_PATH,
+        "args": ConsumerAppArgs.from_config(app, target).model_dump(mode="json"),
+        "deployments": [
+            {
+                "name": CONSUMER_DEPLOYMENT,
+                # Celery runs this many jobs at once per replica (its worker threads).
+                "max_ongoing_requests": app.jobs.consumer_concurrency,
+                # It waits on its target; the target's replicas hold the CPUs and GPUs.
+                "ray_actor_options": {"num_cpus": 0},
+                "graceful_shutdown_timeout_s": 30,
+                "autoscaling_config": {
+                    "min_replicas": scaling.min_replicas,
+                    "max_replicas": scaling.max_replicas,
+                    "target_ongoing_requests": scaling.target_jobs_per_consumer,
+                    "upscale_delay_s": scaling.upscale_delay_s,
+                    "downscale_delay_s": scaling.downscale_delay_s,
+                    "metrics_interval_s": min(2.0, scaling.poll_interval_s),
+                    "look_back_period_s": max(4.0, 2 * scaling.poll_interval_s),
+                    "policy": {
+                        "policy_function": QUEUE_POLICY,
+                        "policy_kwargs": {
+                            "broker_url_env": queue.broker_url_env,
+                            "queue_name": queue.queues.jobs,
+                            "poll_interval_s": scaling.poll_interval_s,
+                        },
+                    },
+                },
+            }
+        ],
+    }
+
+
 def render_serve_config(
     app: AppConfig, *, http_host: str | None = None, proxy_location: str = "EveryNode"
 ) -> dict[str, Any]:
@@ -199,5 +245,6 @@ def render_serve_config(
             if m.standalone  # the others run only fused into their hosts' replicas
             for a in version_applications(m, model_application(app, m))
         ]
-        + [pipeline_application(app, p) for p in app.pipelines],
+        + [pipeline_application(app, p) for p in app.pipelines]
+        + [consumer_application(app, t) for t in (app.jobs.targets if app.jobs else [])],
     }

@@ -60,6 +60,7 @@ def version_applications(model: ModelConfig, primary: dict[str, Any]) -> list[di
             side = copy.deepcopy(apps[0])
             side.update(name=name, route_prefix=f"{model.route_prefix}/versions/{version}")
             side["args"]["version"] = version
+            side["args"]["jobs"] = None  # jobs are answered by the target's main route
             apps.append(side)
         return apps
     apps[0]["args"].update(latest_n=policy.latest_n, slot=0)
@@ -67,6 +68,7 @@ def version_applications(model: ModelConfig, primary: dict[str, Any]) -> list[di
         side = copy.deepcopy(apps[0])
         side.update(name=name, route_prefix=f"{model.route_prefix}/versions/{LATEST_SLOT}{slot}")
         side["args"]["slot"] = slot
+        side["args"]["jobs"] = None
         apps.append(side)
     return apps
 
@@ -94,7 +96,7 @@ def canary_applications(model: ModelConfig, primary: dict[str, Any]) -> list[dic
     canary.update(
         name=canary_app, route_prefix=f"{model.route_prefix}/versions/{model.canary.version}"
     )
-    canary["args"].update(version=model.canary.version, served_versions=served)
+    canary["args"].update(version=model.canary.version, served_versions=served, jobs=None)
     return [stable, canary]
 
 

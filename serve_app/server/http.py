@@ -113,9 +113,15 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
     return b"".join(chunks)
 
 
+async def read_request_body(request: Request, http: HttpConfig) -> tuple[bytes, int | None]:
+    """The body of an OIP inference request (within ``http.max_request_bytes``) and its
+    binary header length (``Inference-Header-Content-Length``; None for plain JSON)."""
+    body = await read_body(request, http.max_request_bytes)
+    return body, parse_header_length(request.headers.get(oip.HEADER_LENGTH), len(body))
+
+
 async def read_inference_request(request: Request, http: HttpConfig) -> oip.DecodedRequest:
     """Read and decode an OIP inference request (JSON or binary extension) within the
     body size and the decoder limits of ``http``."""
-    body = await read_body(request, http.max_request_bytes)
-    header_length = parse_header_length(request.headers.get(oip.HEADER_LENGTH), len(body))
+    body, header_length = await read_request_body(request, http)
     return oip.decode_request(body, header_length, http.limits)

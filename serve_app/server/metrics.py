@@ -59,6 +59,13 @@ FAMILIES: dict[str, tuple[str, str]] = {
         "histogram", "A pipeline model node's call, from the router's call to its answer."),
     "serve_app_pipeline_node_calls": (
         "counter", "A pipeline's model node calls by outcome (ok, failed, timeout, ...)."),
+    "serve_app_jobs": (
+        "counter", "Job deliveries by outcome (succeeded, failed, retried, dead_lettered, "
+        "unprocessable, skipped)."),
+    "serve_app_job_latency_ms": (
+        "histogram", "A job's time from submission to its stored answer."),
+    "serve_app_job_queue_depth": (
+        "gauge", "Messages waiting in a target's queues (jobs, failed, unprocessable)."),
 }  # fmt: skip
 
 

@@ -31,7 +31,8 @@ from serve_app.server.batching import flatten_rows, split_rows
 from serve_app.server.canary import CanaryForwarder
 from serve_app.server.fused_nodes import FusedNodes
 from serve_app.server.grpc_methods import GrpcModelMethods
-from serve_app.server.http import error_response, json_response, read_inference_request
+from serve_app.server.http import error_response, json_response, read_request_body
+from serve_app.server.job_submit import JobSubmitter, response_parts, wants_async
 from serve_app.server.metrics import ModelMetricsSink, RayModelMetrics, device_memory_bytes
 from serve_app.server.routes import match
 from serve_app.server.runtime import AdapterLoader, ModelRuntime
@@ -143,6 +144,9 @@ class ModelDeployment(GrpcModelMethods):
         self.version = str(self.runtime.version.version)
         self.route_prefix = model_route_prefix(self.args.name)
         self.canary: CanaryForwarder | None = None  # set by reconfigure (user_config)
+        self.jobs = None if self.args.jobs is None else JobSubmitter(
+            self.args.jobs, self.args.http.retry_after_s
+        )
         self._served_versions: list[int] | None = None
         self.metrics = metrics or RayModelMetrics(self.args.name, self.version)
         manifest = self.runtime.version.manifest
@@ -304,9 +308,19 @@ class ModelDeployment(GrpcModelMethods):
 
     async def _infer(self, request: Request) -> Response:
         start_s = time.perf_counter()
+        try:
+            body, header_length = await read_request_body(request, self.args.http)
+        except Exception as e:
+            response = error_response(e, self.args.http.retry_after_s)
+            self.metrics.observe_request(response.status_code, time.perf_counter() - start_s, None)
+            return response
+        return await self._answer(body, header_length, start_s)
+
+    async def _answer(self, body: bytes, header_length: int | None, start_s: float) -> Response:
+        """The answer to an OIP request body: the route's, and a job consumer's."""
         rows: list[Any] | None = None
         try:
-            decoded = await read_inference_request(request, self.args.http)
+            decoded = oip.decode_request(body, header_length, self.args.http.limits)
             rows = await self._prepare(decoded.inputs)
             outputs = await self.infer_rows(rows)
             payload, headers = oip.encode_response(self.args.name, self.version, decoded, outputs)
@@ -316,6 +330,26 @@ class ModelDeployment(GrpcModelMethods):
         n_rows = None if rows is None else len(rows)
         self.metrics.observe_request(response.status_code, time.perf_counter() - start_s, n_rows)
         return response
+
+    async def answer_body(
+        self, body: bytes, header_length: int | None, version: str | None = None
+    ) -> tuple[int, dict[str, str], bytes]:
+        """Handle entry of job consumers: what ``POST .../infer`` answers to ``body``, as
+        ``(status, headers, payload)``."""
+        start_s = time.perf_counter()
+        try:
+            self._check_version(version)
+        except Exception as e:
+            return response_parts(error_response(e, self.args.http.retry_after_s))
+        return response_parts(await self._answer(body, header_length, start_s))
+
+    async def _submit_job(self, request: Request, version: str | None) -> Response:
+        """``Prefer: respond-async``: check the request as ``_answer`` would, then queue it."""
+        assert self.jobs is not None
+        body, header_length = await read_request_body(request, self.args.http)
+        decoded = oip.decode_request(body, header_length, self.args.http.limits)
+        await self._prepare(decoded.inputs)
+        return await self.jobs.submit(body, header_length, version)
 
     def metadata(self) -> dict[str, Any]:
         """OIP model metadata."""
@@ -354,6 +388,8 @@ class ModelDeployment(GrpcModelMethods):
             route = match(request.method, request.url.path, self.route_prefix)
             self._check_version(route.version)
             if route.action == "infer":
+                if self.jobs is not None and wants_async(request):
+                    return await self._submit_job(request, route.version)
                 if route.version is None and self.canary is not None and self.canary.due():
                     return await self.canary.forward(self.args.name, request)
                 return await self._infer(request)

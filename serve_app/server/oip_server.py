@@ -20,6 +20,7 @@ from serve_app.errors import ModelNotFound, ServiceUnavailable
 from serve_app.server.controller_view import ControllerView
 from serve_app.server.grpc_server_methods import GrpcServerMethods
 from serve_app.server.http import install_error_handlers
+from serve_app.server.job_routes import JobRoutes, QueueDepthReporter
 from serve_app.server.tenant_forward import TenantForwarder
 
 server_api = FastAPI(title="serve_app", docs_url=None, redoc_url=None, openapi_url=None)
@@ -91,6 +92,13 @@ class OIPServer(GrpcServerMethods):
             lambda: read(self._names()), STATUS_PERIOD_S, STATUS_TIMEOUT_S
         )
         self._tenants = TenantForwarder(self.args.families, self.args.http)
+        self._jobs = JobRoutes(self.args.jobs, self.args.http.retry_after_s)
+        if self.args.jobs and state_reader is None:  # a test passes its own state reader
+            from serve_app.server.job_metrics import RayQueueMetrics
+
+            QueueDepthReporter(
+                self.args.jobs, self.args.jobs_poll_interval_s, RayQueueMetrics().set_depth
+            ).start()
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Apply the served versions' applications without a restart."""
@@ -159,6 +167,18 @@ class OIPServer(GrpcServerMethods):
             for p, needs in self.args.pipelines.items()
         ]
         return {"models": models + pipelines}
+
+    @server_api.get("/v2/jobs/{job_id}")
+    async def job_status(self, job_id: str) -> Response:
+        return await self._jobs.status(job_id)
+
+    @server_api.get("/v2/jobs/{job_id}/response")
+    async def job_answer(self, job_id: str) -> Response:
+        return await self._jobs.answer(job_id)
+
+    @server_api.delete("/v2/jobs/{job_id}")
+    async def job_cancel(self, job_id: str) -> Response:
+        return await self._jobs.cancel(job_id)
 
     @server_api.api_route("/v2/models/{name}", methods=["GET", "POST"])
     @server_api.api_route("/v2/models/{name}/{rest:path}", methods=["GET", "POST"])

@@ -38,7 +38,8 @@ from serve_app.repository.loader import ModelRepository
 from serve_app.schema_base import model_route_prefix
 from serve_app.server.coalesce import NodeCoalescer
 from serve_app.server.grpc_methods import GrpcPipelineMethods
-from serve_app.server.http import error_response, json_response, read_inference_request
+from serve_app.server.http import error_response, json_response, read_request_body
+from serve_app.server.job_submit import JobSubmitter, response_parts, wants_async
 from serve_app.server.metrics import RayModelMetrics, RayNodeMetrics
 from serve_app.server.node_status import NodeStatus
 from serve_app.server.routes import match
@@ -172,6 +173,8 @@ class PipelineRouter(GrpcPipelineMethods):
         else:
             raise TypeError(f"PipelineRouter cannot serve args of kind {parsed.kind!r}")
         self.route_prefix = model_route_prefix(self.pipeline.name)
+        queue = parsed.jobs if isinstance(parsed, PipelineAppArgs) else parsed.model.jobs
+        self.jobs = None if queue is None else JobSubmitter(queue, self.http.retry_after_s)
         backend: LocalBackend | HandleBackend = (
             LocalBackend(self.host)
             if self.host is not None
@@ -307,14 +310,15 @@ class PipelineRouter(GrpcPipelineMethods):
     async def _infer(self, request: Request) -> Response:
         start_s = time.perf_counter()
         try:
-            response = await self._answer(request)
+            body, header_length = await read_request_body(request, self.http)
+            response = await self._answer(body, header_length)
         except Exception as e:
             response = error_response(e, self.http.retry_after_s)
         self.metrics.observe_request(response.status_code, time.perf_counter() - start_s, None)
         return response
 
-    async def _answer(self, request: Request) -> Response:
-        decoded = await read_inference_request(request, self.http)
+    async def _answer(self, body: bytes, header_length: int | None) -> Response:
+        decoded = oip.decode_request(body, header_length, self.http.limits)
         result = await self.executor.run(
             decoded.inputs, decoded.parameters, self.node_status.unserving()
         )
@@ -325,16 +329,42 @@ class PipelineRouter(GrpcPipelineMethods):
         )
         return Response(payload, headers=headers)
 
+    async def answer_body(
+        self, body: bytes, header_length: int | None, version: str | None = None
+    ) -> tuple[int, dict[str, str], bytes]:
+        """Handle entry of job consumers: what ``POST .../infer`` answers to ``body``, as
+        ``(status, headers, payload)``."""
+        start_s = time.perf_counter()
+        try:
+            self._check_version(version)
+            response = await self._answer(body, header_length)
+        except Exception as e:
+            response = error_response(e, self.http.retry_after_s)
+        self.metrics.observe_request(response.status_code, time.perf_counter() - start_s, None)
+        return response_parts(response)
+
+    def _check_version(self, version: str | None) -> None:
+        if version is not None and version != self.version:
+            raise ModelNotFound(
+                f"{self.pipeline.name!r} version {version} not found "
+                f"(serving version {self.version})"
+            )
+
+    async def _submit_job(self, request: Request, version: str | None) -> Response:
+        """``Prefer: respond-async``: check the request's encoding, then queue it."""
+        assert self.jobs is not None
+        body, header_length = await read_request_body(request, self.http)
+        oip.decode_request(body, header_length, self.http.limits)
+        return await self.jobs.submit(body, header_length, version)
+
     async def __call__(self, request: Request) -> Response:
         """HTTP entry point: ``/v2/models/<name>[/versions/<v>][/ready|/infer]``."""
         try:
             route = match(request.method, request.url.path, self.route_prefix)
-            if route.version is not None and route.version != self.version:
-                raise ModelNotFound(
-                    f"{self.pipeline.name!r} version {route.version} not found "
-                    f"(serving version {self.version})"
-                )
+            self._check_version(route.version)
             if route.action == "infer":
+                if self.jobs is not None and wants_async(request):
+                    return await self._submit_job(request, route.version)
                 return await self._infer(request)
             if route.action == "ready":
                 await self._check_nodes_ready()
