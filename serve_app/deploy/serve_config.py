@@ -27,6 +27,7 @@ from serve_app.deploy.version_policy import version_applications
 
 IMPORT_PATH = "serve_app.app:build_app"
 QUEUE_POLICY = "serve_app.server.job_autoscaling:QueueDepthPolicy"
+CONSUMER_DRAIN_ENV = "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"
 """Import path of the consumers' autoscaling policy (runs in the Serve controller)."""
 MAX_CONSTRUCTOR_RETRIES = 3
 """A model with bad weights fails the same way every time: give up after 3 tries, so the
@@ -191,8 +192,15 @@ def consumer_application(app: AppConfig, target: str) -> dict[str, Any]:
                 "name": CONSUMER_DEPLOYMENT,
                 # Celery runs this many jobs at once per replica (its worker threads).
                 "max_ongoing_requests": app.jobs.consumer_concurrency,
-                # It waits on its target; the target's replicas hold the CPUs and GPUs.
-                "ray_actor_options": {"num_cpus": 0},
+                "ray_actor_options": {
+                    # It waits on its target; the target's replicas hold the CPUs and GPUs.
+                    "num_cpus": 0,
+                    # A stopping replica keeps consuming until Serve calls its destructor,
+                    # which with the HAProxy ingress comes only after Ray's 30 s minimum
+                    # drain for HTTP replicas: jobs taken meanwhile would be cut off and
+                    # wait for redelivery. A consumer has no HTTP route to drain.
+                    "runtime_env": {"env_vars": {CONSUMER_DRAIN_ENV: "0"}},
+                },
                 "graceful_shutdown_timeout_s": 30,
                 "autoscaling_config": {
                     "min_replicas": scaling.min_replicas,
@@ -208,6 +216,7 @@ def consumer_application(app: AppConfig, target: str) -> dict[str, Any]:
                             "broker_url_env": queue.broker_url_env,
                             "queue_name": queue.queues.jobs,
                             "poll_interval_s": scaling.poll_interval_s,
+                            "redelivery_after_s": app.jobs.redelivery_after_s,
                         },
                     },
                 },

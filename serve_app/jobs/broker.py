@@ -10,6 +10,7 @@ RabbitMQ (``amqp://``) works as the broker with Redis for the records.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -91,6 +92,10 @@ def celery_settings(
     if redis:
         transport = {
             "visibility_timeout": redelivery_after_s,
+            # A running consumer sweeps for overdue messages this often (kombu's default
+            # is 10 s x a throttle of 10: 100 s late on top of the timeout).
+            "unacked_restore_interval": max(1, min(10, redelivery_after_s // 4)),
+            "unacked_restore_throttle": 1,
             "socket_connect_timeout": CONNECT_TIMEOUT_S,
             "socket_timeout": 30,
         }
@@ -113,12 +118,16 @@ def celery_settings(
     }
 
 
-def redis_client(url: str) -> Any:
-    """A Redis client for ``url`` with short connect timeouts (redis-py)."""
+def redis_client(url: str, timeout_s: float = 10.0) -> Any:
+    """A Redis client for ``url`` (redis-py): connects within ``CONNECT_TIMEOUT_S``,
+    each command within ``timeout_s``."""
     import redis
 
     return redis.Redis.from_url(
-        url, socket_connect_timeout=CONNECT_TIMEOUT_S, socket_timeout=10, health_check_interval=30
+        url,
+        socket_connect_timeout=min(CONNECT_TIMEOUT_S, timeout_s),
+        socket_timeout=timeout_s,
+        health_check_interval=30,
     )
 
 
@@ -185,6 +194,18 @@ class JobPublisher:
     def close(self) -> None:
         """Release the broker connections."""
         self._app.close()
+
+
+UNACKED_INDEX_KEY = "unacked_index"
+"""kombu's Redis sorted set of delivered, unacknowledged messages (score: delivery time)."""
+
+
+def overdue_unacked(client: Any, redelivery_after_s: float) -> int:
+    """Messages delivered more than ``redelivery_after_s`` ago and never acknowledged
+    (their consumer died): a running consumer puts them back on their queues, so their
+    count must wake one when none runs. Redis brokers only (one count per database)."""
+    ceiling_s = time.time() - redelivery_after_s
+    return int(client.zcount(UNACKED_INDEX_KEY, 0, f"({ceiling_s}"))
 
 
 def queue_depths(broker_url: str, queues: list[str]) -> dict[str, int]:

@@ -157,6 +157,37 @@ def drain_budget_s(config: dict[str, Any], ingress: str) -> float:
     return longest_s + DRAIN_MARGIN_S
 
 
+DEMO_BROKER_DIR = Path.home() / ".cache" / "serve-app" / "redis"
+"""Where the demo's embedded Redis keeps its append-only file (jobs survive a restart)."""
+
+
+def start_demo_broker(app: Any, data_dir: Path = DEMO_BROKER_DIR) -> Any:
+    """Start the embedded Redis for ``app.jobs`` unless its broker variable is set
+    (then that broker is used); sets the variable for Ray's processes. Returns the
+    server to stop, or None."""
+    if app.jobs is None or os.environ.get(app.jobs.broker_url_env):
+        return None
+    from serve_app.local.broker import EmbeddedRedis
+
+    broker = EmbeddedRedis(data_dir)
+    os.environ[app.jobs.broker_url_env] = broker.start()
+    print(
+        f"jobs: embedded Redis on 127.0.0.1:{broker.port} (data in {data_dir}; "
+        f"{app.jobs.broker_url_env} set for Ray)",
+        flush=True,
+    )
+    return broker
+
+
+def example_job_curl(base_url: str, target: str) -> str:
+    """A copy-pasteable asynchronous request: 202 and a Location to poll."""
+    body = '{"inputs":[{"name":"text","datatype":"BYTES","shape":[1],"data":["hello"]}]}'
+    return (
+        f"curl -si -H 'Prefer: respond-async' -H 'Content-Type: application/json' "
+        f"-d '{body}' {base_url}/v2/models/{target}/infer | grep -i location"
+    )
+
+
 def _ignore_interrupts() -> None:
     """A second Ctrl-C must not cut the cleanup short (it is bounded anyway)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -216,6 +247,7 @@ def run_demo(
         stopping = True
         raise KeyboardInterrupt
 
+    broker = start_demo_broker(app)  # before Ray: its processes inherit the URL
     local.start_ray(http=app.http, server_app=app.server_name, **(ray_options or {}))
     # After ray.init, which installs its own handlers. SIGINT explicitly too: a process
     # started in the background by a shell inherits SIGINT ignored.
@@ -239,6 +271,9 @@ def run_demo(
         print(f"  embed:   {example_curl(base)}", flush=True)
         if app.pipelines:
             print(f"  triage:  {example_pipeline_curl(base)}", flush=True)
+        if app.jobs is not None:
+            print(f"  job:     {example_job_curl(base, app.jobs.targets[0])}", flush=True)
+            print(f"           curl -s {base}/v2/jobs/<id>   (status; /response: the answer)")
         print(f"  {local.auth_hint()}", flush=True)
         print("Ctrl-C to stop.", flush=True)
         while True:
@@ -256,4 +291,6 @@ def run_demo(
         print(f"draining: requests in flight finish (up to {drain_s:.0f} s)", flush=True)
         t_stop = time.monotonic()
         local.stop_ray(drain_s=drain_s, server_app=app.server_name)
+        if broker is not None:
+            broker.stop()
         print(f"stopped in {time.monotonic() - t_stop:.1f} s; no Ray processes left.", flush=True)

@@ -7,8 +7,8 @@ the queues' depths for the metrics.
 - ``GET /v2/jobs/<id>/response``: the answer exactly as the synchronous route gave it
   (status, content type, binary header length, body); ``202`` with the status document
   and ``Retry-After`` while the job is not done; ``409`` for a cancelled job.
-- ``DELETE /v2/jobs/<id>``: cancel a queued job (``200``); ``409`` once it runs or
-  ended; ``404`` for an unknown or expired one.
+- ``DELETE /v2/jobs/<id>``: cancel a queued job (``200``, also when it already was);
+  ``409`` once it runs or ended otherwise; ``404`` for an unknown or expired one.
 """
 
 from __future__ import annotations

@@ -46,6 +46,8 @@ TENANTS = "tenants"
 """A multiplexed family (tests/integration/test_multiplexing.py): tenant-0000..0003 in the
 repository, tenant-0003 corrupt, two tenants per replica."""
 TENANT_COUNT = 4
+BROKER_ENV = "SERVE_APP_TEST_BROKER_URL"
+"""Where the session's embedded Redis URL is (set before Ray starts)."""
 
 
 def session_pipelines() -> list[dict[str, Any]]:
@@ -208,6 +210,25 @@ def make_app_config(root: Path, port: int, mlp_batching: dict[str, Any] | None =
                 },
             ],
             "pipelines": session_pipelines(),
+            # tests/integration/test_jobs.py: short delays so a test sees consumers wake,
+            # redeliver and go back to zero within seconds.
+            "jobs": {
+                # needs-broken answers 503 (its required model never starts): its jobs
+                # are retried, then dead-lettered.
+                "targets": ["minilm", "chain", "needs-broken"],
+                "broker_url_env": BROKER_ENV,
+                "max_retries": 1,
+                "redelivery_after_s": 4,
+                "job_timeout_s": 30,
+                "consumer_concurrency": 8,
+                "consumers": {
+                    "max_replicas": 2,
+                    "target_jobs_per_consumer": 8,
+                    "poll_interval_s": 0.5,
+                    "upscale_delay_s": 0,
+                    "downscale_delay_s": 4,
+                },
+            },
         }
     )
 
@@ -226,6 +247,9 @@ READY_APPS = [
     INLINE,
     OVERLOADED,
     TENANTS,
+    "jobs-minilm",
+    "jobs-chain",
+    "jobs-needs-broken",
 ]
 """Applications a test may rely on (broken, gpu-mlp and mistyped never all become RUNNING)."""
 EXPECTED_STATES = {BROKEN: "DEPLOY_FAILED", MISTYPED: "DEPLOY_FAILED", GPU_MODEL: "DEPLOYING"}
@@ -277,14 +301,18 @@ class SessionServe:
     Each deploy sends the whole set deployed so far (Serve's config is declarative);
     applications whose config is unchanged keep their replicas."""
 
-    def __init__(self, app: AppConfig, url: str) -> None:
+    def __init__(self, app: AppConfig, url: str, broker: Any = None) -> None:
         self.app = app
         self.url = url
+        self.broker = broker
+        """The session's embedded Redis (``serve_app.local.broker.EmbeddedRedis``)."""
         self.deployed: list[str] = []
 
     def closure(self, names: list[str]) -> set[str]:
-        """``names`` with the server application and the models their pipelines call."""
+        """``names`` with the server application, the models their pipelines call and
+        the targets of the job consumers among them."""
         wanted = {self.app.server_name, *names}
+        wanted |= {n.removeprefix("jobs-") for n in names if n.startswith("jobs-")}
         for p in self.app.pipelines:
             if p.name in wanted:
                 wanted |= {str(n.model) for n in p.nodes if getattr(n, "model", None)}
@@ -352,12 +380,20 @@ METRICS_PORT = free_port()
 
 
 @pytest.fixture(scope="session")
-def session_serve(model_root: Path) -> Iterator[SessionServe]:
+def session_serve(
+    model_root: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[SessionServe]:
     """Start Ray (4 logical CPUs, 1 logical GPU, metrics on ``METRICS_PORT``) and the
     server application; modules deploy what they use through ``serve_app_url``."""
     from serve_app.local import cluster as local
 
     local.prepare_environment({"SERVE_APP_LOG_TO_DRIVER": "0"})
+    from serve_app.local.broker import EmbeddedRedis
+
+    # The jobs' broker, before Ray: the controller (autoscaling) and the replicas read
+    # its URL from the environment they inherit.
+    broker = EmbeddedRedis(tmp_path_factory.mktemp("redis"))
+    os.environ[BROKER_ENV] = broker.start()
     port = free_port()
     app = make_app_config(model_root, port)
     # The demo's ingress (HAProxy by default), set before Ray starts.
@@ -376,11 +412,13 @@ def session_serve(model_root: Path) -> Iterator[SessionServe]:
         _system_config={"metrics_report_interval_ms": local.METRICS_REPORT_INTERVAL_MS},
     )
     try:
-        session = SessionServe(app, f"http://127.0.0.1:{port}")
+        session = SessionServe(app, f"http://127.0.0.1:{port}", broker)
         session.require([])
         yield session
     finally:
         local.stop_ray(timeout_s=20)
+        broker.stop()
+        os.environ.pop(BROKER_ENV, None)
         for key in ingress_env:  # later subprocess tests choose their own ingress
             os.environ.pop(key, None)
 
