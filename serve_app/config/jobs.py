@@ -60,6 +60,14 @@ class JobsConfig(StrictModel):
             "broker's (which must then be Redis)."
         ),
     )
+    rabbitmq_management_url_env: str | None = Field(
+        None,
+        description=(
+            "RabbitMQ only: environment variable holding the management API URL "
+            "(http://user:pass@host:15672/api/) the autoscaling policy reads queue depths "
+            "from; None derives it from the broker URL."
+        ),
+    )
     queue_prefix: str = Field(
         "serve-app", description="Queue names are <prefix>.<target>[.failed|.unprocessable]."
     )

@@ -217,6 +217,7 @@ def consumer_application(app: AppConfig, target: str) -> dict[str, Any]:
                             "queue_name": queue.queues.jobs,
                             "poll_interval_s": scaling.poll_interval_s,
                             "redelivery_after_s": app.jobs.redelivery_after_s,
+                            "rabbitmq_management_url_env": app.jobs.rabbitmq_management_url_env,
                         },
                     },
                 },

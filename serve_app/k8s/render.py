@@ -39,6 +39,9 @@ MODELS_CONFIGMAP = "serve-app-models"
 GRPC_COMPONENT_PORT = 9000
 """gRPC port of kuberay/components/grpc (a Service of its own: KubeRay's serve Service
 carries only the port named ``serve``)."""
+JOBS_BROKER_ENV = "SERVE_APP_BROKER_URL"
+"""The variable kuberay/components/jobs-redis and jobs-external-broker fill, in every Ray
+container, from the Secret ``serve-app-broker`` (key ``url``)."""
 
 _HEAD = "/spec/rayClusterConfig/headGroupSpec"
 _WORKER = "/spec/rayClusterConfig/workerGroupSpecs/0"
@@ -64,6 +67,11 @@ def check_cluster_app(app: AppConfig, profile: ClusterProfile) -> None:
         raise ValueError(
             f"grpc.port must be {GRPC_COMPONENT_PORT} in a cluster config (the port of "
             "kuberay/components/grpc's Service and NetworkPolicy)"
+        )
+    if app.jobs is not None and app.jobs.broker_url_env != JOBS_BROKER_ENV:
+        raise ValueError(
+            f"jobs.broker_url_env must be {JOBS_BROKER_ENV} in a cluster config (the variable "
+            "kuberay/components/jobs-redis and jobs-external-broker set from a Secret)"
         )
     over = {
         k: v for k, v in graceful_shutdown_s(app).items() if v > profile.max_graceful_shutdown_s

