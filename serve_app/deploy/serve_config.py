@@ -27,8 +27,9 @@ from serve_app.deploy.version_policy import version_applications
 
 IMPORT_PATH = "serve_app.app:build_app"
 QUEUE_POLICY = "serve_app.server.job_autoscaling:QueueDepthPolicy"
-CONSUMER_DRAIN_ENV = "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"
 """Import path of the consumers' autoscaling policy (runs in the Serve controller)."""
+CONSUMER_DRAIN_ENV = "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"
+"""Set to 0 for consumers: Ray's minimum drain of HTTP replicas behind HAProxy."""
 MAX_CONSTRUCTOR_RETRIES = 3
 """A model with bad weights fails the same way every time: give up after 3 tries, so the
 application turns DEPLOY_FAILED and requests fail fast instead of waiting for a replica."""
@@ -208,7 +209,6 @@ def consumer_application(app: AppConfig, target: str) -> dict[str, Any]:
                     "target_ongoing_requests": scaling.target_jobs_per_consumer,
                     "upscale_delay_s": scaling.upscale_delay_s,
                     "downscale_delay_s": scaling.downscale_delay_s,
-                    "metrics_interval_s": min(2.0, scaling.poll_interval_s),
                     "look_back_period_s": max(4.0, 2 * scaling.poll_interval_s),
                     "policy": {
                         "policy_function": QUEUE_POLICY,

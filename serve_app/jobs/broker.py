@@ -9,13 +9,14 @@ RabbitMQ (``amqp://``) works as the broker with Redis for the records.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from serve_app.errors import ServiceUnavailable
+from serve_app.errors import ServeAppError, ServiceUnavailable
 from serve_app.jobs.message import TASK_NAME, JobMessage
 from serve_app.jobs.store import JobStore
 
@@ -25,6 +26,12 @@ CONNECT_TIMEOUT_S = 2.0
 
 class BrokerUnavailable(ServiceUnavailable):
     """The broker or the record store did not take the job (HTTP 503, Retry-After)."""
+
+
+class JobExists(ServeAppError):
+    """A job with the id a producer chose exists already (HTTP 409)."""
+
+    status_code = 409
 
 
 def resolve_url(env_name: str, what: str = "broker") -> str:
@@ -158,11 +165,12 @@ class JobPublisher:
         Raises:
             BrokerUnavailable: the store or the broker did not take it (nothing is left
                 queued: the client may retry).
+            JobExists: a job with this id exists (a producer chose the id).
         """
         try:
             if not self.store.create(message.job_id, message.target, message.submitted_at_s):
-                raise BrokerUnavailable(f"job id {message.job_id} exists", self.retry_after_s)
-        except BrokerUnavailable:
+                raise JobExists(f"job id {message.job_id} exists")
+        except JobExists:
             raise
         except Exception as e:
             raise BrokerUnavailable(
@@ -198,14 +206,31 @@ class JobPublisher:
 
 UNACKED_INDEX_KEY = "unacked_index"
 """kombu's Redis sorted set of delivered, unacknowledged messages (score: delivery time)."""
+UNACKED_KEY = "unacked"
+"""kombu's Redis hash of those messages: tag -> JSON ``[message, exchange, routing_key]``."""
+OVERDUE_SCAN_LIMIT = 1000
 
 
-def overdue_unacked(client: Any, redelivery_after_s: float) -> int:
-    """Messages delivered more than ``redelivery_after_s`` ago and never acknowledged
-    (their consumer died): a running consumer puts them back on their queues, so their
-    count must wake one when none runs. Redis brokers only (one count per database)."""
-    ceiling_s = time.time() - redelivery_after_s
-    return int(client.zcount(UNACKED_INDEX_KEY, 0, f"({ceiling_s}"))
+def overdue_unacked(client: Any, redelivery_after_s: float, queue: str | None = None) -> int:
+    """Messages of ``queue`` (None: any) delivered more than ``redelivery_after_s`` ago
+    and never acknowledged (their consumer died): a running consumer puts them back on
+    their queues, so their count must wake one when none runs. Redis brokers only.
+
+    Cheap when there are none (one ``ZCOUNT``); otherwise reads the overdue messages'
+    routing keys (at most ``OVERDUE_SCAN_LIMIT``), so one target's dead consumer does not
+    wake every target's consumers."""
+    ceiling = f"({time.time() - redelivery_after_s}"
+    if queue is None or not client.zcount(UNACKED_INDEX_KEY, 0, ceiling):
+        return int(client.zcount(UNACKED_INDEX_KEY, 0, ceiling)) if queue is None else 0
+    tags = client.zrangebyscore(UNACKED_INDEX_KEY, 0, ceiling, start=0, num=OVERDUE_SCAN_LIMIT)
+    count = 0
+    for raw in client.hmget(UNACKED_KEY, tags) if tags else []:
+        try:
+            if raw is not None and json.loads(raw)[2] == queue:
+                count += 1
+        except (ValueError, IndexError, TypeError):
+            continue
+    return count
 
 
 def queue_depths(broker_url: str, queues: list[str]) -> dict[str, int]:

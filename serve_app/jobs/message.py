@@ -108,10 +108,13 @@ def parse_message(args: tuple[Any, ...], kwargs: dict[str, Any]) -> JobMessage:
         raise ValueError(f"a job takes keyword arguments only, got {len(args)} positional")
     try:
         message = JobMessage.model_validate(kwargs)
-        message.body()  # base64 that does not decode is refused here, not at inference
-        return message
-    except (ValidationError, ValueError, orjson.JSONDecodeError) as e:
+    except (ValidationError, ValueError) as e:
         raise ValueError(f"not a job message: {_short(e)}") from None
+    try:
+        message.body()  # base64 that does not decode is refused here, not at inference
+    except (ValueError, orjson.JSONDecodeError) as e:
+        raise ValueError(f"not a job message: body_b64: {e}") from None
+    return message
 
 
 def _short(e: Exception) -> str:

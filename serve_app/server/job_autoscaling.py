@@ -75,7 +75,7 @@ class QueueDepthPolicy(AsyncInferenceAutoscalingPolicy):
             if self._redis is None:
                 # short: this runs on the controller's loop
                 self._redis = redis_client(self._broker_url, timeout_s=1.0)
-            self._overdue = overdue_unacked(self._redis, self._redelivery_after_s)
+            self._overdue = overdue_unacked(self._redis, self._redelivery_after_s, self._queue_name)
         except Exception as e:
             logger.warning("queue %s: overdue messages unknown: %s", self._queue_name, e)
 

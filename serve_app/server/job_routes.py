@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 from starlette.responses import Response
 
-from serve_app.errors import ModelNotFound, ServeAppError
+from serve_app.errors import ModelNotFound, ServeAppError, ServiceUnavailable
 from serve_app.jobs.broker import BrokerUnavailable, queue_depths, redacted
 from serve_app.jobs.message import JOB_ID_PATTERN
 from serve_app.jobs.settings import QueueSettings
@@ -69,6 +69,8 @@ class JobRoutes:
 
         try:
             return await asyncio.to_thread(run)
+        except ServiceUnavailable as e:  # e.g. the store's variable unset: our Retry-After
+            raise BrokerUnavailable(e.message, self._retry_after_s) from e
         except ServeAppError:
             raise
         except Exception as e:  # the store is down: say so, with when to retry

@@ -34,7 +34,7 @@ def builder() -> ModuleType:
 def dashboard_metrics() -> set[str]:
     """Every ``ray_*`` series name in the committed dashboard's queries."""
     data = json.loads(DASHBOARD.read_text())
-    exprs = [t["expr"] for p in data["panels"] for t in p["targets"]]
+    exprs = [t["expr"] for p in data["panels"] for t in p.get("targets", [])]
     exprs.append(data["templating"]["list"][1]["definition"])
     return {m for e in exprs for m in METRIC.findall(e)}
 
@@ -66,8 +66,14 @@ def test_monitoring_component_ships_the_dashboard_to_grafana(tmp_path: Path) -> 
 def test_panels_are_well_formed() -> None:
     data = json.loads(builder().render())
     ids = [p["id"] for p in data["panels"]]
-    assert len(ids) == len(set(ids)) == 12
+    assert len(ids) == len(set(ids)) == 17
+    rows = [p for p in data["panels"] if p["type"] == "row"]
+    assert [(r["title"], r["gridPos"]) for r in rows] == [
+        ("Jobs", {"x": 0, "y": 48, "w": 24, "h": 1})
+    ]
     for p in data["panels"]:
+        if p["type"] == "row":
+            continue
         assert p["targets"] and all(t["expr"] and t["refId"] for t in p["targets"])
         assert p["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
         assert p["gridPos"]["x"] + p["gridPos"]["w"] <= 24
@@ -92,3 +98,26 @@ def test_every_query_names_a_metric_we_export_or_ray_defines() -> None:
 def test_the_check_catches_a_misspelled_metric() -> None:
     assert not ray_defines("ray_serve_deployment_replica_healty")
     assert "ray_serve_app_request_latency_seconds_bucket" not in EXPORTED
+
+
+def test_jobs_row_queries_the_job_families_and_the_consumer_applications() -> None:
+    data = json.loads(DASHBOARD.read_text())
+    start = next(i for i, p in enumerate(data["panels"]) if p["title"] == "Jobs")
+    queues, outcomes, latency, consumers = (
+        [t["expr"] for t in p["targets"]] for p in data["panels"][start + 1 :]
+    )
+    assert queues == ['max by (model, queue) (ray_serve_app_job_queue_depth{model=~"$model"})']
+    assert outcomes == [
+        "sum by (model, outcome) "
+        '(rate(ray_serve_app_jobs_total{model=~"$model"}[$__rate_interval]))'
+    ]
+    assert latency == [
+        f"histogram_quantile({q}, sum by (model, le) "
+        '(rate(ray_serve_app_job_latency_ms_bucket{model=~"$model"}[$__rate_interval])))'
+        for q in (0.5, 0.99)
+    ]
+    apps = '{application=~"jobs-($model)"}'
+    assert consumers == [
+        f"sum by (application) (ray_serve_deployment_replica_healthy{apps})",
+        f"max by (application) (ray_serve_autoscaling_target_replicas{apps})",
+    ]

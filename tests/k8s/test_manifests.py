@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from serve_app.config import load_app_config
-from serve_app.deploy.app_args import ModelAppArgs, ServerAppArgs
+from serve_app.deploy.app_args import APP_ARGS, ModelAppArgs
 from serve_app.k8s.profiles import PROFILES, ClusterProfile
 from serve_app.k8s.render import PROXY_LOCATION, serve_config_text
 from tests.k8s import crd_schema as crds
@@ -32,6 +32,8 @@ CORE_MODELS = {
     "PersistentVolumeClaim": "V1PersistentVolumeClaim",
     "Job": "V1Job",
     "NetworkPolicy": "V1NetworkPolicy",
+    "Service": "V1Service",  # the opt-in components'
+    "StatefulSet": "V1StatefulSet",
 }
 
 
@@ -180,12 +182,12 @@ def test_serve_config_v2_is_the_rendered_app_config(overlay: str) -> None:
     assert config["http_options"]["host"] == "0.0.0.0"
     kinds = []
     for application in config["applications"]:
-        args_model = ModelAppArgs if application["args"]["kind"] == "model" else ServerAppArgs
-        args = args_model.model_validate(application["args"])
+        args = APP_ARGS.validate_python(application["args"])
         kinds.append(args.kind)
         if isinstance(args, ModelAppArgs):
             assert args.repository.root == "/mnt/models"
-    assert kinds == ["server"] + ["model"] * len(app.models)
+    targets = app.jobs.targets if app.jobs else []
+    assert kinds == ["server"] + ["model"] * len(app.models) + ["consumer"] * len(targets)
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

@@ -173,7 +173,8 @@ def test_head_prestop_timing(overlay: str) -> None:
         if not d.get("ray_actor_options", {}).get("num_cpus")
         and not d.get("ray_actor_options", {}).get("num_gpus")
     ]
-    assert [d["name"] for d in on_head] == ["OIPServer"]
+    # The OIP server and the job consumers (0 CPUs: they wait on their target's replicas).
+    assert [d["name"] for d in on_head] == ["OIPServer", "JobConsumer"]
     assert all(
         d.get("graceful_shutdown_timeout_s", DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_S)
         <= HEAD_GRACEFUL_SHUTDOWN_BOUND_S

@@ -44,6 +44,18 @@ def panel(
     }
 
 
+def row(pid: int, title: str, y: int) -> dict[str, Any]:
+    """A row header (no query) above the panels that follow it."""
+    return {
+        "id": pid,
+        "type": "row",
+        "title": title,
+        "collapsed": False,
+        "gridPos": {"x": 0, "y": y, "w": 24, "h": 1},
+        "panels": [],
+    }
+
+
 def rate(series: str, by: str = "model", sel: str = SEL) -> str:
     """``sum by (<by>) (rate(<series>{<sel>}[$__rate_interval]))``."""
     return f"sum by ({by}) (rate({series}{{{sel}}}[$__rate_interval]))"
@@ -57,6 +69,35 @@ def quantile(q: float, family: str, by: str = "model") -> str:
 def quantiles(family: str, by: str = "model") -> list[tuple[str, str]]:
     """p50, p95 and p99 targets of a histogram family."""
     return [(quantile(q, family, by), f"{{{{{by}}}}} p{int(q * 100)}") for q in (0.5, 0.95, 0.99)]
+
+
+def jobs_panels(y: int) -> list[dict[str, Any]]:
+    """The "Jobs" row: queues, outcomes, latency and consumers of each job target.
+
+    The queue depths come from the server application, which reads every queue; during a
+    NewCluster upgrade both clusters read the same queues, hence ``max``, not ``sum``.
+    Consumers are the applications ``jobs-<target>``."""
+    consumers = 'application=~"jobs-($model)"'
+    return [
+        row(13, "Jobs", y - 1),
+        panel(14, "Job queue depth by target and queue (jobs, failed, unprocessable)", [
+            (f"max by (model, queue) (ray_serve_app_job_queue_depth{{{SEL}}})",
+             "{{model}} {{queue}}"),
+        ], "none", 0, y),
+        panel(15, "Job outcomes", [
+            (rate("ray_serve_app_jobs_total", "model, outcome"), "{{model}} {{outcome}}"),
+        ], "ops", 12, y),
+        panel(16, "Job latency, submission to stored answer (p50/p99)", [
+            (quantile(q, "ray_serve_app_job_latency_ms"), f"{{{{model}}}} p{int(q * 100)}")
+            for q in (0.5, 0.99)
+        ], "ms", 0, y + 8),
+        panel(17, "Job consumers: healthy vs autoscaling target", [
+            (f"sum by (application) (ray_serve_deployment_replica_healthy{{{consumers}}})",
+             "{{application}} healthy"),
+            (f"max by (application) (ray_serve_autoscaling_target_replicas{{{consumers}}})",
+             "{{application}} target"),
+        ], "none", 12, y + 8),
+    ]  # fmt: skip
 
 
 def dashboard() -> dict[str, Any]:
@@ -118,6 +159,7 @@ def dashboard() -> dict[str, Any]:
             (rate("ray_serve_app_pipeline_node_calls_total", "model, node, outcome",
                   f'{SEL},outcome!="ok"'), "{{model}} {{node}} {{outcome}}"),
         ], "ops", 12, 40),
+        *jobs_panels(49),
     ]  # fmt: skip
     return {
         "uid": "serve-app",

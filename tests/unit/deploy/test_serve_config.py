@@ -30,12 +30,20 @@ def test_rendered_config_validates_against_ray_schema() -> None:
     schema = ServeDeploySchema.model_validate(config)
     names = [a.name for a in schema.applications]
     # the triage heads are fused into minilm (standalone: false): no application of their own
-    assert names == ["oip", "minilm", "mlp-head", "triage"]
+    assert names == ["oip", "minilm", "mlp-head", "triage", "jobs-minilm", "jobs-triage"]
+    # The job consumers' applications have no HTTP route.
     assert [a.route_prefix for a in schema.applications] == ["/"] + [
-        f"/v2/models/{n}" for n in names[1:]
+        None if n.startswith("jobs-") else f"/v2/models/{n}" for n in names[1:]
     ]
     args = [APP_ARGS.validate_python(a["args"]) for a in config["applications"]]
-    assert [a.kind for a in args] == ["server", "model", "model", "pipeline"]
+    assert [a.kind for a in args] == [
+        "server",
+        "model",
+        "model",
+        "pipeline",
+        "consumer",
+        "consumer",
+    ]
     fused = [(f.node, f.host, f.model, f.folder) for f in args[1].fused]  # type: ignore[union-attr]
     assert fused == [
         ("topic", "embed", "ticket-topic", "ticket-topic"),
