@@ -113,6 +113,9 @@ def celery_settings(
         "worker_prefetch_multiplier": 1,
         "broker_connection_timeout": CONNECT_TIMEOUT_S,
         "broker_connection_retry_on_startup": True,
+        # Celery gives up on a lost broker after 100 attempts and its worker thread ends,
+        # leaving a replica that consumes nothing: retry for as long as it takes.
+        "broker_connection_max_retries": None,
         "broker_transport_options": transport,
         "worker_hijack_root_logger": False,
         "worker_redirect_stdouts": False,

@@ -104,6 +104,13 @@ class JobConsumer:
             "jobs of %r: target ready, consuming %s", self.target, self.args.queue.queues.jobs
         )
 
+    def check_health(self) -> None:
+        """Fail when Ray's Celery worker thread ended (Serve then replaces the replica):
+        a consumer that consumes nothing must not look healthy."""
+        worker = getattr(getattr(self, "_adapter", None), "_worker_thread", None)
+        if worker is not None and not worker.is_alive():
+            raise RuntimeError(f"jobs of {self.target!r}: the Celery worker stopped consuming")
+
     def record_autoscaling_stats(self) -> dict[str, float]:
         """Jobs this replica holds (see ``QueueDepthPolicy``)."""
         with self._lock:

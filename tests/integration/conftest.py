@@ -142,6 +142,34 @@ OVERLOADED_MODEL: dict[str, Any] = {
 }
 
 
+def binary_request(texts: list[bytes]) -> tuple[bytes, dict[str, str]]:
+    """A BYTES ``text`` input in the binary tensor extension, asking for binary outputs:
+    the body and its headers."""
+    import struct
+
+    import orjson
+
+    buf = b"".join(struct.pack("<I", len(t)) + t for t in texts)
+    header = orjson.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "text",
+                    "shape": [len(texts)],
+                    "datatype": "BYTES",
+                    "parameters": {"binary_data_size": len(buf)},
+                }
+            ],
+            "parameters": {"binary_data_output": True},
+        }
+    )
+    headers = {
+        "Inference-Header-Content-Length": str(len(header)),
+        "Content-Type": "application/octet-stream",
+    }
+    return header + buf, headers
+
+
 def send_burst(
     base_url: str, path: str, payload: dict[str, Any], n: int = 24, timeout_s: float = 60
 ) -> list[tuple[int, str | None]]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import base64
 import os
 import signal
-import struct
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -28,7 +27,7 @@ import pytest
 from serve_app.jobs.broker import UNACKED_INDEX_KEY, QueueNames, redis_client
 from serve_app.jobs.message import TASK_NAME
 from serve_app.jobs.settings import QueueSettings
-from tests.integration.conftest import BROKER_ENV, METRICS_PORT, SessionServe
+from tests.integration.conftest import BROKER_ENV, METRICS_PORT, SessionServe, binary_request
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -133,30 +132,12 @@ def test_async_answer_is_the_sync_answer_and_consumers_wake_from_zero(
 
 
 def test_binary_request_and_answer_through_a_job(client: httpx.Client) -> None:
-    text = [b"binary in, binary out", b"as the synchronous route does"]
-    buf = b"".join(struct.pack("<I", len(t)) + t for t in text)
-    header = orjson.dumps(
-        {
-            "inputs": [
-                {
-                    "name": "text",
-                    "shape": [2],
-                    "datatype": "BYTES",
-                    "parameters": {"binary_data_size": len(buf)},
-                }
-            ],
-            "parameters": {"binary_data_output": True},
-        }
-    )
-    headers = {
-        "Inference-Header-Content-Length": str(len(header)),
-        "Content-Type": "application/octet-stream",
-    }
-    sync = client.post("/v2/models/minilm/infer", content=header + buf, headers=headers)
+    content, headers = binary_request([b"binary in, binary out", b"as the sync route does"])
+    sync = client.post("/v2/models/minilm/infer", content=content, headers=headers)
     assert sync.status_code == 200
     r = client.post(
         "/v2/models/minilm/infer",
-        content=header + buf,
+        content=content,
         headers={**headers, "Prefer": "respond-async"},
     )
     assert r.status_code == 202

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import struct
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -18,6 +17,7 @@ from tests.integration.conftest import (
     GPU_MODEL,
     STALL_S,
     SessionServe,
+    binary_request,
     error_of,
     make_app_config,
 )
@@ -124,28 +124,8 @@ def test_infer_matches_in_process_model(client: httpx.Client) -> None:
 
 def test_binary_extension_roundtrip(client: httpx.Client) -> None:
     text = [s.encode() for s in SENTENCES[:2]]
-    buf = b"".join(struct.pack("<I", len(t)) + t for t in text)
-    header = orjson.dumps(
-        {
-            "inputs": [
-                {
-                    "name": "text",
-                    "shape": [2],
-                    "datatype": "BYTES",
-                    "parameters": {"binary_data_size": len(buf)},
-                }
-            ],
-            "parameters": {"binary_data_output": True},
-        }
-    )
-    r = client.post(
-        "/v2/models/minilm/infer",
-        content=header + buf,
-        headers={
-            "Inference-Header-Content-Length": str(len(header)),
-            "Content-Type": "application/octet-stream",
-        },
-    )
+    content, headers = binary_request(text)
+    r = client.post("/v2/models/minilm/infer", content=content, headers=headers)
     assert r.status_code == 200
     n = int(r.headers["inference-header-content-length"])
     meta = orjson.loads(r.content[:n])

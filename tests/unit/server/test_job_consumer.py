@@ -374,3 +374,22 @@ def test_the_adapter_keeps_redis_transport_options_and_names_an_unset_variable(
     monkeypatch.delenv(ENV)
     with pytest.raises(BrokerUnavailable, match=f"environment variable {ENV} is empty"):
         EnvCeleryAdapter(adapter_config(ENV, ENV))
+
+
+def test_health_fails_once_the_celery_worker_thread_ended(store: JobStore) -> None:
+    """Celery's worker thread can end (e.g. it gave up on the broker): the replica must
+    then fail its health check so Serve replaces it, not sit healthy consuming nothing."""
+    import threading
+    from types import SimpleNamespace
+
+    c = consumer(StandInHandle(), store)
+    c.check_health()  # no adapter yet (Ray starts it after the constructor)
+    alive = threading.Event()
+    worker = threading.Thread(target=alive.wait)
+    worker.start()
+    c._adapter = SimpleNamespace(_worker_thread=worker)  # type: ignore[attr-defined]
+    c.check_health()
+    alive.set()
+    worker.join()
+    with pytest.raises(RuntimeError, match="the Celery worker stopped consuming"):
+        c.check_health()
