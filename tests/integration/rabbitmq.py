@@ -4,15 +4,19 @@ HTTP API), its files in a temporary folder. Tests skip where it is not installed
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
 import httpx
+import psutil
 
 SKIP_REASON = (
     "rabbitmq-server is not installed (Debian: apt-get install rabbitmq-server; .ci/run "
@@ -32,13 +36,17 @@ def _free_port() -> int:
 
 
 class RabbitMQ:
-    """``rabbitmq-server`` on 127.0.0.1 (AMQP and management on free ports)."""
+    """``rabbitmq-server`` on 127.0.0.1 (AMQP and management on free ports), its files in
+    a folder of its own under the system's temporary directory: as root, Debian's
+    wrapper runs it as the ``rabbitmq`` user, which cannot enter pytest's private
+    folders."""
 
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
+    def __init__(self) -> None:
+        self.folder = Path(tempfile.mkdtemp(prefix="serve-app-rabbitmq-"))
         self.port = _free_port()
         self.management_port = _free_port()
         self._dist_port = _free_port()
+        self.node = f"serveapp{self.port}@localhost"
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -72,7 +80,7 @@ class RabbitMQ:
             "RABBITMQ_LOG_BASE": str(f / "log"),
             "RABBITMQ_FEATURE_FLAGS_FILE": str(f / "feature_flags"),
             "RABBITMQ_PID_FILE": str(f / "pid"),
-            "RABBITMQ_NODENAME": f"serveapp{self.port}@localhost",
+            "RABBITMQ_NODENAME": self.node,
             "RABBITMQ_DIST_PORT": str(self._dist_port),
             "ERL_EPMD_ADDRESS": "127.0.0.1",
         }
@@ -102,16 +110,33 @@ class RabbitMQ:
         r = httpx.get(f"{self.management_url}queues/%2F/{queue}", timeout=5)
         return int(r.json().get("messages", 0)) if r.status_code == 200 else 0
 
-    def stop(self) -> None:
-        """Stop the server and its Erlang processes."""
-        process, self._process = self._process, None
-        if process is None:
-            return
-        try:
-            os.killpg(process.pid, 15)
-            process.wait(30)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
+    def _processes(self) -> list[psutil.Process]:
+        """This server's processes (the Erlang VM and its epmd run as another user and
+        leave the wrapper's process group): those whose environment names our node."""
+        found = []
+        for p in psutil.process_iter():
             try:
-                os.killpg(process.pid, 9)
-            except ProcessLookupError:
-                pass
+                if p.environ().get("RABBITMQ_NODENAME") == self.node:
+                    found.append(p)
+            except psutil.Error:
+                continue
+        return found
+
+    def stop(self) -> None:
+        """Stop the server and its Erlang processes, then remove its files."""
+        process, self._process = self._process, None
+        if process is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+        procs = self._processes()
+        for p in procs:
+            with contextlib.suppress(psutil.Error):
+                p.terminate()
+        _, alive = psutil.wait_procs(procs, timeout=20)
+        for p in alive:
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+        if process is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(10)
+        shutil.rmtree(self.folder, ignore_errors=True)
