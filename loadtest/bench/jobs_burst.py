@@ -136,11 +136,12 @@ def burst(url: str, n_jobs: int, burst_s: float, producers: int) -> tuple[list[s
 def outcomes(url: str, ids: list[str]) -> dict[str, int]:
     """How many of ``ids`` are in each state (``missing``: no record)."""
     client = redis_client(url)
+    store = JobStore(client, 3600)
     counts: dict[str, int] = {}
     for start in range(0, len(ids), 1000):
         pipe = client.pipeline()
         for job_id in ids[start : start + 1000]:
-            pipe.hget(f"serve_app:job:{job_id}", "state")
+            pipe.hget(store.key(job_id), "state")
         for state in pipe.execute():
             key = state.decode() if state else "missing"
             counts[key] = counts.get(key, 0) + 1

@@ -1,6 +1,7 @@
 """Job records in Redis: what a client polls at ``/v2/jobs/<id>``.
 
-One hash per job, ``<prefix>:job:<id>``, written by the submitter (``queued``) and by
+One hash per job, ``<prefix>:job:<id>`` (the prefix is the queues' one,
+``serve-app`` by default), written by the submitter (``queued``) and by
 the consumer (``running``, then ``succeeded``/``failed``), each write under a Lua
 script so the transitions are atomic:
 
@@ -113,7 +114,7 @@ class JobRecord:
 class JobStore:
     """Job records in one Redis database (a ``redis.Redis`` client, sync)."""
 
-    def __init__(self, client: Any, ttl_s: int, prefix: str = "serve_app") -> None:
+    def __init__(self, client: Any, ttl_s: int, prefix: str = "serve-app") -> None:
         self._redis = client
         self.ttl_s = ttl_s
         self._prefix = prefix
