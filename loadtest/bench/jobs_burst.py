@@ -270,6 +270,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tail-s", type=float, default=10.0, help="window after back to zero")
     parser.add_argument("--drain-timeout-s", type=float, default=900.0)
     parser.add_argument("--window-s", type=float, default=None, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--repository",
+        type=Path,
+        default=None,
+        help="a published demo repository to reuse (default: publish one in a temp folder)",
+    )
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "loadtest/results/jobs-burst")
     a = parser.parse_args(argv)
     from serve_app.local.demo import ensure_demo_models
@@ -278,7 +284,7 @@ def main(argv: list[str] | None = None) -> None:
     results: dict[str, Any] = {"args": {k: v for k, v in vars(a).items() if k != "out"}}
     results["variants"] = {}
     with tempfile.TemporaryDirectory(prefix="bench-jobs-") as tmp:
-        root = Path(tmp) / "repo"
+        root = (a.repository or Path(tmp) / "repo").resolve()
         ensure_demo_models(root, progress=False)
         for name in VARIANTS:
             folder = Path(tmp) / name.replace(" ", "-")

@@ -84,6 +84,12 @@ def main(argv: list[str] | None = None) -> None:
     """Run the rounds and write the results."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument(
+        "--repository",
+        type=Path,
+        default=None,
+        help="a published demo repository to reuse (default: publish one in a temp folder)",
+    )
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "loadtest/results/jobs-cold-start")
     a = parser.parse_args(argv)
     from serve_app.local.demo import ensure_demo_models
@@ -91,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
     base = yaml.safe_load((REPO_ROOT / "configs" / "app.yaml").read_text())
     results: dict[str, Any] = {"rounds": [], "warm_s": []}
     with tempfile.TemporaryDirectory(prefix="bench-jobs-cold-") as tmp:
-        root = Path(tmp) / "repo"
+        root = (a.repository or Path(tmp) / "repo").resolve()
         ensure_demo_models(root, progress=False)
         broker = EmbeddedRedis(Path(tmp) / "redis")
         url = broker.start()
