@@ -250,6 +250,9 @@ def consumer_deployment(args: ConsumerAppArgs) -> Any:
             backend_url=env_ref(queue.results_url_env or queue.broker_url_env),
             # Redis transport options; EnvCeleryAdapter drops them for another broker.
             app_custom_config=celery_settings(queue.redelivery_after_s, queue.result_ttl_s),
+            # The job record holds the answer: no second copy in Celery's result backend
+            # (a Redis transaction per job).
+            task_custom_config={"ignore_result": True},
         ),
         max_retries=args.max_retries,
         failed_task_queue_name=names.failed,
