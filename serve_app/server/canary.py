@@ -2,21 +2,46 @@
 requests is decoded here and answered by the canary version's own application through
 a DeploymentHandle (one extra hop, for that share only), with the canary's version as
 ``model_version``. The canary's replicas count those requests in their own metrics
-(tagged with their version), so the two versions compare side by side."""
+(tagged with their version), so the two versions compare side by side.
+
+When the canary cannot take a request (Serve's back-pressure, no replica, a dead
+replica, its own 429/503, or a message above the hop's gRPC cap: ``refusal_reason``),
+the stable replica answers it itself, with its own version, instead of failing it. Each
+hop is counted on the stable replica as ``serve_app_pipeline_node_calls`` with
+``node="canary"`` and ``outcome`` ``ok``, ``failed`` or ``fallback_<reason>``."""
 
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol, cast
 
+import numpy as np
 from starlette.requests import Request
 from starlette.responses import Response
 
 from serve_app.config import HttpConfig
 from serve_app.deploy.app_args import MODEL_DEPLOYMENT, CanaryArgs
+from serve_app.graph.executor import NodeObserver
 from serve_app.protocol import oip
 from serve_app.server.http import error_response, read_inference_request
+from serve_app.server.serve_errors import refusal_reason
+
+CANARY_NODE = "canary"
+"""The ``node`` label of the canary hop in ``serve_app_pipeline_node_calls``."""
+
+
+class StableModel(Protocol):
+    """What the fallback needs of the stable replica (``ModelDeployment``)."""
+
+    version: str
+
+    async def infer_tensors(
+        self, tensors: dict[str, np.ndarray], rename: dict[str, str]
+    ) -> dict[str, np.ndarray]:
+        """Run the stable version on named arrays (counted in its own metrics)."""
+        ...
 
 
 def canary_handle(app: str) -> Any:
@@ -32,6 +57,21 @@ def canary_handle(app: str) -> Any:
     )
 
 
+def own_replica() -> StableModel:
+    """The stable replica this forwarder runs in (Serve's user object of the replica)."""
+    from ray import serve
+
+    # Serve annotates it as a Callable: it is the ModelDeployment instance.
+    return cast(StableModel, serve.get_replica_context().servable_object)
+
+
+def ray_node_observer(model: str, version: str) -> NodeObserver:
+    """Counts the canary hop in the node-call metrics, under the stable version's tags."""
+    from serve_app.server.metrics import RayNodeMetrics
+
+    return RayNodeMetrics(model, version).observe_node
+
+
 class CanaryForwarder:
     """Sends ``args.percent`` % of the requests it is asked about to the canary.
 
@@ -40,6 +80,9 @@ class CanaryForwarder:
         http: Request limits and Retry-After, as the stable replica applies them.
         handle_factory: Builds the handle (injected: tests pass a stand-in).
         draw: Uniform [0, 1) numbers (injected for deterministic tests).
+        stable_factory: The stable version that answers when the canary cannot (the
+            replica's own deployment object; tests pass a stand-in).
+        observer_factory: ``(model, stable version) -> observer`` of each hop's outcome.
     """
 
     def __init__(
@@ -48,25 +91,62 @@ class CanaryForwarder:
         http: HttpConfig,
         handle_factory: Callable[[str], Any] = canary_handle,
         draw: Callable[[], float] = random.random,
+        stable_factory: Callable[[], StableModel] = own_replica,
+        observer_factory: Callable[[str, str], NodeObserver] = ray_node_observer,
     ) -> None:
         self.args = args
         self.http = http
         self._handle_factory = handle_factory
         self._handle: Any = None
         self._draw = draw
+        self._stable_factory = stable_factory
+        self._stable: StableModel | None = None
+        self._observer_factory = observer_factory
+        self._observe: NodeObserver | None = None
 
     def due(self) -> bool:
         """Whether this request goes to the canary."""
         return self._draw() * 100.0 < self.args.percent
 
+    def _stable_model(self, model: str) -> tuple[StableModel, NodeObserver]:
+        if self._stable is None:
+            self._stable = self._stable_factory()
+        if self._observe is None:
+            self._observe = self._observer_factory(model, str(self._stable.version))
+        return self._stable, self._observe
+
     async def forward(self, model: str, request: Request) -> Response:
-        """Answer ``request`` (an OIP infer request for ``model``) with the canary."""
+        """Answer ``request`` (an OIP infer request for ``model``) with the canary, or
+        with the stable version when the canary cannot take it."""
         try:
             decoded = await read_inference_request(request, self.http)
+            stable, observe = self._stable_model(model)
+        except Exception as e:  # the client's request is bad whichever version answers
+            return error_response(e, self.http.retry_after_s)
+        rename = {k: k for k in decoded.inputs}
+        start_s = time.perf_counter()
+        try:
             if self._handle is None:
                 self._handle = self._handle_factory(self.args.app)
-            outputs = await self._handle.remote(decoded.inputs, {k: k for k in decoded.inputs})
-            payload, headers = oip.encode_response(model, str(self.args.version), decoded, outputs)
-            return Response(payload, headers=headers)
-        except Exception as e:  # the one mapper, as for the stable version's own errors
+            outputs = await self._handle.remote(decoded.inputs, rename)
+            version = str(self.args.version)
+            observe(CANARY_NODE, "ok", time.perf_counter() - start_s)
+        except Exception as e:
+            reason = refusal_reason(e)
+            observe(
+                CANARY_NODE,
+                "failed" if reason is None else f"fallback_{reason}",
+                time.perf_counter() - start_s,
+            )
+            if reason is None:  # the canary's own answer, as the stable's errors are mapped
+                return error_response(e, self.http.retry_after_s)
+            try:
+                outputs = await stable.infer_tensors(decoded.inputs, rename)
+            except Exception as fallback_error:
+                return error_response(fallback_error, self.http.retry_after_s)
+            version = str(stable.version)
+        try:
+            payload, headers = oip.encode_response(model, version, decoded, outputs)
+        except Exception as e:
             return error_response(e, self.http.retry_after_s)
+        return Response(payload, headers=headers)

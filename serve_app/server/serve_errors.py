@@ -1,9 +1,11 @@
 """Status and message for a failed call through a DeploymentHandle: Serve's own errors
 (back-pressure, an unavailable deployment or a dead replica) and ours (``classify_error``).
-Used by the pipeline router over HTTP and by the gRPC methods."""
+Used by the pipeline router over HTTP, by the gRPC methods, and by a model's canary hop
+(``refusal_reason``: which failures another version may answer instead)."""
 
 from __future__ import annotations
 
+from serve_app.errors import ServeAppError
 from serve_app.graph.result import classify_error
 
 TOO_LARGE_FOR_TRANSPORT = (
@@ -42,3 +44,33 @@ def is_message_too_large(exc: BaseException) -> bool:
     return (
         isinstance(exc, RuntimeError) and "RESOURCE_EXHAUSTED" in text and "larger than max" in text
     )
+
+
+def refusal_reason(exc: BaseException) -> str | None:
+    """Why a handle call got no answer because its callee could not take it, or None.
+
+    ``"overloaded"``: Serve's back-pressure, or the callee's own 429. ``"unavailable"``:
+    no replica (the deployment failed, or the chosen replica is gone), a dead or
+    unreachable actor, or the callee's own 503 (not ready, stuck). ``"too_large"``: the
+    request or the answer passed the by-value transport's gRPC cap. None: the callee
+    answered with an error of its own (a 4xx, or a 500 that another try would repeat).
+    """
+    from ray.exceptions import RayActorError
+    from ray.serve.exceptions import (
+        BackPressureError,
+        DeploymentUnavailableError,
+        ReplicaUnavailableError,
+    )
+
+    if isinstance(exc, BackPressureError):
+        return "overloaded"
+    if isinstance(exc, (DeploymentUnavailableError, ReplicaUnavailableError, RayActorError)):
+        return "unavailable"
+    if is_message_too_large(exc):
+        return "too_large"
+    status = exc.status_code if isinstance(exc, ServeAppError) else None
+    if status == 429:
+        return "overloaded"
+    if status == 503:
+        return "unavailable"
+    return None
