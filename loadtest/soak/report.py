@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from loadtest.soak.analysis import MIB, analyse_groups, summed
+from loadtest.soak.analysis import DAY_H, MIB, SLOPE_Z, analyse_groups, summed
 
 KEY_GROUPS = {"controller", "proxy", "haproxy", "raylet", "gcs", "driver", "dashboard"}
 """Drawn on their own, with every ``replica:*`` group and any group that grows; the
@@ -29,18 +29,31 @@ def shown_series(
     if rest:
         name = "other"
         shown[name] = summed([series[g] for g in rest])
-        s = summary["settings"]
+        s, memory = summary["settings"], summary["memory"]
         verdicts.update(
-            analyse_groups({name: shown[name]}, s["warmup_s"], s["duration_s"], s["edge_s"])
+            analyse_groups(
+                {name: shown[name]},
+                s["warmup_s"],
+                s["duration_s"],
+                s["edge_s"],
+                memory["limit_mib"] * MIB,
+                usage_bytes=memory["usage_mib"] * MIB,
+            )
         )
     return shown, verdicts
 
 
 def _label(name: str, verdict: dict[str, Any], unit: str) -> str:
-    """Legend entry: the group, its slope and GROWS when it grows beyond noise."""
+    """Legend entry: the group, its slope, and LIMIT IN <n> h when its RSS would pass
+    the memory limit within a day (GROWS for FDs beyond noise)."""
     if verdict.get("grows") is None:
         return name
-    return f"{name}, {verdict['slope_per_h']:+.1f}{unit}" + (" GROWS" if verdict["grows"] else "")
+    label = f"{name}, {verdict['slope_per_h']:+.1f}{unit}"
+    if verdict.get("fails_within_day"):
+        return f"{label} LIMIT IN {verdict['hours_to_limit']:.0f} h"
+    if "fails_within_day" not in verdict and verdict["grows"]:
+        return f"{label} GROWS"
+    return label
 
 
 def plot(summary: dict[str, Any], series: dict[str, dict[str, np.ndarray]], path: Path) -> Path:
@@ -124,22 +137,40 @@ def text(summary: dict[str, Any]) -> str:
         f"generator lag p99 per minute <= {max(lag, default=0.0)} ms; "
         f"failed per minute {failed}",
         f"  {'group':34s} {'n':>2s} {'RSS start':>9s} {'end':>8s} {'MiB/h':>7s} "
-        f"{'late':>7s} {'FDs':>9s} {'FDs/h':>7s}",
+        f"{'+-':>5s} {'late':>7s} {'24 h':>8s} {'FDs':>9s} {'FDs/h':>7s}",
     ]
-    for group, v in summary["groups"].items():
+    processes = sum(v["processes"] for v in summary["groups"].values())
+    whole = {"processes": processes, "rss_mib": summary["tree"], "fds": {"grows": None}}
+    rows = [*summary["groups"].items(), ("(whole tree)", whole)]
+    for group, v in rows:
         r, f = v["rss_mib"], v["fds"]
         if r.get("grows") is None:
             lines.append(f"  {group:34s} {v['processes']:2d} (not in the analysed window)")
             continue
-        lines.append(
-            f"  {group:34s} {v['processes']:2d} {r['start']:9.1f} {r['end']:8.1f} "
-            f"{r['slope_per_h']:+7.1f} {r['late_slope_per_h']:+7.1f} "
-            f"{f['start']:4.0f}->{f['end']:<4.0f} "
-            f"{f['slope_per_h']:+7.1f}"
-            + ("  RSS GROWS" if r["grows"] else "")
-            + ("  FDs GROW" if f["grows"] else "")
+        fds = (
+            ""
+            if f.get("grows") is None
+            else (f"{f['start']:4.0f}->{f['end']:<4.0f} {f['slope_per_h']:+7.1f}")
         )
-    grows = summary["growing"]
-    lines.append("  (late: MiB/h over the second half of the window; below MiB/h = settling)")
-    lines.append(f"  growth beyond noise: {', '.join(grows) if grows else 'none'}")
+        flags = (
+            f"  RSS: LIMIT IN {r['hours_to_limit']:.0f} h" if r["fails_within_day"] else ""
+        ) + ("  FDs GROW" if f.get("grows") else "")
+        row = (
+            f"  {group:34s} {v['processes']:2d} {r['start']:9.1f} {r['end']:8.1f} "
+            f"{r['slope_per_h']:+7.1f} {r['slope_se_per_h']:5.1f} {r['late_slope_per_h']:+7.1f} "
+            f"{r['projected_day']:8.0f} {fds}{flags}"
+        )
+        lines.append(row.rstrip())
+    memory, grows = summary["memory"], summary["growing"]
+    lines.append(
+        "  (MiB/h: least-squares slope, +- its standard error; late: the second half's slope,"
+        " below MiB/h = settling;"
+    )
+    lines.append(
+        f"   24 h: the tree's {memory['usage_mib']:.0f} MiB now plus the slope less "
+        f"{SLOPE_Z:g} s.e. for {DAY_H:g} h, against {memory['limit_mib']:.0f} MiB "
+        f"({memory['limit_source']}))"
+    )
+    flagged = ", ".join(grows) if grows else "none"
+    lines.append(f"  would not survive {DAY_H:g} h / FDs beyond noise: {flagged}")
     return "\n".join(lines)

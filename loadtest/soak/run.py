@@ -31,7 +31,17 @@ from loadtest.observe.analysis import load_run, request_summary
 from loadtest.observe.proc_sampler import PROCESS_SAMPLES_FILE, ProcessSampler
 from loadtest.observe.sampler import read_token
 from loadtest.run import RunSettings, run_open_loop
-from loadtest.soak.analysis import analyse_groups, group_series, growing, per_minute
+from loadtest.soak.analysis import (
+    MIB,
+    analyse_groups,
+    day_verdict,
+    group_series,
+    growing,
+    per_minute,
+    summed,
+    trend,
+)
+from loadtest.soak.limits import memory_limit_bytes
 from loadtest.soak.report import plot, text
 from loadtest.traffic import profiles
 from loadtest.traffic.payloads import generated_body, model_metadata
@@ -55,6 +65,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--timeout-s", type=float, default=30.0, help="client timeout per request")
     p.add_argument("--seed", type=int, default=0, help="seed of the Poisson arrivals")
     p.add_argument("--report-only", action="store_true", help="re-analyse --out (no demo, no load)")
+    p.add_argument(
+        "--memory-limit-mib",
+        type=float,
+        default=None,
+        help="limit RSS growth is projected against (default: the container's, else the "
+        "machine's memory; e.g. a Ray worker pod's limit)",
+    )
     return p.parse_args(argv)
 
 
@@ -112,7 +129,17 @@ def summarize_soak(
     table = pq.read_table(folder / PROCESS_SAMPLES_FILE).to_pydict()
     proc = {k: np.asarray(v) for k, v in table.items()}
     series = group_series(proc, float(run.settings["wall_start_s"]))
-    groups = analyse_groups(series, a.warmup_s, a.duration_s, a.edge_s)
+    if a.memory_limit_mib is None:
+        limit_bytes, limit_source = memory_limit_bytes()
+    else:
+        limit_bytes, limit_source = int(a.memory_limit_mib * MIB), "--memory-limit-mib"
+    # The whole tree's RSS: its end is the current usage every group's growth adds to.
+    whole = summed(list(series.values()))
+    tree = trend(whole["t_s"], whole["rss_bytes"], a.warmup_s, a.duration_s, a.edge_s)
+    usage_bytes = 0.0 if tree is None else tree["end"]
+    groups = analyse_groups(
+        series, a.warmup_s, a.duration_s, a.edge_s, limit_bytes, usage_bytes=usage_bytes
+    )
     machine = machine_info()
     started = datetime.fromtimestamp(float(run.settings["wall_start_s"]), UTC)
     return {
@@ -135,7 +162,13 @@ def summarize_soak(
         "demo": demo,
         "load": request_summary(run.requests),
         "minutes": per_minute(run.requests, a.minute_s),
+        "memory": {
+            "limit_mib": round(limit_bytes / MIB, 1),
+            "limit_source": limit_source,
+            "usage_mib": round(usage_bytes / MIB, 1),
+        },
         "groups": groups,
+        "tree": day_verdict(tree, usage_bytes, limit_bytes),
         "growing": growing(groups),
     }, series
 
@@ -195,15 +228,22 @@ def main(argv: list[str] | None = None) -> int:
     load settings); write and print the analysis. Exit code 1 if processes were left."""
     a = parse_args(argv)
     out = Path(a.out)
+    previous: dict[str, Any] = {}
     if a.report_only:
         run_args = json.loads((out / "run.json").read_text())["extra"]["soak"]
         for key in ("rate", "duration_s", "sample_s", "replicas", "seed"):
             setattr(a, key, run_args[key])
-        previous = out / SOAK_FILE
-        demo = json.loads(previous.read_text())["demo"] if previous.exists() else {}
+        previous_file = out / SOAK_FILE
+        if previous_file.exists():
+            previous = json.loads(previous_file.read_text())
+        demo = previous.get("demo", {})
     else:
         demo = soak(a, out)
     summary, series = summarize_soak(out, a, demo)
+    if a.report_only:  # the run's facts stay those of the run; only the analysis is new
+        summary["analysed"] = summary["date"]
+        for key in ("date", "machine", "versions"):
+            summary[key] = previous.get(key, summary[key])
     (out / SOAK_FILE).write_text(json.dumps(summary, indent=1) + "\n")
     plot(summary, series, out / PLOT_FILE)
     print(text(summary))
