@@ -296,6 +296,10 @@ class ServerAppArgs(StrictModel):
 
     kind: Literal["server"] = "server"
     http: HttpConfig = Field(default_factory=HttpConfig)
+    repository: RepositoryConfig = Field(
+        default_factory=RepositoryConfig,
+        description="Where tenants' folders are listed (an unknown tenant is a 404 here).",
+    )
     models: list[str] = Field(description="Names of the served models (their app names).")
     pipelines: dict[str, list[str]] = Field(
         default_factory=dict,
@@ -318,6 +322,7 @@ class ServerAppArgs(StrictModel):
         """Slice of ``app`` that the server needs."""
         return cls(
             http=app.http,
+            repository=app.repository,
             models=[m.name for m in app.models if m.standalone],
             pipelines={
                 p.name: (

@@ -22,6 +22,7 @@ from serve_app.server.grpc_server_methods import GrpcServerMethods
 from serve_app.server.http import install_error_handlers
 from serve_app.server.job_routes import JobRoutes, QueueDepthReporter
 from serve_app.server.tenant_forward import TenantForwarder
+from serve_app.server.tenant_listing import repository_listing
 
 server_api = FastAPI(title="serve_app", docs_url=None, redoc_url=None, openapi_url=None)
 install_error_handlers(server_api)
@@ -91,7 +92,12 @@ class OIPServer(GrpcServerMethods):
         self._view: ControllerView[dict[str, ModelState]] = ControllerView(
             lambda: read(self._names()), STATUS_PERIOD_S, STATUS_TIMEOUT_S
         )
-        self._tenants = TenantForwarder(self.args.families, self.args.http)
+        listing = repository_listing(
+            self.args.repository.root,
+            self.args.families.values(),
+            self.args.http.retry_after_s,
+        )
+        self._tenants = TenantForwarder(self.args.families, self.args.http, listing=listing)
         self._jobs = JobRoutes(self.args.jobs, self.args.http.retry_after_s)
         if self.args.jobs and state_reader is None:  # a test passes its own state reader
             from serve_app.server.job_metrics import RayQueueMetrics

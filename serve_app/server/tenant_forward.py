@@ -6,7 +6,8 @@ entries), so the request reaches the server's catch-all. :class:`TenantForwarder
 the body there (within the size limit), and calls the family's deployment through a
 ``DeploymentHandle`` with ``multiplexed_model_id=<tenant>``: Serve's router then prefers
 a replica that already holds the tenant. Only bytes cross the hop; errors come back as
-answers the family's replica built with the one mapper.
+answers the family's replica built with the one mapper. A tenant without a folder in the
+repository (``TenantListing``) is a 404 before the hop: Serve's router would keep its id.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from serve_app.errors import ModelNotFound, ServeAppError, ServiceUnavailable
 from serve_app.protocol import oip
 from serve_app.server.http import read_body
 from serve_app.server.routes import match
+from serve_app.server.tenant_listing import TenantListing
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +74,8 @@ class TenantForwarder:
         families: Family (application name) -> tenant prefix.
         http: Body size limit and ``Retry-After``.
         handle_of: Family -> its deployment handle (injected by tests).
+        listing: The repository's tenant folders, checked before the hop (None: every
+            valid name is forwarded).
     """
 
     def __init__(
@@ -79,8 +83,10 @@ class TenantForwarder:
         families: Mapping[str, str],
         http: HttpConfig,
         handle_of: Callable[[str], Any] = _serve_handle,
+        listing: TenantListing | None = None,
     ) -> None:
         self.families = dict(families)
+        self.listing = listing
         self.http = http
         self._handle_of = handle_of
         self._handles: dict[str, Any] = {}
@@ -93,13 +99,16 @@ class TenantForwarder:
         """Answer ``request`` (for ``/v2/models/<tenant>/...``) from ``family``.
 
         Raises:
-            ModelNotFound: ``tenant`` is not a valid model name.
+            ModelNotFound: ``tenant`` is not a valid model name, or has no folder.
             NotFound, MethodNotAllowed: no such tenant route.
             PayloadTooLarge: body above the limit.
-            ServiceUnavailable: the family's application cannot be reached.
+            ServiceUnavailable: the family's application cannot be reached, or the
+                repository's tenants cannot be listed.
         """
         if not is_tenant_name(tenant, self.families[family]):  # before any hop
             raise ModelNotFound(f"unknown model {tenant!r}: not a valid model name")
+        if self.listing is not None:
+            await self.listing.check(tenant, family)
         route = match(request.method, request.url.path, model_route_prefix(tenant))
         body = b""
         if route.action == "infer":

@@ -23,6 +23,7 @@ from serve_app.config.tenants import is_tenant_name
 from serve_app.errors import ModelNotFound, ModelVersionNotFound, RepositoryError
 from serve_app.repository.loader import ModelRepository, VerifiedVersion
 from serve_app.server.runtime import AdapterLoader, ModelRuntime
+from serve_app.server.tenant_listing import no_tenant_folder
 
 logger = logging.getLogger("ray.serve")
 
@@ -164,10 +165,7 @@ class TenantLoader:
             )
         self.repository.check_mounted()
         if not (self.repository.root / tenant).is_dir():
-            raise ModelNotFound(
-                f"unknown model {tenant!r}: no tenant folder {self.repository.root / tenant} "
-                f"for the multiplexed family {self.family!r}"
-            )
+            raise no_tenant_folder(tenant, self.repository.root, self.family)
 
     def check_failed(self, tenant: str) -> None:
         """Re-raise a failure of ``tenant`` remembered less than ``failure_memory_s`` ago."""
