@@ -92,11 +92,7 @@ class OIPServer(GrpcServerMethods):
         self._view: ControllerView[dict[str, ModelState]] = ControllerView(
             lambda: read(self._names()), STATUS_PERIOD_S, STATUS_TIMEOUT_S
         )
-        listing = repository_listing(
-            self.args.repository.root,
-            self.args.families.values(),
-            self.args.http.retry_after_s,
-        )
+        listing = repository_listing(self.args.repository.root, self.args.families.values())
         self._tenants = TenantForwarder(self.args.families, self.args.http, listing=listing)
         self._jobs = JobRoutes(self.args.jobs, self.args.http.retry_after_s)
         if self.args.jobs and state_reader is None:  # a test passes its own state reader

@@ -102,8 +102,7 @@ class TenantForwarder:
             ModelNotFound: ``tenant`` is not a valid model name, or has no folder.
             NotFound, MethodNotAllowed: no such tenant route.
             PayloadTooLarge: body above the limit.
-            ServiceUnavailable: the family's application cannot be reached, or the
-                repository's tenants cannot be listed.
+            ServiceUnavailable: the family's application cannot be reached.
         """
         if not is_tenant_name(tenant, self.families[family]):  # before any hop
             raise ModelNotFound(f"unknown model {tenant!r}: not a valid model name")

@@ -6,7 +6,10 @@ Why before the hop: Serve's router keeps every multiplexed model id it was asked
 route and no replica holds, forever; a client sending random tenant names would grow it
 without bound. The listing is refreshed off the event loop (the repository is a network
 volume in a cluster), at most one refresh at a time: a hung volume holds one thread,
-and a flood of unknown names costs at most one scan per ``miss_refresh_s``.
+and a flood of unknown names costs at most one scan per ``miss_refresh_s``. While no
+listing can be read (the server's node does not mount the repository, or it hangs), the
+request is forwarded as before and the family's replica checks the folder itself:
+tenants stay available, and a warning says the check is off.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from serve_app.config.tenants import is_tenant_name
-from serve_app.errors import ModelNotFound, RepositoryNotMounted, ServiceUnavailable
+from serve_app.errors import ModelNotFound, RepositoryNotMounted
 
 logger = logging.getLogger("ray.serve")
 
@@ -60,14 +63,10 @@ def scan_tenant_folders(root: Path, prefixes: Iterable[str]) -> frozenset[str]:
         )
 
 
-def repository_listing(
-    root: Path | str, prefixes: Iterable[str], retry_after_s: int = 1
-) -> TenantListing:
+def repository_listing(root: Path | str, prefixes: Iterable[str]) -> TenantListing:
     """The listing of the tenant folders of ``prefixes``' families under ``root``."""
     path, names = Path(root), tuple(prefixes)
-    return TenantListing(
-        path, lambda: scan_tenant_folders(path, names), retry_after_s=retry_after_s
-    )
+    return TenantListing(path, lambda: scan_tenant_folders(path, names))
 
 
 class TenantListing:
@@ -82,7 +81,6 @@ class TenantListing:
         ttl_s: Age past which a hit starts a background refresh.
         miss_refresh_s: Age past which a miss waits for a refresh.
         wait_s: Longest wait for a refresh.
-        retry_after_s: ``Retry-After`` of the 503 when no listing could be read.
         clock: Monotonic seconds (injected by tests).
     """
 
@@ -93,7 +91,6 @@ class TenantListing:
         ttl_s: float = TTL_S,
         miss_refresh_s: float = MISS_REFRESH_S,
         wait_s: float = WAIT_S,
-        retry_after_s: int = 1,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.root = Path(root)
@@ -101,12 +98,12 @@ class TenantListing:
         self.ttl_s = ttl_s
         self.miss_refresh_s = miss_refresh_s
         self.wait_s = wait_s
-        self.retry_after_s = retry_after_s
         self._clock = clock
         self._names: frozenset[str] | None = None
         self._read_at = 0.0
         self._error: BaseException | None = None
         self._refresh: asyncio.Future[frozenset[str]] | None = None
+        self._warned_at: float | None = None
         self.scans = 0
         """Scans started so far (for tests and logs)."""
 
@@ -135,13 +132,24 @@ class TenantListing:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(asyncio.shield(self._start_refresh()), self.wait_s)
 
+    def _warn_unchecked(self) -> None:
+        now_s = self._clock()
+        if self._warned_at is not None and now_s - self._warned_at < self.ttl_s:
+            return
+        self._warned_at = now_s
+        cause = "it did not answer in time" if self._error is None else str(self._error)
+        logger.warning(
+            "tenants are forwarded unchecked: the model repository at %s cannot be listed (%s)",
+            self.root,
+            cause,
+        )
+
     async def check(self, tenant: str, family: str) -> None:
-        """Return when ``tenant`` has a folder in the repository.
+        """Return when ``tenant`` has a folder in the repository, or when no listing
+        could be read yet (then the family's replica checks the folder, as without one).
 
         Raises:
             ModelNotFound: no folder of that name (the family's replica's 404).
-            ServiceUnavailable: no listing could be read yet (the repository is not
-                mounted or does not answer).
         """
         age_s = self._clock() - self._read_at
         known = self._names is not None and tenant in self._names
@@ -150,11 +158,7 @@ class TenantListing:
         elif not known and (self._names is None or age_s > self.miss_refresh_s):
             await self._wait_for_refresh()
         if self._names is None:
-            cause = "it did not answer in time" if self._error is None else str(self._error)
-            raise ServiceUnavailable(
-                f"model {tenant!r}: the tenants of the model repository at {self.root} "
-                f"cannot be listed ({cause})",
-                self.retry_after_s,
-            )
+            self._warn_unchecked()
+            return
         if tenant not in self._names:
             raise no_tenant_folder(tenant, self.root, family)

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from serve_app.config import HttpConfig
-from serve_app.errors import ModelNotFound, ServiceUnavailable
+from serve_app.errors import ModelNotFound
 from serve_app.server.oip_server import ModelState, OIPServer, server_api
 from serve_app.server.tenant_forward import ForwardedResponse, TenantForwarder
 from serve_app.server.tenant_listing import TenantListing, scan_tenant_folders
@@ -130,31 +130,39 @@ async def test_a_known_tenant_does_not_wait_for_a_stale_listing() -> None:
 
 
 @pytest.mark.anyio
-async def test_a_hung_repository_holds_one_scan_and_answers_503() -> None:
+async def test_a_hung_repository_holds_one_scan_and_forwards_unchecked(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     scans = Scans({"tenant-0001"}, blocked=True)
-    listing = TenantListing("/mnt/models", scans, wait_s=0.2, retry_after_s=3)
+    listing = TenantListing("/mnt/models", scans, wait_s=0.2)
     fwd, handle = forwarder(listing)
-    results = await asyncio.gather(
+    responses = await asyncio.gather(
         *(
             fwd.forward("heads", f"tenant-000{i}", make_request(f"/v2/models/tenant-000{i}"))
             for i in range(8)
-        ),
-        return_exceptions=True,
-    )
-    assert [(type(r), str(r)) for r in results] == [
-        (
-            ServiceUnavailable,
-            f"model 'tenant-000{i}': the tenants of the model repository at /mnt/models "
-            "cannot be listed (it did not answer in time)",
         )
-        for i in range(8)
+    )
+    # The family's replica decides, as it did without a listing; one scan is in flight.
+    assert [r.status_code for r in responses] == [200] * 8
+    assert (scans.calls, listing.scans, len(handle.calls)) == (1, 1, 8)
+    assert [r.getMessage() for r in caplog.records] == [
+        "tenants are forwarded unchecked: the model repository at /mnt/models cannot be "
+        "listed (it did not answer in time)"
     ]
-    assert all(r.retry_after_s == 3 for r in results if isinstance(r, ServiceUnavailable))
-    assert (scans.calls, listing.scans, handle.calls) == (1, 1, [])
     scans.release.set()
     await asyncio.sleep(0.05)  # the one scan ends; the next request uses its listing
+    with pytest.raises(ModelNotFound):
+        await fwd.forward("heads", "tenant-0002", make_request("/v2/models/tenant-0002"))
+    assert (scans.calls, len(handle.calls)) == (1, 8)
+
+
+@pytest.mark.anyio
+async def test_an_unmounted_repository_forwards_unchecked(tmp_path: Path) -> None:
+    from serve_app.server.tenant_listing import repository_listing
+
+    fwd, handle = forwarder(repository_listing(tmp_path / "absent", ["tenant-"]))
     response = await fwd.forward("heads", "tenant-0001", make_request("/v2/models/tenant-0001"))
-    assert (response.status_code, scans.calls) == (200, 1)
+    assert (response.status_code, len(handle.calls)) == (200, 1)
 
 
 def test_the_scan_lists_tenant_folders_only(tmp_path: Path) -> None:
