@@ -8,6 +8,7 @@ elements are 4-byte little-endian length prefixed. No HTTP framework is imported
 
 from __future__ import annotations
 
+import json
 import struct
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +18,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from serve_app.errors import InvalidInput, PayloadTooLarge, SchemaViolation
+from serve_app.protocol.json_data import DataSpan, decode_numbers, decode_strings, split_data
 from serve_app.protocol.limits import RequestLimits
 
 BYTES_OBJECT_OVERHEAD = 64
@@ -97,20 +99,6 @@ class DecodedRequest:
     """Default for outputs not listed: binary_data_output request parameter."""
 
 
-def _flatten(data: list[Any]) -> list[Any]:
-    if data and isinstance(data[0], list):
-        out: list[Any] = []
-        stack = [data]
-        while stack:
-            item = stack.pop()
-            if isinstance(item, list):
-                stack.extend(reversed(item))
-            else:
-                out.append(item)
-        return out
-    return data
-
-
 def decode_bytes_buffer(
     buf: memoryview, count: int, name: str, max_element_bytes: int | None = None
 ) -> np.ndarray:
@@ -181,7 +169,12 @@ def _check_json_bytes(name: str, flat: list[Any], limit: int) -> int:
 
 
 def _decode_input(
-    inp: RequestInput, binary: memoryview | None, limits: RequestLimits, count: int
+    inp: RequestInput,
+    binary: memoryview | None,
+    limits: RequestLimits,
+    count: int,
+    body: bytes,
+    span: DataSpan | None,
 ) -> np.ndarray:
     dtype = DATATYPES[inp.datatype]
     if binary is not None:
@@ -194,29 +187,19 @@ def _decode_input(
                 f"of {inp.datatype} needs {count * dtype.itemsize}"
             )
         return np.frombuffer(binary, dtype=dtype.newbyteorder("<")).reshape(inp.shape)
-    if inp.data is None:
+    if span is None and inp.data is not None:  # a key split_data did not see (escaped)
+        body = json.dumps(inp.data).encode()
+        span = DataSpan(0, len(body))
+    if span is None:
         raise InvalidInput(f"input {inp.name!r}: no data and no binary_data_size")
-    flat = _flatten(inp.data)
-    if len(flat) != count:
-        raise InvalidInput(
-            f"input {inp.name!r}: shape {inp.shape} needs {count} elements, got {len(flat)}"
-        )
     if inp.datatype == "BYTES":
-        if not all(isinstance(x, str) for x in flat):
-            raise InvalidInput(f"input {inp.name!r}: BYTES data must be strings")
+        flat = decode_strings(body, span, inp.name, inp.shape, count)
         _check_json_bytes(inp.name, flat, limits.max_element_bytes)
         array = np.empty(count, dtype=object)
         array[:] = flat
         return array.reshape(inp.shape)
-    try:
-        if inp.datatype == "BOOL":
-            if not all(isinstance(x, bool) for x in flat):
-                raise TypeError("BOOL data must be true/false")
-        elif any(isinstance(x, (str, bool, list, dict)) or x is None for x in flat):
-            raise TypeError("numeric data expected")
-        return np.asarray(flat, dtype=dtype).reshape(inp.shape)
-    except (TypeError, ValueError, OverflowError) as e:
-        raise InvalidInput(f"input {inp.name!r}: data does not fit {inp.datatype}: {e}") from None
+    numbers = decode_numbers(body, span, inp.name, inp.shape, inp.datatype, dtype, count)
+    return numbers.reshape(inp.shape)
 
 
 def decode_request(
@@ -244,8 +227,11 @@ def decode_request(
         json_part, rest = body[:header_length], memoryview(body)[header_length:]
     else:
         json_part, rest = body, memoryview(b"")
+    # The data arrays are parsed into numpy per input below, after the limits, never
+    # into one Python object per element (see protocol/json_data.py).
+    split = split_data(json_part)
     try:
-        req = InferenceRequest.model_validate_json(json_part)
+        req = InferenceRequest.model_validate_json(split.skeleton)
     except ValidationError as e:
         raise SchemaViolation(_validation_message(e)) from None
 
@@ -257,7 +243,12 @@ def decode_request(
     inputs: dict[str, np.ndarray] = {}
     offset = 0
     budget = limits.max_decoded_bytes
-    for inp in req.inputs:
+    for index, inp in enumerate(req.inputs):
+        span = split.data.get(index)
+        if span is not None and inp.data != []:  # a later "data" key replaced the array
+            raise SchemaViolation(
+                f"invalid inference request: inputs.{index}: key 'data' given twice"
+            )
         if inp.name in inputs:
             raise InvalidInput(f"input {inp.name!r} given twice")
         if inp.datatype not in DATATYPES:
@@ -282,7 +273,7 @@ def decode_request(
                 f"input {inp.name!r}: the decoded inputs exceed {limits.max_decoded_bytes} "
                 "bytes (http.limits.max_decoded_bytes)"
             )
-        inputs[inp.name] = _decode_input(inp, binary, limits, count)
+        inputs[inp.name] = _decode_input(inp, binary, limits, count, json_part, span)
     if offset != len(rest):
         raise InvalidInput(f"{len(rest) - offset} bytes of binary data not claimed by any input")
 

@@ -1,16 +1,16 @@
 """``ModelDeployment``: one generic Serve deployment per model, answering its own OIP
 routes under ``/v2/models/<name>`` (one hop from the proxy to the model).
 
-Requests are decoded and tokenized on the replica's event loop, rows of concurrent
-requests are merged by ``@serve.batch`` (sized in rows), and the forward runs in a
-worker thread so the loop keeps accepting while a batch computes.
+Small requests are decoded and tokenized on the replica's event loop, large ones in a
+worker thread (``server/off_loop.py``); rows of concurrent requests are merged by
+``@serve.batch`` (sized in rows), and the forward runs in a worker thread so the loop
+keeps accepting while a batch computes.
 """
 
 import asyncio
 import logging
 import os
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -34,40 +34,11 @@ from serve_app.server.grpc_methods import GrpcModelMethods
 from serve_app.server.http import error_response, json_response, read_request_body
 from serve_app.server.job_submit import JobSubmitter, response_parts, wants_async
 from serve_app.server.metrics import ModelMetricsSink, RayModelMetrics, device_memory_bytes
+from serve_app.server.off_loop import decode_and_prepare, prepare_rows
 from serve_app.server.routes import match
 from serve_app.server.runtime import AdapterLoader, ModelRuntime
 
 logger = logging.getLogger("ray.serve")
-
-
-PREPARE_OFF_LOOP_BYTES = 64 * 1024
-"""Requests with more input bytes than this are prepared (tokenized) in a worker thread.
-The largest request the default limits admit (1024 texts of 16 KB, a 16 MiB body)
-took 4.8 s to tokenize on this project's 2-core machine: on the event loop that would
-stall every other request of the replica. A small request (0.02 ms) stays on the loop."""
-
-
-def input_bytes(inputs: dict[str, np.ndarray]) -> int:
-    """Bytes of a request's inputs (element lengths for BYTES)."""
-    total = 0
-    for array in inputs.values():
-        if array.dtype == object:
-            total += sum(len(x) for x in array.reshape(-1))
-        else:
-            total += array.nbytes
-    return total
-
-
-async def prepare_rows(
-    prepare: Callable[[dict[str, np.ndarray]], list[Any]],
-    inputs: dict[str, np.ndarray],
-    executor: ThreadPoolExecutor,
-) -> list[Any]:
-    """``prepare(inputs)`` on the event loop for a small request, in ``executor`` for
-    one above ``PREPARE_OFF_LOOP_BYTES``."""
-    if input_bytes(inputs) <= PREPARE_OFF_LOOP_BYTES:
-        return prepare(inputs)
-    return await asyncio.get_running_loop().run_in_executor(executor, prepare, inputs)
 
 
 def assigned_gpus() -> float:
@@ -144,8 +115,10 @@ class ModelDeployment(GrpcModelMethods):
         self.version = str(self.runtime.version.version)
         self.route_prefix = model_route_prefix(self.args.name)
         self.canary: CanaryForwarder | None = None  # set by reconfigure (user_config)
-        self.jobs = None if self.args.jobs is None else JobSubmitter(
-            self.args.jobs, self.args.http.retry_after_s
+        self.jobs = (
+            None
+            if self.args.jobs is None
+            else JobSubmitter(self.args.jobs, self.args.http.retry_after_s)
         )
         self._served_versions: list[int] | None = None
         self.metrics = metrics or RayModelMetrics(self.args.name, self.version)
@@ -290,6 +263,15 @@ class ModelDeployment(GrpcModelMethods):
         """Validate and split into rows; large requests off the event loop."""
         return await prepare_rows(self.runtime.prepare, inputs, self._prepare_executor)
 
+    async def _decode(
+        self, body: bytes, header_length: int | None
+    ) -> tuple[oip.DecodedRequest, list[Any]]:
+        """Decode an OIP body and prepare its rows; large bodies off the event loop."""
+        return await decode_and_prepare(
+            body, header_length, self.args.http.limits, self.runtime.prepare,
+            self._prepare_executor,
+        )  # fmt: skip
+
     @property
     def served_versions(self) -> list[str]:
         """Every version of this model served side by side (this one included)."""
@@ -320,8 +302,7 @@ class ModelDeployment(GrpcModelMethods):
         """The answer to an OIP request body: the route's, and a job consumer's."""
         rows: list[Any] | None = None
         try:
-            decoded = oip.decode_request(body, header_length, self.args.http.limits)
-            rows = await self._prepare(decoded.inputs)
+            decoded, rows = await self._decode(body, header_length)
             outputs = await self.infer_rows(rows)
             payload, headers = oip.encode_response(self.args.name, self.version, decoded, outputs)
             response = Response(payload, headers=headers)
@@ -347,8 +328,7 @@ class ModelDeployment(GrpcModelMethods):
         """``Prefer: respond-async``: check the request as ``_answer`` would, then queue it."""
         assert self.jobs is not None
         body, header_length = await read_request_body(request, self.args.http)
-        decoded = oip.decode_request(body, header_length, self.args.http.limits)
-        await self._prepare(decoded.inputs)
+        await self._decode(body, header_length)
         return await self.jobs.submit(body, header_length, version)
 
     def metadata(self) -> dict[str, Any]:

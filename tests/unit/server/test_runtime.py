@@ -99,7 +99,7 @@ def test_large_requests_are_prepared_off_the_event_loop() -> None:
     import asyncio
     from concurrent.futures import ThreadPoolExecutor
 
-    from serve_app.server.model_deployment import PREPARE_OFF_LOOP_BYTES, prepare_rows
+    from serve_app.server.off_loop import PREPARE_OFF_LOOP_BYTES, prepare_rows
 
     threads: list[int] = []
 

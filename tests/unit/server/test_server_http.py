@@ -398,3 +398,57 @@ async def test_ready_is_503_state_unknown_when_the_controller_never_answered(
     assert (r.status_code, r.headers["retry-after"]) == (503, "4")
     assert error_of(r) == "state unknown: the Serve controller has never answered"
     assert (await client.get("/v2/health/live")).status_code == 200
+
+
+# --- large bodies (issue 27) ----------------------------------------------------------
+
+
+def new_replica(
+    repo: Path, monkeypatch: pytest.MonkeyPatch, recorder: Recorder, http: dict[str, Any]
+) -> Any:
+    """A ``double`` replica with these ``http`` settings."""
+    from ray import serve
+
+    monkeypatch.setattr(serve, "get_replica_context", ReplicaContext)
+    args = {
+        "name": "double",
+        "repository": {"root": str(repo)},
+        "http": http,
+        "torch_threads": torch.get_num_threads(),
+    }
+    replica = ModelDeployment.func_or_class(
+        args, adapter_loader=lambda _, __: DoublingAdapter(), metrics=recorder
+    )
+    replica.reconfigure({"max_batch_size": 8, "cap_batch_to_memory": False})
+    return replica
+
+
+def padded_body(rows: int, pad_bytes: int) -> bytes:
+    """An inference body of ``rows`` rows whose id makes it ``pad_bytes`` longer."""
+    return json.dumps(infer_body([[1.0, 2.0]] * rows) | {"id": "p" * pad_bytes}).encode()
+
+
+async def test_a_large_body_is_decoded_and_prepared_off_the_event_loop(
+    repo: Path, monkeypatch: pytest.MonkeyPatch, recorder: Recorder
+) -> None:
+    import threading
+
+    from serve_app.protocol import oip
+    from serve_app.server.off_loop import DECODE_OFF_LOOP_BYTES
+
+    replica = new_replica(repo, monkeypatch, recorder, {"max_request_bytes": 2**20})
+    threads: list[int] = []
+    decode = oip.decode_request
+
+    def recording_decode(*args: Any) -> oip.DecodedRequest:
+        threads.append(threading.get_ident())
+        return decode(*args)
+
+    monkeypatch.setattr(oip, "decode_request", recording_decode)
+    transport = httpx.ASGITransport(app=asgi(replica.__call__))
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        for pad_bytes in (0, DECODE_OFF_LOOP_BYTES):
+            r = await client.post("/v2/models/double/infer", content=padded_body(2, pad_bytes))
+            assert (r.status_code, r.json()["outputs"][0]["data"]) == (200, [2.0, 4.0] * 2)
+    assert threads[0] == threading.get_ident()  # small: on the loop
+    assert threads[1] != threading.get_ident()  # large: in the prepare thread
