@@ -125,15 +125,19 @@ def _deploy(a: argparse.Namespace) -> int:
         import yaml
 
         from serve_app.config import AppConfig
+        from serve_app.deploy.guard import write_atomically
         from serve_app.deploy.rollout import end_canary, rollout_ending_canary
 
-        raw = yaml.safe_load(Path(a.config).read_text())
+        text = Path(a.config).read_text()
+        raw = yaml.safe_load(text)
         edited = end_canary(raw, a.promote or a.rollback, promote=bool(a.promote))
         before = render_for_deploy(AppConfig.model_validate(raw))
         after = render_for_deploy(AppConfig.model_validate(edited))
-        changes = rollout_ending_canary(api, before, after, verify=not a.no_verify, wait_s=a.wait_s)
+        changes = rollout_ending_canary(
+            api, before, after, verify=not a.no_verify, wait_s=a.wait_s, source=a.config
+        )
         # Only once Serve runs it: the file stays what is deployed.
-        Path(a.config).write_text(yaml.safe_dump(edited, sort_keys=False))
+        write_atomically(Path(a.config), yaml.safe_dump(edited, sort_keys=False), text)
         print(f"updated {a.config} (YAML comments are not kept)")
     else:
         changes = rollout(api, render_for_deploy(a.config), verify=not a.no_verify, wait_s=a.wait_s)

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from serve_app.config import AppConfig
+from serve_app.deploy.guard import check_unchanged
 from serve_app.deploy.progress import concise
 from serve_app.errors import DeployError, RepositoryError
 from serve_app.repository.loader import ModelRepository
@@ -203,11 +204,18 @@ def rollout_ending_canary(
     verify: bool = True,
     wait_s: float = 600.0,
     say: Callable[[str], None] = print,
+    source: str = "the config",
 ) -> dict[str, tuple[Any, Any]]:
     """Deploy ``after`` (a canary promoted or rolled back) in two steps, so that no
     stable replica forwards to a canary application that is already gone (its request
     would wait for Serve's request timeout): first the new stable version beside the
-    canary applications of ``before``, then, once it runs, without them."""
+    canary applications of ``before``, then, once it runs, without them. Each step is
+    refused unless Serve still runs what precedes it (``before``, then the first step).
+
+    Raises:
+        DeployError: Serve runs something else than ``before`` (named, nothing
+            deployed), or as ``rollout``.
+    """
     import copy
 
     from serve_app.deploy.version_policy import CANARY_SUFFIX
@@ -220,10 +228,11 @@ def rollout_ending_canary(
     ]
     step = copy.deepcopy(after)
     step["applications"] += copy.deepcopy(canaries)
-    changes = rollout(api, step, verify=verify, wait_s=wait_s, say=say)
+    changes = rollout(api, step, verify=verify, wait_s=wait_s, say=say, expect=(before, source))
     if canaries:
         say("removing " + ", ".join(a["name"] for a in canaries))
-        rollout(api, after, verify=False, wait_s=wait_s, say=say)
+        first_step = (step, "the first step of this command")
+        rollout(api, after, verify=False, wait_s=wait_s, say=say, expect=first_step)
     return changes
 
 
@@ -250,13 +259,24 @@ def rollout(
     verify: bool = True,
     wait_s: float = 600.0,
     say: Callable[[str], None] = print,
+    expect: tuple[dict[str, Any], str] | None = None,
 ) -> dict[str, tuple[Any, Any]]:
     """Deploy ``config`` (pinned) on a running Serve and wait; returns each model
     application's (old, new) version.
 
+    Args:
+        api: Serve's REST API.
+        config: The Serve config to deploy.
+        verify: Verify every version's files first.
+        wait_s: How long to wait for Serve to run it.
+        say: Where progress lines go.
+        expect: ``(config, where it came from)``: deploy only if Serve runs exactly that
+            config (checked with the read that precedes the ``PUT``).
+
     Raises:
-        DeployError: a version failed verification (nothing was deployed), the API
-            refused, or Serve failed the rollout.
+        DeployError: a version failed verification (nothing was deployed), Serve does
+            not run ``expect`` (nothing was deployed), the API refused, or Serve failed
+            the rollout.
     """
     if verify:
         errors = preflight(config)
@@ -264,7 +284,10 @@ def rollout(
             raise DeployError(
                 "not deployed, the running versions keep serving: " + "; ".join(errors)
             )
-    before = deployed_versions(api.applications())
+    applications = api.applications()
+    if expect is not None:
+        check_unchanged(expect[0], applications, expect[1])
+    before = deployed_versions(applications)
     changes = {
         name: (before.get(name), version)
         for name, (_, _, version) in model_versions(config).items()
