@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -82,34 +83,85 @@ def test_still_serving_and_405_says_allow(client: httpx.Client) -> None:
     assert (r.status_code, r.headers["allow"]) == (405, "GET, HEAD")
 
 
-def test_a_large_request_does_not_stall_the_replica(serve_app_url: str) -> None:
-    """A ~1 MiB request (64 texts of 16 KB; ~0.2 s to tokenize, then a long forward)
-    leaves the replica answering /ready meanwhile (measured worst ~0.4 s on 2 busy
-    cores; the bound is loose for CI, the off-loop rule is unit-tested)."""
+def hard_texts(rows: int, text_bytes: int) -> list[str]:
+    """``rows`` texts of ``text_bytes`` made of random 40-letter words: WordPiece tries
+    every substring of an unknown word, so these cost ~5x more to tokenize per byte than
+    prose, while truncation keeps the forward at 256 tokens a row."""
+    import random
+    import string
+
+    rng = random.Random(27)
+    word_count = text_bytes // 41 + 1
+    return [
+        " ".join("".join(rng.choices(string.ascii_lowercase, k=40)) for _ in range(word_count))[
+            :text_bytes
+        ]
+        for _ in range(rows)
+    ]
+
+
+def tokenizing_s(model_root: Path, texts: list[str]) -> float:
+    """Seconds the replica's own tokenizer (``TextTokenizer.prepare``, the served MiniLM
+    version's files) takes for ``texts`` in this process: best of two."""
+    import numpy as np
+
+    from serve_app.models.text import TextTokenizer, read_max_seq_length
+
+    folder = max((model_root / "minilm").glob("[0-9]*"), key=lambda p: int(p.name))
+    tokenizer = TextTokenizer(folder, read_max_seq_length(folder))
+    text = np.empty(len(texts), dtype=object)
+    text[:] = texts
+    best_s = float("inf")
+    for _ in range(2):
+        t0 = time.perf_counter()
+        tokenizer.prepare({"text": text})
+        best_s = min(best_s, time.perf_counter() - t0)
+    return best_s
+
+
+def test_a_large_request_does_not_stall_the_replica(serve_app_url: str, model_root: Path) -> None:
+    """A request above the off-loop thresholds (6 texts of 60 KB, slow to tokenize,
+    cheap to forward) leaves the replica's event loop free while it is tokenized: a
+    ``/ready`` polled meanwhile never waits half the tokenizing time measured here, in
+    the same run. On the loop, a poll arriving during tokenizing waits for all of it.
+    Measured 2026-12-03 on 2 cores: tokenizing 287 ms here, worst /ready 9 ms; with the
+    thresholds raised above the request (tokenizing on the loop) 427 ms against 409 ms
+    of tokenizing, and this test failed."""
     import threading
 
-    text = ("word " * 3300)[:16_000]
-    big = {"inputs": [{"name": "text", "shape": [64], "datatype": "BYTES", "data": [text] * 64}]}
+    texts = hard_texts(rows=6, text_bytes=60_000)
+    work_s = tokenizing_s(model_root, texts)
+    big = {"inputs": [{"name": "text", "shape": [6], "datatype": "BYTES", "data": texts}]}
     result: dict[str, int] = {}
 
     def send() -> None:
         with httpx.Client(base_url=serve_app_url, timeout=60) as c:
             result["status"] = c.post(INFER, json=big).status_code
 
-    worst = 0.0
+    worst_s = 0.0
     with httpx.Client(base_url=serve_app_url, timeout=30) as c:
-        c.get("/v2/models/minilm/ready")
+        idle_s = []
+        for _ in range(10):
+            t0 = time.perf_counter()
+            assert c.get("/v2/models/minilm/ready").status_code == 200
+            idle_s.append(time.perf_counter() - t0)
         sender = threading.Thread(target=send)
         sender.start()
         while sender.is_alive():
-            t0 = time.monotonic()
+            t0 = time.perf_counter()
             assert c.get("/v2/models/minilm/ready").status_code == 200
-            worst = max(worst, time.monotonic() - t0)
+            worst_s = max(worst_s, time.perf_counter() - t0)
             time.sleep(0.01)
         sender.join()
-    print(f"worst /ready latency during the large request: {worst * 1e3:.0f} ms")
+    print(
+        f"tokenizing here {work_s * 1e3:.0f} ms; /ready idle worst {max(idle_s) * 1e3:.0f} ms, "
+        f"during the large request worst {worst_s * 1e3:.0f} ms"
+    )
     assert result["status"] == 200
-    assert worst < 2.0
+    assert worst_s < work_s / 2, (
+        f"/ready waited {worst_s:.2f} s while a request that takes {work_s:.2f} s to "
+        "tokenize was prepared: tokenizing ran on the replica's event loop"
+    )
 
 
 def test_a_burst_beyond_the_queue_gets_503_with_retry_after(serve_app_url: str) -> None:
