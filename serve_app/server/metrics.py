@@ -66,7 +66,13 @@ FAMILIES: dict[str, tuple[str, str]] = {
         "histogram", "A job's time from submission to its stored answer."),
     "serve_app_job_queue_depth": (
         "gauge", "Messages waiting in a target's queues (jobs, failed, unprocessable)."),
+    "serve_app_unrouted_requests": (
+        "counter", "Requests for a model route that no model application took, answered by "
+        "the server application: the model is not running (503) or unknown (404)."),
 }  # fmt: skip
+UNKNOWN_MODEL = "(unknown)"
+"""``model`` tag of a request for a name that is neither a model nor a pipeline (the
+name is the client's: unbounded, so not a tag)."""
 
 
 def exported_name(name: str) -> list[str]:
@@ -227,6 +233,23 @@ class RayNodeMetrics:
         """One model node call that ended with ``outcome`` after ``seconds``."""
         self._calls.inc(1, tags={"node": node, "outcome": outcome})
         self._latency.observe(seconds * 1000.0, tags={"node": node})
+
+
+class RayUnroutedMetrics:
+    """``serve_app_unrouted_requests`` of the server application, over
+    ``ray.serve.metrics``: tagged ``model`` (a served name or ``UNKNOWN_MODEL``) and
+    ``status``."""
+
+    def __init__(self) -> None:
+        from ray.serve import metrics as ray_metrics
+
+        name = "serve_app_unrouted_requests"
+        counter: Any = ray_metrics.Counter
+        self._requests = counter(name, description=FAMILIES[name][1], tag_keys=("model", "status"))
+
+    def observe(self, model: str, status: int) -> None:
+        """One request for ``model``'s route answered ``status`` by the server."""
+        self._requests.inc(1, tags={"model": model, "status": str(status)})
 
 
 def device_memory_bytes(device: str) -> int | None:

@@ -3,9 +3,11 @@
 Model routes (``/v2/models/<name>/...``) are taken by the model applications; a request
 that reaches this deployment on such a path is either for an unknown model (404) or for
 a model whose application is not running (503 with ``Retry-After`` and the reason that
-Serve reports, e.g. the weight file that failed verification).
+Serve reports, e.g. the weight file that failed verification). Both are counted in
+``serve_app_unrouted_requests``: no model's own counter sees them.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +23,7 @@ from serve_app.server.controller_view import ControllerView
 from serve_app.server.grpc_server_methods import GrpcServerMethods
 from serve_app.server.http import install_error_handlers
 from serve_app.server.job_routes import JobRoutes, QueueDepthReporter
+from serve_app.server.metrics import UNKNOWN_MODEL, RayUnroutedMetrics
 from serve_app.server.tenant_forward import TenantForwarder
 from serve_app.server.tenant_listing import repository_listing
 
@@ -85,9 +88,17 @@ class OIPServer(GrpcServerMethods):
     """Server metadata, liveness, readiness and the model list; over gRPC also the
     model calls of clients that name no application (forwarded by model name)."""
 
-    def __init__(self, args: dict[str, Any], state_reader: Any = None) -> None:
+    def __init__(
+        self,
+        args: dict[str, Any],
+        state_reader: Any = None,
+        unrouted: Callable[[str, int], None] | None = None,
+    ) -> None:
         self.args = ServerAppArgs.model_validate(args)
         read = state_reader or read_model_states
+        if unrouted is None and state_reader is None:  # a test passes its own state reader
+            unrouted = RayUnroutedMetrics().observe
+        self._unrouted = unrouted or (lambda model, status: None)
         self.user_config = ServerUserConfig()
         self._view: ControllerView[dict[str, ModelState]] = ControllerView(
             lambda: read(self._names()), STATUS_PERIOD_S, STATUS_TIMEOUT_S
@@ -188,9 +199,12 @@ class OIPServer(GrpcServerMethods):
         family = self._tenants.family_of(name)
         if family is not None:  # a tenant of a multiplexed family (see server/multiplexed.py)
             return await self._tenants.forward(family, name, request)
+        # Counted here: Serve's and our models' own counters never see these answers.
         if name not in self.args.models and name not in self.args.pipelines:
             served = self.args.models + list(self.args.pipelines)
+            self._unrouted(UNKNOWN_MODEL, 404)
             raise ModelNotFound(f"unknown model {name!r}; served models: {served}")
+        self._unrouted(name, 503)
         state = (await self._states()).get(name)
         reason = "unknown state"
         if state is not None:

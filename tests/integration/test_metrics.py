@@ -22,6 +22,8 @@ NODE_SERIES = {
     for family in ("serve_app_pipeline_node_latency_ms", "serve_app_pipeline_node_calls")
     for s in exported_name(family)
 }
+UNROUTED_SERIES = set(exported_name("serve_app_unrouted_requests"))
+"""Comes with the first request the server app answers for a model route."""
 
 Samples = dict[str, list[tuple[dict[str, str], float]]]
 
@@ -128,7 +130,7 @@ def test_model_metrics_are_exported_and_move_with_traffic(client: httpx.Client) 
     assert total(after, "ray_serve_app_weights_verify_seconds", **model) > 0
     # Every family but device memory (CUDA only) is on the page; the pipeline node
     # families come with the first pipeline request (the next test checks them).
-    missing = {n for n in EXPORTED if n not in after} - NODE_SERIES
+    missing = {n for n in EXPORTED if n not in after} - NODE_SERIES - UNROUTED_SERIES
     assert missing == {"ray_serve_app_device_memory_bytes"}
 
 
@@ -154,6 +156,20 @@ def test_pipeline_requests_are_counted_under_its_name(client: httpx.Client) -> N
     for n in nodes:
         assert total(after, calls, node=n, outcome="ok", **tags) == before[n] + 1
         assert total(after, latency, node=n, **tags) == total(after, calls, node=n, **tags)
+
+
+def test_model_routes_the_server_app_answers_are_counted(client: httpx.Client) -> None:
+    """No model application takes an unknown name: the server app's 404 is counted under
+    ``(unknown)`` (the name is the client's, not a tag)."""
+    tags = {"model": "(unknown)", "status": "404"}
+    before = total(scrape(), "ray_serve_app_unrouted_requests_total", **tags)
+    r = client.post("/v2/models/no-such-model/infer", json=body(["hello"]))
+    assert (r.status_code, r.json()["error"].split(";")[0]) == (
+        404,
+        "unknown model 'no-such-model'",
+    )
+    after = wait_until(lambda s: total(s, "ray_serve_app_unrouted_requests_total", **tags) > before)
+    assert total(after, "ray_serve_app_unrouted_requests_total", **tags) == before + 1
 
 
 def test_dashboard_queries_name_series_the_live_node_exports(client: httpx.Client) -> None:

@@ -48,7 +48,12 @@ def ray_defines(series: str) -> bool:
         *root.glob("serve/_private/**/*.py"),
         root / "dashboard/modules/reporter/reporter_agent.py",
     ]
-    return any(f'"{name}"' in f.read_text(encoding="utf-8") for f in files)
+    # The ingress families are named per protocol: f"serve_num_{protocol_name}_requests".
+    per_protocol = f'f"{name.replace("_http_", "_{protocol_name}_")}"'
+    return any(
+        f'"{name}"' in text or per_protocol in text
+        for text in (f.read_text(encoding="utf-8") for f in files)
+    )
 
 
 def test_committed_dashboard_is_what_the_builder_writes() -> None:
@@ -66,10 +71,10 @@ def test_monitoring_component_ships_the_dashboard_to_grafana(tmp_path: Path) -> 
 def test_panels_are_well_formed() -> None:
     data = json.loads(builder().render())
     ids = [p["id"] for p in data["panels"]]
-    assert len(ids) == len(set(ids)) == 17
+    assert len(ids) == len(set(ids)) == 19
     rows = [p for p in data["panels"] if p["type"] == "row"]
     assert [(r["title"], r["gridPos"]) for r in rows] == [
-        ("Jobs", {"x": 0, "y": 48, "w": 24, "h": 1})
+        ("Jobs", {"x": 0, "y": 56, "w": 24, "h": 1})
     ]
     for p in data["panels"]:
         if p["type"] == "row":
@@ -90,13 +95,14 @@ def test_every_query_names_a_metric_we_export_or_ray_defines() -> None:
     assert theirs == {
         "ray_serve_deployment_replica_healthy", "ray_serve_autoscaling_target_replicas",
         "ray_serve_replica_processing_queries", "ray_serve_deployment_queued_queries",
-        "ray_node_gram_used",
+        "ray_node_gram_used", "ray_serve_num_http_requests_total",
     }  # fmt: skip
     assert [m for m in sorted(theirs) if not ray_defines(m)] == []
 
 
 def test_the_check_catches_a_misspelled_metric() -> None:
     assert not ray_defines("ray_serve_deployment_replica_healty")
+    assert not ray_defines("ray_serve_num_http_request_total")
     assert "ray_serve_app_request_latency_seconds_bucket" not in EXPORTED
 
 
@@ -121,3 +127,50 @@ def test_jobs_row_queries_the_job_families_and_the_consumer_applications() -> No
         f"sum by (application) (ray_serve_deployment_replica_healthy{apps})",
         f"max by (application) (ray_serve_autoscaling_target_replicas{apps})",
     ]
+
+
+def panel_exprs(title_start: str) -> list[str]:
+    data = json.loads(DASHBOARD.read_text())
+    (p,) = [p for p in data["panels"] if p["title"].startswith(title_start)]
+    return [t["expr"] for t in p["targets"]]
+
+
+def grafana_match(selector_regex: str, model: str, value: str) -> bool:
+    """Whether PromQL's ``=~`` (anchored) matches ``value`` with ``$model`` = ``model``."""
+    return re.fullmatch(selector_regex.replace("$model", model), value) is not None
+
+
+def test_a_models_panels_include_its_canary_and_side_version_applications() -> None:
+    (healthy, _) = panel_exprs("Replicas: healthy")
+    regex = re.search(r'application=~"([^"]+)"', healthy)
+    assert regex is not None
+    for app in ("minilm", "minilm.canary", "minilm.v1", "minilm.latest-2"):
+        assert grafana_match(regex.group(1), "minilm", app), app
+    for app in ("minilm-pp", "jobs-minilm", "minilm.canaryx", "other"):
+        assert not grafana_match(regex.group(1), "minilm", app), app
+    # serve_app's own series: the model's name, its versions apart.
+    assert panel_exprs("Requests answered by serve_app") == [
+        "sum by (model, version, status) "
+        '(rate(ray_serve_app_requests_total{model=~"$model"}[$__rate_interval]))'
+    ]
+
+
+def test_overload_answers_from_outside_our_code_have_panels() -> None:
+    app = 'application=~"($model)([.](canary|v[0-9]+|latest-[0-9]+))?"'
+    assert panel_exprs("Answers at the ingress") == [
+        "sum by (application, status_code) "
+        f"(rate(ray_serve_num_http_requests_total{{{app}}}[$__rate_interval]))"
+    ]
+    assert panel_exprs("Model routes answered by the server app") == [
+        "sum by (model, status) (rate(ray_serve_app_unrouted_requests_total"
+        '{model=~"$model|[(]unknown[)]"}[$__rate_interval]))'
+    ]
+
+
+def test_the_model_selector_lists_pipelines_too() -> None:
+    data = json.loads(DASHBOARD.read_text())
+    selector = data["templating"]["list"][1]
+    assert selector["definition"] == (
+        'label_values({__name__=~"ray_serve_app_model_info|ray_serve_app_requests_total"}, model)'
+    )
+    assert selector["query"]["query"] == selector["definition"]

@@ -16,7 +16,13 @@ from typing import Any
 OUT = Path(__file__).with_name("serve-app-dashboard.json")
 DS = {"type": "prometheus", "uid": "${datasource}"}
 SEL = 'model=~"$model"'
-APP = 'application=~"$model"'
+APP = 'application=~"($model)([.](canary|v[0-9]+|latest-[0-9]+))?"'
+"""A model's applications: its own, its canary (``<name>.canary``) and its older served
+versions (``<name>.v<k>``, ``<name>.latest-<i>``; serve_app/deploy/version_policy.py).
+serve_app's own series carry the model's name with a ``version`` tag instead."""
+MODELS = "ray_serve_app_model_info|ray_serve_app_requests_total"
+"""Where the model selector finds names: models set ``model_info`` at load; pipelines
+(no weights) appear with their first request."""
 
 
 def panel(
@@ -107,8 +113,10 @@ def dashboard() -> dict[str, Any]:
     gpu_used = "sum by (instance, GpuIndex) (ray_node_gram_used) * 1024 * 1024"
     info_by = "model, version, format, device, num_gpus"
     panels = [
-        panel(1, "Requests by model and status",
-              [(rate(requests, "model, status"), "{{model}} {{status}}")], "reqps", 0, 0),
+        panel(1, "Requests answered by serve_app, by model, version and status "
+                 "(a model's count includes its calls from pipelines)",
+              [(rate(requests, "model, version, status"), "{{model}} v{{version}} {{status}}")],
+              "reqps", 0, 0),
         panel(2, "Error ratio (non-2xx)",
               [(f"{rate(requests, sel=errors_sel)} / {rate(requests)}", "{{model}}")],
               "percentunit", 12, 0),
@@ -159,7 +167,16 @@ def dashboard() -> dict[str, Any]:
             (rate("ray_serve_app_pipeline_node_calls_total", "model, node, outcome",
                   f'{SEL},outcome!="ok"'), "{{model}} {{node}} {{outcome}}"),
         ], "ops", 12, 40),
-        *jobs_panels(49),
+        panel(18, "Answers at the ingress by application and status (Serve's count: also "
+                  "back-pressure 503, timeout 408, client disconnect 499, HAProxy's own)", [
+            (rate("ray_serve_num_http_requests_total", "application, status_code", APP),
+             "{{application}} {{status_code}}"),
+        ], "reqps", 0, 48),
+        panel(19, "Model routes answered by the server app (not running 503, unknown 404)", [
+            (rate("ray_serve_app_unrouted_requests_total", "model, status",
+                  'model=~"$model|[(]unknown[)]"'), "{{model}} {{status}}"),
+        ], "reqps", 12, 48),
+        *jobs_panels(57),
     ]  # fmt: skip
     return {
         "uid": "serve-app",
@@ -185,10 +202,10 @@ def dashboard() -> dict[str, Any]:
                     "datasource": DS,
                     "label": "Model",
                     "query": {
-                        "query": "label_values(ray_serve_app_model_info, model)",
+                        "query": f'label_values({{__name__=~"{MODELS}"}}, model)',
                         "refId": "model",
                     },
-                    "definition": "label_values(ray_serve_app_model_info, model)",
+                    "definition": f'label_values({{__name__=~"{MODELS}"}}, model)',
                     "includeAll": True,
                     "multi": True,
                     "allValue": ".*",
