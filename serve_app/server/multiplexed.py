@@ -15,6 +15,11 @@ A tenant is addressed two ways, both ending in :meth:`MultiplexedDeployment._ans
 Each tenant's weights are verified against its manifest before they are loaded; an
 unknown tenant is a 404 and a corrupt one fails its own requests only (503 naming the
 file), without evicting healthy tenants (``server/tenant_runtime.py``).
+
+Large bodies are decoded and prepared off the event loop as in ``ModelDeployment``
+(``server/off_loop.py``), and inference requests are counted with the same metrics: a
+loaded tenant's under its own name and version, those that failed before a tenant was
+loaded (unknown, corrupt) under the family's name, so unknown names add no series.
 """
 
 from __future__ import annotations
@@ -22,7 +27,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -37,6 +45,8 @@ from serve_app.protocol import oip
 from serve_app.protocol.limits import parse_header_length
 from serve_app.repository.loader import ModelRepository
 from serve_app.server.http import error_response, json_response, read_body
+from serve_app.server.metrics import ModelMetricsSink, RayModelMetrics
+from serve_app.server.off_loop import decode_and_prepare
 from serve_app.server.routes import match
 from serve_app.server.runtime import AdapterLoader
 from serve_app.server.tenant_forward import ForwardedRequest, ForwardedResponse
@@ -44,13 +54,30 @@ from serve_app.server.tenant_runtime import LoadedTenant, TenantLoader
 
 logger = logging.getLogger("ray.serve")
 
+MetricsFor = Callable[[str, str], ModelMetricsSink]
+"""(model, version) -> the sink its requests are counted in."""
+
+
+@dataclass
+class _Seen:
+    """How far an inference request got, for its metrics."""
+
+    tenant: LoadedTenant | None = None
+    rows: int | None = None
+
 
 @serve.deployment(name=MULTIPLEX_DEPLOYMENT, max_ongoing_requests=64)
 class MultiplexedDeployment:
     """A replica of a multiplexed family. ``args`` are ``MultiplexAppArgs``;
-    ``adapter_loader`` is injectable so tests can stand in a model."""
+    ``adapter_loader`` and ``metrics_for`` are injectable so tests can stand in a model
+    and read what it reports."""
 
-    def __init__(self, args: dict[str, Any], adapter_loader: AdapterLoader | None = None) -> None:
+    def __init__(
+        self,
+        args: dict[str, Any],
+        adapter_loader: AdapterLoader | None = None,
+        metrics_for: MetricsFor | None = None,
+    ) -> None:
         import torch
 
         self.args = MultiplexAppArgs.model_validate(args)
@@ -73,6 +100,9 @@ class MultiplexedDeployment:
         # reading weights) does not hold up forwards of tenants already loaded.
         self._load_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tenant-load")
         self._forward_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="forward")
+        self._prepare_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prepare")
+        self._metrics_for: MetricsFor = metrics_for or RayModelMetrics
+        self._metrics: dict[tuple[str, str], ModelMetricsSink] = {}
 
         async def load_tenant(tenant: str) -> LoadedTenant:
             loop = asyncio.get_running_loop()
@@ -108,11 +138,14 @@ class MultiplexedDeployment:
         tenant_name: str,
         action: str,
         version: str | None,
-        body: bytes,
+        body: bytes | Request,
         header_length: str | None,
+        seen: _Seen,
     ) -> Response:
-        """A tenant's OIP answer: metadata, readiness or inference."""
+        """A tenant's OIP answer: metadata, readiness or inference (``body`` a request
+        whose body is read here, or the bytes a forward brought)."""
         tenant = await self._tenant(tenant_name)
+        seen.tenant = tenant
         tenant.check_version(version)
         if action == "metadata":
             return json_response(tenant.metadata())
@@ -121,27 +154,64 @@ class MultiplexedDeployment:
             if version is not None:
                 ready["version"] = version
             return json_response(ready)
+        if isinstance(body, Request):
+            body = await read_body(body, self.args.http.max_request_bytes)
         length = parse_header_length(header_length, len(body))
-        decoded = oip.decode_request(body, length, self.args.http.limits)
-        rows = tenant.runtime.prepare(decoded.inputs)
-        loop = asyncio.get_running_loop()
-        outputs: dict[str, np.ndarray] = await loop.run_in_executor(
-            self._forward_executor, tenant.runtime.forward_rows, rows
+        decoded, rows = await decode_and_prepare(
+            body, length, self.args.http.limits, tenant.runtime.prepare, self._prepare_executor
         )
+        seen.rows = len(rows)
+
+        def forward() -> tuple[float, dict[str, np.ndarray]]:
+            return time.perf_counter(), tenant.runtime.forward_rows(rows)
+
+        loop = asyncio.get_running_loop()
+        queued_s = time.perf_counter()
+        started_s, outputs = await loop.run_in_executor(self._forward_executor, forward)
+        sink = self._sink(tenant.name, tenant.version)
+        sink.observe_batch(len(rows), [started_s - queued_s], time.perf_counter() - started_s)
         payload, headers = oip.encode_response(tenant_name, tenant.version, decoded, outputs)
         return Response(payload, headers=headers)
+
+    def _sink(self, model: str, version: str) -> ModelMetricsSink:
+        """The metrics of ``model`` at ``version`` (made on first use)."""
+        sink = self._metrics.get((model, version))
+        if sink is None:
+            sink = self._metrics[(model, version)] = self._metrics_for(model, version)
+        return sink
+
+    async def _counted(
+        self,
+        tenant_name: str,
+        action: str,
+        version: str | None,
+        body: bytes | Request,
+        header_length: str | None,
+    ) -> Response:
+        """``_answer`` with every error mapped to its answer; an inference request is
+        counted under its tenant once the tenant was loaded, else under the family."""
+        start_s = time.perf_counter()
+        seen = _Seen()
+        try:
+            response = await self._answer(tenant_name, action, version, body, header_length, seen)
+        except Exception as e:  # one mapper for every error, never a traceback
+            response = error_response(e, self.args.http.retry_after_s)
+        if action == "infer":
+            model, tag = self.args.name, str(self.args.version)
+            if seen.tenant is not None:
+                model, tag = seen.tenant.name, seen.tenant.version
+            latency_s = time.perf_counter() - start_s
+            self._sink(model, tag).observe_request(response.status_code, latency_s, seen.rows)
+        return response
 
     async def forward(self, request: ForwardedRequest) -> ForwardedResponse:
         """Handle entry point of the server's catch-all (``/v2/models/<tenant>/...``): the
         caller set ``multiplexed_model_id`` to the tenant. Errors come back as answers
         made by the one mapper, so nothing but bytes crosses the hop."""
-        try:
-            response = await self._answer(
-                request.tenant, request.action, request.version, request.body,
-                request.header_length,
-            )  # fmt: skip
-        except Exception as e:  # one mapper for every error, never a traceback
-            response = error_response(e, self.args.http.retry_after_s)
+        response = await self._counted(
+            request.tenant, request.action, request.version, request.body,
+            request.header_length,
+        )  # fmt: skip
         return ForwardedResponse.of(response)
 
     def _family_answer(self, action: str) -> Response:
@@ -171,14 +241,11 @@ class MultiplexedDeployment:
             tenant = serve.get_multiplexed_model_id()
             if not tenant:
                 return self._family_answer(route.action)
-            body = b""
-            if route.action == "infer":
-                body = await read_body(request, self.args.http.max_request_bytes)
-            return await self._answer(
-                tenant, route.action, route.version, body, request.headers.get(oip.HEADER_LENGTH)
-            )
         except Exception as e:  # one mapper for every error, never a traceback
             return error_response(e, self.args.http.retry_after_s)
+        return await self._counted(
+            tenant, route.action, route.version, request, request.headers.get(oip.HEADER_LENGTH)
+        )
 
     def tenant_stats(self) -> dict[str, Any]:
         """This replica's counts and the tenants it holds (for tests and benchmarks)."""

@@ -245,9 +245,30 @@ def plain_multiplexed(max_num_models_per_replica: int) -> Callable[..., Any]:
     return decorate
 
 
+class Sink:
+    """A ``ModelMetricsSink`` that keeps what the replica reports for one model."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[int, int | None]] = []
+        self.batches: list[tuple[int, int]] = []  # (rows, requests waiting for it)
+
+    def observe_request(self, status: int, latency_s: float, rows: int | None) -> None:
+        assert 0 <= latency_s < 10
+        self.requests.append((status, rows))
+
+    def observe_batch(self, rows: int, queue_waits_s: Any, compute_s: float) -> None:
+        assert 0 <= compute_s < 10 and all(0 <= w < 10 for w in queue_waits_s)
+        self.batches.append((rows, len(list(queue_waits_s))))
+
+
+@pytest.fixture
+def sinks() -> dict[tuple[str, str], Sink]:
+    return {}
+
+
 @pytest.fixture
 async def family_client(
-    repo: ModelRepository, monkeypatch: pytest.MonkeyPatch
+    repo: ModelRepository, monkeypatch: pytest.MonkeyPatch, sinks: dict[tuple[str, str], Sink]
 ) -> AsyncIterator[tuple[httpx.AsyncClient, Any]]:
     from ray import serve
 
@@ -261,7 +282,9 @@ async def family_client(
         "tenant_prefix": "tenant-",
         "max_models_per_replica": 2,
     }
-    replica = MultiplexedDeployment.func_or_class(args)
+    replica = MultiplexedDeployment.func_or_class(
+        args, metrics_for=lambda model, version: sinks.setdefault((model, version), Sink())
+    )
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         headers = dict(scope["headers"])
@@ -341,3 +364,55 @@ async def test_family_replica_errors(
     stats = replica.tenant_stats()
     assert (stats["load_failures"], stats["evictions"]) == (1, 0)  # failed before the LRU
     assert replica.tenants.loaded == {tenant_name(0), tenant_name(1)}
+
+
+@pytest.mark.anyio
+async def test_family_replica_counts_requests_like_a_model_replica(
+    family_client: tuple[httpx.AsyncClient, Any], sinks: dict[tuple[str, str], Sink]
+) -> None:
+    client, _ = family_client
+    x = np.zeros((2, 384), np.float32)
+    t = tenant_name(0)
+    r = await client.post("/v2/models/heads/infer", json=infer_body(x), headers=tenant_header(t))
+    assert r.status_code == 200
+    r = await client.post("/v2/models/heads/infer", content=b"{", headers=tenant_header(t))
+    assert r.status_code == 422
+    r = await client.post(
+        "/v2/models/heads/infer", json=infer_body(x), headers=tenant_header("tenant-0042")
+    )
+    assert r.status_code == 404
+    await client.get("/v2/models/heads/ready", headers=tenant_header(t))  # not inference
+    assert {k: (v.requests, v.batches) for k, v in sinks.items()} == {
+        (t, "1"): ([(200, 2), (422, None)], [(2, 1)]),
+        ("heads", "latest"): ([(404, None)], []),  # unknown names add no series
+    }
+
+
+@pytest.mark.anyio
+async def test_family_replica_decodes_a_large_body_off_the_event_loop(
+    family_client: tuple[httpx.AsyncClient, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+    import threading
+
+    from serve_app.protocol import oip
+    from serve_app.server.off_loop import DECODE_OFF_LOOP_BYTES
+
+    client, _ = family_client
+    threads: list[int] = []
+    decode = oip.decode_request
+
+    def recording_decode(*args: Any) -> oip.DecodedRequest:
+        threads.append(threading.get_ident())
+        return decode(*args)
+
+    monkeypatch.setattr(oip, "decode_request", recording_decode)
+    x = np.zeros((1, 384), np.float32)
+    for pad_bytes in (0, DECODE_OFF_LOOP_BYTES):
+        body = json.dumps(infer_body(x) | {"id": "p" * pad_bytes}).encode()
+        r = await client.post(
+            "/v2/models/heads/infer", content=body, headers=tenant_header(tenant_name(0))
+        )
+        assert r.status_code == 200, r.text
+    assert threads[0] == threading.get_ident()  # small: on the loop
+    assert threads[1] != threading.get_ident()  # large: in the prepare thread
