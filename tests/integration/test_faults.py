@@ -2,12 +2,17 @@
 counted: ``serve-app demo`` in its own process, open-loop traffic from ``loadtest``, and
 a fault injected mid-run by signalling the demo's own processes.
 
-Each test prints its counts (sent, succeeded, failed by kind); the closing notes quote
-them. The last test stops the demo with SIGTERM while requests are in flight.
+Each test prints its counts (sent, succeeded, failed by kind) and writes them, raw, as
+``fault_counts.json`` next to its run; with ``SERVE_APP_FAULT_RESULTS=<folder>`` also as
+``<folder>/<fault>.json`` (``loadtest/results/faults`` holds the committed ones, quoted in
+docs/operations.md). The last test stops the demo with SIGTERM while requests are in
+flight.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import signal
 import threading
@@ -22,6 +27,7 @@ import numpy as np
 import psutil
 import pytest
 
+from loadtest.harness.machine import machine_info
 from loadtest.observe.analysis import load_run, summarize, target_series
 from loadtest.observe.sampler import http_get, read_token
 from loadtest.run import RunSettings, run_open_loop
@@ -49,6 +55,24 @@ before the answer starts (ServerDisconnectedError) or in the middle of its body
 2026-12-02, 1 of 427 requests, in the corrupt-weights kill)."""
 VICTIM, SHRINKER, CONTROLLED, SLOW = "victim", "shrinker", "steady", "slow"
 FRAGILE = "fragile"
+FAULT_RESULTS_ENV = "SERVE_APP_FAULT_RESULTS"
+"""A folder where each test also writes its raw counts as ``<fault>.json``."""
+
+
+def write_counts(fault: str, counts: dict[str, Any], out: Path) -> Path:
+    """Write ``counts`` with the test, date, machine and versions: as
+    ``out/fault_counts.json``, and as ``<fault>.json`` in ``$SERVE_APP_FAULT_RESULTS``
+    when set. Returns the first path."""
+    test = os.environ.get("PYTEST_CURRENT_TEST", "").rsplit(" ", 1)[0]
+    record = {"fault": fault, "test": test, **counts, "machine": machine_info()}
+    text = json.dumps(record, indent=1) + "\n"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "fault_counts.json").write_text(text)
+    folder = os.environ.get(FAULT_RESULTS_ENV)
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        (Path(folder) / f"{fault}.json").write_text(text)
+    return out / "fault_counts.json"
 
 
 def head(name: str, **extra: Any) -> dict[str, Any]:
@@ -127,9 +151,11 @@ def under_load(
     *,
     profile: profiles.Profile | None = None,
     fault_at_s: float = 4,
+    name: str,
 ) -> tuple[Any, dict[str, Any], Any]:
     """Open-loop load on ``model`` (default: 30 req/s for 12 s); ``fault()`` runs
-    ``fault_at_s`` in. Returns the run, its summary and what ``fault`` returned."""
+    ``fault_at_s`` in. Writes the raw counts (``write_counts``, as ``name``). Returns the
+    run, its summary and what ``fault`` returned."""
     settings = RunSettings(
         base_url=faulty.demo.url, model=model, profile=profile or profiles.constant(30, 12),
         serve_api_url=faulty.dashboard_url, cooldown_s=2,
@@ -146,6 +172,14 @@ def under_load(
     o = s["overall"]
     print(f"{model}: sent {o['requests']}, succeeded {o['requests'] - o['failed']}, "
           f"failed {o['failed']} {o['errors']}")  # fmt: skip
+    write_counts(name, {
+        "model": model,
+        "load": {"profile": settings.profile.model_dump(mode="json"), "fault_at_s": fault_at_s},
+        "sent": o["requests"], "succeeded": o["requests"] - o["failed"], "failed": o["failed"],
+        "errors": o["errors"],
+        "phases": {p: {k: v[k] for k in ("requests", "failed", "errors")}
+                   for p, v in s["phases"].items()},
+    }, out)  # fmt: skip
     return run, s, result[0] if result else None
 
 
@@ -164,7 +198,8 @@ def demo_processes(demo: Demo, title: str) -> list[psutil.Process]:
 def test_scale_down_under_load_fails_no_request(faulty: Running, tmp_path: Path) -> None:
     # 120 req/s from 1 s to 14 s scales out; 5 req/s after that, until 40 s, scales in.
     profile = profiles.step(5, 120, at_s=1, duration_s=40, down_at_s=14)
-    run, s, _ = under_load(faulty, SHRINKER, lambda: None, tmp_path, profile=profile)
+    run, s, _ = under_load(faulty, SHRINKER, lambda: None, tmp_path, profile=profile,
+                           name="autoscaling-scale-in")  # fmt: skip
     series = target_series(run)[f"{SHRINKER}/ModelDeployment"]
     t, replicas = series["t_s"], series["running"]
     peak_s = float(t[np.nanargmax(replicas)])
@@ -189,7 +224,8 @@ def test_serve_controller_killed_under_load_fails_no_request(
         controller.send_signal(signal.SIGKILL)
         return controller.pid
 
-    _, s, pid = under_load(faulty, CONTROLLED, kill_controller, tmp_path)
+    _, s, pid = under_load(faulty, CONTROLLED, kill_controller, tmp_path,
+                           name="controller-killed")  # fmt: skip
     assert pid is not None
     assert (s["overall"]["failed"], s["overall"]["errors"]) == (0, {})
     # Serve restarts its controller (Ray restarts the detached actor: no replica state
@@ -212,7 +248,7 @@ def test_replica_killed_under_load_loses_at_most_its_in_flight_requests(
         victims[0].send_signal(signal.SIGKILL)
         return victims[0].pid
 
-    run, s, pid = under_load(faulty, VICTIM, kill_one_replica, tmp_path)
+    run, s, pid = under_load(faulty, VICTIM, kill_one_replica, tmp_path, name="replica-killed")
     o = s["overall"]
     req = run.requests
     late = req["sent_s"] >= 4 + 5  # 5 s after the kill: replaced, or the other serves all
@@ -284,7 +320,8 @@ def test_corrupt_weights_keep_serving_and_block_new_replicas(
 
     try:
         run, s, pid = under_load(faulty, FRAGILE, corrupt_then_kill_a_replica, tmp_path,
-                                 profile=profiles.constant(30, 16), fault_at_s=3)  # fmt: skip
+                                 profile=profiles.constant(30, 16), fault_at_s=3,
+                                 name="weights-corrupted")  # fmt: skip
         assert pid is not None
         # Only what the killed replica had in flight may fail (as in the kill test).
         errors = s["overall"]["errors"]
@@ -307,7 +344,9 @@ def test_corrupt_weights_keep_serving_and_block_new_replicas(
     assert len(demo_processes(faulty.demo, f"ServeReplica:{FRAGILE}:")) == 2
 
 
-def test_sigterm_lets_in_flight_requests_finish_and_leaves_nothing(faulty: Running) -> None:
+def test_sigterm_lets_in_flight_requests_finish_and_leaves_nothing(
+    faulty: Running, tmp_path: Path
+) -> None:
     body = generated_body(model_metadata(faulty.demo.url, SLOW))
     url = f"{faulty.demo.url}/v2/models/{SLOW}/infer"
     results: list[Any] = []
@@ -328,10 +367,12 @@ def test_sigterm_lets_in_flight_requests_finish_and_leaves_nothing(faulty: Runni
     # New requests meanwhile: served while the model's route still exists, then refused
     # with 503 by the server app (never a connection error or a 500).
     after: list[Any] = []
+    refusal: httpx.Response | None = None
     while time.monotonic() - t0 < 15 and (not after or after[-1] == 200):
         time.sleep(0.5)
         try:
-            after.append(httpx.post(url, content=body, timeout=5).status_code)
+            refusal = httpx.post(url, content=body, timeout=5)
+            after.append(refusal.status_code)
         except httpx.HTTPError as e:
             after.append(type(e).__name__)
     for t in clients:
@@ -342,6 +383,14 @@ def test_sigterm_lets_in_flight_requests_finish_and_leaves_nothing(faulty: Runni
     left = [p.pid for p in alive if running(p)]
     print(f"in flight: {results}; sent after SIGTERM: {after}; stopped in {stop_s:.1f} s")
     print("".join(ln for ln in faulty.demo.lines if ln.startswith(("draining", "stopped"))))
+    assert refusal is not None
+    print(f"refusal: {refusal.status_code} {dict(refusal.headers)} {refusal.text[:500]}")
+    write_counts("sigterm-drain", {
+        "model": SLOW, "in_flight": results, "sent_after_sigterm": after,
+        "refusal": {"status": refusal.status_code, "body": refusal.text[:500],
+                    "retry_after": refusal.headers.get("retry-after")},
+        "stop_s": round(stop_s, 1), "exit_code": faulty.demo.proc.returncode, "left": left,
+    }, tmp_path)  # fmt: skip
     assert results == [200] * 6
     assert set(after[:-1]) <= {200} and after[-1] == 503
     assert faulty.demo.proc.returncode == 0 and left == []
