@@ -80,6 +80,17 @@ class HttpConfig(StrictModel):
         False,
         description="Serve's per-request access log line (costs CPU on the request path).",
     )
+    max_in_flight_bytes: int | None = Field(
+        None,
+        ge=1024,
+        description=(
+            "Per replica: bytes its requests may hold at once (bodies as they are read, "
+            "then their decoded inputs); a request past it gets 503 with Retry-After. "
+            "None: a quarter of the memory the replica may use when it starts (the "
+            "container's limit, else the host's available memory), at least one "
+            "request's worth (max_request_bytes + limits.max_decoded_bytes)."
+        ),
+    )
     haproxy_balance: Literal["leastconn", "tenant-header"] = Field(
         "leastconn",
         description=(
@@ -90,6 +101,17 @@ class HttpConfig(StrictModel):
             "spread round-robin instead of by least connections."
         ),
     )
+
+    @model_validator(mode="after")
+    def _one_request_fits(self) -> HttpConfig:
+        need = self.max_request_bytes + self.limits.max_decoded_bytes
+        if self.max_in_flight_bytes is not None and self.max_in_flight_bytes < need:
+            raise ValueError(
+                f"http.max_in_flight_bytes {self.max_in_flight_bytes} is below one request's "
+                f"worth ({need}: max_request_bytes + limits.max_decoded_bytes): the largest "
+                "request would be refused 503 forever"
+            )
+        return self
 
 
 class LogConfig(StrictModel):

@@ -97,6 +97,9 @@ class DecodedRequest:
     """Output name -> wants binary; None means every output."""
     binary_outputs: bool = False
     """Default for outputs not listed: binary_data_output request parameter."""
+    allocated_bytes: int = 0
+    """Upper bound of what decoding allocated for the inputs (binary numeric inputs are
+    views of the body: none)."""
 
 
 def decode_bytes_buffer(
@@ -243,6 +246,7 @@ def decode_request(
     inputs: dict[str, np.ndarray] = {}
     offset = 0
     budget = limits.max_decoded_bytes
+    allocated = 0
     for index, inp in enumerate(req.inputs):
         span = split.data.get(index)
         if span is not None and inp.data != []:  # a later "data" key replaced the array
@@ -267,7 +271,10 @@ def decode_request(
                 )
             binary = rest[offset : offset + size]
             offset += size
-        budget -= _decoded_bytes(inp, count, binary)
+        decoded_bytes = _decoded_bytes(inp, count, binary)
+        budget -= decoded_bytes
+        if binary is None or inp.datatype == "BYTES":
+            allocated += decoded_bytes
         if budget < 0:
             raise PayloadTooLarge(
                 f"input {inp.name!r}: the decoded inputs exceed {limits.max_decoded_bytes} "
@@ -290,6 +297,7 @@ def decode_request(
         parameters=params,
         requested_outputs=requested,
         binary_outputs=bool(params.get("binary_data_output", False)),
+        allocated_bytes=allocated,
     )
 
 

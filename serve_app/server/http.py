@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -93,30 +94,44 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(exc)
 
 
-async def read_body(request: Request, max_bytes: int) -> bytes:
-    """Read the body, refusing more than ``max_bytes`` before and while reading (413)."""
+async def read_body(
+    request: Request, max_bytes: int, reserve: Callable[[int], None] | None = None
+) -> bytes:
+    """Read the body, refusing more than ``max_bytes`` before and while reading (413).
+
+    ``reserve(n)`` (a request's ``Reservation.add``) is told of the body's bytes before
+    they are read: the declared ``Content-Length`` at once, else each chunk as it comes;
+    what it raises (a 503) ends the read."""
     declared = request.headers.get("content-length")
-    if (
-        declared is not None
-        and declared.isascii()
-        and declared.isdigit()
-        and (len(declared) > 18 or int(declared) > max_bytes)
-    ):
-        raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {max_bytes}")
+    reserved = 0
+    if declared is not None and declared.isascii() and declared.isdigit():
+        if len(declared) > 18 or int(declared) > max_bytes:
+            raise PayloadTooLarge(
+                f"request body of {declared} bytes exceeds the limit of {max_bytes}"
+            )
+        if reserve is not None:
+            reserve(int(declared))
+            reserved = int(declared)
     chunks = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > max_bytes:
             raise PayloadTooLarge(f"request body exceeds the limit of {max_bytes} bytes")
+        if reserve is not None and size > reserved:
+            reserve(size - reserved)
+            reserved = size
         chunks.append(chunk)
     return b"".join(chunks)
 
 
-async def read_request_body(request: Request, http: HttpConfig) -> tuple[bytes, int | None]:
-    """The body of an OIP inference request (within ``http.max_request_bytes``) and its
-    binary header length (``Inference-Header-Content-Length``; None for plain JSON)."""
-    body = await read_body(request, http.max_request_bytes)
+async def read_request_body(
+    request: Request, http: HttpConfig, reserve: Callable[[int], None] | None = None
+) -> tuple[bytes, int | None]:
+    """The body of an OIP inference request (within ``http.max_request_bytes``, told to
+    ``reserve`` as in :func:`read_body`) and its binary header length
+    (``Inference-Header-Content-Length``; None for plain JSON)."""
+    body = await read_body(request, http.max_request_bytes, reserve)
     return body, parse_header_length(request.headers.get(oip.HEADER_LENGTH), len(body))
 
 

@@ -60,6 +60,30 @@ def free_memory_bytes(device: str, gpu_share: float = 1.0, cgroup_root: Path = C
     return available if in_cgroup is None else min(available, in_cgroup)
 
 
+IN_FLIGHT_MEMORY_SHARE = 0.25
+"""Share of the memory free when a replica starts (its model loaded) that its requests'
+bytes may hold by default."""
+
+
+def in_flight_budget_bytes(
+    configured: int | None, one_request_bytes: int, available_bytes: int | None = None
+) -> int:
+    """A replica's budget of request bytes in flight (``http.max_in_flight_bytes``).
+
+    Args:
+        configured: The configured budget; None derives it.
+        one_request_bytes: The most one request may hold (its body and decoded inputs):
+            the derived budget is never below it, so a request alone is always admitted.
+        available_bytes: Host memory the replica may use (default: ``free_memory_bytes``
+            on CPU, capped by the container's cgroup limit).
+    """
+    if configured is not None:
+        return configured
+    if available_bytes is None:
+        available_bytes = free_memory_bytes("cpu")
+    return max(one_request_bytes, int(available_bytes * IN_FLIGHT_MEMORY_SHARE))
+
+
 def measure_peak_bytes(run: Callable[[], Any], device: str) -> int:
     """Peak memory growth while ``run()`` executes (CUDA allocator peak, or sampled RSS)."""
     if device.startswith("cuda"):

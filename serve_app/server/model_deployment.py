@@ -32,6 +32,7 @@ from serve_app.server.canary import CanaryForwarder
 from serve_app.server.fused_nodes import FusedNodes
 from serve_app.server.grpc_methods import GrpcModelMethods
 from serve_app.server.http import error_response, json_response, read_request_body
+from serve_app.server.inflight import InFlightBytes, Reservation
 from serve_app.server.job_submit import JobSubmitter, response_parts, wants_async
 from serve_app.server.metrics import ModelMetricsSink, RayModelMetrics, device_memory_bytes
 from serve_app.server.off_loop import decode_and_prepare, prepare_rows
@@ -121,6 +122,7 @@ class ModelDeployment(GrpcModelMethods):
             else JobSubmitter(self.args.jobs, self.args.http.retry_after_s)
         )
         self._served_versions: list[int] | None = None
+        self.in_flight = InFlightBytes.for_replica(self.args.http)
         self.metrics = metrics or RayModelMetrics(self.args.name, self.version)
         manifest = self.runtime.version.manifest
         info = {
@@ -290,19 +292,25 @@ class ModelDeployment(GrpcModelMethods):
 
     async def _infer(self, request: Request) -> Response:
         start_s = time.perf_counter()
-        try:
-            body, header_length = await read_request_body(request, self.args.http)
-        except Exception as e:
-            response = error_response(e, self.args.http.retry_after_s)
-            self.metrics.observe_request(response.status_code, time.perf_counter() - start_s, None)
-            return response
-        return await self._answer(body, header_length, start_s)
+        with self.in_flight.hold() as held:
+            try:
+                body, header_length = await read_request_body(request, self.args.http, held.add)
+            except Exception as e:
+                response = error_response(e, self.args.http.retry_after_s)
+                latency_s = time.perf_counter() - start_s
+                self.metrics.observe_request(response.status_code, latency_s, None)
+                return response
+            return await self._answer(body, header_length, start_s, held)
 
-    async def _answer(self, body: bytes, header_length: int | None, start_s: float) -> Response:
-        """The answer to an OIP request body: the route's, and a job consumer's."""
+    async def _answer(
+        self, body: bytes, header_length: int | None, start_s: float, held: Reservation
+    ) -> Response:
+        """The answer to an OIP request body: the route's, and a job consumer's. Its
+        decoded inputs join the bytes ``held`` for it."""
         rows: list[Any] | None = None
         try:
             decoded, rows = await self._decode(body, header_length)
+            held.add(decoded.allocated_bytes)
             outputs = await self.infer_rows(rows)
             payload, headers = oip.encode_response(self.args.name, self.version, decoded, outputs)
             response = Response(payload, headers=headers)
@@ -318,18 +326,21 @@ class ModelDeployment(GrpcModelMethods):
         """Handle entry of job consumers: what ``POST .../infer`` answers to ``body``, as
         ``(status, headers, payload)``."""
         start_s = time.perf_counter()
-        try:
-            self._check_version(version)
-        except Exception as e:
-            return response_parts(error_response(e, self.args.http.retry_after_s))
-        return response_parts(await self._answer(body, header_length, start_s))
+        with self.in_flight.hold() as held:
+            try:
+                self._check_version(version)
+                held.add(len(body))
+            except Exception as e:
+                return response_parts(error_response(e, self.args.http.retry_after_s))
+            return response_parts(await self._answer(body, header_length, start_s, held))
 
     async def _submit_job(self, request: Request, version: str | None) -> Response:
         """``Prefer: respond-async``: check the request as ``_answer`` would, then queue it."""
         assert self.jobs is not None
-        body, header_length = await read_request_body(request, self.args.http)
-        await self._decode(body, header_length)
-        return await self.jobs.submit(body, header_length, version)
+        with self.in_flight.hold() as held:
+            body, header_length = await read_request_body(request, self.args.http, held.add)
+            await self._decode(body, header_length)
+            return await self.jobs.submit(body, header_length, version)
 
     def metadata(self) -> dict[str, Any]:
         """OIP model metadata."""

@@ -45,6 +45,7 @@ from serve_app.protocol import oip
 from serve_app.protocol.limits import parse_header_length
 from serve_app.repository.loader import ModelRepository
 from serve_app.server.http import error_response, json_response, read_body
+from serve_app.server.inflight import InFlightBytes, Reservation
 from serve_app.server.metrics import ModelMetricsSink, RayModelMetrics
 from serve_app.server.off_loop import decode_and_prepare
 from serve_app.server.routes import match
@@ -103,6 +104,7 @@ class MultiplexedDeployment:
         self._prepare_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prepare")
         self._metrics_for: MetricsFor = metrics_for or RayModelMetrics
         self._metrics: dict[tuple[str, str], ModelMetricsSink] = {}
+        self.in_flight = InFlightBytes.for_replica(self.args.http)
 
         async def load_tenant(tenant: str) -> LoadedTenant:
             loop = asyncio.get_running_loop()
@@ -141,9 +143,11 @@ class MultiplexedDeployment:
         body: bytes | Request,
         header_length: str | None,
         seen: _Seen,
+        held: Reservation,
     ) -> Response:
         """A tenant's OIP answer: metadata, readiness or inference (``body`` a request
-        whose body is read here, or the bytes a forward brought)."""
+        whose body is read here, or the bytes a forward brought; both held in
+        ``held``, with the decoded inputs)."""
         tenant = await self._tenant(tenant_name)
         seen.tenant = tenant
         tenant.check_version(version)
@@ -155,11 +159,14 @@ class MultiplexedDeployment:
                 ready["version"] = version
             return json_response(ready)
         if isinstance(body, Request):
-            body = await read_body(body, self.args.http.max_request_bytes)
+            body = await read_body(body, self.args.http.max_request_bytes, held.add)
+        else:
+            held.add(len(body))
         length = parse_header_length(header_length, len(body))
         decoded, rows = await decode_and_prepare(
             body, length, self.args.http.limits, tenant.runtime.prepare, self._prepare_executor
         )
+        held.add(decoded.allocated_bytes)
         seen.rows = len(rows)
 
         def forward() -> tuple[float, dict[str, np.ndarray]]:
@@ -192,10 +199,13 @@ class MultiplexedDeployment:
         counted under its tenant once the tenant was loaded, else under the family."""
         start_s = time.perf_counter()
         seen = _Seen()
-        try:
-            response = await self._answer(tenant_name, action, version, body, header_length, seen)
-        except Exception as e:  # one mapper for every error, never a traceback
-            response = error_response(e, self.args.http.retry_after_s)
+        with self.in_flight.hold() as held:
+            try:
+                response = await self._answer(
+                    tenant_name, action, version, body, header_length, seen, held
+                )
+            except Exception as e:  # one mapper for every error, never a traceback
+                response = error_response(e, self.args.http.retry_after_s)
         if action == "infer":
             model, tag = self.args.name, str(self.args.version)
             if seen.tenant is not None:

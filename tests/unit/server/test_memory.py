@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from serve_app.server.memory import cgroup_available_bytes, free_memory_bytes
 
 
@@ -36,3 +38,19 @@ def test_no_cgroup_files_means_host_memory(tmp_path: Path) -> None:
     assert cgroup_available_bytes(tmp_path) is None
     assert free_memory_bytes("cpu", cgroup_root=tmp_path) > 0
     assert free_memory_bytes("cpu", cgroup_root=tmp_path) <= psutil.virtual_memory().total
+
+
+def test_the_in_flight_budget_is_a_quarter_of_free_memory_and_fits_one_request() -> None:
+    from serve_app.config import HttpConfig
+    from serve_app.server.memory import in_flight_budget_bytes
+
+    assert in_flight_budget_bytes(None, 80 << 20, available_bytes=2 << 30) == 512 << 20
+    assert in_flight_budget_bytes(None, 80 << 20, available_bytes=100 << 20) == 80 << 20
+    assert in_flight_budget_bytes(123 << 20, 80 << 20, available_bytes=2 << 30) == 123 << 20
+    with pytest.raises(ValueError) as e:
+        HttpConfig(max_in_flight_bytes=2048)
+    assert (
+        "http.max_in_flight_bytes 2048 is below one request's worth (83886080: "
+        "max_request_bytes + limits.max_decoded_bytes): the largest request would be "
+        "refused 503 forever"
+    ) in str(e.value)

@@ -404,7 +404,11 @@ async def test_ready_is_503_state_unknown_when_the_controller_never_answered(
 
 
 def new_replica(
-    repo: Path, monkeypatch: pytest.MonkeyPatch, recorder: Recorder, http: dict[str, Any]
+    repo: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    recorder: Recorder,
+    http: dict[str, Any],
+    adapter: Callable[[], ModelAdapter] = DoublingAdapter,
 ) -> Any:
     """A ``double`` replica with these ``http`` settings."""
     from ray import serve
@@ -417,7 +421,7 @@ def new_replica(
         "torch_threads": torch.get_num_threads(),
     }
     replica = ModelDeployment.func_or_class(
-        args, adapter_loader=lambda _, __: DoublingAdapter(), metrics=recorder
+        args, adapter_loader=lambda _, __: adapter(), metrics=recorder
     )
     replica.reconfigure({"max_batch_size": 8, "cap_batch_to_memory": False})
     return replica
@@ -452,3 +456,63 @@ async def test_a_large_body_is_decoded_and_prepared_off_the_event_loop(
             assert (r.status_code, r.json()["outputs"][0]["data"]) == (200, [2.0, 4.0] * 2)
     assert threads[0] == threading.get_ident()  # small: on the loop
     assert threads[1] != threading.get_ident()  # large: in the prepare thread
+
+
+class SlowDoublingAdapter(DoublingAdapter):
+    """``DoublingAdapter`` whose forward takes 0.3 s, so requests overlap."""
+
+    def forward(self, items: list[Any]) -> dict[str, np.ndarray]:
+        time.sleep(0.3)
+        return super().forward(items)
+
+
+async def test_bytes_in_flight_stay_within_the_budget_and_the_rest_get_503(
+    repo: Path, monkeypatch: pytest.MonkeyPatch, recorder: Recorder
+) -> None:
+    import re
+
+    budget = 3 * 65536
+    http = {
+        "max_request_bytes": 65536,
+        "limits": {"max_decoded_bytes": 65536},
+        "max_in_flight_bytes": budget,
+        "retry_after_s": 3,
+    }
+    replica = new_replica(repo, monkeypatch, recorder, http, SlowDoublingAdapter)
+    body = padded_body(2, 60_000)  # 3 fit in the budget, a 4th does not
+    transport = httpx.ASGITransport(app=asgi(replica.__call__))
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        answers = await asyncio.gather(
+            *(client.post("/v2/models/double/infer", content=body) for _ in range(8))
+        )
+        assert sorted(r.status_code for r in answers) == [200] * 3 + [503] * 5
+        for r in (r for r in answers if r.status_code == 503):
+            assert r.headers["retry-after"] == "3"
+            assert re.fullmatch(
+                # 3 bodies held; decoded (16 bytes each) or not yet
+                rf"replica busy: (?:{3 * len(body)}|{3 * len(body) + 48}) bytes of requests "
+                rf"in flight, {len(body)} more would pass its budget of {budget} "
+                r"\(http.max_in_flight_bytes\)",
+                error_of(r),
+            ), error_of(r)
+        assert replica.in_flight.peak_bytes <= budget
+        assert replica.in_flight.in_flight_bytes == 0  # all released
+        r = await client.post("/v2/models/double/infer", content=b"{")  # an error releases too
+        assert r.status_code == 422 and replica.in_flight.in_flight_bytes == 0
+        r = await client.post("/v2/models/double/infer", content=body)
+        assert r.status_code == 200
+
+
+async def test_a_cancelled_request_releases_its_bytes(
+    repo: Path, monkeypatch: pytest.MonkeyPatch, recorder: Recorder
+) -> None:
+    http = {"max_request_bytes": 65536, "limits": {"max_decoded_bytes": 65536}}
+    replica = new_replica(repo, monkeypatch, recorder, http, SlowDoublingAdapter)
+    body = padded_body(2, 1000)
+    task = asyncio.create_task(replica.answer_body(body, None))
+    await asyncio.sleep(0.1)  # in its forward
+    assert replica.in_flight.in_flight_bytes == len(body) + 16
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert replica.in_flight.in_flight_bytes == 0
