@@ -80,4 +80,4 @@ def test_every_family_has_its_exported_names() -> None:
     assert metrics.exported_name("serve_app_batch_rows") == [
         "ray_serve_app_batch_rows_bucket", "ray_serve_app_batch_rows_count",
         "ray_serve_app_batch_rows_sum"]  # fmt: skip
-    assert len(metrics.EXPORTED) == 3 + 7 * 3 + 6  # counters, histograms, gauges
+    assert len(metrics.EXPORTED) == 4 + 7 * 3 + 6  # counters, histograms, gauges
