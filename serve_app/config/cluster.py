@@ -35,6 +35,20 @@ class WorkerPodConfig(StrictModel):
             "changing this bound changes the pod spec (a new cluster)."
         ),
     )
+    expected_start_s: int = Field(
+        600,
+        ge=60,
+        le=900,
+        description=(
+            "How long a new worker pod usually takes from creation to Ray running: node "
+            "provisioning (minutes for a GPU node from zero), the image pull (minutes for a "
+            "10 GB image) and wait-for-models. Ray's autoscaler (v2) deletes and replaces a "
+            "worker pod that has not started Ray by RAY_AUTOSCALER_RECONCILE_ALLOCATE_STATUS_"
+            "TIMEOUT_S, rendered into autoscalerOptions.env as twice this, so a start twice "
+            "as slow as usual survives. At most 900 s: twice that is the RayService's "
+            "30-minute initializing timeout, which ends a first deploy anyway."
+        ),
+    )
 
 
 class ClusterConfig(StrictModel):

@@ -31,6 +31,8 @@ class ClusterProfile:
     """Extended resource name of a GPU (a MIG profile such as ``nvidia.com/mig-1g.10gb``)."""
     max_graceful_shutdown_s: int = 60
     """Bound of the deployments' graceful_shutdown_timeout_s the pod's drain is sized for."""
+    expected_start_s: int = 600
+    """Usual time from a worker pod's creation to Ray running on it (``cluster.worker``)."""
 
     def for_app(self, app: AppConfig) -> ClusterProfile:
         """This profile with the worker pod shape of ``app.cluster`` when it sets one."""
@@ -44,6 +46,7 @@ class ClusterProfile:
             worker_gpus=w.gpus,
             gpu_resource=w.gpu_resource,
             max_graceful_shutdown_s=w.max_graceful_shutdown_s,
+            expected_start_s=w.expected_start_s,
         )
 
     @property

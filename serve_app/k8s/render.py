@@ -7,7 +7,8 @@ written and committed; a test fails when they drift from what this module render
   ``serveConfigV2`` string, the worker group's size and ``maxReplicas`` (derived from the
   models' replica bounds and resources), the worker pods' ``preStop`` drain hook and
   ``terminationGracePeriodSeconds`` (derived from ``graceful_shutdown_timeout_s``), and
-  the Ray containers' ingress environment (``http.ingress``).
+  the Ray containers' ingress environment (``http.ingress``) and the autoscaler's
+  pending-worker timeout (``cluster.worker.expected_start_s``).
 - ``models.generated.yaml``: the ConfigMap naming the models and the repository root,
   read by the populate Job and by the workers' wait-for-models init container.
 
@@ -42,6 +43,11 @@ carries only the port named ``serve``)."""
 JOBS_BROKER_ENV = "SERVE_APP_BROKER_URL"
 """The variable kuberay/components/jobs-redis and jobs-external-broker fill, in every Ray
 container, from the Secret ``serve-app-broker`` (key ``url``)."""
+
+ALLOCATE_TIMEOUT_ENV = "RAY_AUTOSCALER_RECONCILE_ALLOCATE_STATUS_TIMEOUT_S"
+"""How long Ray's autoscaler v2 lets a worker pod exist without Ray running before it
+deletes it (Ray 2.60: ray/autoscaler/v2/instance_manager/config.py:90-91, default 3600 s;
+older Rays 300 s). Set explicitly so the image's Ray version does not decide it."""
 
 _HEAD = "/spec/rayClusterConfig/headGroupSpec"
 _WORKER = "/spec/rayClusterConfig/workerGroupSpecs/0"
@@ -180,6 +186,12 @@ def worker_start_params(profile: ClusterProfile) -> dict[str, str]:
     return {}
 
 
+def autoscaler_env(profile: ClusterProfile) -> list[dict[str, str]]:
+    """Environment of KubeRay's autoscaler sidecar: a pending worker pod gets twice the
+    expected start (node, image pull, wait-for-models) before it is replaced."""
+    return [{"name": ALLOCATE_TIMEOUT_ENV, "value": str(2 * profile.expected_start_s)}]
+
+
 def ray_container_env(http: HttpConfig) -> dict[str, str]:
     """Environment of every Ray container for the configured ingress (the Serve
     controller reads it once at start, so it is pod env, not Serve config)."""
@@ -215,6 +227,11 @@ def rayservice_patch(app: AppConfig, profile: ClusterProfile) -> list[dict[str, 
     return [
         {"op": "add", "path": "/spec/serveConfigV2", "value": serve_config_text(app)},
         *env,
+        {
+            "op": "add",
+            "path": "/spec/rayClusterConfig/autoscalerOptions/env",
+            "value": autoscaler_env(profile),
+        },
         {
             "op": "replace",
             "path": f"{_WORKER}/maxReplicas",
