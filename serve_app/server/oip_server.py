@@ -207,7 +207,11 @@ class OIPServer(GrpcServerMethods):
         self._unrouted(name, 503)
         state = (await self._states()).get(name)
         reason = "unknown state"
-        if state is not None:
+        if state is not None and state.ready:
+            # The cached view (read every STATUS_PERIOD_S) still says RUNNING while the
+            # model's route is already gone (being deleted, e.g. a drain) or not there yet.
+            reason = f"no route to it: starting or stopping; last state {state.status}"
+        elif state is not None:
             reason = f"{state.status}: {state.message}" if state.message else state.status
         raise ServiceUnavailable(
             f"model {name!r} is not ready ({reason})", retry_after_s=self.args.http.retry_after_s

@@ -63,8 +63,15 @@ async def test_answers_for_model_routes_are_counted_by_model_and_status(
         404,
         "unknown model 'random-name-1'; served models: ['up', 'down']",
     )
+    # The server's view of Serve lags (read every second): a running model whose route
+    # is already gone (deleted while draining) is not called ready.
+    r = await client.post("/v2/models/up/infer", json={})
+    assert (r.status_code, r.json()["error"]) == (
+        503,
+        "model 'up' is not ready (no route to it: starting or stopping; last state RUNNING)",
+    )
     assert (await client.get("/v2/models")).status_code == 200  # not a model route
-    assert seen == [("down", 503), (UNKNOWN_MODEL, 404)]
+    assert seen == [("down", 503), (UNKNOWN_MODEL, 404), ("up", 503)]
 
 
 async def test_the_counter_is_an_exported_family() -> None:
