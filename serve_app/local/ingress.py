@@ -12,6 +12,13 @@ runs instead of the bundled binary (``RAY_SERVE_HAPROXY_BINARY_PATH``): it rebin
 port-only listeners to ``admin_host`` in the ``-f`` config on every start and reload,
 then execs the real binary, so a laptop run listens on loopback only.
 
+The exec goes through a few lines of Python (``PDEATHSIG_EXEC``) that ask Linux to
+SIGTERM HAProxy when the Ray process that spawned it dies (Ray re-spawns HAProxy from
+its proxy actor on every reload, so no process tree recorded by the demo holds the
+newest one), and that run HAProxy with the wrapper's path as ``argv[0]``: a HAProxy of
+ours outliving its Ray is recognisable by its command line (see
+``serve_app.local.ports``).
+
 With gRPC on, the same script makes the server application the gRPC frontend's default
 backend: Ray routes gRPC by the ``application`` metadata and, with more than one
 application, answers NOT_FOUND to a call without it; a stock ``tritonclient.grpc``
@@ -25,6 +32,7 @@ import os
 import re
 import shlex
 import stat
+import sys
 import tempfile
 from pathlib import Path
 
@@ -46,8 +54,25 @@ for arg in "$@"; do
   fi
   prev="$arg"
 done
-exec {binary} "$@"
+exec {python} -I -S -c {pdeathsig_exec} "$PPID" {binary} "$0" "$@"
 """
+
+PDEATHSIG_EXEC = """
+import ctypes, os, signal, sys
+ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+if os.getppid() != int(sys.argv[1]):
+    sys.exit("serve-app HAProxy wrapper: the Ray process that started it is gone")
+os.execv(sys.argv[2], sys.argv[3:])
+"""
+"""Run by the wrapper: SIGTERM on the parent's death (the check after ``prctl`` closes
+the race with a parent that died before it), then exec ``binary`` with ``argv[0]`` set to
+the wrapper's path. PR_SET_PDEATHSIG survives ``execve``."""
+
+
+WRAPPER_FOLDER = f"serve-app-{os.getuid()}"
+"""The wrapper's folder under the temporary directory (one per user)."""
+WRAPPER_PREFIX = "haproxy-"
+"""Every wrapper's file name starts with this."""
 
 
 def grpc_backend_name(app_name: str) -> str:
@@ -106,10 +131,12 @@ def write_wrapper(
         expr=shlex.quote(SED_EXPR.format(host=admin_host)),
         binary=shlex.quote(binary),
         grpc_backend=shlex.quote(backend),
+        python=shlex.quote(sys.executable),
+        pdeathsig_exec=shlex.quote(PDEATHSIG_EXEC),
     )
-    folder = private_folder(Path(directory or tempfile.gettempdir()) / f"serve-app-{os.getuid()}")
+    folder = private_folder(Path(directory or tempfile.gettempdir()) / WRAPPER_FOLDER)
     suffix = f"-{backend}" if backend else ""
-    path = folder / f"haproxy-{admin_host.replace(':', '_')}{suffix}.sh"
+    path = folder / f"{WRAPPER_PREFIX}{admin_host.replace(':', '_')}{suffix}.sh"
     if not path.exists() or path.read_text() != text:
         tmp = path.with_suffix(".tmp")
         tmp.write_text(text)
@@ -151,7 +178,7 @@ def haproxy_env(
     if admin_host is None:
         return env
     stats_port, metrics_port = admin_ports or (8404, 9101)
-    folder = Path(tempfile.gettempdir()) / f"serve-app-{os.getuid()}"
+    folder = Path(tempfile.gettempdir()) / WRAPPER_FOLDER
     env |= {
         "RAY_SERVE_HAPROXY_BINARY_PATH": str(
             write_wrapper(admin_host, grpc_default_app=grpc_default_app)
