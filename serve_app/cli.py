@@ -107,7 +107,13 @@ def _demo(a: argparse.Namespace) -> int:
         "dashboard_port": a.dashboard_port,
         "metrics_port": a.metrics_port,
     }
-    return run_demo(a.config, a.serve_config or None, stall_s=a.stall_s, ray_options=ray_options)
+    return run_demo(
+        a.config,
+        a.serve_config or None,
+        stall_s=a.stall_s,
+        ray_options=ray_options,
+        verbose=a.verbose,
+    )
 
 
 def _deploy(a: argparse.Namespace) -> int:
@@ -223,6 +229,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument(
         "--metrics-port", type=int, default=None, help="export Prometheus metrics on this port"
+    )
+    demo.add_argument(
+        "--verbose",
+        action="store_true",
+        help="print Ray's own log lines here (default: only in its session's log files)",
     )
     demo.set_defaults(func=_demo)
 

@@ -7,11 +7,13 @@ the REST API get the token.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +64,7 @@ def start_ray(
     dashboard_port: int | None = None,
     metrics_port: int | None = None,
     server_app: str | None = None,
+    log_to_driver: bool | None = None,
 ) -> None:
     """Start a local Ray head bound to 127.0.0.1, with the ingress environment of
     ``http`` (set before Ray starts: the controller reads it once).
@@ -76,6 +79,9 @@ def start_ray(
             ``METRICS_REPORT_INTERVAL_MS``; None: Ray's defaults.
         server_app: ``AppConfig.server_name``, the default gRPC backend (see
             ``ingress_environment``).
+        log_to_driver: Print the Ray processes' log lines (INFO included) here; False
+            leaves them in the session's log files and this process's Ray loggers at
+            WARNING. None: ``SERVE_APP_LOG_TO_DRIVER`` (default on).
     """
     import ray
 
@@ -90,15 +96,28 @@ def start_ray(
             _metrics_export_port=metrics_port,
             _system_config={"metrics_report_interval_ms": METRICS_REPORT_INTERVAL_MS},
         )
+    if log_to_driver is None:
+        log_to_driver = os.environ.get("SERVE_APP_LOG_TO_DRIVER", "1") == "1"
     ray.init(
         address="local",  # always a new cluster, never attach to one already running
         num_cpus=num_cpus,
         num_gpus=num_gpus,
         include_dashboard=dashboard_port is not None,
         _node_ip_address="127.0.0.1",
-        log_to_driver=os.environ.get("SERVE_APP_LOG_TO_DRIVER", "1") == "1",
+        log_to_driver=log_to_driver,
+        logging_level=logging.INFO if log_to_driver else logging.WARNING,
         **extra,
     )
+    if not log_to_driver:  # Serve's driver-side logger has its own level
+        logging.getLogger("ray.serve").setLevel(logging.WARNING)
+
+
+def logs_dir() -> str:
+    """The running Ray session's log folder."""
+    from ray._private import worker
+
+    node = worker._global_node
+    return str(node.get_logs_dir_path()) if node is not None else "/tmp/ray/session_latest/logs"
 
 
 def deploy_config(config: dict[str, Any]) -> None:
@@ -194,14 +213,52 @@ def drain_apps(timeout_s: float, last: str | None = None) -> bool:
     return True
 
 
-def stop_ray(timeout_s: float = 15.0, drain_s: float = 0.0, server_app: str | None = None) -> None:
-    """Stop Serve and Ray.
+REPLICA_ACTOR_PREFIX = "SERVE_REPLICA::"
+"""Serve's replica actors are named ``SERVE_REPLICA::<app>#<deployment>#<id>`` in the
+``serve`` namespace (``ReplicaID.to_full_id_str``)."""
+
+
+def requests_in_flight(timeout_s: float = 2.0) -> int | None:
+    """Requests every Serve replica holds (running or queued in it), summed; None when
+    a replica did not answer within ``timeout_s`` (count that as busy).
+
+    Asks each replica actor's ``get_num_ongoing_requests``, which runs in its own
+    concurrency group (busy user code does not delay it). A request that waits in the
+    ingress for a replica of a deployment whose replicas are all full is not counted,
+    but those replicas are then busy, and counted."""
+    import ray
+
+    refs: list[Any] = [
+        ray.get_actor(a["name"], namespace=a["namespace"]).get_num_ongoing_requests.remote()
+        for a in ray.util.list_named_actors(all_namespaces=True)
+        if a["namespace"] == "serve" and a["name"].startswith(REPLICA_ACTOR_PREFIX)
+    ]
+    if not refs:
+        return 0
+    done, pending = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+    if pending:
+        return None
+    try:
+        return sum(int(n) for n in ray.get(done))
+    except ray.exceptions.RayError:  # a replica that died while we asked
+        return None
+
+
+def stop_ray(
+    timeout_s: float = 15.0,
+    drain_s: float = 0.0,
+    server_app: str | None = None,
+    serve_shutdown: bool = True,
+) -> None:
+    """Stop Serve and Ray; every process of the node ends.
 
     Drain the applications for up to ``drain_s`` (see ``drain_apps``; ``server_app``
-    last), then give ``serve.shutdown`` part of ``timeout_s`` in a thread (it can take
-    30 s or more) and let ``ray.shutdown`` kill what is left."""
+    last); a ``KeyboardInterrupt`` meanwhile (a second Ctrl-C) ends the drain and the
+    stop goes on at once. With ``serve_shutdown``, give ``serve.shutdown`` part of
+    ``timeout_s`` in a thread (it can take 30 s or more); without it (everything goes
+    with the node anyway) the stop takes seconds. Then ``ray.shutdown`` ends the raylet
+    first (Ray's order), and what Ray leaves (its agents, HAProxy) is ended here."""
     import ray
-    from ray import serve
 
     if not ray.is_initialized():
         return
@@ -217,28 +274,67 @@ def stop_ray(timeout_s: float = 15.0, drain_s: float = 0.0, server_app: str | No
                 logger.info("applications drained in %.1f s", time.monotonic() - t0)
             else:
                 logger.warning("applications not drained in %.0f s; stopping anyway", drain_s)
+        except KeyboardInterrupt:
+            logger.warning("drain cut after %.1f s; stopping at once", time.monotonic() - t0)
         except Exception as e:  # noqa: BLE001 - a broken Serve must not block the stop
             logger.warning("draining failed (%s); stopping anyway", e)
+    with _uninterruptible():  # from here on the stop ends every process, in seconds
+        hung = serve_shutdown and not _serve_shutdown_within(timeout_s * 0.6)
+        end_node(node_id, haproxies, agents_first=hung)
+
+
+@contextlib.contextmanager
+def _uninterruptible() -> Iterator[None]:
+    """Ignore Ctrl-C meanwhile (main thread only; signals go there), then restore."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _serve_shutdown_within(timeout_s: float) -> bool:
+    """Run ``serve.shutdown`` in a thread for up to ``timeout_s``; whether it finished."""
+    from ray import serve
+
     t = threading.Thread(target=serve.shutdown, daemon=True)
     t.start()
-    t.join(timeout_s * 0.6)
+    t.join(timeout_s)
     if t.is_alive():
-        logger.warning("serve.shutdown did not finish in %.0f s; stopping Ray", timeout_s * 0.6)
+        logger.warning("serve.shutdown did not finish in %.0f s; stopping Ray", timeout_s)
+    return not t.is_alive()
+
+
+def end_node(node_id: str, haproxies: list[Any], agents_first: bool = False) -> None:
+    """``ray.shutdown`` and end what outlives it: Ray's agents, HAProxy, workers.
+
+    Args:
+        node_id: The node whose HAProxy processes are ended.
+        haproxies: HAProxy processes found before (Ray re-spawns them on reloads).
+        agents_first: End Ray's agents before ``ray.shutdown``: when a ``serve.shutdown``
+            thread still runs, ``ray.shutdown`` can make the core worker end this process
+            before anything after it runs (seen in CI). The raylet then reports each
+            agent's death as an alarm ("The agent failed to start ... killed by the OS"),
+            so a normal stop does not do this: the raylet goes first and the agents,
+            left without it, are ended quietly.
+    """
     import psutil
+    import ray
 
     started = psutil.Process().children(recursive=True)  # GCS, raylet, its agents...
-    # Ray's agents are ended first: when serve.shutdown is still running in its thread,
-    # ray.shutdown() can end this process ("the core worker has already been shutdown")
-    # before anything below runs, and the agents outlived it (seen in CI).
-    terminate_processes([p for p in started if _is_agent(p)], timeout_s=3.0)
+    agents = [p for p in started if _is_agent(p)]
+    if agents_first:
+        terminate_processes(agents, timeout_s=3.0)
     ray.shutdown()
-    terminate_processes(haproxies + _haproxies_of(node_id), timeout_s=3.0)
-    end_leftovers(started, grace_s=AGENT_EXIT_GRACE_S)
+    terminate_processes(agents + haproxies + _haproxies_of(node_id), timeout_s=3.0)
+    end_leftovers(started, grace_s=WORKER_EXIT_GRACE_S)
 
 
-AGENT_EXIT_GRACE_S = 10.0
-"""Ray's dashboard and runtime-env agents exit on their own once the raylet is gone, by
-polling it; on two busy cores that took over 30 s once. Past this they are ended."""
+WORKER_EXIT_GRACE_S = 3.0
+"""Ray's workers exit on their own once the raylet is gone; past this they are ended."""
 
 
 AGENT_TITLES = ("ray::DashboardAgent", "ray::RuntimeEnvAgent")

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from serve_app.local.ports import PortInUse
 from serve_app.repository import ModelRepository, publish
 from serve_app.repository.manifest import Architecture
 
@@ -188,10 +189,48 @@ def example_job_curl(base_url: str, target: str) -> str:
     )
 
 
+def free_demo_ports(app: Any, ray_options: dict[str, Any]) -> None:
+    """End what a killed demo left holding our ports (saying so), then check that the
+    ports the demo binds are free.
+
+    Raises:
+        PortInUse: a port is held by anything else (port, setting and process named).
+    """
+    from serve_app.local.ports import check_ports_free, demo_ports, end_stale_haproxies
+
+    end_stale_haproxies(lambda line: print(line, flush=True))
+    ports = demo_ports(app, ray_options.get("dashboard_port"), ray_options.get("metrics_port"))
+    check_ports_free(ports, app.http.host)
+
+
 def _ignore_interrupts() -> None:
-    """A second Ctrl-C must not cut the cleanup short (it is bounded anyway)."""
+    """While the stop cannot be cut short: its last phase ends every process, quickly."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def stop_demo_ray(drain_s: float, server_app: str) -> None:
+    """Stop the demo's Ray: at once when no replica holds a request, else after a drain
+    of up to ``drain_s`` that a second Ctrl-C cuts short. Either way every process of
+    the node ends (``local.stop_ray``)."""
+    from serve_app.local import cluster as local
+
+    _ignore_interrupts()
+    t_stop = time.monotonic()
+    busy = local.requests_in_flight()
+    if busy == 0:
+        print("\nstopping: nothing in flight", flush=True)
+        drain_s = 0.0
+    else:
+        what = "requests in flight" if busy is None else f"{busy} requests in flight"
+        print(
+            f"\nstopping: {what} finish first (up to {drain_s:.0f} s); Ctrl-C again to stop "
+            "at once (cuts them short; every process still ends)",
+            flush=True,
+        )
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    local.stop_ray(drain_s=drain_s, server_app=server_app, serve_shutdown=False)
+    print(f"stopped in {time.monotonic() - t_stop:.1f} s; no Ray processes left.", flush=True)
 
 
 def run_demo(
@@ -199,18 +238,25 @@ def run_demo(
     serve_config_path: str | None,
     stall_s: float | None = None,
     ray_options: dict[str, Any] | None = None,
+    verbose: bool = False,
 ) -> int:
     """Serve the config rendered from ``app_config_path`` (the same content as the
     committed ``serve_config_path``) on a local Ray until Ctrl-C; returns an exit code.
     ``ray_options`` go to ``local.start_ray`` (logical CPUs/GPUs, dashboard, metrics).
     The start waits as long as replicas make progress; ``stall_s`` (default
-    ``local.DEFAULT_STALL_S``) is how long nothing may move before it gives up."""
+    ``local.DEFAULT_STALL_S``) is how long nothing may move before it gives up.
+    ``verbose`` prints Ray's own log lines here (otherwise only in its log files)."""
     from serve_app.config import load_app_config
     from serve_app.deploy.render import render_local
     from serve_app.deploy.serve_config import render_serve_config
     from serve_app.local import cluster as local
 
     app = load_app_config(app_config_path)
+    try:
+        free_demo_ports(app, ray_options or {})
+    except PortInUse as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 1
     config: dict[str, Any] = render_serve_config(app)
     if serve_config_path is not None:
         current = Path(serve_config_path).read_text() if Path(serve_config_path).exists() else ""
@@ -248,7 +294,9 @@ def run_demo(
         raise KeyboardInterrupt
 
     broker = start_demo_broker(app)  # before Ray: its processes inherit the URL
-    local.start_ray(http=app.http, server_app=app.server_name, **(ray_options or {}))
+    local.start_ray(
+        http=app.http, server_app=app.server_name, log_to_driver=verbose, **(ray_options or {})
+    )
     # After ray.init, which installs its own handlers. SIGINT explicitly too: a process
     # started in the background by a shell inherits SIGINT ignored.
     signal.signal(signal.SIGTERM, _stop)
@@ -275,22 +323,20 @@ def run_demo(
             print(f"  job:     {example_job_curl(base, app.jobs.targets[0])}", flush=True)
             print(f"           curl -s {base}/v2/jobs/<id>   (status; /response: the answer)")
         print(f"  {local.auth_hint()}", flush=True)
-        print("Ctrl-C to stop.", flush=True)
+        if not verbose:
+            print(f"  Ray's logs: {local.logs_dir()} (--verbose prints them here)", flush=True)
+        print(
+            "Ctrl-C to stop: requests in flight finish first; a second Ctrl-C stops at once.",
+            flush=True,
+        )
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
-        _ignore_interrupts()
-        print("\nstopping...", flush=True)
         return 0
     except (local.DeployFailed, TimeoutError) as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 1
     finally:
-        _ignore_interrupts()
-        drain_s = drain_budget_s(config, app.http.ingress)
-        print(f"draining: requests in flight finish (up to {drain_s:.0f} s)", flush=True)
-        t_stop = time.monotonic()
-        local.stop_ray(drain_s=drain_s, server_app=app.server_name)
+        stop_demo_ray(drain_budget_s(config, app.http.ingress), app.server_name)
         if broker is not None:
             broker.stop()
-        print(f"stopped in {time.monotonic() - t_stop:.1f} s; no Ray processes left.", flush=True)

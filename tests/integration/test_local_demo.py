@@ -8,7 +8,9 @@ proxy. Checks what only a whole local run shows:
 - a burst beyond a model's queue is answered 503 with ``Retry-After`` through that
   ingress (never a 500 or a hang), and the model serves right after;
 - a client that gives up leaves no work behind (through Serve's proxy): abandoned
-  requests are cancelled, so the next request does not wait for them.
+  requests are cancelled, so the next request does not wait for them;
+- a demo whose process group is SIGKILLed leaves nothing that keeps the next one on the
+  same ports from coming up (its HAProxy used to stay, holding them).
 
 The run gets its own ports and HAProxy admin sockets, so it coexists with the session's
 Ray.
@@ -17,6 +19,8 @@ Ray.
 from __future__ import annotations
 
 import ipaddress
+import os
+import signal
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -26,8 +30,9 @@ import httpx
 import psutil
 import pytest
 
+from loadtest.harness.demo_process import start_demo
 from tests.integration.conftest import OVERLOADED, OVERLOADED_MODEL, free_port, send_burst
-from tests.integration.demo_process import Demo, demo_process, descendants
+from tests.integration.demo_process import Demo, demo_process, descendants, running
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -158,3 +163,46 @@ def test_abandoned_requests_leave_no_work_behind(demo: Demo) -> None:
         after_s = time.monotonic() - t0
     print(f"one request alone {alone_s:.2f} s; after 12 abandoned ones {after_s:.2f} s")
     assert after_s < 4 * alone_s + 0.5, (alone_s, after_s)
+
+
+def test_a_sigkilled_demo_leaves_nothing_that_blocks_the_next(
+    model_root: Path, tmp_path: Path
+) -> None:
+    """The issue's case: the demo's process group (its driver leads it) is SIGKILLed,
+    as the harness does when Ctrl-C does not finish in time. Ray's own processes die
+    with the driver; its HAProxy, a child of a Ray actor, used to stay under pid 1 with
+    the ports, and the next demo's HAProxy could not bind them. The next demo, idle,
+    stops on Ctrl-C in seconds (it used to wait out Ray's 35 s HAProxy drain) without
+    Ray's agent alarms."""
+    config = {
+        "repository": {"root": str(model_root)},
+        "http": {
+            "host": "127.0.0.1",
+            "port": free_port(),
+            "admin_ports": [free_port(), free_port()],
+        },
+        "models": [{"name": "mlp-head", "resources": {"num_cpus": 0}}],
+    }
+    (tmp_path / "first").mkdir()
+    (tmp_path / "second").mkdir()
+    first = start_demo(config, tmp_path / "first", "--stall-s", "60")
+    tree = descendants(first.proc.pid)
+    haproxies = [p.pid for p in tree if running(p) and p.name() == "haproxy"]
+    os.killpg(first.proc.pid, signal.SIGKILL)
+    first.proc.wait(10)
+    # Quiet by default: none of Ray's "(ServeController pid=...)" lines.
+    assert [line for line in first.lines if line.startswith("(")] == []
+    second_args = ("--stall-s", "60", "--verbose")  # Ray's lines shown: no alarm among them
+    with demo_process(config, tmp_path / "second", *second_args) as second:
+        with httpx.Client(base_url=second.url, timeout=30) as c:
+            assert c.get("/v2/models/mlp-head/ready").status_code == 200
+        t_stop = time.monotonic()
+    stop_s = time.monotonic() - t_stop  # Ctrl-C until every process of its tree is gone
+    print(f"idle Ctrl-C to no process left: {stop_s:.1f} s")
+    _, alive = psutil.wait_procs(tree, timeout=30)
+    assert len(haproxies) >= 1
+    assert [(p.pid, p.name()) for p in alive if running(p)] == []
+    output = "".join(second.lines)
+    assert "stopping: nothing in flight\n" in output
+    assert "The agent" not in output and "not drained" not in output, output[-3000:]
+    assert stop_s < 10.0, output[-3000:]
