@@ -51,7 +51,45 @@ class WorkerPodConfig(StrictModel):
     )
 
 
+class SystemPodsConfig(StrictModel):
+    """Where the pods that need no GPU run: the Ray head and the populate Job.
+
+    A head on a GPU node holds that node (and its GPUs) for as long as the service lives,
+    keeps the node from scaling in, and goes down with every GPU node upgrade or spot
+    reclaim; the populate Job would hold a GPU node for a copy."""
+
+    node_selector: dict[str, str] = Field(
+        default_factory=dict,
+        description=(
+            "nodeSelector of the head and the populate Job, e.g. a CPU node pool's label "
+            "({'cloud.google.com/gke-nodepool': 'system'}); empty: any node that passes "
+            "gpu_node_labels."
+        ),
+    )
+    tolerations: list[dict[str, str | int]] = Field(
+        default_factory=list,
+        description=(
+            "Kubernetes tolerations of the head and the populate Job (for a tainted CPU "
+            "pool). Never tolerate the GPU taint (nvidia.com/gpu) here."
+        ),
+    )
+    gpu_node_labels: list[str] = Field(
+        default_factory=lambda: ["nvidia.com/gpu.present", "cloud.google.com/gke-accelerator"],
+        description=(
+            "Node labels that only GPU nodes carry: the head and the populate Job require "
+            "nodes without any of them (nodeAffinity DoesNotExist). The defaults are set by "
+            "NVIDIA's GPU feature discovery (GPU operator) and by GKE; add your "
+            "provisioner's. Never list a label that CPU nodes carry too (e.g. one set to "
+            "'0' on them): the head would fit no node."
+        ),
+    )
+
+
 class ClusterConfig(StrictModel):
     """What a cluster config adds for Kubernetes."""
 
     worker: WorkerPodConfig = Field(description="The worker group's pod shape.")
+    system_pods: SystemPodsConfig = Field(
+        default_factory=SystemPodsConfig,
+        description="Placement of the head and the populate Job: off the GPU nodes.",
+    )

@@ -11,6 +11,8 @@ written and committed; a test fails when they drift from what this module render
   pending-worker timeout (``cluster.worker.expected_start_s``).
 - ``models.generated.yaml``: the ConfigMap naming the models and the repository root,
   read by the populate Job and by the workers' wait-for-models init container.
+- ``populate-job.generated.yaml``: a JSON 6902 patch of the populate Job with its
+  placement (``cluster.system_pods``, as the head's: off GPU nodes).
 
 Pure functions over ``AppConfig``; no Ray, no kubectl.
 """
@@ -28,6 +30,7 @@ from serve_app.deploy.render import write_if_changed
 from serve_app.deploy.serve_config import render_serve_config
 from serve_app.deploy.version_policy import side_app_names
 from serve_app.k8s.drain import drain_timing, graceful_shutdown_s, prestop_script
+from serve_app.k8s.placement import check_system_pods, pod_spec_ops, system_pods
 from serve_app.k8s.profiles import PROFILES, ClusterProfile
 
 MODELS_MOUNT_PATH = "/mnt/models"
@@ -79,6 +82,7 @@ def check_cluster_app(app: AppConfig, profile: ClusterProfile) -> None:
             f"jobs.broker_url_env must be {JOBS_BROKER_ENV} in a cluster config (the variable "
             "kuberay/components/jobs-redis and jobs-external-broker set from a Secret)"
         )
+    check_system_pods(system_pods(app))
     over = {
         k: v for k, v in graceful_shutdown_s(app).items() if v > profile.max_graceful_shutdown_s
     }
@@ -227,6 +231,7 @@ def rayservice_patch(app: AppConfig, profile: ClusterProfile) -> list[dict[str, 
     return [
         {"op": "add", "path": "/spec/serveConfigV2", "value": serve_config_text(app)},
         *env,
+        *pod_spec_ops(f"{_HEAD}/template/spec", system_pods(app)),
         {
             "op": "add",
             "path": "/spec/rayClusterConfig/autoscalerOptions/env",
@@ -270,6 +275,11 @@ def models_configmap(app: AppConfig) -> dict[str, Any]:
     }
 
 
+def populate_job_patch(app: AppConfig) -> list[dict[str, Any]]:
+    """JSON 6902 operations on the base populate Job: its placement (off GPU nodes)."""
+    return pod_spec_ops("/spec/template/spec", system_pods(app))
+
+
 def render_k8s_files(root: str | Path = ".") -> dict[Path, str]:
     """Text of every generated manifest file, keyed by path relative to ``root``."""
     root = Path(root)
@@ -282,6 +292,7 @@ def render_k8s_files(root: str | Path = ".") -> dict[Path, str]:
             rayservice_patch(app, profile)
         )
         files[overlay / "models.generated.yaml"] = header + _dump(models_configmap(app))
+        files[overlay / "populate-job.generated.yaml"] = header + _dump(populate_job_patch(app))
     return files
 
 

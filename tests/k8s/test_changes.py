@@ -113,4 +113,4 @@ def test_pod_and_serve_startup_changes() -> None:
 
 def test_committed_files_have_no_pending_change() -> None:
     assert {k: v for k, v in pending_changes(".").items() if v} == {}
-    assert len(render_k8s_files(".")) == 2 * len(PROFILES)
+    assert len(render_k8s_files(".")) == 3 * len(PROFILES)

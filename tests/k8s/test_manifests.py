@@ -32,6 +32,7 @@ CORE_MODELS = {
     "PersistentVolumeClaim": "V1PersistentVolumeClaim",
     "Job": "V1Job",
     "NetworkPolicy": "V1NetworkPolicy",
+    "PodDisruptionBudget": "V1PodDisruptionBudget",
     "Service": "V1Service",  # the opt-in components'
     "StatefulSet": "V1StatefulSet",
 }
@@ -96,6 +97,7 @@ def ray_pod_templates(rs: dict[str, Any]) -> dict[str, dict[str, Any]]:
                 "PersistentVolume",
                 "PersistentVolumeClaim",
                 "PersistentVolumeClaim",
+                "PodDisruptionBudget",
                 "RayService",
             ],
             id="dev-overlay",
@@ -108,6 +110,7 @@ def ray_pod_templates(rs: dict[str, Any]) -> dict[str, dict[str, Any]]:
                 "NetworkPolicy",
                 "PersistentVolumeClaim",
                 "PersistentVolumeClaim",
+                "PodDisruptionBudget",
                 "RayService",
             ],
             id="gpu-overlay",

@@ -60,7 +60,7 @@ def test_generated_files_are_up_to_date() -> None:
     assert sorted(map(str, render_k8s_files(REPO_ROOT))) == [
         f"kuberay/overlays/{o}/{f}.generated.yaml"
         for o in ("dev", "gpu")
-        for f in ("models", "rayservice")
+        for f in ("models", "populate-job", "rayservice")
     ]
 
 
@@ -77,7 +77,7 @@ def test_cli_writes_then_checks(tmp_path: Path, capsys: pytest.CaptureFixture[st
     for path, text in render_k8s_files(REPO_ROOT).items():
         assert (tmp_path / path).read_text() == text == (REPO_ROOT / path).read_text()
     assert run_cli(["render-k8s", "--root", str(tmp_path), "--check"]) == 0
-    assert capsys.readouterr().out == "4 generated KubeRay files are up to date\n"
+    assert capsys.readouterr().out == "6 generated KubeRay files are up to date\n"
 
 
 def test_cli_says_what_a_change_does_to_a_running_cluster(
