@@ -93,9 +93,18 @@ def _validate(a: argparse.Namespace) -> int:
     from serve_app.deploy.pipeline_check import check_pipelines
 
     app = load_app_config(a.config)
+    from serve_app.deploy.demand import compare, deployment_demands
+    from serve_app.deploy.serve_config import render_serve_config
+    from serve_app.local.capacity import local_capacity
+
+    capacity = local_capacity(a.num_cpus, a.num_gpus)
+    where = "this machine" if a.num_cpus is None and a.num_gpus is None else "the demo's Ray"
+    lines, fits = compare(deployment_demands(render_serve_config(app)), capacity, where)
+    for line in lines:
+        print(line)
     for line in check_pipelines(app, a.repo):
         print(line)
-    return 0
+    return 0 if fits else 1
 
 
 def _demo(a: argparse.Namespace) -> int:
@@ -197,10 +206,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     val = sub.add_parser(
         "validate",
-        help="check the AppConfig's pipelines (datatypes, shapes) against the repository",
+        help="check the AppConfig's pipelines (datatypes, shapes) against the repository, "
+        "and its CPU/GPU/memory demand against this machine",
     )
     val.add_argument("--config", default=DEFAULT_APP_CONFIG)
     val.add_argument("--repo", default=None, help="repository root (default: the config's)")
+    val.add_argument("--num-cpus", type=int, default=None, help="as `demo --num-cpus`")
+    val.add_argument("--num-gpus", type=int, default=None, help="as `demo --num-gpus`")
     val.set_defaults(func=_validate)
 
     demo = sub.add_parser("demo", help="publish demo models and serve them locally")

@@ -203,6 +203,27 @@ def free_demo_ports(app: Any, ray_options: dict[str, Any]) -> None:
     check_ports_free(ports, app.http.host)
 
 
+def fits_this_ray(config: dict[str, Any]) -> bool:
+    """Whether the replicas Serve starts first fit the local Ray's resources; if not,
+    say at once which deployments and resources (a local Ray has no autoscaler: they
+    would stay pending until the stall timeout)."""
+    import ray
+
+    from serve_app.deploy.demand import compare, deployment_demands
+
+    capacity = {
+        k: float(v)
+        for k, v in ray.cluster_resources().items()
+        if not k.startswith(("node:", "accelerator_type:", "object_store_memory"))
+    }
+    lines, fits = compare(deployment_demands(config), capacity, "this Ray")
+    if not fits:
+        for line in lines:
+            print(line, file=sys.stderr, flush=True)
+        print("(`serve-app validate` shows this without starting Ray)", file=sys.stderr)
+    return fits
+
+
 def _ignore_interrupts() -> None:
     """While the stop cannot be cut short: its last phase ends every process, quickly."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -302,6 +323,8 @@ def run_demo(
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
+        if not fits_this_ray(config):
+            return 1
         local.deploy_config(config)
         local.wait_running(
             [a["name"] for a in config["applications"]],
