@@ -47,7 +47,11 @@ def ingress_environment(http: HttpConfig, grpc_default_app: str | None) -> dict[
 
     if http.ingress == "haproxy":
         return haproxy_env(
-            http.admin_host, http.admin_ports, http.haproxy_balance, grpc_default_app
+            http.admin_host,
+            http.admin_ports,
+            http.haproxy_balance,
+            grpc_default_app,
+            retry_after_s=http.retry_after_s,
         )
     return {"RAY_SERVE_ENABLE_HA_PROXY": "0"}
 

@@ -157,3 +157,18 @@ def test_no_replica_is_json_503_with_retry_after(ingress: str) -> None:
         "retry later",
         "request_id": "req-2",
     }
+
+
+def test_the_wrapper_applies_the_program_on_every_start(tmp_path: Path) -> None:
+    from serve_app.local.ingress import write_wrapper
+
+    fake = tmp_path / "fake-haproxy"
+    fake.write_text("#!/bin/sh\nexit 0\n")
+    fake.chmod(0o755)
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(RAY_CONFIG.read_text())
+    wrapper = write_wrapper("127.0.0.1", str(fake), str(tmp_path), retry_after_s=4)
+    subprocess.run([str(wrapper), "-f", str(config)], check=True)
+    text = config.read_text()
+    assert "errorfile 503" not in text
+    assert "http-error status 503 content-type application/json hdr Retry-After 4 " in text
