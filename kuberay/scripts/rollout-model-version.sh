@@ -15,7 +15,12 @@
 #      checksum; a failed Job stops here, with the old version still serving;
 #   3. the RayService (`serve-app k8s apply`, server-side apply) and a wait until every
 #      application is RUNNING on the new version.
-# Environment: PUBLISH_TIMEOUT_S (default 1800), SERVE_TIMEOUT_S (default 1800).
+# Every apply is server-side as field manager serve-app, like kuberay/README.md's deploy:
+# one owner per field, so nothing here conflicts with the first deploy. A RayService
+# first applied client-side (`kubectl apply -k`) is a 409 naming kubectl-client-side-apply:
+# run once with FORCE_CONFLICTS=1 to take the fields over.
+# Environment: PUBLISH_TIMEOUT_S (default 1800), SERVE_TIMEOUT_S (default 1800),
+# FORCE_CONFLICTS (1: pass --force-conflicts to every apply).
 set -euo pipefail
 
 overlay=${1:?usage: rollout-model-version.sh <kustomize overlay dir> [namespace]}
@@ -25,6 +30,8 @@ job=serve-app-populate-models
 rayservice=serve-app
 publish_timeout_s=${PUBLISH_TIMEOUT_S:-1800}
 serve_timeout_s=${SERVE_TIMEOUT_S:-1800}
+force=()
+if [ "${FORCE_CONFLICTS:-0}" = 1 ]; then force=(--force-conflicts); fi
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -40,7 +47,7 @@ PY
 
 echo "1/3 publishing: models ConfigMap and a fresh populate Job"
 kubectl delete job "$job" "${ns[@]}" --ignore-not-found --wait=true
-kubectl apply "${ns[@]}" -f "$work/rest.yaml"
+kubectl apply --server-side --field-manager=serve-app "${force[@]}" "${ns[@]}" -f "$work/rest.yaml"
 
 echo "2/3 waiting for job/$job (up to ${publish_timeout_s} s)"
 start=$SECONDS
@@ -61,5 +68,5 @@ while :; do
 done
 
 echo "3/3 applying the RayService and waiting for it to serve the new version"
-serve-app k8s apply "${ns[@]}" -f "$work/all.yaml"
+serve-app k8s apply "${force[@]}" "${ns[@]}" -f "$work/all.yaml"
 serve-app k8s wait "$rayservice" "${ns[@]}" --timeout-s "$serve_timeout_s"

@@ -170,7 +170,7 @@ def _upgrade(a: argparse.Namespace) -> int:
 
     st = safe_cluster_upgrade(
         client, doc, parse_holds(a.hold), a.timeout_s, poll_interval_s=a.poll_interval_s,
-        on_step=step,
+        on_step=step, force_conflicts=a.force_conflicts,
     )  # fmt: skip
     active = st.active.ray_cluster_name if st.active else "-"
     print(f"rayservice {st.namespace}/{st.name} upgraded: active cluster {active}")
@@ -197,6 +197,12 @@ def _delete(a: argparse.Namespace) -> int:
         client.wait_deleted(a.name, a.timeout_s)
     print(f"{where} deleted (namespace {client.namespace})")
     return 0
+
+
+_FORCE_HELP = (
+    "take over fields another field manager set differently (a client-side kubectl apply, "
+    "kubectl edit); without it such a field is a 409 naming the manager"
+)
 
 
 def add_k8s_commands(subparsers: Any) -> argparse.ArgumentParser:
@@ -228,11 +234,7 @@ def add_k8s_commands(subparsers: Any) -> argparse.ArgumentParser:
         "apply", parents=[common], help="server-side apply the RayServices of a YAML file"
     )
     ap.add_argument("-f", "--filename", required=True, help="YAML file ('-': stdin)")
-    ap.add_argument(
-        "--force-conflicts",
-        action="store_true",
-        help="take over fields another field manager (kubectl edit, ...) set differently",
-    )
+    ap.add_argument("--force-conflicts", action="store_true", help=_FORCE_HELP)
     ap.set_defaults(func=_apply)
 
     st = ksub.add_parser("status", parents=[common], help="conditions, clusters and apps")
@@ -262,6 +264,7 @@ def add_k8s_commands(subparsers: Any) -> argparse.ArgumentParser:
         metavar="APP=REPLICAS",
         help="keep at least REPLICAS of application APP through the upgrade (repeatable)",
     )
+    up.add_argument("--force-conflicts", action="store_true", help=_FORCE_HELP)
     up.add_argument("--timeout-s", type=float, default=1800.0, help="budget of each step")
     up.add_argument("--poll-interval-s", type=float, default=5.0, help="seconds between reads")
     up.set_defaults(func=_upgrade)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -178,10 +179,7 @@ class RayServiceClient:
             if not str(e).startswith("Apply failed with"):  # a stale resourceVersion
                 raise
             raise RayServiceConflict(
-                f"{e} (fields set by another manager, e.g. kubectl; apply with "
-                "--force-conflicts to take them over)",
-                e.status_code,
-                e.reason,
+                f"{e} ({conflict_advice(str(e), field_manager)})", e.status_code, e.reason
             ) from e
         applied = json.loads(response.data)
         warnings = tuple(_warnings(response.headers))
@@ -347,6 +345,27 @@ class RayServiceClient:
                     last,
                 )
             time.sleep(min(poll_interval_s, remaining_s))
+
+
+CLIENT_SIDE_MANAGERS = ("kubectl-client-side-apply", "before-first-apply")
+"""Managers of fields written by a client-side ``kubectl apply`` (and by the API server's
+migration of objects created before server-side apply)."""
+
+
+def conflict_advice(message: str, field_manager: str) -> str:
+    """What to do about a 409 ``Apply failed with ...``, by the managers it names."""
+    managers = set(re.findall(r'conflict with "([^"]+)"', message))
+    if managers & set(CLIENT_SIDE_MANAGERS):
+        return (
+            "the RayService was applied with a client-side `kubectl apply`; every documented "
+            f"flow applies server-side as field manager {field_manager}: take the fields over "
+            "once with --force-conflicts (kubectl: apply --server-side "
+            f"--field-manager={field_manager} --force-conflicts), then keep applying that way"
+        )
+    return (
+        "fields set by another manager, e.g. kubectl edit: put that change in the manifest, "
+        "or apply with --force-conflicts to take them over"
+    )
 
 
 def _generation(obj: dict[str, Any]) -> int:

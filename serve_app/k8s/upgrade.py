@@ -98,6 +98,7 @@ def safe_cluster_upgrade(
     *,
     poll_interval_s: float = 5.0,
     on_step: StepFn | None = None,
+    force_conflicts: bool = False,
 ) -> RayServiceStatus:
     """Raise, upgrade, release (module docstring), waiting for each to be served.
 
@@ -108,6 +109,7 @@ def safe_cluster_upgrade(
         timeout_s: Budget of each of the three waits.
         poll_interval_s: Seconds between status reads.
         on_step: Progress callback after each apply.
+        force_conflicts: Take over fields another field manager set (each apply).
 
     Returns:
         The status once the released spec is served.
@@ -130,7 +132,7 @@ def safe_cluster_upgrade(
     ]
     status: RayServiceStatus | None = None
     for step, doc in steps:
-        result = client.apply(doc)
+        result = client.apply(doc, force_conflicts=force_conflicts)
         if on_step is not None:
             on_step(step, result.generation)
         status = client.wait_ready(name, timeout_s, poll_interval_s, namespace=ns)

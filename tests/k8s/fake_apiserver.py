@@ -12,7 +12,9 @@ where the real one is, so a client that passes here does not lean on leniency:
   under ``fieldValidation=Strict``; violations are 422 ``Invalid`` with one cause per
   field (:mod:`tests.k8s.crd_schema`).
 - JSON merge patch, and server-side apply (``application/apply-patch+yaml``) with
-  ``fieldManager``, ``force`` and ``managedFields`` (:mod:`tests.k8s.fake_ssa`).
+  ``fieldManager``, ``force`` and ``managedFields`` (:mod:`tests.k8s.fake_ssa`); a
+  client-side ``kubectl apply`` (:func:`client_side_apply`) owns what it wrote as manager
+  ``kubectl-client-side-apply`` (operation Update), as on a real server.
 - Finalizers: DELETE of an object with finalizers sets ``deletionTimestamp`` and
   returns the object; it goes when the last finalizer is removed; no finalizer can be
   added to an object being deleted.
@@ -617,6 +619,54 @@ def rayservice_manifest(
             },
         },
     }
+
+
+LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
+CLIENT_SIDE_APPLY = "kubectl-client-side-apply"
+
+
+def _three_way(original: Any, modified: Any, current: Any) -> Any:
+    """kubectl's three-way JSON merge patch (a CRD has no strategic merge): set what
+    ``modified`` changes against ``current``, delete what ``original`` had and
+    ``modified`` dropped; lists are replaced whole."""
+    if not (isinstance(modified, dict) and isinstance(current, dict)):
+        return copy.deepcopy(modified)
+    original = original if isinstance(original, dict) else {}
+    patch: dict[str, Any] = {k: None for k in original if k not in modified and k in current}
+    for k, v in modified.items():
+        if k not in current:
+            patch[k] = copy.deepcopy(v)
+        elif current[k] != v:
+            sub = _three_way(original.get(k), v, current[k])
+            if sub != {}:
+                patch[k] = sub
+    return patch
+
+
+def client_side_apply(url: str, token: str, namespace: str, manifest: dict[str, Any]) -> None:
+    """What ``kubectl apply`` (client-side, the default) sends for a RayService: a create,
+    or a three-way merge patch against its last-applied annotation, both as field manager
+    ``kubectl-client-side-apply`` (operation Update: it owns every field it wrote)."""
+    from kubernetes.client.exceptions import ApiException
+
+    api = api_for(url, token)
+    body = copy.deepcopy(manifest)
+    annotations = body.setdefault("metadata", {}).setdefault("annotations", {})
+    annotations[LAST_APPLIED] = json.dumps(manifest, sort_keys=True)
+    name = body["metadata"]["name"]
+    args = (GROUP, VERSION, namespace, PLURAL)
+    try:
+        current = api.get_namespaced_custom_object(*args, name)
+    except ApiException as e:
+        if e.status != 404:
+            raise
+        api.create_namespaced_custom_object(*args, body, field_manager=CLIENT_SIDE_APPLY)
+        return
+    original = json.loads((current["metadata"].get("annotations") or {}).get(LAST_APPLIED, "{}"))
+    patch = _three_way(original, body, current)
+    api.patch_namespaced_custom_object(
+        *args, name, patch, field_manager=CLIENT_SIDE_APPLY, _content_type=MERGE_PATCH
+    )
 
 
 def closed_port() -> int:

@@ -125,8 +125,8 @@ def test_fields_other_managers_own_are_kept_or_conflict(client, server) -> None:
     assert (info.value.status_code, info.value.reason) == (409, "Conflict")
     assert str(info.value) == (
         'Apply failed with 1 conflict: conflict with "kubectl-edit": .spec.serveConfigV2 '
-        "(fields set by another manager, e.g. kubectl; apply with --force-conflicts to take "
-        "them over)"
+        "(fields set by another manager, e.g. kubectl edit: put that change in the manifest, "
+        "or apply with --force-conflicts to take them over)"
     )
 
     forced = client.apply(manifest(), force_conflicts=True)

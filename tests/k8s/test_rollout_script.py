@@ -67,7 +67,7 @@ def test_publishes_then_applies_the_rayservice(tmp_path: Path) -> None:
     assert [c.split(" -f ")[0] for c in calls] == [
         "kubectl kustomize kuberay/overlays/gpu",
         "kubectl delete job serve-app-populate-models -n serving --ignore-not-found --wait=true",
-        "kubectl apply -n serving",
+        "kubectl apply --server-side --field-manager=serve-app -n serving",
         get, get, get,  # not done, not done, Complete
         "serve-app k8s apply -n serving",
         "serve-app k8s wait serve-app -n serving --timeout-s 1800",
