@@ -27,14 +27,20 @@ MAX_DIFFERENCES = 8
 _ABSENT = "(absent)"
 
 
-def normalized_app(app: dict[str, Any]) -> dict[str, Any]:
-    """An application of a Serve config as Serve records it (its schema's defaults and
-    dropped fields applied, as the REST API reports ``deployed_app_config``)."""
-    from ray.serve.schema import ServeApplicationSchema
+def normalized_apps(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each application of a Serve config as Serve records it, the way the controller
+    does it in ``apply_config`` (Ray 2.60): through its schema (unknown fields dropped),
+    the config's ``logging_config`` given to applications without one, then dumped
+    without unset fields; the REST API reports that as ``deployed_app_config``."""
+    from ray.serve.schema import ServeDeploySchema
 
-    schema = ServeApplicationSchema.model_validate(app)
-    dumped: dict[str, Any] = schema.model_dump(mode="json", exclude_unset=True)
-    return dumped
+    schema = ServeDeploySchema.model_validate(config)
+    out = {}
+    for app in schema.applications:
+        if app.logging_config is None and schema.logging_config:
+            app.logging_config = schema.logging_config
+        out[app.name] = app.model_dump(mode="json", exclude_unset=True)
+    return out
 
 
 def _comparable(value: Any) -> Any:
@@ -82,7 +88,7 @@ def config_drift(expected: dict[str, Any], applications: dict[str, Any]) -> list
         for name, app in (applications.get("applications") or {}).items()
         if app.get("status") != "DELETING"
     }
-    wanted = {a["name"]: a for a in expected.get("applications", [])}
+    wanted = normalized_apps(expected)
     out = []
     for name in sorted(set(running) | set(wanted)):
         if name not in running:
@@ -95,7 +101,7 @@ def config_drift(expected: dict[str, Any], applications: dict[str, Any]) -> list
         if deployed is None:
             out.append(f"application {name!r}: Serve has no record of its config")
             continue
-        diffs = _differences(_comparable(deployed), _comparable(normalized_app(wanted[name])), "")
+        diffs = _differences(_comparable(deployed), _comparable(wanted[name]), "")
         out += [f"application {name!r}: {d}" for d in diffs]
     return out
 

@@ -17,7 +17,7 @@ import yaml
 
 from serve_app import cli
 from serve_app.constants import LOCAL_RAY_ENV
-from serve_app.deploy.guard import config_drift, normalized_app, write_atomically
+from serve_app.deploy.guard import config_drift, normalized_apps, write_atomically
 from serve_app.deploy.rollout import render_for_deploy, rollout_ending_canary
 from serve_app.errors import DeployError
 
@@ -34,7 +34,7 @@ class StandInServe:
         self._reads_since_put = 0
 
     def run(self, config: dict[str, Any]) -> None:
-        self.apps = {a["name"]: normalized_app(a) for a in config["applications"]}
+        self.apps = normalized_apps(config)
 
     def applications(self) -> dict[str, Any]:
         self._reads_since_put += 1
@@ -251,3 +251,17 @@ def test_the_command_promotes_and_rewrites_the_file_with_its_mode(
     assert yaml.safe_load(path.read_text())["models"][0] == {"name": "head", "version": 3}
     assert stat.S_IMODE(path.stat().st_mode) == 0o640
     assert (len(serve.sent), serve.apps["head"]["args"]["version"]) == (2, 3)
+
+
+def test_serve_records_the_configs_logging_config_in_each_application(tmp_path: Path) -> None:
+    # Serve's controller (apply_config, Ray 2.60) gives the config's logging_config to
+    # every application without one; its deployed_app_config then carries it.
+    config = rendered(raw_config(tmp_path, version=2))
+    assert config["logging_config"] == {
+        "encoding": "TEXT", "log_level": "INFO", "enable_access_log": False,
+    }  # fmt: skip
+    apps = normalized_apps(config)
+    assert {n: a["logging_config"] for n, a in apps.items()} == {
+        n: config["logging_config"] for n in ("oip", "head", "other")
+    }
+    assert "max_constructor_retry_count" not in apps["head"]["deployments"][0]  # dropped
