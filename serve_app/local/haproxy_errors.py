@@ -36,16 +36,31 @@ HAPROXY_ERRORS = {
 }
 """HAProxy's own errors (no backend answer) -> message."""
 
-REPLICA_ERRORS = {
-    500: "internal error in the serving runtime, request id %[var(txn.serve_app_rid),json(utf8s)]",
-    502: HAPROXY_ERRORS[502],
-    503: "overloaded or unavailable: the model cannot take the request now; retry later",
-    504: HAPROXY_ERRORS[504],
-}
-"""A replica's non-JSON error (Serve's own answer, not serve_app's) -> message."""
+HAS_RETRY = "{ res.hdr(retry-after) -m found }"
+OVERLOADED = "overloaded: the model is at max_ongoing_requests + max_queued_requests; retry later"
+REPLICA_ERRORS = [
+    (
+        500,
+        "",
+        "internal error in the serving runtime, request id %[var(txn.serve_app_rid),json(utf8s)]",
+    ),
+    (502, "", HAPROXY_ERRORS[502]),
+    (503, HAS_RETRY, OVERLOADED),
+    (
+        503,
+        f"!{HAS_RETRY}",
+        "unavailable: the model has no replica that can take the request now; retry later",
+    ),
+    (504, "", HAPROXY_ERRORS[504]),
+]
+"""A replica's non-JSON error (Serve's own answer, not serve_app's): status, extra
+condition, message. Serve's back-pressure 503 carries ``Retry-After`` (serve_app always
+sets ``backpressure_config.retry_after_s``); its 503 for an unavailable deployment none."""
 
 
 def _body(message: str) -> str:
+    if "'" in message:
+        raise ValueError(f"a quote would end HAProxy's lf-string: {message}")
     body = json.dumps(
         {"error": message, "request_id": f"%[var({RID_VAR}),json(utf8s)]"}, separators=(",", ":")
     )
@@ -72,14 +87,15 @@ def frontend_fragment(retry_after_s: int) -> str:
         "    http-request set-header x-request-id %[uuid] if !{ req.hdr(x-request-id) -m found }",
         f"    http-request set-var({RID_VAR}) req.hdr(x-request-id)",
         f"    http-response set-var({RETRY_VAR}) res.hdr(retry-after) if {{ status 503 }}",
-        f"    http-response set-var({RETRY_VAR}) str({retry_after_s}) if {{ status 503 }}"
-        " !{ res.hdr(retry-after) -m found }",
     ]
-    for status, message in REPLICA_ERRORS.items():
-        retry = f' hdr Retry-After "%[var({RETRY_VAR})]"' if status == 503 else ""
+    for status, condition, message in REPLICA_ERRORS:
+        retry = ""
+        if status == 503:
+            value = f'"%[var({RETRY_VAR})]"' if condition == HAS_RETRY else str(retry_after_s)
+            retry = f" hdr Retry-After {value}"
         lines.append(
             f"    http-response return status {status} content-type application/json{retry}"
-            f" lf-string {_body(message)} if {{ status {status} }} {not_json}"
+            f" lf-string {_body(message)} if {{ status {status} }} {not_json} {condition}".rstrip()
         )
     return "".join(f"{line}{MARK}\n" for line in lines)
 

@@ -46,8 +46,11 @@ from tests.integration.demo_process import (
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-BACKPRESSURE = "HTTP 503: Request dropped due to backpressure"
-"""A model's answer beyond max_ongoing + max_queued requests (Serve's backpressure_config)."""
+BACKPRESSURE = (
+    "HTTP 503: overloaded: the model is at max_ongoing_requests + max_queued_requests; retry later"
+)
+"""A model's answer beyond max_ongoing + max_queued requests: Serve's backpressure_config
+503, put in our error shape by the HAProxy wrapper (serve_app/local/haproxy_errors.py)."""
 KILLED_IN_FLIGHT = {"ServerDisconnectedError", "ClientPayloadError"}
 """What a client sees of a request a SIGKILLed replica had in flight: the connection ends
 before the answer starts (ServerDisconnectedError) or in the middle of its body
@@ -395,9 +398,9 @@ def test_sigterm_lets_in_flight_requests_finish_and_leaves_nothing(
     assert set(after[:-1]) <= {200} and after[-1] == 503
     # The refusal is the server app's (serve_app/server/oip_server.py: the model's route
     # is gone, "/" takes it), in our error shape with Retry-After: not an ingress page.
-    # HAProxy's own 503 (today HTML, "No server is available to handle this request.")
-    # would fail error_of, and once HAProxy's errors are JSON (another change under way)
-    # it would fail on the message; it does not answer here, because the server app
+    # HAProxy's own 503 ("unavailable: no replica of this application can take the
+    # request now; retry later", serve_app/local/haproxy_errors.py) would fail on the
+    # message; it does not answer here, because the server app
     # keeps "/" until the last step of the stop. The reason depends on the server's
     # view of Serve, read every second: DELETING once it has seen the delete, or, in the
     # second before, the last RUNNING with no route (seen 2026-12-03: "(RUNNING)" before

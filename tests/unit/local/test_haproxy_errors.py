@@ -117,7 +117,8 @@ def test_replica_text_503_becomes_json_keeping_retry_after(ingress: str) -> None
     assert r.headers["content-type"] == "application/json"
     assert r.headers["retry-after"] == "7"
     assert r.json() == {
-        "error": "overloaded or unavailable: the model cannot take the request now; retry later",
+        "error": "overloaded: the model is at max_ongoing_requests + max_queued_requests; "
+        "retry later",
         "request_id": "req-1",
     }
 
@@ -126,6 +127,9 @@ def test_replica_503_without_retry_after_gets_ours(ingress: str) -> None:
     r = httpx.get(f"{ingress}/v2/models/minilm/503-noretry")
     assert r.status_code == 503
     assert r.headers["retry-after"] == str(RETRY_AFTER_S)
+    assert r.json()["error"] == (
+        "unavailable: the model has no replica that can take the request now; retry later"
+    )
     assert UUID.match(r.json()["request_id"]), r.text
 
 
