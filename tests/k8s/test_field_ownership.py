@@ -102,5 +102,7 @@ def test_documented_kubectl_applies_are_server_side_as_serve_app(doc: str) -> No
 
 def test_rollout_script_applies_server_side_as_serve_app() -> None:
     text = (REPO_ROOT / "kuberay" / "scripts" / "rollout-model-version.sh").read_text()
-    applies = re.findall(r"^\s*kubectl apply\b.*$", text, flags=re.MULTILINE)
-    assert applies and all("--server-side --field-manager=serve-app" in a for a in applies)
+    applies = [ln.strip() for ln in text.splitlines() if "kubectl apply" in ln.split("#")[0]]
+    assert applies == [
+        'apply=(kubectl apply --server-side --field-manager=serve-app "${force[@]}" "${ns[@]}")'
+    ]

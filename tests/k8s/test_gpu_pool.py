@@ -148,3 +148,9 @@ def test_a_gpu_toleration_on_the_head_is_refused() -> None:
         "cluster.system_pods.tolerations: {'key': 'nvidia.com/gpu', 'operator': 'Exists'} lets "
         "the head and the populate Job onto GPU nodes; tolerate only your CPU pool's taint"
     )
+
+
+def test_writer_job_reowns_the_volume_only_on_root_mismatch() -> None:
+    job = one(render("gpu"), "Job", "serve-app-populate-models")
+    context = job["spec"]["template"]["spec"]["securityContext"]
+    assert (context["fsGroup"], context["fsGroupChangePolicy"]) == (100, "OnRootMismatch")

@@ -91,6 +91,7 @@ def ray_pod_templates(rs: dict[str, Any]) -> dict[str, dict[str, Any]]:
             "dev",
             [
                 "ConfigMap",
+                "ConfigMap",
                 "Job",
                 "NetworkPolicy",
                 "PersistentVolume",
@@ -105,6 +106,7 @@ def ray_pod_templates(rs: dict[str, Any]) -> dict[str, dict[str, Any]]:
         pytest.param(
             "gpu",
             [
+                "ConfigMap",
                 "ConfigMap",
                 "Job",
                 "NetworkPolicy",

@@ -299,7 +299,6 @@ def run_script(script: str, models: str, tmp_path: Path, timeout_s: float = 60) 
         os.environ,
         MODELS=models,
         REPOSITORY_ROOT=str(tmp_path / "repo"),
-        SOURCE_ROOT=str(tmp_path / "src"),
         PATH=f"{VENV_BIN}:{os.environ['PATH']}",
     )
     out = subprocess.run(
@@ -315,18 +314,20 @@ def run_script(script: str, models: str, tmp_path: Path, timeout_s: float = 60) 
 
 
 def test_populate_job_publishes_once_and_workers_then_start(tmp_path: Path) -> None:
-    src = tmp_path / "src" / "minilm"
+    src = tmp_path / "src" / "minilm" / "1"
     src.mkdir(parents=True)
     (src / "config.json").write_text('{"model_type": "bert"}')
     (src / "model.safetensors").write_bytes(b"\0" * 1000)
     populate = base_script("populate-job.yaml", "populate")
-    (tmp_path / "src" / "minilm-pinned").symlink_to(src)
-    first = run_script(populate, "minilm:1 minilm-pinned:3", tmp_path)
+    (tmp_path / "src" / "minilm-pinned").mkdir()
+    (tmp_path / "src" / "minilm-pinned" / "3").symlink_to(src)
+    words = f"minilm:1:{src} minilm-pinned:3:{tmp_path}/src/minilm-pinned/3"
+    first = run_script(populate, words, tmp_path)
     assert first.splitlines()[:2] == [
         f"published {tmp_path}/repo/minilm/1",
         f"published {tmp_path}/repo/minilm-pinned/3",
     ]
-    again = run_script(populate, "minilm:1 minilm-pinned:3", tmp_path)
+    again = run_script(populate, words, tmp_path)
     assert again.splitlines()[:2] == [
         "skip minilm: version 1 is already published",
         "skip minilm-pinned: version 3 is already published",
