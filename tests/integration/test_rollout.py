@@ -116,8 +116,8 @@ class Traffic:
     senders: int = 2
     pause_s: float = 0.02
     outcomes: list[tuple[float, str]] = field(default_factory=list)
-    bodies: dict[str, str] = field(default_factory=dict)
-    """The first body of each non-200 status."""
+    bodies: dict[str, list[str]] = field(default_factory=dict)
+    """Each distinct body of each non-200 status (the first 5), to name a failure."""
     _stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
 
@@ -131,7 +131,9 @@ class Traffic:
                         outcome = f"v{r.json()['model_version']}"
                     else:
                         outcome = str(r.status_code)
-                        self.bodies.setdefault(outcome, r.text[:300])
+                        seen = self.bodies.setdefault(outcome, [])
+                        if r.text[:300] not in seen and len(seen) < 5:
+                            seen.append(r.text[:300])
                 except httpx.HTTPError as e:
                     outcome = type(e).__name__
                 self.outcomes.append((t, outcome))
@@ -148,18 +150,17 @@ class Traffic:
         for t in self._threads:
             t.join(60)
 
-    def transient_404s(self, versions: set[str]) -> int:
-        """Requests that got 404 while replicas were replaced. In CI the body was the
-        session Ray's server app: two local Rays share the direct-ingress port range, and
-        a stopped replica's port was reused by the other one (tests/conftest.py now runs
-        this module before the session's Ray starts). Anything else than a version or a
-        404 fails the caller's assertion; so does a 404 burst above 5 %."""
+    def assert_no_failure(self, versions: set[str]) -> None:
+        """Every request was answered 200 by one of ``versions``: no failure allowed.
+
+        CI once saw 404 bursts here (53-84 of ~2000 requests) whose body came from the
+        session Ray's server app: two local Rays handed out direct-ingress ports from the
+        same range, and HAProxy still pointed at a stopped replica's port that the other
+        Ray had reused. tests/conftest.py now runs this module before the session's Ray
+        starts, so any failure is a regression; its bodies are in the message."""
         counts = self.counts()
-        assert set(counts) <= versions | {"404"}, (counts, self.bodies)
-        assert counts["404"] <= 0.05 * sum(counts.values()), (counts, self.bodies)
-        if counts["404"]:
-            print(f"transient 404s: {counts['404']}: {self.bodies['404']!r}")
-        return counts["404"]
+        failed = {o: n for o, n in counts.items() if o not in versions}
+        assert failed == {}, (dict(counts), self.bodies)
 
     def counts(self, since: float = 0.0) -> Counter[str]:
         """Outcomes of requests sent at or after ``since`` (monotonic seconds)."""
@@ -305,7 +306,7 @@ def test_a_canary_takes_its_share_rolls_back_and_is_promoted_without_a_failed_re
         assert set(after_rollback) <= {f"v{stable}", f"v{new}"}
         assert set(settled) == {f"v{stable}"}
         assert promoted.returncode == 0, promoted.stderr[-2000:]
-        traffic.transient_404s({f"v{stable}", f"v{new}"})
+        traffic.assert_no_failure({f"v{stable}", f"v{new}"})
         assert set(traffic.counts(since=done)) == {f"v{new}"}
         promoted_config = yaml.safe_load(rollout.config_path.read_text())["models"][0]
         assert promoted_config["version"] == new and "canary" not in promoted_config
@@ -336,7 +337,7 @@ def test_a_corrupt_new_version_is_refused_and_the_old_one_keeps_serving(
     assert "the running versions keep serving" in refused.stderr
     assert forced.returncode == 2
     assert str(weights) in forced.stderr
-    traffic.transient_404s({f"v{before}"})  # every other request: by the old version
+    traffic.assert_no_failure({f"v{before}"})  # every request: by the old version
 
 
 def test_deploy_names_an_unreachable_dashboard_and_a_wrong_token(rollout: Rollout) -> None:
