@@ -114,7 +114,7 @@ def check_cluster_app(app: AppConfig, profile: ClusterProfile) -> None:
         if r.num_cpus == 0 and r.num_gpus == 0:
             raise ValueError(
                 f"model {m.name!r} requests no CPU and no GPU: it could land on the head, "
-                "which does not mount the weights"
+                "which is sized for GCS and the Serve controller, not for a model"
             )
         if r.num_cpus > profile.worker_cpus or r.num_gpus > profile.worker_gpus:
             raise ValueError(

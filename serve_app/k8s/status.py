@@ -20,6 +20,10 @@ ROLLBACK_IN_PROGRESS = "RollbackInProgress"
 APP_RUNNING = "RUNNING"
 APP_DEPLOY_FAILED = "DEPLOY_FAILED"
 DEPLOYMENT_HEALTHY = "HEALTHY"
+DEPLOYMENT_SERVING = frozenset({DEPLOYMENT_HEALTHY, "UPSCALING", "DOWNSCALING"})
+"""Deployment statuses that serve the current config: an autoscaling deployment under
+load reports UPSCALING or DOWNSCALING while its replicas run (Serve 2.60's
+``DeploymentStatus``)."""
 # KubeRay never leaves InitializingTimeout (delete and recreate the RayService).
 TERMINAL_READY_REASONS = ("InitializingTimeout",)
 VALIDATION_FAILED = "ValidationFailed"
@@ -202,7 +206,7 @@ class RayServiceStatus(_Model):
         deploying. So this also needs the current generation observed, no upgrade or
         rollback in flight, and on the active cluster every application that
         ``serveConfigV2`` names (at least one) ``RUNNING`` with every deployment
-        ``HEALTHY``.
+        ``HEALTHY``, ``UPSCALING`` or ``DOWNSCALING`` (autoscaling under load).
         """
         ready = self.ready
         if ready is None or not ready.is_true:
@@ -227,7 +231,7 @@ class RayServiceStatus(_Model):
             if app.status != APP_RUNNING:
                 return f"application {name} is {app.status or 'UNKNOWN'}"
             for dep_name, dep in sorted(app.deployments.items()):
-                if dep.status != DEPLOYMENT_HEALTHY:
+                if dep.status not in DEPLOYMENT_SERVING:
                     return f"deployment {name}/{dep_name} is {dep.status or 'UNKNOWN'}"
         return None
 

@@ -351,3 +351,11 @@ def test_schema_check_is_strict() -> None:
         "status.lastUpdateTime: Invalid value: 'yesterday' is not a 'date-time'",
         "unknown field .status.numServeEndpoint",
     ]
+
+
+@pytest.mark.parametrize("deployment", ["UPSCALING", "DOWNSCALING"])
+def test_an_autoscaling_deployment_under_load_is_serving(client, server, deployment) -> None:
+    """Serve reports UPSCALING/DOWNSCALING while an autoscaling deployment's replicas run."""
+    server.set_status(NS, "demo", kr.ready(1, A, {"embed": "RUNNING"}, deployment=deployment))
+    st, _ = wait(client)
+    assert (st.is_ready, st.not_ready_reason) == (True, None)

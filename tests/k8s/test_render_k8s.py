@@ -105,7 +105,7 @@ def test_cli_refuses_a_config_that_would_land_on_the_head(
     assert run_cli(["render-k8s", "--root", str(tmp_path)]) == 2
     assert capsys.readouterr().err == (
         "error: model 'minilm' requests no CPU and no GPU: it could land on the head, "
-        "which does not mount the weights\n"
+        "which is sized for GCS and the Serve controller, not for a model\n"
     )
 
 
