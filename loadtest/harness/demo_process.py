@@ -31,7 +31,8 @@ START_STALL_S = 300.0
 a line whenever a replica changes state and gives up itself after 180 s without one
 (``serve_app.local.cluster.DEFAULT_STALL_S``); this covers Ray's own start, which prints nothing."""
 STOP_TIMEOUT_S = 120.0
-"""The drain alone takes ~35 s with HAProxy (see ``serve_app.local.demo.drain_budget_s``)."""
+"""A stop with requests in flight drains for up to ~55 s with HAProxy
+(``serve_app.local.demo.drain_budget_s``); an idle demo stops in seconds."""
 
 
 @dataclass

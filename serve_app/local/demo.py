@@ -142,9 +142,12 @@ def drain_budget_s(config: dict[str, Any], ingress: str) -> float:
     ``graceful_shutdown_timeout_s`` of its deployments (Serve's default, 20 s, where
     none is set) plus ``DRAIN_MARGIN_S``.
 
-    With the HAProxy ingress Ray keeps every stopping replica draining for
-    ``RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S`` (30 s) plus 5 s, so that HAProxy's
-    health checks (every 5 s) drop it before it stops listening; the budget covers that.
+    With the HAProxy ingress a stopping replica first stays reachable for
+    ``RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S`` (30 s; HAProxy's health checks
+    drop it meanwhile), then closes its listener and waits for its requests up to its
+    ``graceful_shutdown_timeout_s`` (Ray 2.60 ``Replica._drain_behind_haproxy``): the two
+    add up, so the budget is their sum plus the margin. It is a bound, not a wait: the
+    stop goes on as soon as every application is gone (and an idle demo skips the drain).
     """
     timeouts = [
         float(d.get("graceful_shutdown_timeout_s", 20.0))
@@ -154,7 +157,7 @@ def drain_budget_s(config: dict[str, Any], ingress: str) -> float:
     longest_s = max(timeouts, default=20.0)
     if ingress == "haproxy":
         floor_s = float(os.environ.get("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "30"))
-        longest_s = max(longest_s, floor_s + 5.0)
+        longest_s += floor_s
     return longest_s + DRAIN_MARGIN_S
 
 

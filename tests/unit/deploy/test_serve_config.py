@@ -88,7 +88,8 @@ def test_demo_drain_budget_covers_graceful_shutdown_and_the_haproxy_floor(
         {"deployments": [{"name": "b"}]},  # Serve's default, 20 s
     ]}  # fmt: skip
     assert drain_budget_s(config, "proxy") == 20 + 5
-    assert drain_budget_s(config, "haproxy") == 30 + 5 + 5  # Ray's direct-ingress drain
+    # Behind HAProxy: Ray's 30 s reachable window, then the graceful wait, in sequence.
+    assert drain_budget_s(config, "haproxy") == 30 + 20 + 5
     monkeypatch.setenv("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "2")
-    assert drain_budget_s(config, "haproxy") == 20 + 5
+    assert drain_budget_s(config, "haproxy") == 2 + 20 + 5
     assert drain_budget_s({"applications": []}, "proxy") == 25
