@@ -14,6 +14,11 @@ LOCAL_RAY_ENV = {
     # Keep Ray's internal gRPC on loopback on Linux (otherwise it uses the routable IP).
     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
     "RAY_USAGE_STATS_ENABLED": "0",
+    # Serve names the resources an unplaceable replica needs only after a replica waited
+    # this long and the last such warning is this old (defaults 30 s and 30 s); a single
+    # machine has no autoscaler to wait for, so say it soon.
+    "RAY_SERVE_SLOW_STARTUP_WARNING_S": "5",
+    "RAY_SERVE_SLOW_STARTUP_WARNING_PERIOD_S": "5",
 }
 """Set (if unset) before a local Ray starts: nothing leaves 127.0.0.1."""
 

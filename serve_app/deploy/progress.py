@@ -280,6 +280,33 @@ def wait_apps(
     )
 
 
+_UNSCHEDULED = re.compile(
+    r"has (?P<n>\d+) replicas that have taken more than (?P<s>\d+)s to be scheduled\..*?"
+    r"Resources required for each replica: (?P<need>\{.*?\}), "
+    r"total resources available: (?P<have>\{.*?\})\.",
+    re.S,
+)
+"""Serve's message for replicas no node can place yet (``DeploymentState``, after
+``RAY_SERVE_SLOW_STARTUP_WARNING_S``)."""
+
+
+def unscheduled(snapshot: Snapshot, names: Iterable[str]) -> list[str]:
+    """One line per deployment whose replicas wait for resources, from Serve's own
+    message: ``minilm/ModelDeployment: 2 replicas unscheduled for 5+ s: each needs
+    {"CPU": 1.0}; available {"CPU": 0.0}``."""
+    lines = []
+    for name in names:
+        app = snapshot.get(name)
+        for d_name, d in (app.deployments if app else {}).items():
+            m = _UNSCHEDULED.search(concise(d.message))
+            if m:
+                lines.append(
+                    f"{name}/{d_name}: {m['n']} replicas unscheduled for {m['s']}+ s: each "
+                    f"needs {m['need']}; available {m['have']}"
+                )
+    return lines
+
+
 def summary(snapshot: Snapshot, names: Iterable[str]) -> str:
     """A one-line progress report: each app's status, with replica counts while not
     RUNNING (``minilm RUNNING; triage DEPLOYING (PipelineRouter: STARTING 1)``)."""

@@ -175,13 +175,24 @@ def wait_running(
             starting and Serve's reason, e.g. the resources a replica waits for).
     """
     names = list(app_names)
+    told: set[str] = set()
 
     def report(snapshot: progress.Snapshot) -> None:
         if on_progress is not None:
             on_progress(progress.summary(snapshot, names))
 
+    def poll() -> progress.Snapshot:
+        # Replicas waiting for resources are no progress, so the summary does not
+        # change: say so once, as soon as Serve does (its message names what they need).
+        snapshot = serve_snapshot()
+        for line in progress.unscheduled(snapshot, names):
+            if line not in told and on_progress is not None:
+                told.add(line)
+                on_progress(f"waiting for resources: {line}")
+        return snapshot
+
     progress.wait_apps(
-        serve_snapshot,
+        poll,
         names,
         stall_s=stall_s,
         timeout_s=timeout_s,

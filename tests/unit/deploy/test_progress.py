@@ -223,3 +223,29 @@ def test_status_messages_are_cut_to_the_error() -> None:
         "serve_app.errors.IntegrityError: sha256 mismatch for /m/fragile/1/model.safetensors"
     )
     assert progress.concise("The deployments are UNHEALTHY.") == "The deployments are UNHEALTHY."
+
+
+def test_unscheduled_replicas_are_named_with_what_they_need() -> None:
+    # The message as Ray 2.60's DeploymentState writes it (deployment_state.py, "to be
+    # scheduled"), with a terminal colour code as serve.status() may carry it.
+    message = (
+        "\x1b[33mDeployment 'ModelDeployment' in application 'minilm.v2' has 2 replicas that "
+        "have taken more than 5s to be scheduled. This may be due to waiting for the cluster "
+        "to auto-scale or for a runtime environment to be installed. Resources required for "
+        'each replica: {"CPU": 1.0}, total resources available: {"CPU": 0.0}. Use `ray '
+        "status` for more details.\x1b[0m"
+    )
+    snapshot = {
+        "minilm.v2": AppView(
+            "DEPLOYING", "", {"ModelDeployment": DeploymentView("UPDATING", message, {})}
+        ),
+        "minilm": app("RUNNING", RUNNING=2),
+    }
+    assert progress.unscheduled(snapshot, ["minilm", "minilm.v2", "absent"]) == [
+        'minilm.v2/ModelDeployment: 2 replicas unscheduled for 5+ s: each needs {"CPU": 1.0}; '
+        'available {"CPU": 0.0}'
+    ]
+    # A replica slow to initialise (placed, loading) is not waiting for resources.
+    slow = SCHEDULING.replace("to be scheduled", "to initialize")
+    snapshot["minilm.v2"].deployments["ModelDeployment"] = DeploymentView("UPDATING", slow, {})
+    assert progress.unscheduled(snapshot, ["minilm.v2"]) == []
