@@ -284,9 +284,7 @@ class PipelineAppArgs(StrictModel):
             pipeline=pipeline,
             models=targets,
             handle_loop=pipeline.handle_loop,
-            host=(
-                None if host is None else host.model_copy(update={"jobs": None})
-            ),
+            host=(None if host is None else host.model_copy(update={"jobs": None})),
             jobs=job_queue(app, pipeline.name),
         )
 
@@ -333,9 +331,7 @@ class ServerAppArgs(StrictModel):
                 for p in app.pipelines
             },
             families={m.name: m.multiplex.tenant_prefix for m in app.models if m.multiplex},
-            jobs=(
-                [app.jobs.queue_settings(t) for t in app.jobs.targets] if app.jobs else []
-            ),
+            jobs=([app.jobs.queue_settings(t) for t in app.jobs.targets] if app.jobs else []),
             jobs_poll_interval_s=app.jobs.consumers.poll_interval_s if app.jobs else 2.0,
         )
 
