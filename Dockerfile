@@ -49,8 +49,11 @@ RUN if [ -n "$TORCH_INDEX_URL" ]; then index="$TORCH_INDEX_URL"; \
 COPY --from=wheel /wheels /tmp/wheels
 # torch is already satisfied, so this adds serve_app and its other dependencies only; the
 # image's ray is the pinned one and stays.
+# The HAProxy wrapper (RAY_SERVE_HAPROXY_BINARY_PATH in the RayService): HAProxy's errors
+# in serve_app's JSON shape (serve_app/local/haproxy_errors.py).
 RUN pip install --no-cache-dir /tmp/wheels/serve_app-*.whl \
     && python -c "import ray, serve_app.app; assert ray.__version__ == '${RAY_VERSION}', ray.__version__" \
+    && python -c "from serve_app.local.ingress import write_pod_wrapper; write_pod_wrapper()" \
     && bash --version > /dev/null && wget --version > /dev/null
 WORKDIR /home/ray
 

@@ -205,9 +205,19 @@ def ray_container_env(http: HttpConfig) -> dict[str, str]:
 
     if http.ingress != "haproxy":
         return SERVE_RAY_ENV | {"RAY_SERVE_ENABLE_HA_PROXY": "0"}
-    from serve_app.local.ingress import balance_env
+    from serve_app.local.ingress import POD_WRAPPER_PATH, RETRY_AFTER_ENV, balance_env
 
-    return SERVE_RAY_ENV | {"RAY_SERVE_ENABLE_HA_PROXY": "1"} | balance_env(http.haproxy_balance)
+    # The image's HAProxy wrapper (Dockerfile) puts HAProxy's errors in our JSON shape.
+    wrapper = {
+        "RAY_SERVE_HAPROXY_BINARY_PATH": POD_WRAPPER_PATH,
+        RETRY_AFTER_ENV: str(http.retry_after_s),
+    }
+    return (
+        SERVE_RAY_ENV
+        | {"RAY_SERVE_ENABLE_HA_PROXY": "1"}
+        | balance_env(http.haproxy_balance)
+        | wrapper
+    )
 
 
 def serve_config_text(app: AppConfig) -> str:

@@ -21,6 +21,7 @@ from serve_app.config import load_app_config
 from serve_app.k8s.drain import drain_timing
 from serve_app.k8s.profiles import PROFILES, ClusterProfile
 from serve_app.k8s.render import MODELS_MOUNT_PATH, worker_max_replicas
+from serve_app.local.ingress import POD_WRAPPER_PATH
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # ids "<name>-overlay": tests/conftest.py skips items with a bare "gpu" keyword.
@@ -264,8 +265,14 @@ def test_ray_containers_get_the_ingress_environment(profile: ClusterProfile) -> 
     for spec in pod_specs(profile).values():
         env = {e["name"]: e.get("value") for e in spec["containers"][0]["env"]}
         assert env["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
-        # The admin-port wrapper is a laptop concern; in a pod Ray's binary runs as is.
-        assert "RAY_SERVE_HAPROXY_BINARY_PATH" not in env
+        # The image's wrapper (errors in our JSON shape; no rebinding: the admin-port
+        # wrapper is a laptop concern), written by the Dockerfile at that path.
+        assert env["RAY_SERVE_HAPROXY_BINARY_PATH"] == POD_WRAPPER_PATH
+        assert env["SERVE_APP_RETRY_AFTER_S"] == str(app.http.retry_after_s)
+        dockerfile = (REPO_ROOT / "Dockerfile").read_text()
+        assert "from serve_app.local.ingress import write_pod_wrapper; write_pod_wrapper()" in (
+            dockerfile
+        )
         ports = {p["containerPort"] for p in spec["containers"][0].get("ports", [])}
         assert not ports & {8404, 9101}, "HAProxy stats/metrics must not be declared"
 

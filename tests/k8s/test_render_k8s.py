@@ -222,7 +222,11 @@ def test_ingress_mode_sets_the_pod_env() -> None:
     http = cluster_app({"name": "m"}).http
     haproxy = http.model_copy(update={"ingress": "haproxy", "admin_host": None})
     same_loop = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0"}
-    assert ray_container_env(haproxy) == same_loop | {"RAY_SERVE_ENABLE_HA_PROXY": "1"}
+    wrapper = {
+        "RAY_SERVE_HAPROXY_BINARY_PATH": "/home/ray/.serve-app/haproxy.sh",
+        "SERVE_APP_RETRY_AFTER_S": str(http.retry_after_s),
+    }
+    assert ray_container_env(haproxy) == same_loop | {"RAY_SERVE_ENABLE_HA_PROXY": "1"} | wrapper
     proxy = http.model_copy(update={"ingress": "proxy"})
     assert ray_container_env(proxy) == same_loop | {"RAY_SERVE_ENABLE_HA_PROXY": "0"}
 

@@ -176,3 +176,37 @@ def test_the_wrapper_applies_the_program_on_every_start(tmp_path: Path) -> None:
     text = config.read_text()
     assert "errorfile 503" not in text
     assert "http-error status 503 content-type application/json hdr Retry-After 4 " in text
+
+
+def pod_start(tmp_path: Path, retry_after: str) -> tuple[str, str]:
+    """Run the pod wrapper (as the image has it) on a copy of Ray's config; return the
+    config after it and what the stand-in HAProxy printed."""
+    from serve_app.local.ingress import write_pod_wrapper
+
+    fake = tmp_path / "fake-haproxy"
+    fake.write_text('#!/bin/sh\necho "ran with: $*"\n')
+    fake.chmod(0o755)
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(RAY_CONFIG.read_text())
+    wrapper = write_pod_wrapper(str(tmp_path / "home" / "haproxy.sh"), str(fake))
+    env = {"PATH": "/usr/bin:/bin", "TMPDIR": str(tmp_path), "SERVE_APP_RETRY_AFTER_S": retry_after}
+    ran = subprocess.run(
+        [str(wrapper), "-f", str(config)], env=env, capture_output=True, text=True, check=True
+    )
+    return config.read_text(), ran.stdout
+
+
+def test_the_pod_wrapper_applies_the_program_with_the_rendered_retry_after(
+    tmp_path: Path,
+) -> None:
+    text, out = pod_start(tmp_path, "3")
+    assert "errorfile 503" not in text
+    assert "http-error status 503 content-type application/json hdr Retry-After 3 " in text
+    assert "bind 127.0.0.1:9101" in text  # a pod's listeners stay where Ray put them
+    assert out == f"ran with: -f {tmp_path / 'haproxy.cfg'}\n"
+
+
+def test_the_pod_wrapper_fails_open(tmp_path: Path) -> None:
+    text, out = pod_start(tmp_path, "not-a-number")
+    assert text == RAY_CONFIG.read_text()  # Ray's config as is: HAProxy still starts
+    assert out.startswith("ran with: -f ")
