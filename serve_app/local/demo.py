@@ -161,6 +161,16 @@ def drain_budget_s(config: dict[str, Any], ingress: str) -> float:
     return longest_s + DRAIN_MARGIN_S
 
 
+def absolute_roots(config: dict[str, Any]) -> None:
+    """Make every application's repository root absolute, in place: models, routers that
+    host one and the server application (its tenant listing) all read the repository,
+    and their replicas need not share the demo's working directory."""
+    for a in config["applications"]:
+        repo = a["args"].get("repository")
+        if isinstance(repo, dict) and repo.get("root"):
+            repo["root"] = str(Path(repo["root"]).resolve())
+
+
 DEMO_BROKER_DIR = Path.home() / ".cache" / "serve-app" / "redis"
 """Where the demo's embedded Redis keeps its append-only file (jobs survive a restart)."""
 
@@ -293,9 +303,7 @@ def run_demo(
     model_apps = [
         a for a in config["applications"] if a["args"].get("kind") in ("model", "multiplexed")
     ]
-    for a in model_apps:  # replicas may not share our working directory
-        repo = a["args"]["repository"]
-        repo["root"] = str(Path(repo["root"]).resolve())
+    absolute_roots(config)
     roots = {a["args"]["repository"]["root"] for a in model_apps}
     t0 = time.monotonic()
     for root in roots:
