@@ -42,6 +42,27 @@ def _load_documents(path: str) -> list[Any]:
         raise InvalidManifest(f"{path} is not valid YAML: {e}") from e
 
 
+def _check_operator(a: argparse.Namespace, client: RayServiceClient, docs: list[Any]) -> None:
+    """Refuse manifests the installed KubeRay CRD cannot hold (serve_app.k8s.skew)."""
+    from serve_app.k8s.errors import KubernetesApiError
+    from serve_app.k8s.skew import check_rayservice_crd
+
+    if a.skip_crd_check:
+        return
+    try:
+        crd = client.rayservice_crd()
+    except KubernetesApiError as e:
+        if e.status_code != 403:
+            raise
+        print(
+            f"warning: KubeRay version check skipped: cannot read the RayService CRD ({e}); "
+            "grant get on customresourcedefinitions, or pass --skip-crd-check",
+            file=sys.stderr,
+        )
+        return
+    check_rayservice_crd(crd, docs)
+
+
 def _apply(a: argparse.Namespace) -> int:
     from serve_app.k8s.errors import InvalidManifest
     from serve_app.k8s.resource import API_VERSION, KIND
@@ -67,6 +88,7 @@ def _apply(a: argparse.Namespace) -> int:
         found = ", ".join(skipped) or "no documents"
         raise InvalidManifest(f"{a.filename}: no {API_VERSION} {KIND} document ({found})")
     client = _client(a)
+    _check_operator(a, client, rayservices)
     for doc in rayservices:
         r = client.apply(doc, force_conflicts=a.force_conflicts)
         for warning in r.warnings:
@@ -159,6 +181,7 @@ def _upgrade(a: argparse.Namespace) -> int:
     client = _client(a)
     (doc,) = docs
     doc.setdefault("metadata", {}).setdefault("namespace", client.namespace)
+    _check_operator(a, client, docs)
 
     def step(name: str, generation: int) -> None:
         what = {
@@ -199,6 +222,10 @@ def _delete(a: argparse.Namespace) -> int:
     return 0
 
 
+_SKIP_CRD_HELP = (
+    "do not read the installed RayService CRD to refuse a KubeRay operator older than the "
+    "manifests need (kuberay/README.md, 'Version skew')"
+)
 _FORCE_HELP = (
     "take over fields another field manager set differently (a client-side kubectl apply, "
     "kubectl edit); without it such a field is a 409 naming the manager"
@@ -235,6 +262,7 @@ def add_k8s_commands(subparsers: Any) -> argparse.ArgumentParser:
     )
     ap.add_argument("-f", "--filename", required=True, help="YAML file ('-': stdin)")
     ap.add_argument("--force-conflicts", action="store_true", help=_FORCE_HELP)
+    ap.add_argument("--skip-crd-check", action="store_true", help=_SKIP_CRD_HELP)
     ap.set_defaults(func=_apply)
 
     st = ksub.add_parser("status", parents=[common], help="conditions, clusters and apps")
@@ -265,6 +293,7 @@ def add_k8s_commands(subparsers: Any) -> argparse.ArgumentParser:
         help="keep at least REPLICAS of application APP through the upgrade (repeatable)",
     )
     up.add_argument("--force-conflicts", action="store_true", help=_FORCE_HELP)
+    up.add_argument("--skip-crd-check", action="store_true", help=_SKIP_CRD_HELP)
     up.add_argument("--timeout-s", type=float, default=1800.0, help="budget of each step")
     up.add_argument("--poll-interval-s", type=float, default=5.0, help="seconds between reads")
     up.set_defaults(func=_upgrade)

@@ -193,6 +193,38 @@ class RayServiceClient:
             "configured" if changed else "unchanged", applied, spec_changed, warnings
         )
 
+    def rayservice_crd(self) -> dict[str, Any]:
+        """The installed ``rayservices.ray.io`` CustomResourceDefinition, as a dict.
+
+        Reading it needs cluster-scoped ``get`` on ``customresourcedefinitions``
+        (apiextensions.k8s.io), which a namespaced deployer may lack (403).
+
+        Raises:
+            KubernetesApiError: 403 without that permission, 404 (a message saying KubeRay
+                is not installed) when there is no such CRD, or any other API error.
+        """
+        from kubernetes.client import ApiextensionsV1Api
+        from kubernetes.client.exceptions import ApiException
+
+        from serve_app.k8s.skew import CRD_NAME
+
+        api = ApiextensionsV1Api(self.api.api_client)
+        try:
+            response: Any = api.read_custom_resource_definition(
+                CRD_NAME, _request_timeout=self.request_timeout_s, _preload_content=False
+            )
+        except ApiException as e:
+            error = error_from_api_exception(e)
+            if error.status_code == 404:
+                raise KubernetesApiError(
+                    f"customresourcedefinition {CRD_NAME} not found: the KubeRay operator "
+                    "and its CRDs are not installed (kuberay/README.md)",
+                    404,
+                    "NotFound",
+                ) from e
+            raise error from e
+        return dict(json.loads(response.data))
+
     def get(self, name: str, *, namespace: str | None = None) -> dict[str, Any]:
         """The RayService object as the API server returns it.
 

@@ -136,6 +136,12 @@ class RayServiceFailed(KubernetesError):
         self.last_status = last_status
 
 
+class KubeRayTooOld(KubernetesError):
+    """The installed KubeRay CRD lacks fields the manifests use (an older operator)."""
+
+    status_code = 412
+
+
 def error_from_api_exception(exc: Any) -> KubernetesApiError:
     """Map a ``kubernetes.client.ApiException`` to the matching typed error.
 

@@ -50,6 +50,9 @@ _PATH = re.compile(
     rf"^/apis/{re.escape(GROUP)}/{VERSION}/namespaces/(?P<ns>[^/]+)/{PLURAL}"
     r"(?:/(?P<name>[^/]+)(?P<sub>/status)?)?$"
 )
+_CRD_PATH = re.compile(
+    r"^/apis/apiextensions\.k8s\.io/v1/customresourcedefinitions/(?P<name>[^/]+)$"
+)
 MERGE_PATCH = "application/merge-patch+json"
 APPLY_PATCH = "application/apply-patch+yaml"
 _IMMUTABLE_META = ("uid", "creationTimestamp", "generation", "namespace", "name")
@@ -148,6 +151,8 @@ class FakeApiServer:
         self.token = token
         self.schema = crds.crds_available() if schema is None else schema
         self.objects: dict[tuple[str, str], dict[str, Any]] = {}
+        self.crds: dict[str, dict[str, Any]] = {RESOURCE: installed_crd(self.schema)}
+        """CustomResourceDefinitions served read-only by name (tests swap in an older one)."""
         self.requests: list[tuple[str, str, str]] = []  # (method, path, content type)
         self.queries: list[dict[str, str]] = []  # query parameters, in request order
         self._scripts: dict[tuple[str, str], deque[dict[str, Any]]] = {}
@@ -232,6 +237,9 @@ class FakeApiServer:
 
     # REST verbs. Each returns (HTTP code, body) or raises ApiError.
     def handle(self, req: Request) -> tuple[int, Any]:
+        crd = _CRD_PATH.match(req.path)
+        if crd is not None:
+            return self._read_crd(req, crd["name"])
         m = _PATH.match(req.path)
         if m is None:
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
@@ -286,6 +294,21 @@ class FakeApiServer:
             "MethodNotAllowed",
             "the server does not allow this method on the requested resource",
         )
+
+    def _read_crd(self, req: Request, name: str) -> tuple[int, Any]:
+        if req.method != "GET":
+            raise ApiError(405, "MethodNotAllowed", "the stand-in serves CRDs read-only")
+        with self._lock:
+            for i, (fault_method, err) in enumerate(self._faults):
+                if fault_method == "GET":
+                    del self._faults[i]
+                    raise err
+            if name not in self.crds:
+                raise ApiError(
+                    404, "NotFound",
+                    f'customresourcedefinitions.apiextensions.k8s.io "{name}" not found', name,
+                )  # fmt: skip
+            return 200, copy.deepcopy(self.crds[name])
 
     def _get(self, ns: str, name: str) -> dict[str, Any]:
         try:
@@ -595,6 +618,25 @@ def _make_handler(server: FakeApiServer) -> type[BaseHTTPRequestHandler]:
             pass
 
     return Handler
+
+
+def installed_crd(schema: bool = True) -> dict[str, Any]:
+    """The ``rayservices.ray.io`` CRD the stand-in serves: the vendored KubeRay v1.7.0
+    one, or (``schema`` False, or the files absent) one that declares any field."""
+    if schema and crds.crds_available():
+        versions = [{"name": VERSION, "served": True, "storage": True,
+                     "schema": {"openAPIV3Schema": crds.crd_schema(KIND)}}]  # fmt: skip
+    else:
+        open_schema = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+        versions = [{"name": VERSION, "served": True, "storage": True,
+                     "schema": {"openAPIV3Schema": open_schema}}]  # fmt: skip
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": RESOURCE},
+        "spec": {"group": GROUP, "names": {"kind": KIND, "plural": PLURAL},
+                 "scope": "Namespaced", "versions": versions},
+    }  # fmt: skip
 
 
 def rayservice_manifest(
