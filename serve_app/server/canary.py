@@ -15,7 +15,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 
 import numpy as np
 from starlette.requests import Request
@@ -57,14 +57,6 @@ def canary_handle(app: str) -> Any:
     )
 
 
-def own_replica() -> StableModel:
-    """The stable replica this forwarder runs in (Serve's user object of the replica)."""
-    from ray import serve
-
-    # Serve annotates it as a Callable: it is the ModelDeployment instance.
-    return cast(StableModel, serve.get_replica_context().servable_object)
-
-
 def ray_node_observer(model: str, version: str) -> NodeObserver:
     """Counts the canary hop in the node-call metrics, under the stable version's tags."""
     from serve_app.server.metrics import RayNodeMetrics
@@ -78,10 +70,10 @@ class CanaryForwarder:
     Args:
         args: The canary (application, version, share).
         http: Request limits and Retry-After, as the stable replica applies them.
+        stable: The stable version that answers when the canary cannot: the owning
+            replica passes itself (tests pass a stand-in).
         handle_factory: Builds the handle (injected: tests pass a stand-in).
         draw: Uniform [0, 1) numbers (injected for deterministic tests).
-        stable_factory: The stable version that answers when the canary cannot (the
-            replica's own deployment object; tests pass a stand-in).
         observer_factory: ``(model, stable version) -> observer`` of each hop's outcome.
     """
 
@@ -89,18 +81,18 @@ class CanaryForwarder:
         self,
         args: CanaryArgs,
         http: HttpConfig,
+        *,
+        stable: StableModel,
         handle_factory: Callable[[str], Any] = canary_handle,
         draw: Callable[[], float] = random.random,
-        stable_factory: Callable[[], StableModel] = own_replica,
         observer_factory: Callable[[str, str], NodeObserver] = ray_node_observer,
     ) -> None:
         self.args = args
         self.http = http
+        self.stable = stable
         self._handle_factory = handle_factory
         self._handle: Any = None
         self._draw = draw
-        self._stable_factory = stable_factory
-        self._stable: StableModel | None = None
         self._observer_factory = observer_factory
         self._observe: NodeObserver | None = None
 
@@ -108,19 +100,17 @@ class CanaryForwarder:
         """Whether this request goes to the canary."""
         return self._draw() * 100.0 < self.args.percent
 
-    def _stable_model(self, model: str) -> tuple[StableModel, NodeObserver]:
-        if self._stable is None:
-            self._stable = self._stable_factory()
-        if self._observe is None:
-            self._observe = self._observer_factory(model, str(self._stable.version))
-        return self._stable, self._observe
+    def _observer(self, model: str) -> NodeObserver:
+        if self._observe is None:  # created on first use: Ray's metrics need a replica
+            self._observe = self._observer_factory(model, str(self.stable.version))
+        return self._observe
 
     async def forward(self, model: str, request: Request) -> Response:
         """Answer ``request`` (an OIP infer request for ``model``) with the canary, or
         with the stable version when the canary cannot take it."""
         try:
             decoded = await read_inference_request(request, self.http)
-            stable, observe = self._stable_model(model)
+            observe = self._observer(model)
         except Exception as e:  # the client's request is bad whichever version answers
             return error_response(e, self.http.retry_after_s)
         rename = {k: k for k in decoded.inputs}
@@ -141,10 +131,10 @@ class CanaryForwarder:
             if reason is None:  # the canary's own answer, as the stable's errors are mapped
                 return error_response(e, self.http.retry_after_s)
             try:
-                outputs = await stable.infer_tensors(decoded.inputs, rename)
+                outputs = await self.stable.infer_tensors(decoded.inputs, rename)
             except Exception as fallback_error:
                 return error_response(fallback_error, self.http.retry_after_s)
-            version = str(stable.version)
+            version = str(self.stable.version)
         try:
             payload, headers = oip.encode_response(model, version, decoded, outputs)
         except Exception as e:

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -28,7 +29,7 @@ from serve_app.models.threads import set_intra_op_threads
 from serve_app.protocol import oip
 from serve_app.repository.loader import ModelRepository
 from serve_app.server.batching import flatten_rows, split_rows
-from serve_app.server.canary import CanaryForwarder
+from serve_app.server.canary import CanaryForwarder, canary_handle
 from serve_app.server.fused_nodes import FusedNodes
 from serve_app.server.grpc_methods import GrpcModelMethods
 from serve_app.server.http import error_response, json_response, read_request_body
@@ -73,17 +74,20 @@ def _status_of(error: BaseException) -> int:
 
 @serve.deployment(name="ModelDeployment", max_ongoing_requests=64)
 class ModelDeployment(GrpcModelMethods):
-    """A model replica. ``args`` are ``ModelAppArgs``; ``adapter_loader`` and ``metrics``
-    are injectable so tests can run the real Serve path around a stand-in model and
-    read what it reports."""
+    """A model replica. ``args`` are ``ModelAppArgs``; ``adapter_loader``, ``metrics``
+    and ``canary_handles`` (application name -> handle of its model deployment) are
+    injectable so tests can run the real Serve path around a stand-in model and
+    canary and read what it reports."""
 
     def __init__(
         self,
         args: dict[str, Any],
         adapter_loader: AdapterLoader | None = None,
         metrics: ModelMetricsSink | None = None,
+        canary_handles: Callable[[str], Any] = canary_handle,
     ) -> None:
         self.args = ModelAppArgs.model_validate(args)
+        self._canary_handles = canary_handles
         set_intra_op_threads(self.args.torch_threads)
         if adapter_loader is None:
             from serve_app.models.registry import adapter_loader_for
@@ -142,7 +146,14 @@ class ModelDeployment(GrpcModelMethods):
         canary = rest.pop("canary", None)
         self._served_versions = rest.pop("served_versions", None)
         self.canary = (
-            CanaryForwarder(CanaryArgs.model_validate(canary), self.args.http) if canary else None
+            CanaryForwarder(
+                CanaryArgs.model_validate(canary),
+                self.args.http,
+                stable=self,  # the fallback: this replica answers what the canary cannot
+                handle_factory=self._canary_handles,
+            )
+            if canary
+            else None
         )
         new = BatchingConfig.model_validate(rest)
         rebuild = new.max_concurrent_batches != self.batching.max_concurrent_batches

@@ -93,9 +93,9 @@ def forward(
     forwarder = CanaryForwarder(
         CanaryArgs(app="m-v3", version=3, percent=50),
         HttpConfig(),
+        stable=stable,
         handle_factory=lambda app: handle,
         draw=lambda: 0.0,
-        stable_factory=lambda: stable,
         observer_factory=observer,
     )
     return asyncio.run(forwarder.forward("m", request_of(body))), observed

@@ -409,8 +409,10 @@ def new_replica(
     recorder: Recorder,
     http: dict[str, Any],
     adapter: Callable[[], ModelAdapter] = DoublingAdapter,
+    **options: Any,
 ) -> Any:
-    """A ``double`` replica with these ``http`` settings."""
+    """A ``double`` replica with these ``http`` settings (``options``: the deployment's
+    other injectables)."""
     from ray import serve
 
     monkeypatch.setattr(serve, "get_replica_context", ReplicaContext)
@@ -421,7 +423,7 @@ def new_replica(
         "torch_threads": torch.get_num_threads(),
     }
     replica = ModelDeployment.func_or_class(
-        args, adapter_loader=lambda _, __: adapter(), metrics=recorder
+        args, adapter_loader=lambda _, __: adapter(), metrics=recorder, **options
     )
     replica.reconfigure({"max_batch_size": 8, "cap_batch_to_memory": False})
     return replica
@@ -516,3 +518,34 @@ async def test_a_cancelled_request_releases_its_bytes(
     with pytest.raises(asyncio.CancelledError):
         await task
     assert replica.in_flight.in_flight_bytes == 0
+
+
+class RefusingCanary:
+    """The canary application's handle when Serve has no replica for it."""
+
+    def remote(self, tensors: dict[str, np.ndarray], rename: dict[str, str]) -> Any:
+        from ray.serve._private.common import DeploymentID
+        from ray.serve.exceptions import DeploymentUnavailableError
+
+        raise DeploymentUnavailableError(DeploymentID(name="ModelDeployment", app_name="c"))
+
+
+async def test_a_refused_canary_request_is_answered_by_the_replica_itself(
+    repo: Path, monkeypatch: pytest.MonkeyPatch, recorder: Recorder
+) -> None:
+    apps: list[str] = []
+
+    def canary_handles(app: str) -> RefusingCanary:
+        apps.append(app)
+        return RefusingCanary()
+
+    replica = new_replica(repo, monkeypatch, recorder, {}, canary_handles=canary_handles)
+    canary = {"app": "double.canary", "version": 2, "percent": 100}
+    replica.reconfigure({"max_batch_size": 8, "cap_batch_to_memory": False, "canary": canary})
+    transport = httpx.ASGITransport(app=asgi(replica.__call__))
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        r = await client.post("/v2/models/double/infer", json=infer_body([[1, 2]]))
+    assert (r.status_code, r.json()["model_version"]) == (200, "1")
+    assert r.json()["outputs"][0]["data"] == [2.0, 4.0]
+    assert apps == ["double.canary"]
+    assert recorder.requests == [(200, 1)]  # the fallback counted as the stable's request
