@@ -191,9 +191,17 @@ def _upgrade(a: argparse.Namespace) -> int:
         }[name]
         print(f"{name}: {what} (generation {generation}); waiting", flush=True)
 
+    def save_previous(previous: dict[str, Any]) -> str:
+        import yaml
+
+        path = Path(a.previous_file or f"rayservice-{previous['metadata']['name']}.previous.yaml")
+        path.write_text(yaml.safe_dump(previous, sort_keys=False), encoding="utf-8")
+        print(f"the running spec is saved to {path} (apply it to abort)", flush=True)
+        return str(path)
+
     st = safe_cluster_upgrade(
         client, doc, parse_holds(a.hold), a.timeout_s, poll_interval_s=a.poll_interval_s,
-        on_step=step, force_conflicts=a.force_conflicts,
+        on_step=step, force_conflicts=a.force_conflicts, save_previous=save_previous,
     )  # fmt: skip
     active = st.active.ray_cluster_name if st.active else "-"
     print(f"rayservice {st.namespace}/{st.name} upgraded: active cluster {active}")
@@ -294,7 +302,19 @@ def add_k8s_commands(subparsers: Any) -> argparse.ArgumentParser:
     )
     up.add_argument("--force-conflicts", action="store_true", help=_FORCE_HELP)
     up.add_argument("--skip-crd-check", action="store_true", help=_SKIP_CRD_HELP)
-    up.add_argument("--timeout-s", type=float, default=1800.0, help="budget of each step")
+    up.add_argument(
+        "--timeout-s",
+        type=float,
+        default=1800.0,
+        help="budget of each step; a new cluster not serving by then is a stalled upgrade "
+        "(exit 2, naming how to abort)",
+    )
+    up.add_argument(
+        "--previous-file",
+        default=None,
+        help="where to save the running spec first (default: "
+        "./rayservice-<name>.previous.yaml); applying it aborts a stalled upgrade",
+    )
     up.add_argument("--poll-interval-s", type=float, default=5.0, help="seconds between reads")
     up.set_defaults(func=_upgrade)
 

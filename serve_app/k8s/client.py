@@ -370,6 +370,8 @@ class RayServiceClient:
                 )
                 if last_error is not None:
                     detail += f"; last error: {last_error}"
+                if last is not None and last.pending is not None and last.active is not None:
+                    detail += f"; {STALLED_UPGRADE_HINT}"
                 raise RayServiceWaitTimeout(
                     f"rayservice {ns}/{name} not ready after {timeout_s:g} s; {detail}",
                     name,
@@ -378,6 +380,12 @@ class RayServiceClient:
                 )
             time.sleep(min(poll_interval_s, remaining_s))
 
+
+STALLED_UPGRADE_HINT = (
+    "KubeRay v1.7 has no timeout for a pending cluster and keeps it (and its nodes) until "
+    "the spec changes; to abort, apply the spec from before the upgrade "
+    "(kuberay/UPGRADES.md, 'Aborting a stalled upgrade')"
+)
 
 CLIENT_SIDE_MANAGERS = ("kubectl-client-side-apply", "before-first-apply")
 """Managers of fields written by a client-side ``kubectl apply`` (and by the API server's

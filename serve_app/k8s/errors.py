@@ -136,6 +136,23 @@ class RayServiceFailed(KubernetesError):
         self.last_status = last_status
 
 
+class UpgradeStalled(KubernetesError):
+    """A new cluster did not come to serve in time; the active cluster still serves.
+
+    ``previous_path`` is the file holding the spec from before the upgrade (``None``:
+    not saved), which aborts the upgrade when applied."""
+
+    status_code = 504
+
+    def __init__(
+        self, message: str, name: str, last_status: RayServiceStatus, previous_path: str | None
+    ) -> None:
+        super().__init__(message, name, last_status, previous_path)
+        self.name = name
+        self.last_status = last_status
+        self.previous_path = previous_path
+
+
 class KubeRayTooOld(KubernetesError):
     """The installed KubeRay CRD lacks fields the manifests use (an older operator)."""
 

@@ -14,6 +14,13 @@ three applies, each waited for:
    autoscaler scales down after ``downscale_delay_s``.
 
 The cost is the held capacity on both clusters for the length of the upgrade.
+
+KubeRay v1.7 bounds only a first deploy (``ray.io/initializing-timeout``): a new cluster
+whose workers never start (weights that never arrive, an image that does not pull) stays
+pending, holding its nodes, until the spec changes. Each wait here is bounded, and a
+step that runs out with a pending cluster raises :class:`UpgradeStalled` naming the
+saved spec from before the upgrade: applying it aborts (KubeRay drops the pending
+cluster for a new one built from that spec, which is what already runs).
 """
 
 from __future__ import annotations
@@ -24,7 +31,12 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from serve_app.k8s.errors import InvalidManifest
+from serve_app.k8s.errors import (
+    InvalidManifest,
+    RayServiceFailed,
+    RayServiceWaitTimeout,
+    UpgradeStalled,
+)
 
 if TYPE_CHECKING:
     from serve_app.k8s.client import RayServiceClient
@@ -32,6 +44,8 @@ if TYPE_CHECKING:
 
 StepFn = Callable[[str, int], None]
 """Called as ``(step name, generation)`` after each apply, before its wait."""
+SaveFn = Callable[[dict[str, Any]], str]
+"""Stores the manifest of the spec running before the upgrade; returns where."""
 
 
 def hold_min_replicas(manifest: dict[str, Any], holds: dict[str, int]) -> dict[str, Any]:
@@ -99,6 +113,7 @@ def safe_cluster_upgrade(
     poll_interval_s: float = 5.0,
     on_step: StepFn | None = None,
     force_conflicts: bool = False,
+    save_previous: SaveFn | None = None,
 ) -> RayServiceStatus:
     """Raise, upgrade, release (module docstring), waiting for each to be served.
 
@@ -110,6 +125,8 @@ def safe_cluster_upgrade(
         poll_interval_s: Seconds between status reads.
         on_step: Progress callback after each apply.
         force_conflicts: Take over fields another field manager set (each apply).
+        save_previous: Called once, before the first apply, with the running spec as a
+            manifest; what it returns is named in :class:`UpgradeStalled`.
 
     Returns:
         The status once the released spec is served.
@@ -118,6 +135,8 @@ def safe_cluster_upgrade(
         InvalidManifest: See :func:`hold_min_replicas`.
         RayServiceNotFound: The RayService does not exist yet (a first deploy has no
             capacity to protect: apply it directly).
+        UpgradeStalled: A step ran out of time (or failed) while a pending cluster
+            existed beside the serving one; names the pending cluster and how to abort.
         RayServiceFailed, RayServiceWaitTimeout: A step did not become ready; the
             cluster is left in that step's state, which still serves.
     """
@@ -125,6 +144,9 @@ def safe_cluster_upgrade(
     ns = manifest["metadata"].get("namespace")
     hold_min_replicas(manifest, holds)  # fail before touching the cluster
     live = client.get(name, namespace=ns)
+    previous = live_spec_manifest(manifest, live)
+    previous["metadata"]["namespace"] = live["metadata"]["namespace"]
+    previous_path = save_previous(previous) if save_previous is not None else None
     steps = [
         ("raise", hold_min_replicas(live_spec_manifest(manifest, live), holds)),
         ("upgrade", hold_min_replicas(manifest, holds)),
@@ -135,9 +157,46 @@ def safe_cluster_upgrade(
         result = client.apply(doc, force_conflicts=force_conflicts)
         if on_step is not None:
             on_step(step, result.generation)
-        status = client.wait_ready(name, timeout_s, poll_interval_s, namespace=ns)
+        try:
+            status = client.wait_ready(name, timeout_s, poll_interval_s, namespace=ns)
+        except (RayServiceWaitTimeout, RayServiceFailed) as e:
+            last = e.last_status
+            if last is None or last.pending is None or last.active is None:
+                raise
+            cause = (
+                f"{last.not_ready_reason} after {timeout_s:g} s"
+                if isinstance(e, RayServiceWaitTimeout)
+                else str(e)
+            )
+            raise UpgradeStalled(
+                stalled_message(step, last, previous_path, cause),
+                name,
+                last,
+                previous_path,
+            ) from e
     assert status is not None
     return status
+
+
+def stalled_message(step: str, st: RayServiceStatus, previous_path: str | None, cause: str) -> str:
+    """What a stalled step says: the two clusters, why it stopped, how to abort."""
+    assert st.pending is not None and st.active is not None
+    pending = st.pending.ray_cluster_name
+    abort = (
+        f"serve-app k8s apply -f {previous_path}"
+        if previous_path
+        else "apply the spec from before the upgrade"
+    )
+    return (
+        f"rayservice {st.namespace}/{st.name}: step {step} stalled: pending cluster {pending} "
+        f"(state {st.pending.ray_cluster_state or '-'}, {st.pending.ready_worker_replicas} "
+        f"ready workers) not serving ({cause}); the active cluster "
+        f"{st.active.ray_cluster_name} still serves. KubeRay v1.7 keeps {pending} and its "
+        f"nodes until the spec changes. Why it waits: kubectl get pods -l "
+        f"ray.io/cluster={pending}; kubectl logs -l ray.io/cluster={pending} -c "
+        f"wait-for-models. Abort: {abort} (KubeRay builds a cluster from it, deletes "
+        f"{pending} and switches back; kuberay/UPGRADES.md, 'Aborting a stalled upgrade')"
+    )
 
 
 def parse_holds(values: list[str]) -> dict[str, int]:

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from serve_app.k8s.client import RayServiceClient
-from serve_app.k8s.errors import InvalidManifest
+from serve_app.k8s.errors import InvalidManifest, RayServiceWaitTimeout
 from serve_app.k8s.upgrade import hold_min_replicas, parse_holds, safe_cluster_upgrade
 from tests.k8s import fake_apiserver as fk
 from tests.k8s import kuberay_status as kr
@@ -134,14 +134,78 @@ def test_cli_prints_each_step(tmp_path: Path, kubeconfig, server, capsys) -> Non
     path = tmp_path / "rendered.yaml"
     path.write_text(yaml.safe_dump_all([{"kind": "ConfigMap"}, doc]), encoding="utf-8")
 
+    previous = tmp_path / "previous.yaml"
     argv = ["k8s", "upgrade", "-f", str(path), "--hold", "minilm=3", "--poll-interval-s",
-            "0.01", "--kubeconfig", kubeconfig]  # fmt: skip
+            "0.01", "--kubeconfig", kubeconfig, "--previous-file", str(previous)]  # fmt: skip
     code, out, err = run_cli(argv, capsys)
 
     assert (code, err) == (0, "")
+    assert image(yaml.safe_load(previous.read_text())) == OLD_IMAGE
     assert out.splitlines() == [
+        f"the running spec is saved to {previous} (apply it to abort)",
         "raise: raising min_replicas on the running cluster (generation 2); waiting",
         "upgrade: applying the new spec, min_replicas held (generation 3); waiting",
         "release: releasing min_replicas (generation 4); waiting",
         f"rayservice {KUBECONFIG_NS}/serve-app upgraded: active cluster {B}",
     ]
+
+
+def test_a_pending_cluster_that_never_serves_is_a_stalled_upgrade_with_its_abort(
+    tmp_path: Path, kubeconfig, server, capsys
+) -> None:
+    """KubeRay v1.7 has no pending-cluster timeout: the upgrade step's wait bounds it, and
+    its error names the pending cluster and the saved spec that aborts it."""
+    ns = KUBECONFIG_NS
+    client = RayServiceClient(fk.api_for(server.url, TOKEN), namespace=ns)
+    client.apply(manifest(OLD_IMAGE, ns))
+    apps = {"minilm": "RUNNING", "oip": "RUNNING"}
+    # raise: served in place; upgrade: the new cluster's workers never start (weights
+    # that never arrive), so it stays pending beside the serving one.
+    server.script_status(ns, "serve-app", [kr.ready(2, A, apps)] * 3 + [
+        kr.upgrading(3, A, B, None)] * 1000)  # fmt: skip
+    path = tmp_path / "rendered.yaml"
+    path.write_text(yaml.safe_dump(manifest(NEW_IMAGE, ns)), encoding="utf-8")
+    previous = tmp_path / "previous.yaml"
+    argv = ["k8s", "upgrade", "-f", str(path), "--hold", "minilm=3", "--poll-interval-s",
+            "0.01", "--timeout-s", "0.3", "--kubeconfig", kubeconfig,
+            "--previous-file", str(previous)]  # fmt: skip
+
+    code, out, err = run_cli(argv, capsys)
+
+    assert code == 2
+    assert out.splitlines() == [
+        f"the running spec is saved to {previous} (apply it to abort)",
+        "raise: raising min_replicas on the running cluster (generation 2); waiting",
+        "upgrade: applying the new spec, min_replicas held (generation 3); waiting",
+    ]
+    assert err == (
+        f"error: rayservice {ns}/serve-app: step upgrade stalled: pending cluster {B} "
+        "(state ready, 1 ready workers) not serving (an upgrade is in progress (pending "
+        f"cluster) after 0.3 s); the active cluster {A} still serves. KubeRay v1.7 keeps {B} "
+        f"and its nodes until the spec changes. Why it waits: kubectl get pods -l "
+        f"ray.io/cluster={B}; kubectl logs -l ray.io/cluster={B} -c wait-for-models. Abort: "
+        f"serve-app k8s apply -f {previous} (KubeRay builds a cluster from it, deletes {B} "
+        "and switches back; kuberay/UPGRADES.md, 'Aborting a stalled upgrade')\n"
+    )
+    # The saved spec is the one from before the upgrade, and applying it aborts.
+    saved = yaml.safe_load(previous.read_text())
+    assert (image(saved), min_replicas(saved)) == (OLD_IMAGE, 1)
+    code, out, _ = run_cli(["k8s", "apply", "-f", str(previous), "--kubeconfig", kubeconfig],
+                           capsys)  # fmt: skip
+    assert (code, out) == (0, f"rayservice.ray.io/serve-app configured (namespace {ns}, "
+                               "generation 4)\n")  # fmt: skip
+    assert image(server.stored(ns, "serve-app")) == OLD_IMAGE
+
+
+def test_wait_timeout_during_an_upgrade_says_how_to_abort(server) -> None:
+    ns = "serving"
+    client = RayServiceClient(fk.api_for(server.url, TOKEN), namespace=ns)
+    client.apply(manifest(NEW_IMAGE, ns))
+    server.set_status(ns, "serve-app", kr.upgrading(1, A, B, None))
+    with pytest.raises(RayServiceWaitTimeout) as info:
+        client.wait_ready("serve-app", 0.05, 0.01)
+    assert str(info.value).endswith(
+        "; KubeRay v1.7 has no timeout for a pending cluster and keeps it (and its nodes) "
+        "until the spec changes; to abort, apply the spec from before the upgrade "
+        "(kuberay/UPGRADES.md, 'Aborting a stalled upgrade')"
+    )
