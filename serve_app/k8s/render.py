@@ -5,8 +5,9 @@ written and committed; a test fails when they drift from what this module render
 
 - ``rayservice.generated.yaml``: a JSON 6902 patch of the base RayService with the
   ``serveConfigV2`` string, the worker group's size and ``maxReplicas`` (derived from the
-  models' replica bounds and resources), the worker pods' ``preStop`` drain hook and
-  ``terminationGracePeriodSeconds`` (derived from ``graceful_shutdown_timeout_s``), and
+  models' replica bounds and resources), the head's and the worker pods' ``preStop``
+  drain hooks and ``terminationGracePeriodSeconds`` (derived from
+  ``cluster.worker.max_graceful_shutdown_s`` and ``http.request_timeout_s``), and
   the Ray containers' ingress environment (``http.ingress``) and the autoscaler's
   pending-worker timeout (``cluster.worker.expected_start_s``).
 - ``models.generated.yaml``: the ConfigMaps naming the models and the repository root:
@@ -30,7 +31,13 @@ from serve_app.config import AppConfig, HttpConfig, ModelConfig, load_app_config
 from serve_app.deploy.render import write_if_changed
 from serve_app.deploy.serve_config import render_serve_config
 from serve_app.deploy.version_policy import side_app_names
-from serve_app.k8s.drain import drain_timing, graceful_shutdown_s, prestop_script
+from serve_app.k8s.drain import (
+    drain_timing,
+    graceful_shutdown_s,
+    head_drain_timing,
+    head_prestop_script,
+    prestop_script,
+)
 from serve_app.k8s.placement import check_system_pods, pod_spec_ops, system_pods
 from serve_app.k8s.profiles import PROFILES, ClusterProfile
 
@@ -230,6 +237,8 @@ def rayservice_patch(app: AppConfig, profile: ClusterProfile) -> list[dict[str, 
     profile = profile.for_app(app)
     check_cluster_app(app, profile)
     timing = drain_timing(app, profile)
+    head_timing = head_drain_timing(app, profile)
+    head = f"{_HEAD}/template/spec"
     pod = f"{_WORKER}/template/spec"
     env = [
         {
@@ -243,7 +252,19 @@ def rayservice_patch(app: AppConfig, profile: ClusterProfile) -> list[dict[str, 
     return [
         {"op": "add", "path": "/spec/serveConfigV2", "value": serve_config_text(app)},
         *env,
-        *pod_spec_ops(f"{_HEAD}/template/spec", system_pods(app)),
+        *pod_spec_ops(head, system_pods(app)),
+        {
+            "op": "add",
+            "path": f"{head}/terminationGracePeriodSeconds",
+            "value": head_timing.termination_grace_period_s,
+        },
+        {
+            "op": "add",
+            "path": f"{head}/containers/0/lifecycle",
+            "value": {
+                "preStop": {"exec": {"command": ["bash", "-c", head_prestop_script(head_timing)]}}
+            },
+        },
         {
             "op": "add",
             "path": "/spec/rayClusterConfig/autoscalerOptions/env",

@@ -197,6 +197,29 @@ def test_head_prestop_timing(overlay: str) -> None:
     )
 
 
+def test_head_prestop_timing_is_rendered_from_the_config() -> None:
+    """The head's drain deadline follows cluster.worker.max_graceful_shutdown_s and its
+    proxy wait http.request_timeout_s; the grace period covers both."""
+    from serve_app.k8s.render import rayservice_patch
+
+    gpu = profile("gpu")
+    app = load_app_config(REPO_ROOT / gpu.app_config)
+    assert app.cluster is not None
+    worker = app.cluster.worker.model_copy(update={"max_graceful_shutdown_s": 120})
+    app = app.model_copy(update={
+        "cluster": app.cluster.model_copy(update={"worker": worker}),
+        "http": app.http.model_copy(update={"request_timeout_s": 199.5}),
+    })  # fmt: skip
+    ops = {op["path"]: op["value"] for op in rayservice_patch(app, gpu)}
+    head = "/spec/rayClusterConfig/headGroupSpec/template/spec"
+    script = ops[f"{head}/containers/0/lifecycle"]["preStop"]["exec"]["command"][2]
+    assert hook_setting(script, "drain_deadline_s") == HEAD_REPLICA_MIGRATION_S + 120 == 150
+    assert hook_setting(script, "request_timeout_s") == 200
+    assert ops[f"{head}/terminationGracePeriodSeconds"] == (
+        NODE_ID_TIMEOUT_S + DRAIN_CALL_TIMEOUT_S + 200 + RAY_STOP_GRACE_S + SIGTERM_MARGIN_S
+    ) == 260  # fmt: skip
+
+
 def shortened_head_hook(**settings: int) -> str:
     """The head hook with its timing settings (``drain_deadline_s=...``) replaced."""
     script = head_hook(rayservice("dev"))
