@@ -298,12 +298,38 @@ def test_kuberay_admission_rules(profile: ClusterProfile) -> None:
     }
 
 
+def kuberay_shm(spec: dict[str, Any], ray_start_params: dict[str, Any]) -> dict[str, Any] | None:
+    """The /dev/shm volume of the Ray container once KubeRay v1.7 built the pod (pod.go:
+    BuildPod -> addEmptyDir on container 0, skipped for an explicit plasma-directory or a
+    path already mounted; makeEmptyDirVolume sizes it to the memory limit, else request)."""
+    container = spec["containers"][0]
+    volumes = {v["name"]: v for v in spec.get("volumes", [])}
+    mounts = {m["mountPath"]: m["name"] for m in container.get("volumeMounts", [])}
+    if "/dev/shm" in mounts:
+        return volumes[mounts["/dev/shm"]]
+    if "plasma-directory" in ray_start_params:
+        return None
+    resources = container.get("resources", {})
+    memory = resources.get("limits", {}).get("memory") or resources.get("requests", {}).get(
+        "memory"
+    )
+    return {"name": "shared-mem", "emptyDir": {"medium": "Memory", "sizeLimit": memory}}
+
+
 @pytest.mark.parametrize("profile", OVERLAYS)
-def test_every_ray_container_gets_shared_memory_for_the_object_store(
+def test_every_ray_container_gets_bounded_shared_memory_from_kuberay(
     profile: ClusterProfile,
 ) -> None:
-    """A container's /dev/shm is 64 MiB; Ray's object store needs a memory-backed one."""
-    for name, spec in pod_specs(profile).items():
-        volumes = {v["name"]: v for v in spec["volumes"]}
-        mounts = {m["mountPath"]: m["name"] for m in spec["containers"][0]["volumeMounts"]}
-        assert volumes[mounts["/dev/shm"]]["emptyDir"] == {"medium": "Memory"}, name
+    """A container's /dev/shm is 64 MiB; Ray's object store needs a memory-backed one.
+    KubeRay v1.7 adds it, bounded by the container's memory limit, unless the manifest
+    takes the path (an emptyDir of ours had no sizeLimit)."""
+    cluster = rayservice(profile)["spec"]["rayClusterConfig"]
+    groups = [("head", cluster["headGroupSpec"])] + [
+        (g["groupName"], g) for g in cluster["workerGroupSpecs"]
+    ]
+    for name, group in groups:
+        spec = group["template"]["spec"]
+        limit = spec["containers"][0]["resources"]["limits"]["memory"]
+        assert kuberay_shm(spec, group.get("rayStartParams", {})) == {
+            "name": "shared-mem", "emptyDir": {"medium": "Memory", "sizeLimit": limit}
+        }, name  # fmt: skip
