@@ -382,6 +382,10 @@ class FakeApiServer:
                 [e.cause() for e in errors],
             )  # fmt: skip
 
+    def _ssa_schema(self) -> dict[str, Any] | None:
+        """The schema whose map lists server-side apply merges by key (None: all atomic)."""
+        return crds.crd_schema(KIND) if self.schema else None
+
     def _check_operator_status(self, status: dict[str, Any] | None) -> None:
         if not self.schema or status is None:  # None: the status is removed
             return
@@ -425,7 +429,7 @@ class FakeApiServer:
             creationTimestamp=_now(),
         )
         if req.ctype != APPLY_PATCH:
-            ssa.record_update(None, obj, req.manager, _now())
+            ssa.record_update(None, obj, req.manager, _now(), self._ssa_schema())
         self.objects[(ns, meta["name"])] = obj
         return copy.deepcopy(obj)
 
@@ -452,12 +456,12 @@ class FakeApiServer:
         if cur is None:
             if rv:
                 raise not_found(name)
-            new = ssa.apply(None, applied, req.manager, force, _now())
+            new = ssa.apply(None, applied, req.manager, force, _now(), self._ssa_schema())
             new["metadata"]["name"] = name
             return 201, self._insert(ns, new, req)
         self._check_precondition(cur, name, rv)
         try:
-            new = ssa.apply(cur, applied, req.manager, force, _now())
+            new = ssa.apply(cur, applied, req.manager, force, _now(), self._ssa_schema())
         except ssa.ApplyConflict as e:
             raise ApiError(409, "Conflict", e.message(), name) from None
         self._check_finalizers(cur, new, name)
@@ -519,7 +523,7 @@ class FakeApiServer:
             self._check_finalizers(cur, new, name)
         self._schema_check(new, req)
         if not status_only:
-            ssa.record_update(cur, new, req.manager, _now())
+            ssa.record_update(cur, new, req.manager, _now(), self._ssa_schema())
         return self._store(ns, name, cur, new)
 
     def _delete(self, ns: str, name: str) -> tuple[int, Any]:

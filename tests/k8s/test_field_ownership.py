@@ -9,6 +9,7 @@ advice are tested; the documented commands are checked to apply as ``serve-app``
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -106,3 +107,60 @@ def test_rollout_script_applies_server_side_as_serve_app() -> None:
     assert applies == [
         'apply=(kubectl apply --server-side --field-manager=serve-app "${force[@]}" "${ns[@]}")'
     ]
+
+
+def _ssa(server: fk.FakeApiServer, manager: str, body: dict, force: bool = False) -> dict:
+    api = fk.api_for(server.url, API_TOKEN)
+    return api.patch_namespaced_custom_object(
+        "ray.io", "v1", NS, "rayservices", body["metadata"]["name"], body,
+        field_manager=manager, force=force or None, _content_type=fk.APPLY_PATCH,
+    )  # fmt: skip
+
+
+def _head(obj: dict) -> dict:
+    return obj["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+
+
+def _head_container_config(**fields: object) -> dict:
+    """An apply configuration holding only fields of the ray-head container."""
+    container = {"name": "ray-head", **fields}
+    return {
+        "apiVersion": "ray.io/v1", "kind": "RayService", "metadata": {"name": "demo"},
+        "spec": {"rayClusterConfig": {"headGroupSpec": {"rayStartParams": {},
+                 "template": {"spec": {"containers": [container]}}}}},
+    }  # fmt: skip
+
+
+@crds.needs_crds
+def test_apply_merges_containers_and_env_by_name(server) -> None:
+    """The CRD marks containers and env as map lists keyed by name (the core types'
+    patchMergeKey): a second manager adds one variable to ray-head without a conflict, and
+    serve-app's next apply keeps it; the same field of the same element conflicts."""
+    _ssa(server, FIELD_MANAGER, fk.rayservice_manifest())
+    _ssa(server, "env-injector", _head_container_config(env=[{"name": "EXTRA", "value": "1"}]))
+    ray_head = 'k:{"name":"ray-head"}'
+    injected = next(
+        m for m in server.stored(NS, "demo")["metadata"]["managedFields"]
+        if m["manager"] == "env-injector"
+    )  # fmt: skip
+    spec = injected["fieldsV1"]["f:spec"]["f:rayClusterConfig"]["f:headGroupSpec"]
+    assert spec["f:template"]["f:spec"]["f:containers"] == {
+        ray_head: {"f:name": {}, "f:env": {'k:{"name":"EXTRA"}': {"f:name": {}, "f:value": {}}}}
+    }
+    _ssa(server, FIELD_MANAGER, fk.rayservice_manifest(image="rayproject/ray:2.60.0-py312"))
+    assert _head(server.stored(NS, "demo")) == {
+        "name": "ray-head",
+        "image": "rayproject/ray:2.60.0-py312",
+        "env": [{"name": "EXTRA", "value": "1"}],
+    }
+    with pytest.raises(Exception) as info:
+        _ssa(server, "env-injector", _head_container_config(image="other:1"))
+    assert json.loads(info.value.body)["message"] == (
+        'Apply failed with 1 conflict: conflict with "serve-app": .spec.rayClusterConfig.'
+        'headGroupSpec.template.spec.containers[name="ray-head"].image'
+    )
+    # The injector stops applying its variable: the element goes, serve-app's stay.
+    _ssa(server, "env-injector", _head_container_config())
+    assert _head(server.stored(NS, "demo")) == {
+        "name": "ray-head", "image": "rayproject/ray:2.60.0-py312"
+    }  # fmt: skip
