@@ -19,6 +19,12 @@ where the real one is, so a client that passes here does not lean on leniency:
   returns the object; it goes when the last finalizer is removed; no finalizer can be
   added to an object being deleted.
 
+- The other kinds the overlays create (ConfigMap, PersistentVolumeClaim, Job,
+  NetworkPolicy, PodDisruptionBudget) at their core paths, validated against the
+  kubernetes client's models with their update rules (a Job's template is immutable):
+  :mod:`tests.k8s.fake_core`. The installed ``rayservices.ray.io`` CRD is served
+  read-only from :attr:`FakeApiServer.crds` (``serve-app k8s apply``'s version check).
+
 Not implemented: JSON patch and strategic merge patch (415, as a CRD answers the last),
 watch, label selectors, dry run, CEL validation rules.
 
@@ -42,6 +48,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from tests.k8s import crd_schema as crds
+from tests.k8s import fake_core as core
 from tests.k8s import fake_ssa as ssa
 
 GROUP, VERSION, PLURAL, KIND = "ray.io", "v1", "rayservices", "RayService"
@@ -151,6 +158,8 @@ class FakeApiServer:
         self.token = token
         self.schema = crds.crds_available() if schema is None else schema
         self.objects: dict[tuple[str, str], dict[str, Any]] = {}
+        self.core = core.CoreStore()
+        """ConfigMaps, claims, Jobs, NetworkPolicies, PDBs (:mod:`tests.k8s.fake_core`)."""
         self.crds: dict[str, dict[str, Any]] = {RESOURCE: installed_crd(self.schema)}
         """CustomResourceDefinitions served read-only by name (tests swap in an older one)."""
         self.requests: list[tuple[str, str, str]] = []  # (method, path, content type)
@@ -240,6 +249,15 @@ class FakeApiServer:
         crd = _CRD_PATH.match(req.path)
         if crd is not None:
             return self._read_crd(req, crd["name"])
+        served = core.match(req.path)
+        if served is not None:
+            kind, ns, name = served
+            with self._lock:
+                try:
+                    return self.core.handle(kind, ns, name, req.method, req.ctype, req.body,
+                                            req.query, req.manager, _now())  # fmt: skip
+                except core.CoreError as e:
+                    raise ApiError(e.code, e.reason, e.message, e.name or None, e.causes) from None
         m = _PATH.match(req.path)
         if m is None:
             raise ApiError(404, "NotFound", "the server could not find the requested resource")

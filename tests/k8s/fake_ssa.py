@@ -24,7 +24,7 @@ import json
 from typing import Any
 
 Path = tuple[str, ...]
-OWNED_TOP = ("spec",)
+OWNED_TOP = ("spec", "data", "binaryData", "immutable")
 OWNED_META = ("labels", "annotations", "finalizers")
 
 
