@@ -2,7 +2,7 @@
 requests is decoded here and answered by the canary version's own application through
 a DeploymentHandle (one extra hop, for that share only), with the canary's version as
 ``model_version``. The canary's replicas count those requests in their own metrics
-(tagged with their version), so the two versions compare side by side.
+(tagged with their version, ``via="canary"``), so the two versions compare side by side.
 
 When the canary cannot take a request (Serve's back-pressure, no replica, a dead
 replica, its own 429/503, or a message above the hop's gRPC cap: ``refusal_reason``),
@@ -26,6 +26,7 @@ from serve_app.deploy.app_args import MODEL_DEPLOYMENT, CanaryArgs
 from serve_app.graph.executor import NodeObserver
 from serve_app.protocol import oip
 from serve_app.server.http import error_response, read_inference_request
+from serve_app.server.metrics import VIA_CANARY, VIA_HTTP
 from serve_app.server.serve_errors import refusal_reason
 
 CANARY_NODE = "canary"
@@ -38,9 +39,10 @@ class StableModel(Protocol):
     version: str
 
     async def infer_tensors(
-        self, tensors: dict[str, np.ndarray], rename: dict[str, str]
+        self, tensors: dict[str, np.ndarray], rename: dict[str, str], *, via: str
     ) -> dict[str, np.ndarray]:
-        """Run the stable version on named arrays (counted in its own metrics)."""
+        """Run the stable version on named arrays (counted in its own metrics as
+        having come ``via``)."""
         ...
 
 
@@ -118,7 +120,8 @@ class CanaryForwarder:
         try:
             if self._handle is None:
                 self._handle = self._handle_factory(self.args.app)
-            outputs = await self._handle.remote(decoded.inputs, rename)
+            # The canary counts it as a client's request forwarded to it, not a pipeline's.
+            outputs = await self._handle.remote(decoded.inputs, rename, via=VIA_CANARY)
             version = str(self.args.version)
             observe(CANARY_NODE, "ok", time.perf_counter() - start_s)
         except Exception as e:
@@ -131,7 +134,7 @@ class CanaryForwarder:
             if reason is None:  # the canary's own answer, as the stable's errors are mapped
                 return error_response(e, self.http.retry_after_s)
             try:
-                outputs = await self.stable.infer_tensors(decoded.inputs, rename)
+                outputs = await self.stable.infer_tensors(decoded.inputs, rename, via=VIA_HTTP)
             except Exception as fallback_error:
                 return error_response(fallback_error, self.http.retry_after_s)
             version = str(self.stable.version)

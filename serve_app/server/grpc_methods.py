@@ -22,6 +22,7 @@ from tritonclient.grpc import service_pb2 as pb
 
 from serve_app.errors import ModelNotFound, ServeAppError, ServiceUnavailable
 from serve_app.protocol import grpc_codec
+from serve_app.server.metrics import VIA_GRPC
 from serve_app.server.serve_errors import classify_serve_error
 
 logger = logging.getLogger("ray.serve")
@@ -195,7 +196,7 @@ class GrpcModelMethods(GrpcApplicationMethods):
             return await answer(grpc_context, run, pb.ModelInferResponse, on_error=status.append)
         finally:
             self.metrics.observe_request(
-                status[-1], time.perf_counter() - start_s, n_rows[0] if n_rows else None
+                status[-1], time.perf_counter() - start_s, n_rows[0] if n_rows else None, VIA_GRPC
             )
 
     async def ModelReady(self, request: Any, grpc_context: Any = None) -> Any:  # noqa: N802
@@ -264,7 +265,7 @@ class GrpcPipelineMethods(GrpcApplicationMethods):
         try:
             return await answer(grpc_context, run, pb.ModelInferResponse, classify, status.append)
         finally:
-            self.metrics.observe_request(status[-1], time.perf_counter() - start_s, None)
+            self.metrics.observe_request(status[-1], time.perf_counter() - start_s, None, VIA_GRPC)
 
     async def ModelReady(self, request: Any, grpc_context: Any = None) -> Any:  # noqa: N802
         """``ModelReady``: every required node answers."""

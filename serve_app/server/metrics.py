@@ -30,6 +30,21 @@ ROW_BOUNDARIES: list[float] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024]
 """Rows per batch and per request."""
 
 MODEL_TAGS = ("model", "version")
+REQUEST_TAGS = (*MODEL_TAGS, "via")
+"""Tags of the per-request families (requests, latency, rows): ``via`` says how the
+request reached the replica, so a model's direct traffic is told apart from the calls
+pipelines make to it (each of which the pipeline counts again under its own name)."""
+VIA_HTTP = "http"
+"""A client's HTTP request (to a model's route or, through the server, a tenant's)."""
+VIA_GRPC = "grpc"
+"""A client's gRPC ``ModelInfer``."""
+VIA_JOB = "job"
+"""A queued job answered by a job consumer through the target's ``answer_body``."""
+VIA_CANARY = "canary"
+"""A client's request forwarded by the stable version's replica to its canary."""
+VIA_PIPELINE = "pipeline"
+"""A pipeline's (or staged model's) call to one of its model nodes: not a client's
+request of this model."""
 NODE_TAGS = (*MODEL_TAGS, "node")
 """A pipeline node's series: ``model`` is the pipeline; nodes are fixed by its config, so
 the cardinality is bounded."""
@@ -39,7 +54,9 @@ PREFIX = "serve_app_"
 
 # name (as recorded) -> (kind, description). Exported as ray_<name>[_total].
 FAMILIES: dict[str, tuple[str, str]] = {
-    "serve_app_requests": ("counter", "Inference requests answered, by HTTP status."),
+    "serve_app_requests": (
+        "counter", "Inference requests answered, by HTTP status and how they came (via: "
+        "http, grpc, job, canary, or pipeline for a pipeline's call to this model)."),
     "serve_app_request_latency_ms": (
         "histogram", "Time from the request reaching the replica to its answer."),
     "serve_app_request_rows": ("histogram", "Rows (batch items) per inference request."),
@@ -94,8 +111,11 @@ class ModelMetricsSink(Protocol):
     """What a model replica reports. :class:`RayModelMetrics` in a replica; tests pass a
     recorder."""
 
-    def observe_request(self, status: int, latency_s: float, rows: int | None) -> None:
-        """One answered inference request (``rows``: None when it was never decoded)."""
+    def observe_request(
+        self, status: int, latency_s: float, rows: int | None, via: str = VIA_HTTP
+    ) -> None:
+        """One answered inference request (``rows``: None when it was never decoded;
+        ``via``: how it came, one of the ``VIA_*`` values)."""
 
     def observe_batch(self, rows: int, queue_waits_s: Iterable[float], compute_s: float) -> None:
         """One batch: its rows, each request's wait for it, and its forward time."""
@@ -127,8 +147,8 @@ class RayModelMetrics:
         def desc(name: str) -> str:
             return FAMILIES[name][1]
 
-        def hist(name: str, bounds: list[float]) -> Any:
-            h = Histogram(name, description=desc(name), boundaries=bounds, tag_keys=MODEL_TAGS)
+        def hist(name: str, bounds: list[float], keys: tuple[str, ...] = MODEL_TAGS) -> Any:
+            h = Histogram(name, description=desc(name), boundaries=bounds, tag_keys=keys)
             h.set_default_tags(dict(tags))  # Ray adds its tags to the dict it gets
             return h
 
@@ -139,11 +159,11 @@ class RayModelMetrics:
 
         self._requests = Counter(
             "serve_app_requests", description=desc("serve_app_requests"),
-            tag_keys=(*MODEL_TAGS, "status"),
+            tag_keys=(*REQUEST_TAGS, "status"),
         )  # fmt: skip
         self._requests.set_default_tags(dict(tags))
-        self._latency = hist("serve_app_request_latency_ms", LATENCY_BOUNDARIES_MS)
-        self._request_rows = hist("serve_app_request_rows", ROW_BOUNDARIES)
+        self._latency = hist("serve_app_request_latency_ms", LATENCY_BOUNDARIES_MS, REQUEST_TAGS)
+        self._request_rows = hist("serve_app_request_rows", ROW_BOUNDARIES, REQUEST_TAGS)
         self._queue_wait = hist("serve_app_queue_wait_ms", LATENCY_BOUNDARIES_MS)
         self._batch_rows = hist("serve_app_batch_rows", ROW_BOUNDARIES)
         self._compute = hist("serve_app_batch_compute_ms", COMPUTE_BOUNDARIES_MS)
@@ -177,12 +197,14 @@ class RayModelMetrics:
             for gauge, value, tags in values:
                 gauge.set(value, tags=tags)
 
-    def observe_request(self, status: int, latency_s: float, rows: int | None) -> None:
+    def observe_request(
+        self, status: int, latency_s: float, rows: int | None, via: str = VIA_HTTP
+    ) -> None:
         """See :class:`ModelMetricsSink`."""
-        self._requests.inc(1, tags={"status": str(status)})
-        self._latency.observe(latency_s * 1000.0)
+        self._requests.inc(1, tags={"status": str(status), "via": via})
+        self._latency.observe(latency_s * 1000.0, tags={"via": via})
         if rows is not None:
-            self._request_rows.observe(rows)
+            self._request_rows.observe(rows, tags={"via": via})
 
     def observe_batch(self, rows: int, queue_waits_s: Iterable[float], compute_s: float) -> None:
         """See :class:`ModelMetricsSink`."""

@@ -35,7 +35,14 @@ from serve_app.server.grpc_methods import GrpcModelMethods
 from serve_app.server.http import error_response, json_response, read_request_body
 from serve_app.server.inflight import InFlightBytes, Reservation
 from serve_app.server.job_submit import JobSubmitter, response_parts, wants_async
-from serve_app.server.metrics import ModelMetricsSink, RayModelMetrics, device_memory_bytes
+from serve_app.server.metrics import (
+    VIA_HTTP,
+    VIA_JOB,
+    VIA_PIPELINE,
+    ModelMetricsSink,
+    RayModelMetrics,
+    device_memory_bytes,
+)
 from serve_app.server.off_loop import decode_and_prepare, prepare_rows
 from serve_app.server.routes import match
 from serve_app.server.runtime import AdapterLoader, ModelRuntime
@@ -234,6 +241,7 @@ class ModelDeployment(GrpcModelMethods):
         tensors: dict[str, np.ndarray],
         rename: dict[str, str],
         fused: FusedCall | None = None,
+        via: str = VIA_PIPELINE,
     ) -> dict[str, np.ndarray]:
         """Pipeline entry point (DeploymentHandle): run the model on named arrays.
 
@@ -243,6 +251,8 @@ class ModelDeployment(GrpcModelMethods):
             rename: Model input name -> key in ``tensors``.
             fused: Pipeline nodes fused into this model to run on its outputs for these
                 rows (their outputs join the answer, ``serve_app.graph.fused``).
+            via: How the request came, for the request metrics: a pipeline's call unless
+                the caller says otherwise (the canary hop and its fallback do).
 
         Raises:
             InvalidInput: a mapped tensor is missing, or the model rejects it.
@@ -266,10 +276,13 @@ class ModelDeployment(GrpcModelMethods):
                 outputs = outputs | extra
         except Exception as e:
             self.metrics.observe_request(
-                _status_of(e), time.perf_counter() - start_s, None if rows is None else len(rows)
+                _status_of(e),
+                time.perf_counter() - start_s,
+                None if rows is None else len(rows),
+                via,
             )
             raise
-        self.metrics.observe_request(200, time.perf_counter() - start_s, len(rows))
+        self.metrics.observe_request(200, time.perf_counter() - start_s, len(rows), via)
         return outputs
 
     async def _prepare(self, inputs: dict[str, np.ndarray]) -> list[Any]:
@@ -309,15 +322,20 @@ class ModelDeployment(GrpcModelMethods):
             except Exception as e:
                 response = error_response(e, self.args.http.retry_after_s)
                 latency_s = time.perf_counter() - start_s
-                self.metrics.observe_request(response.status_code, latency_s, None)
+                self.metrics.observe_request(response.status_code, latency_s, None, VIA_HTTP)
                 return response
-            return await self._answer(body, header_length, start_s, held)
+            return await self._answer(body, header_length, start_s, held, VIA_HTTP)
 
     async def _answer(
-        self, body: bytes, header_length: int | None, start_s: float, held: Reservation
+        self,
+        body: bytes,
+        header_length: int | None,
+        start_s: float,
+        held: Reservation,
+        via: str,
     ) -> Response:
-        """The answer to an OIP request body: the route's, and a job consumer's. Its
-        decoded inputs join the bytes ``held`` for it."""
+        """The answer to an OIP request body: the route's, and a job consumer's (``via``
+        says which, for the metrics). Its decoded inputs join the bytes ``held`` for it."""
         rows: list[Any] | None = None
         try:
             decoded, rows = await self._decode(body, header_length)
@@ -328,7 +346,8 @@ class ModelDeployment(GrpcModelMethods):
         except Exception as e:
             response = error_response(e, self.args.http.retry_after_s)
         n_rows = None if rows is None else len(rows)
-        self.metrics.observe_request(response.status_code, time.perf_counter() - start_s, n_rows)
+        latency_s = time.perf_counter() - start_s
+        self.metrics.observe_request(response.status_code, latency_s, n_rows, via)
         return response
 
     async def answer_body(
@@ -343,7 +362,7 @@ class ModelDeployment(GrpcModelMethods):
                 held.add(len(body))
             except Exception as e:
                 return response_parts(error_response(e, self.args.http.retry_after_s))
-            return response_parts(await self._answer(body, header_length, start_s, held))
+            return response_parts(await self._answer(body, header_length, start_s, held, VIA_JOB))
 
     async def _submit_job(self, request: Request, version: str | None) -> Response:
         """``Prefer: respond-async``: check the request as ``_answer`` would, then queue it."""

@@ -40,7 +40,7 @@ from serve_app.server.coalesce import NodeCoalescer
 from serve_app.server.grpc_methods import GrpcPipelineMethods
 from serve_app.server.http import error_response, json_response, read_request_body
 from serve_app.server.job_submit import JobSubmitter, response_parts, wants_async
-from serve_app.server.metrics import RayModelMetrics, RayNodeMetrics
+from serve_app.server.metrics import VIA_HTTP, VIA_JOB, RayModelMetrics, RayNodeMetrics
 from serve_app.server.node_status import NodeStatus
 from serve_app.server.routes import match
 from serve_app.server.serve_errors import classify_serve_error
@@ -314,7 +314,8 @@ class PipelineRouter(GrpcPipelineMethods):
             response = await self._answer(body, header_length)
         except Exception as e:
             response = error_response(e, self.http.retry_after_s)
-        self.metrics.observe_request(response.status_code, time.perf_counter() - start_s, None)
+        latency_s = time.perf_counter() - start_s
+        self.metrics.observe_request(response.status_code, latency_s, None, VIA_HTTP)
         return response
 
     async def _answer(self, body: bytes, header_length: int | None) -> Response:
@@ -340,7 +341,8 @@ class PipelineRouter(GrpcPipelineMethods):
             response = await self._answer(body, header_length)
         except Exception as e:
             response = error_response(e, self.http.retry_after_s)
-        self.metrics.observe_request(response.status_code, time.perf_counter() - start_s, None)
+        latency_s = time.perf_counter() - start_s
+        self.metrics.observe_request(response.status_code, latency_s, None, VIA_JOB)
         return response_parts(response)
 
     def _check_version(self, version: str | None) -> None:

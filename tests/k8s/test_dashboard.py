@@ -151,7 +151,25 @@ def test_a_models_panels_include_its_canary_and_side_version_applications() -> N
     # serve_app's own series: the model's name, its versions apart.
     assert panel_exprs("Requests answered by serve_app") == [
         "sum by (model, version, status) "
-        '(rate(ray_serve_app_requests_total{model=~"$model"}[$__rate_interval]))'
+        '(rate(ray_serve_app_requests_total{model=~"$model",via!="pipeline"}[$__rate_interval]))',
+        "sum by (model, version, status) "
+        '(rate(ray_serve_app_requests_total{model=~"$model",via="pipeline"}[$__rate_interval]))',
+    ]
+
+
+def test_a_models_request_panels_leave_out_the_calls_pipelines_make_to_it() -> None:
+    """A pipeline's call to a model is counted under the pipeline and, ``via="pipeline"``,
+    under the model: the model's rate, errors, latency and rows show its own traffic."""
+    family = r"ray_serve_app_(?:requests_total|request_latency_ms_bucket|request_rows_bucket)"
+    data = json.loads(DASHBOARD.read_text())
+    exprs = [t["expr"] for p in data["panels"] for t in p.get("targets", [])]
+    selectors = [m.group(1) for e in exprs for m in re.finditer(family + r"\{([^}]*)\}", e)]
+    # rate: own + from pipelines; error ratio: 2; latency: p50/p95/p99; rows: p95
+    assert len(selectors) == 8
+    assert sorted(set(selectors)) == [
+        'model=~"$model",via!="pipeline"',
+        'model=~"$model",via!="pipeline",status!~"2.."',
+        'model=~"$model",via="pipeline"',
     ]
 
 

@@ -16,6 +16,10 @@ from typing import Any
 OUT = Path(__file__).with_name("serve-app-dashboard.json")
 DS = {"type": "prometheus", "uid": "${datasource}"}
 SEL = 'model=~"$model"'
+DIRECT = f'{SEL},via!="pipeline"'
+"""A model's own traffic in the per-request families (requests, latency, rows): clients'
+HTTP and gRPC requests, jobs and canary forwards, without the calls pipelines make to it
+(``via="pipeline"``), which the pipeline counts again under its own name."""
 APP = 'application=~"($model)([.](canary|v[0-9]+|latest-[0-9]+))?"'
 """A model's applications: its own, its canary (``<name>.canary``) and its older served
 versions (``<name>.v<k>``, ``<name>.latest-<i>``; serve_app/deploy/version_policy.py).
@@ -67,14 +71,16 @@ def rate(series: str, by: str = "model", sel: str = SEL) -> str:
     return f"sum by ({by}) (rate({series}{{{sel}}}[$__rate_interval]))"
 
 
-def quantile(q: float, family: str, by: str = "model") -> str:
+def quantile(q: float, family: str, by: str = "model", sel: str = SEL) -> str:
     """``histogram_quantile`` of a histogram family, per ``by``."""
-    return f"histogram_quantile({q}, {rate(family + '_bucket', by + ', le')})"
+    return f"histogram_quantile({q}, {rate(family + '_bucket', by + ', le', sel)})"
 
 
-def quantiles(family: str, by: str = "model") -> list[tuple[str, str]]:
+def quantiles(family: str, by: str = "model", sel: str = SEL) -> list[tuple[str, str]]:
     """p50, p95 and p99 targets of a histogram family."""
-    return [(quantile(q, family, by), f"{{{{{by}}}}} p{int(q * 100)}") for q in (0.5, 0.95, 0.99)]
+    return [
+        (quantile(q, family, by, sel), f"{{{{{by}}}}} p{int(q * 100)}") for q in (0.5, 0.95, 0.99)
+    ]
 
 
 def jobs_panels(y: int) -> list[dict[str, Any]]:
@@ -109,26 +115,30 @@ def jobs_panels(y: int) -> list[dict[str, Any]]:
 def dashboard() -> dict[str, Any]:
     """The Grafana JSON model."""
     requests = "ray_serve_app_requests_total"
-    errors_sel = f'{SEL},status!~"2.."'
+    errors_sel = f'{DIRECT},status!~"2.."'
+    by_status = "model, version, status"
     gpu_used = "sum by (instance, GpuIndex) (ray_node_gram_used) * 1024 * 1024"
     info_by = "model, version, format, device, num_gpus"
     panels = [
         panel(1, "Requests answered by serve_app, by model, version and status "
-                 "(a model's count includes its calls from pipelines)",
-              [(rate(requests, "model, version, status"), "{{model}} v{{version}} {{status}}")],
-              "reqps", 0, 0),
-        panel(2, "Error ratio (non-2xx)",
-              [(f"{rate(requests, sel=errors_sel)} / {rate(requests)}", "{{model}}")],
-              "percentunit", 12, 0),
-        panel(3, "Latency at the replica (p50/p95/p99)",
-              quantiles("ray_serve_app_request_latency_ms"), "ms", 0, 8),
+                 "(a model's own traffic; the calls pipelines make to it apart)", [
+            (rate(requests, by_status, DIRECT), "{{model}} v{{version}} {{status}}"),
+            (rate(requests, by_status, f'{SEL},via="pipeline"'),
+             "{{model}} v{{version}} {{status}} from pipelines"),
+        ], "reqps", 0, 0),
+        panel(2, "Error ratio (non-2xx, a model's own traffic)", [
+            (f"{rate(requests, sel=errors_sel)} / {rate(requests, sel=DIRECT)}", "{{model}}"),
+        ], "percentunit", 12, 0),
+        panel(3, "Latency at the replica (p50/p95/p99, a model's own traffic)",
+              quantiles("ray_serve_app_request_latency_ms", sel=DIRECT), "ms", 0, 8),
         panel(4, "Queue wait before a batch vs batch compute (p95)", [
             (quantile(0.95, "ray_serve_app_queue_wait_ms"), "{{model}} queue wait"),
             (quantile(0.95, "ray_serve_app_batch_compute_ms"), "{{model}} compute"),
         ], "ms", 12, 8),
         panel(5, "Rows per batch (p50/p95/p99) and per request (p95)", [
             *quantiles("ray_serve_app_batch_rows"),
-            (quantile(0.95, "ray_serve_app_request_rows"), "{{model}} per request p95"),
+            (quantile(0.95, "ray_serve_app_request_rows", sel=DIRECT),
+             "{{model}} per request p95"),
         ], "none", 0, 16),
         panel(6, "Batches per second",
               [(rate("ray_serve_app_batch_rows_count"), "{{model}}")], "ops", 12, 16),

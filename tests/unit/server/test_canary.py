@@ -36,14 +36,19 @@ class Overloaded(ServeAppError):
 
 
 class StandInHandle:
-    """Answers like the canary's ``infer_tensors``, or raises ``error``."""
+    """Answers like the canary's ``infer_tensors``, or raises ``error``; keeps each
+    call's ``via``."""
 
     def __init__(self, error: BaseException | None = None) -> None:
         self.error = error
         self.calls = 0
+        self.vias: list[str] = []
 
-    async def remote(self, tensors: dict[str, np.ndarray], rename: dict[str, str]) -> Any:
+    async def remote(
+        self, tensors: dict[str, np.ndarray], rename: dict[str, str], *, via: str
+    ) -> Any:
         self.calls += 1
+        self.vias.append(via)
         if self.error is not None:
             raise self.error
         return {"y": tensors["x"] * 3}
@@ -57,11 +62,13 @@ class StandInStable:
     def __init__(self, error: BaseException | None = None) -> None:
         self.error = error
         self.calls = 0
+        self.vias: list[str] = []
 
     async def infer_tensors(
-        self, tensors: dict[str, np.ndarray], rename: dict[str, str]
+        self, tensors: dict[str, np.ndarray], rename: dict[str, str], *, via: str
     ) -> dict[str, np.ndarray]:
         self.calls += 1
+        self.vias.append(via)
         if self.error is not None:
             raise self.error
         return {"y": tensors[rename["x"]] * 2}
@@ -112,6 +119,7 @@ def test_the_canary_answers_its_share_with_its_version() -> None:
     assert (status, body["model_name"], body["model_version"]) == (200, "m", "3")
     assert body["outputs"][0]["data"] == [3.0, 6.0]
     assert (handle.calls, stable.calls) == (1, 0)
+    assert handle.vias == ["canary"]  # the canary counts it as a client's, not a pipeline's
     assert observed == [("m", "2", CANARY_NODE, "ok")]
 
 
@@ -138,6 +146,7 @@ def test_a_canary_that_cannot_take_the_request_falls_back_to_stable(
     assert (status, body["model_name"], body["model_version"]) == (200, "m", "2")
     assert body["outputs"][0]["data"] == [2.0, 4.0]
     assert (handle.calls, stable.calls) == (1, 1)
+    assert (handle.vias, stable.vias) == (["canary"], ["http"])  # the stable's own request
     assert observed == [("m", "2", CANARY_NODE, f"fallback_{reason}")]
 
 

@@ -45,15 +45,16 @@ def sink(monkeypatch: pytest.MonkeyPatch) -> metrics.RayModelMetrics:
 
 def test_requests_and_batches_are_recorded_in_ms(sink: metrics.RayModelMetrics) -> None:
     sink.observe_request(200, 0.0125, 3)
-    sink.observe_request(413, 0.001, None)
+    sink.observe_request(413, 0.001, None, metrics.VIA_PIPELINE)
     sink.observe_batch(5, [0.002, 0.004], 0.010)
     tags = {"model": "minilm", "version": "2"}
+    http, pipeline = {**tags, "via": "http"}, {**tags, "via": "pipeline"}
     assert Recorded.calls == [
-        ("inc", "serve_app_requests", 1, {**tags, "status": "200"}),
-        ("observe", "serve_app_request_latency_ms", 12.5, tags),
-        ("observe", "serve_app_request_rows", 3, tags),
-        ("inc", "serve_app_requests", 1, {**tags, "status": "413"}),
-        ("observe", "serve_app_request_latency_ms", 1.0, tags),
+        ("inc", "serve_app_requests", 1, {**http, "status": "200"}),
+        ("observe", "serve_app_request_latency_ms", 12.5, http),
+        ("observe", "serve_app_request_rows", 3, http),
+        ("inc", "serve_app_requests", 1, {**pipeline, "status": "413"}),
+        ("observe", "serve_app_request_latency_ms", 1.0, pipeline),
         ("observe", "serve_app_batch_rows", 5, tags),
         ("observe", "serve_app_queue_wait_ms", 2.0, tags),
         ("observe", "serve_app_queue_wait_ms", 4.0, tags),

@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import save_file
 from starlette.requests import Request
 
-from serve_app.errors import ServiceUnavailable
+from serve_app.errors import InvalidInput, ServiceUnavailable
 from serve_app.models.base import ModelAdapter, ModelInfo, TensorSpec
 from serve_app.repository import publish
 from serve_app.repository.loader import VerifiedVersion
@@ -102,13 +102,17 @@ class Recorder:
 
     def __init__(self) -> None:
         self.requests: list[tuple[int, int | None]] = []
+        self.vias: list[str] = []  # how each request came
         self.batches: list[tuple[int, int]] = []  # (rows, requests waiting for it)
         self.waits_s: list[float] = []
         self.loaded: tuple[dict[str, str], set[str], int] | None = None
 
-    def observe_request(self, status: int, latency_s: float, rows: int | None) -> None:
+    def observe_request(
+        self, status: int, latency_s: float, rows: int | None, via: str = "http"
+    ) -> None:
         assert 0 <= latency_s < 10
         self.requests.append((status, rows))
+        self.vias.append(via)
 
     def observe_batch(self, rows: int, queue_waits_s: Any, compute_s: float) -> None:
         waits = list(queue_waits_s)
@@ -523,7 +527,7 @@ async def test_a_cancelled_request_releases_its_bytes(
 class RefusingCanary:
     """The canary application's handle when Serve has no replica for it."""
 
-    def remote(self, tensors: dict[str, np.ndarray], rename: dict[str, str]) -> Any:
+    def remote(self, tensors: dict[str, np.ndarray], rename: dict[str, str], *, via: str) -> Any:
         from ray.serve._private.common import DeploymentID
         from ray.serve.exceptions import DeploymentUnavailableError
 
@@ -548,4 +552,25 @@ async def test_a_refused_canary_request_is_answered_by_the_replica_itself(
     assert (r.status_code, r.json()["model_version"]) == (200, "1")
     assert r.json()["outputs"][0]["data"] == [2.0, 4.0]
     assert apps == ["double.canary"]
-    assert recorder.requests == [(200, 1)]  # the fallback counted as the stable's request
+    # the fallback counted as the stable's own request, not as a pipeline's call
+    assert (recorder.requests, recorder.vias) == ([(200, 1)], ["http"])
+
+
+async def test_a_pipelines_calls_are_counted_apart_from_the_models_own_requests(
+    repo: Path, monkeypatch: pytest.MonkeyPatch, recorder: Recorder
+) -> None:
+    replica = new_replica(repo, monkeypatch, recorder, {})
+    x = np.array([[1.0, 2.0]], np.float32)
+    transport = httpx.ASGITransport(app=asgi(replica.__call__))
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        r = await client.post("/v2/models/double/infer", json=infer_body([[1, 2]]))
+        assert r.status_code == 200
+    # As the pipeline router calls a model node (HandleBackend, LocalBackend, coalescer).
+    outputs = await replica.infer_tensors({"a": x}, {"x": "a"}, None)
+    assert outputs["y"].tolist() == [[2.0, 4.0]]
+    with pytest.raises(InvalidInput):
+        await replica.infer_tensors({}, {"x": "a"}, None)
+    status, _, _ = await replica.answer_body(json.dumps(infer_body([[1, 2]])).encode(), None)
+    assert status == 200
+    assert recorder.requests == [(200, 1), (200, 1), (400, None), (200, 1)]
+    assert recorder.vias == ["http", "pipeline", "pipeline", "job"]
