@@ -22,6 +22,7 @@ Pure functions over ``AppConfig``; no Ray, no kubectl.
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -191,10 +192,21 @@ def worker_resources(profile: ClusterProfile) -> dict[str, Any]:
     return {"requests": amounts, "limits": limits}
 
 
+_KUBERAY_MIG = re.compile(r"nvidia\.com/mig-\d+g\.\d+gb$")
+
+
+def kuberay_knows_gpu(resource: str) -> bool:
+    """Whether KubeRay v1.7 derives ``num-gpus`` from a limit of this resource: a name
+    ending in "gpu" or a MIG slice ``nvidia.com/mig-<N>g.<M>gb`` (ray-operator/controllers/
+    ray/utils/resources.go, IsGPUResourceKey)."""
+    return resource.endswith("gpu") or _KUBERAY_MIG.search(resource) is not None
+
+
 def worker_start_params(profile: ClusterProfile) -> dict[str, str]:
-    """``rayStartParams`` the worker needs beyond the base: KubeRay derives ``num-gpus``
-    only from a limit whose name ends in "gpu", so a MIG profile's count is explicit."""
-    if profile.worker_gpus and not profile.gpu_resource.endswith("gpu"):
+    """``rayStartParams`` the worker needs beyond the base: ``num-gpus`` where KubeRay
+    would not derive it from the GPU limit (e.g. ``nvidia.com/mig-1g.10gb+me``,
+    ``nvidia.com/mig-1c.3g.20gb``, another vendor's resource); Ray would then see none."""
+    if profile.worker_gpus and not kuberay_knows_gpu(profile.gpu_resource):
         return {"num-gpus": str(profile.worker_gpus)}
     return {}
 

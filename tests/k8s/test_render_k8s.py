@@ -186,7 +186,12 @@ def test_worker_max_replicas_sums_the_models() -> None:
 
 @pytest.mark.parametrize(
     ("resource", "start_params"),
-    [("nvidia.com/gpu", {}), ("nvidia.com/mig-1g.10gb", {"num-gpus": "1"})],
+    [
+        ("nvidia.com/gpu", {}),
+        ("nvidia.com/mig-1g.10gb", {}),  # KubeRay v1.7 recognises the MIG name itself
+        ("nvidia.com/mig-1g.10gb+me", {"num-gpus": "1"}),
+        ("nvidia.com/mig-1c.3g.20gb", {"num-gpus": "1"}),
+    ],
 )
 def test_worker_pod_shape_comes_from_the_cluster_config(
     resource: str, start_params: dict[str, str]
