@@ -136,13 +136,25 @@ def test_model_metrics_are_exported_and_move_with_traffic(client: httpx.Client) 
 
 def test_pipeline_requests_are_counted_under_its_name(client: httpx.Client) -> None:
     tags = {"model": "triage"}
-    ok0 = total(scrape(), "ray_serve_app_requests_total", status="200", **tags)
+    # triage's embed node is a call to minilm: counted under minilm too, via="pipeline".
+    embed = {"model": "minilm", "status": "200", "via": "pipeline"}
+    before = scrape()
+    ok0 = total(before, "ray_serve_app_requests_total", status="200", via="http", **tags)
+    embed0 = total(before, "ray_serve_app_requests_total", **embed)
+    direct0 = total(before, "ray_serve_app_requests_total", model="minilm", via="http")
     r = client.post("/v2/models/triage/infer", json=body(["my laptop will not boot"]))
     assert r.status_code == 200
     after = wait_until(
-        lambda s: total(s, "ray_serve_app_requests_total", status="200", **tags) > ok0
+        lambda s: (
+            total(s, "ray_serve_app_requests_total", status="200", **tags) > ok0
+            and total(s, "ray_serve_app_requests_total", **embed) > embed0
+        )
     )
-    assert total(after, "ray_serve_app_requests_total", status="200", **tags) == ok0 + 1
+    assert total(after, "ray_serve_app_requests_total", status="200", via="http", **tags) == (
+        ok0 + 1
+    )
+    assert total(after, "ray_serve_app_requests_total", **embed) == embed0 + 1
+    assert total(after, "ray_serve_app_requests_total", model="minilm", via="http") == direct0
     # Each model node that ran is counted and timed under its node label.
     nodes = ("embed", "topic", "urgency")
     calls = "ray_serve_app_pipeline_node_calls_total"
