@@ -55,6 +55,13 @@ class PayloadTooLarge(ServeAppError):
     status_code = 413
 
 
+class ClientClosedRequest(ServeAppError):
+    """The client went away before the answer (HTTP 499, the code Serve's ingress and
+    nginx count it under): nobody reads the answer, but the request metrics count it."""
+
+    status_code = 499
+
+
 class ServiceUnavailable(ServeAppError):
     """Not ready or overloaded (HTTP 503, with ``Retry-After``)."""
 

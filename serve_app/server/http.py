@@ -17,11 +17,16 @@ import orjson
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from serve_app.config import HttpConfig
-from serve_app.errors import PayloadTooLarge, ServeAppError, ServiceUnavailable
+from serve_app.errors import (
+    ClientClosedRequest,
+    PayloadTooLarge,
+    ServeAppError,
+    ServiceUnavailable,
+)
 from serve_app.protocol import oip
 from serve_app.protocol.limits import parse_header_length
 from serve_app.protocol.oip import JSON_CONTENT_TYPE
@@ -101,7 +106,8 @@ async def read_body(
 
     ``reserve(n)`` (a request's ``Reservation.add``) is told of the body's bytes before
     they are read: the declared ``Content-Length`` at once, else each chunk as it comes;
-    what it raises (a 503) ends the read."""
+    what it raises (a 503) ends the read. A client that goes away before the body has
+    come is a ``ClientClosedRequest`` (499)."""
     declared = request.headers.get("content-length")
     reserved = 0
     if declared is not None and declared.isascii() and declared.isdigit():
@@ -114,14 +120,19 @@ async def read_body(
             reserved = int(declared)
     chunks = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > max_bytes:
-            raise PayloadTooLarge(f"request body exceeds the limit of {max_bytes} bytes")
-        if reserve is not None and size > reserved:
-            reserve(size - reserved)
-            reserved = size
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > max_bytes:
+                raise PayloadTooLarge(f"request body exceeds the limit of {max_bytes} bytes")
+            if reserve is not None and size > reserved:
+                reserve(size - reserved)
+                reserved = size
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise ClientClosedRequest(
+            f"client disconnected after {size} bytes of the request body"
+        ) from None
     return b"".join(chunks)
 
 

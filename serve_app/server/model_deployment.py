@@ -23,7 +23,7 @@ from starlette.responses import Response
 
 from serve_app.config import BatchingConfig, model_route_prefix
 from serve_app.deploy.app_args import CanaryArgs, ModelAppArgs
-from serve_app.errors import InvalidInput, ModelNotFound
+from serve_app.errors import ClientClosedRequest, InvalidInput, ModelNotFound
 from serve_app.graph.fused import FusedCall
 from serve_app.models.threads import set_intra_op_threads
 from serve_app.protocol import oip
@@ -77,6 +77,12 @@ def _rows_of(items: list[PendingRows]) -> int:
 
 def _status_of(error: BaseException) -> int:
     return int(getattr(error, "status_code", 500))
+
+
+CANCELLED_STATUS = ClientClosedRequest.status_code
+"""Status a cancelled request is counted under: Serve cancels a request whose client
+went away (its ingress counts it as 499 too), a pipeline its node calls it no longer
+needs."""
 
 
 @serve.deployment(name="ModelDeployment", max_ongoing_requests=64)
@@ -274,6 +280,9 @@ class ModelDeployment(GrpcModelMethods):
                     self._fused_executor, self.fused.run, fused, outputs
                 )
                 outputs = outputs | extra
+        except asyncio.CancelledError:
+            self._observe_cancelled(start_s, rows, via)
+            raise
         except Exception as e:
             self.metrics.observe_request(
                 _status_of(e),
@@ -284,6 +293,12 @@ class ModelDeployment(GrpcModelMethods):
             raise
         self.metrics.observe_request(200, time.perf_counter() - start_s, len(rows), via)
         return outputs
+
+    def _observe_cancelled(self, start_s: float, rows: list[Any] | None, via: str) -> None:
+        """Count a request cancelled before its answer (``CANCELLED_STATUS``)."""
+        latency_s = time.perf_counter() - start_s
+        n_rows = None if rows is None else len(rows)
+        self.metrics.observe_request(CANCELLED_STATUS, latency_s, n_rows, via)
 
     async def _prepare(self, inputs: dict[str, np.ndarray]) -> list[Any]:
         """Validate and split into rows; large requests off the event loop."""
@@ -319,7 +334,10 @@ class ModelDeployment(GrpcModelMethods):
         with self.in_flight.hold() as held:
             try:
                 body, header_length = await read_request_body(request, self.args.http, held.add)
-            except Exception as e:
+            except asyncio.CancelledError:
+                self._observe_cancelled(start_s, None, VIA_HTTP)
+                raise
+            except Exception as e:  # 413, the budget's 503, a client gone mid-body (499)
                 response = error_response(e, self.args.http.retry_after_s)
                 latency_s = time.perf_counter() - start_s
                 self.metrics.observe_request(response.status_code, latency_s, None, VIA_HTTP)
@@ -343,6 +361,9 @@ class ModelDeployment(GrpcModelMethods):
             outputs = await self.infer_rows(rows)
             payload, headers = oip.encode_response(self.args.name, self.version, decoded, outputs)
             response = Response(payload, headers=headers)
+        except asyncio.CancelledError:  # the client went away: nobody gets an answer
+            self._observe_cancelled(start_s, rows, via)
+            raise
         except Exception as e:
             response = error_response(e, self.args.http.retry_after_s)
         n_rows = None if rows is None else len(rows)

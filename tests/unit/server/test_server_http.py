@@ -522,6 +522,7 @@ async def test_a_cancelled_request_releases_its_bytes(
     with pytest.raises(asyncio.CancelledError):
         await task
     assert replica.in_flight.in_flight_bytes == 0
+    assert (recorder.requests, recorder.vias) == ([(499, 2)], ["job"])
 
 
 class RefusingCanary:
@@ -574,3 +575,65 @@ async def test_a_pipelines_calls_are_counted_apart_from_the_models_own_requests(
     assert status == 200
     assert recorder.requests == [(200, 1), (200, 1), (400, None), (200, 1)]
     assert recorder.vias == ["http", "pipeline", "pipeline", "job"]
+
+
+def http_scope(path: str = "/v2/models/double/infer") -> dict[str, Any]:
+    return {
+        "type": "http",
+        "method": "POST",
+        "path": path,
+        "headers": [(b"content-type", b"application/json")],
+        "query_string": b"",
+    }
+
+
+async def test_a_client_gone_while_sending_its_body_is_counted_as_499(
+    repo: Path, monkeypatch: pytest.MonkeyPatch, recorder: Recorder
+) -> None:
+    replica = new_replica(repo, monkeypatch, recorder, {})
+    # What an ASGI server hands the app when the client hangs up mid-body.
+    messages = [
+        {"type": "http.request", "body": b'{"inputs": [', "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop(0)
+
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await asgi(replica.__call__)(http_scope(), receive, send)
+    assert sent[0]["status"] == 499
+    assert json.loads(sent[1]["body"])["error"] == (
+        "client disconnected after 12 bytes of the request body"
+    )
+    assert (recorder.requests, recorder.vias) == ([(499, None)], ["http"])
+    assert replica.in_flight.in_flight_bytes == 0
+
+
+async def test_a_request_cancelled_in_its_forward_is_counted_as_499(
+    repo: Path, monkeypatch: pytest.MonkeyPatch, recorder: Recorder
+) -> None:
+    # Serve cancels the replica's request when its client disconnects.
+    replica = new_replica(repo, monkeypatch, recorder, {}, SlowDoublingAdapter)
+    body = json.dumps(infer_body([[1, 2], [3, 4]])).encode()
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    task = asyncio.create_task(replica.__call__(Request(http_scope(), receive)))
+    await asyncio.sleep(0.1)  # in its forward
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    x = np.array([[1.0, 2.0]], np.float32)
+    call = asyncio.create_task(replica.infer_tensors({"x": x}, {"x": "x"}, None))
+    await asyncio.sleep(0.1)  # a pipeline's node call, cancelled by the pipeline
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    assert (recorder.requests, recorder.vias) == ([(499, 2), (499, 1)], ["http", "pipeline"])
+    assert replica.in_flight.in_flight_bytes == 0
