@@ -30,7 +30,8 @@ class WorkerPodConfig(StrictModel):
         le=3600,
         description=(
             "Upper bound of every deployment's graceful_shutdown_timeout_s. The worker "
-            "pods' drain deadline and terminationGracePeriodSeconds are sized from it, so "
+            "pods' and the head's drain deadlines and terminationGracePeriodSeconds are "
+            "sized from it, so "
             "changing a deployment's timeout within it stays an in-place Serve update; "
             "changing this bound changes the pod spec (a new cluster)."
         ),
