@@ -13,10 +13,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from serve_app.server.metrics import EXPORTED, exported_name
-from tests.integration.conftest import METRICS_PORT, TENANTS
+from tests.integration.conftest import METRICS_PORT, OVERLOADED, TENANTS
 
 pytestmark = pytest.mark.integration
-SESSION_APPS = ["minilm", "triage", TENANTS]
+SESSION_APPS = ["minilm", "triage", TENANTS, OVERLOADED]
 NODE_SERIES = {
     s
     for family in ("serve_app_pipeline_node_latency_ms", "serve_app_pipeline_node_calls")
@@ -194,3 +194,17 @@ def test_dashboard_queries_name_series_the_live_node_exports(client: httpx.Clien
     names = {s.name for f in text_string_to_metric_families(text) for s in f.samples}
     gpu_only = {"ray_node_gram_used", "ray_serve_app_device_memory_bytes"}
     assert sorted(dashboard_metrics() - gpu_only - names) == []
+
+
+def test_a_client_that_hangs_up_mid_forward_is_counted_as_499(serve_app_url: str) -> None:
+    # OVERLOADED runs eager MiniLM one row per forward: 64 long texts take seconds, and
+    # the client gives up after 1 s. Serve cancels the replica's request (its ingress
+    # counts a 499); the replica counts it too, with the model's tags.
+    tags = {"model": OVERLOADED, "status": "499", "via": "http"}
+    gone0 = total(scrape(), "ray_serve_app_requests_total", **tags)
+    texts = [" ".join(["printer on fire again"] * 60)] * 64
+    with httpx.Client(base_url=serve_app_url, timeout=1.0) as c:
+        with pytest.raises(httpx.ReadTimeout):
+            c.post(f"/v2/models/{OVERLOADED}/infer", json=body(texts))
+    after = wait_until(lambda s: total(s, "ray_serve_app_requests_total", **tags) > gone0)
+    assert total(after, "ray_serve_app_requests_total", **tags) == gone0 + 1
