@@ -182,6 +182,7 @@ def test_the_canary_share_follows_the_draws() -> None:
     draws = iter([0.0, 0.249, 0.25, 0.9])
     forwarder = CanaryForwarder(
         CanaryArgs(app="head.canary", version=3, percent=25), HttpConfig(),
+        stable=object(),  # due() never asks the stable version
         handle_factory=lambda app: None, draw=lambda: next(draws),
     )  # fmt: skip
     assert [forwarder.due() for _ in range(4)] == [True, True, False, False]
