@@ -29,6 +29,16 @@ def _read_int(path: Path) -> int | None:
     return None if text in ("", "max") else int(text)
 
 
+def cgroup_limit_bytes(root: Path = CGROUP_ROOT) -> tuple[int, Path] | None:
+    """The container's memory limit and the file that set it (v2 ``memory.max``, else v1
+    ``memory.limit_in_bytes``); None if unlimited or not in a cgroup with a limit."""
+    for path in (root / "memory.max", root / "memory" / "memory.limit_in_bytes"):
+        limit = _read_int(path)
+        if limit is not None and limit < UNLIMITED_V1:
+            return limit, path
+    return None
+
+
 def cgroup_available_bytes(root: Path = CGROUP_ROOT) -> int | None:
     """Bytes the container may still allocate under its memory limit; None if unlimited
     or not in a cgroup with a limit."""
