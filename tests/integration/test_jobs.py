@@ -27,6 +27,7 @@ import pytest
 from serve_app.jobs.broker import UNACKED_INDEX_KEY, QueueNames, redis_client
 from serve_app.jobs.message import TASK_NAME
 from serve_app.jobs.settings import QueueSettings
+from serve_app.server.metrics import exported_name
 from tests.integration.conftest import BROKER_ENV, METRICS_PORT, SessionServe, binary_request
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -353,3 +354,9 @@ def test_queue_depth_is_exported() -> None:
     assert kinds == {"jobs", "failed", "unprocessable"}
     failed = [line for line in lines if 'queue="failed"' in line]
     assert float(failed[0].rsplit(" ", 1)[1]) >= 3
+    # The consumers' families come with their first job (this module's earlier tests);
+    # test_metrics checks every other family and leaves these to this module.
+    text = urllib.request.urlopen(f"http://127.0.0.1:{METRICS_PORT}/metrics").read().decode()
+    for family in ("serve_app_jobs", "serve_app_job_latency_ms"):
+        for series in exported_name(family):
+            assert f"\n{series}{{" in text, f"{series} not exported"

@@ -24,6 +24,11 @@ NODE_SERIES = {
 }
 UNROUTED_SERIES = set(exported_name("serve_app_unrouted_requests"))
 """Comes with the first request the server app answers for a model route."""
+JOB_SERIES = {
+    s for family in ("serve_app_jobs", "serve_app_job_latency_ms") for s in exported_name(family)
+}
+"""Come with a consumer's first job: tests/integration/test_jobs.py checks them (this
+module's applications run no consumer, so alone it would never see them)."""
 
 Samples = dict[str, list[tuple[dict[str, str], float]]]
 
@@ -130,7 +135,7 @@ def test_model_metrics_are_exported_and_move_with_traffic(client: httpx.Client) 
     assert total(after, "ray_serve_app_weights_verify_seconds", **model) > 0
     # Every family but device memory (CUDA only) is on the page; the pipeline node
     # families come with the first pipeline request (the next test checks them).
-    missing = {n for n in EXPORTED if n not in after} - NODE_SERIES - UNROUTED_SERIES
+    missing = {n for n in EXPORTED if n not in after} - NODE_SERIES - UNROUTED_SERIES - JOB_SERIES
     assert missing == {"ray_serve_app_device_memory_bytes"}
 
 
@@ -193,7 +198,8 @@ def test_dashboard_queries_name_series_the_live_node_exports(client: httpx.Clien
     text = urllib.request.urlopen(url, timeout=5).read().decode()
     names = {s.name for f in text_string_to_metric_families(text) for s in f.samples}
     gpu_only = {"ray_node_gram_used", "ray_serve_app_device_memory_bytes"}
-    assert sorted(dashboard_metrics() - gpu_only - names) == []
+    # Job series come with a consumer's first job (test_jobs checks them).
+    assert sorted(dashboard_metrics() - gpu_only - JOB_SERIES - names) == []
 
 
 def test_a_client_that_hangs_up_mid_forward_is_counted_as_499(serve_app_url: str) -> None:
