@@ -177,6 +177,12 @@ def server_application(app: AppConfig) -> dict[str, Any]:
     }
 
 
+def consumer_metrics_interval_s(poll_interval_s: float) -> float:
+    """How often a consumer reports the jobs it holds: as often as the queue is polled,
+    within 0.5..2 s (the look-back window is at least 4 s)."""
+    return min(2.0, max(0.5, poll_interval_s))
+
+
 def consumer_application(app: AppConfig, target: str) -> dict[str, Any]:
     """One application per job target: its ``JobConsumer``s, no HTTP route, scaled by
     ``QueueDepthPolicy`` on the queue's depth plus the jobs they hold, from zero."""
@@ -209,6 +215,10 @@ def consumer_application(app: AppConfig, target: str) -> dict[str, Any]:
                     "target_ongoing_requests": scaling.target_jobs_per_consumer,
                     "upscale_delay_s": scaling.upscale_delay_s,
                     "downscale_delay_s": scaling.downscale_delay_s,
+                    # Each consumer reports the jobs it holds this often (Ray's default,
+                    # 10 s, is longer than the window: held jobs would read as none, and
+                    # consumers were scaled down mid-job).
+                    "metrics_interval_s": consumer_metrics_interval_s(scaling.poll_interval_s),
                     "look_back_period_s": max(4.0, 2 * scaling.poll_interval_s),
                     "policy": {
                         "policy_function": QUEUE_POLICY,

@@ -182,6 +182,26 @@ def test_consumers_scale_on_their_queue_from_zero() -> None:
     QueueDepthPolicy(**kwargs)  # the kwargs fit the policy's signature (MY_BROKER unset)
 
 
+@pytest.mark.parametrize("poll_interval_s", [0.5, 1, 2, 10])
+def test_consumers_report_held_jobs_within_the_look_back_window(poll_interval_s: float) -> None:
+    """Ray's default report interval (10 s) exceeds the window the policy averages over:
+    a consumer's held jobs then read as none and it was scaled down mid-job. Ray's own
+    check (a FutureWarning today, an error later) must pass."""
+    import warnings
+
+    from ray.serve.config import AutoscalingConfig
+
+    jobs = {"targets": ["m"], "consumers": {"poll_interval_s": poll_interval_s}}
+    (deployment,) = apps_of(config(jobs))["jobs-m"]["deployments"]
+    scaling = deployment["autoscaling_config"]
+    assert scaling["metrics_interval_s"] <= 2.0
+    assert scaling["look_back_period_s"] > scaling["metrics_interval_s"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)  # the field's future env var
+        AutoscalingConfig(**scaling)
+
+
 def test_no_broker_url_or_password_is_rendered(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SERVE_APP_BROKER_URL", "redis://:hunter2-secret@10.0.0.7:6379/0")
     rendered = json.dumps(render_serve_config(config({"targets": ["m", "chain"]})))

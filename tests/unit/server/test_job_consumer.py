@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -393,3 +394,37 @@ def test_health_fails_once_the_celery_worker_thread_ended(store: JobStore) -> No
     worker.join()
     with pytest.raises(RuntimeError, match="the Celery worker stopped consuming"):
         c.check_health()
+
+
+def test_stop_ends_a_worker_that_started_a_moment_ago(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ray's stop is a broadcast that a Celery worker still starting never hears: the
+    replica then exited with Celery consuming (jobs taken and dropped). The adapter's
+    stop is in-process: a real worker (in-memory broker) stopped 0.1 s after its start
+    ends at once; Ray's own stop leaves it running past its 5 s wait."""
+    from types import SimpleNamespace
+
+    import ray.serve.task_processor as task_processor
+    from celery.worker import state
+
+    monkeypatch.setattr(
+        task_processor, "get_replica_context", lambda: SimpleNamespace(replica_tag="r1")
+    )
+    monkeypatch.setattr(state, "should_stop", None)
+    quiet = {"worker_hijack_root_logger": False, "worker_redirect_stdouts": False}
+    config = TaskProcessorConfig(
+        queue_name="stop-test",
+        adapter=EnvCeleryAdapter,
+        adapter_config=CeleryAdapterConfig(
+            broker_url="memory://", backend_url="cache+memory://", app_custom_config=quiet
+        ),
+    )
+    adapter = EnvCeleryAdapter(config)
+    adapter.initialize(2)
+    adapter.start_consumer()
+    worker = adapter._worker_thread
+    assert worker is not None
+    time.sleep(0.1)
+    t0 = time.monotonic()
+    adapter.stop_consumer(timeout=5)
+    assert not worker.is_alive()
+    assert time.monotonic() - t0 < 3
