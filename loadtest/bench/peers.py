@@ -1,11 +1,15 @@
-"""serve_app against its peers, in one run on one machine (issue 17): raw ONNX Runtime
-in-process, PyTriton (Triton's dynamic batcher) serving the same ``model.onnx``, and
-``serve-app demo`` with ``configs/app.yaml`` as shipped.
+"""serve_app against its peers, like with like, in one run on one machine (issues 17, 29):
+raw ONNX Runtime in-process, PyTriton (Triton's dynamic batcher) serving ``minilm``'s
+``model.onnx``, and serve_app serving that one model with its committed settings (a
+one-model config derived from ``configs/app.yaml``: the ``minilm`` entry as it is, no
+other model, pipeline or jobs). ``--demo`` adds the whole demo (``configs/app.yaml``,
+every model and pipeline), reported on its own line, never in the ratios.
 
 For each server: cold start (spawn to the first 200), closed-loop wrk at c=1/16/64 with
 one ~12-word sentence per request (the same sentence and OIP JSON body; Triton's needs
 the batch dimension, shape ``[1, 1]``), the server's own CPU per request at c=64 (its
-process tree, from ``/proc``) and its idle PSS after the loads.
+process tree, from ``/proc``), then idle: CPU and PSS of the tree over ``--idle-s`` with
+nothing in flight, by group of processes.
 
     python -m loadtest.bench.peers                  # results/peers.json + peers.md
     python -m loadtest.bench.peers --duration-s 5   # a quick look
@@ -22,6 +26,7 @@ goes to 127.0.0.1 only.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import subprocess
@@ -36,21 +41,24 @@ import yaml
 from loadtest.bench.serving import raw_baselines
 from loadtest.harness.demo_process import REPO_ROOT, cpu_used_s, tree_cpu_s, user_environment
 from loadtest.harness.machine import free_port, machine_info, machine_line
-from loadtest.harness.processes import pss_bytes, spawned
+from loadtest.harness.processes import spawned
+from loadtest.observe.idle import idle_profile
 from loadtest.reports.files import write_results
 from loadtest.traffic.payloads import SENTENCE
 from loadtest.traffic.wrk import INFER, body, run_wrk, wait_first_200, wrk_script
 
 RESULTS = REPO_ROOT / "loadtest" / "results"
 CONCURRENCY = (1, 16, 64)
+APP_CONFIG = REPO_ROOT / "configs" / "app.yaml"
+MODEL = "minilm"
 
 
 def measure(
     name: str, proc: subprocess.Popen[bytes], t0: float, url: str, payload: str, duration_s: float,
-    tmp: Path,
+    idle_s: float, tmp: Path,
 ) -> dict[str, Any]:  # fmt: skip
-    """Cold start, wrk at each concurrency (with the server's CPU per request) and idle
-    PSS of a server started at ``t0``."""
+    """Cold start, wrk at each concurrency (with the server's CPU per request), then the
+    idle tree (CPU and PSS by group over ``idle_s``) of a server started at ``t0``."""
     result: dict[str, Any] = {"name": name}
     result["cold_start_s"] = round(wait_first_200(t0 + 300, url, payload.encode()) - t0, 1)
     time.sleep(2)
@@ -71,12 +79,18 @@ def measure(
             flush=True,
         )
     result["loads"] = loads
-    time.sleep(5)
-    result["idle_pss_gib"] = round(pss_bytes(proc.pid) / 2**30, 2)
+    time.sleep(5)  # let the last load's stragglers and metric pushes settle
+    idle = idle_profile(proc.pid, idle_s)
+    result["idle"] = idle
+    result["idle_pss_gib"] = idle["pss_gib"]
+    result["idle_cores"] = idle["cores"]
+    print(f"  {name:10s} idle {idle['cores']} cores, {idle['pss_gib']} GiB PSS", flush=True)
     return result
 
 
-def run_pytriton(python: str, repo: Path, duration_s: float, tmp: Path) -> dict[str, Any]:
+def run_pytriton(
+    python: str, repo: Path, duration_s: float, idle_s: float, tmp: Path
+) -> dict[str, Any]:
     """PyTriton serving ``minilm`` version 2's ``model.onnx``: 2 ONNX threads, dynamic
     batching to 32 rows with a 10 ms queue delay."""
     port = free_port()
@@ -86,8 +100,8 @@ def run_pytriton(python: str, repo: Path, duration_s: float, tmp: Path) -> dict[
     ).stdout.strip()  # fmt: skip
     env = {**user_environment(), "LD_LIBRARY_PATH": libdir}
     cmd = [
-        python, str(REPO_ROOT / "loadtest" / "pytriton_peer.py"),
-        "--folder", str(repo / "minilm" / "2"), "--http-port", str(port),
+        python, str(REPO_ROOT / "loadtest" / "bench" / "pytriton_peer.py"),
+        "--folder", str(repo / MODEL / "2"), "--http-port", str(port),
         "--grpc-port", str(free_port()), "--metrics-port", str(free_port()),
         "--threads", "2", "--max-batch", "32", "--delay-us", "10000",
     ]  # fmt: skip
@@ -96,44 +110,62 @@ def run_pytriton(python: str, repo: Path, duration_s: float, tmp: Path) -> dict[
     )
     t0 = time.monotonic()
     with spawned(cmd, env, tmp / "pytriton.log") as proc:
-        url = f"http://127.0.0.1:{port}/v2/models/minilm/infer"
-        result = measure("pytriton", proc, t0, url, payload, duration_s, tmp)
+        url = f"http://127.0.0.1:{port}/v2/models/{MODEL}/infer"
+        result = measure("pytriton", proc, t0, url, payload, duration_s, idle_s, tmp)
     result["settings"] = "2 ONNX Runtime threads, max batch 32, max queue delay 10 ms"
     return result
 
 
-def run_demo(
-    duration_s: float, tmp: Path, name: str = "serve_app", minilm: dict[str, int] | None = None
+def one_model_config(app: dict[str, Any]) -> dict[str, Any]:
+    """``app`` (an AppConfig dict) serving ``minilm`` alone, as committed: the other
+    models, the pipelines and the jobs removed."""
+    one = copy.deepcopy(app)
+    one["models"] = [m for m in app["models"] if m["name"] == MODEL]
+    one.pop("pipelines", None)
+    one.pop("jobs", None)
+    return one
+
+
+def apply_variant(app: dict[str, Any], minilm: dict[str, float]) -> dict[str, Any]:
+    """``app`` with ``minilm``'s replicas, threads and batching knobs replaced."""
+    app = copy.deepcopy(app)
+    model = next(m for m in app["models"] if m["name"] == MODEL)
+    if "replicas" in minilm:
+        model["num_replicas"] = int(minilm["replicas"])
+    if "threads" in minilm:
+        threads = int(minilm["threads"])
+        model["resources"] = {"num_cpus": threads, "torch_threads": threads}
+    for knob in ("batch_wait_timeout_s", "max_batch_size", "max_concurrent_batches"):
+        if knob in minilm:
+            value = minilm[knob]
+            model["batching"][knob] = value if knob == "batch_wait_timeout_s" else int(value)
+    return app
+
+
+def run_serve_app(
+    name: str, app: dict[str, Any], settings: str, duration_s: float, idle_s: float, tmp: Path
 ) -> dict[str, Any]:
-    """``serve-app demo`` on ``configs/app.yaml`` as committed (models already published),
-    or with MiniLM's ``num_replicas`` / ``threads`` replaced (``minilm``)."""
-    config = "configs/app.yaml"
-    settings = "configs/app.yaml (HAProxy ingress, 2 MiniLM replicas x 1 thread)"
-    if minilm:
-        app = yaml.safe_load((REPO_ROOT / config).read_text())
-        app["repository"]["root"] = str(REPO_ROOT / app["repository"]["root"])
-        model = next(m for m in app["models"] if m["name"] == "minilm")
-        model["num_replicas"] = minilm["replicas"]
-        model["resources"] = {"num_cpus": minilm["threads"], "torch_threads": minilm["threads"]}
-        config = str(tmp / f"{name}.yaml")
-        Path(config).write_text(yaml.safe_dump(app))
-        settings = f"configs/app.yaml with {minilm['replicas']} MiniLM replica(s) x " \
-            f"{minilm['threads']} thread(s)"  # fmt: skip
+    """``serve-app demo --config`` on the AppConfig ``app`` (models already published)."""
+    config = tmp / f"{name}.yaml"
+    config.write_text(yaml.safe_dump(app))
     env = {**user_environment(), "SERVE_APP_LOG_TO_DRIVER": "0"}
-    cmd = [str(Path(sys.executable).parent / "serve-app"), "demo", "--config", config]
+    cmd = [str(Path(sys.executable).parent / "serve-app"), "demo", "--config", str(config)]
     t0 = time.monotonic()
     with spawned(cmd, env, tmp / f"{name}.log") as proc:
-        result = measure(name, proc, t0, INFER, body([SENTENCE]), duration_s, tmp)
+        result = measure(name, proc, t0, INFER, body([SENTENCE]), duration_s, idle_s, tmp)
     result["settings"] = settings
     return result
 
 
-def parse_variant(text: str) -> tuple[str, dict[str, int]]:
-    """``NAME:replicas=R,threads=T`` -> (NAME, {"replicas": R, "threads": T})."""
+def parse_variant(text: str) -> tuple[str, dict[str, float]]:
+    """``NAME:key=value,...`` -> (NAME, {key: value}); keys: replicas, threads,
+    batch_wait_timeout_s, max_batch_size, max_concurrent_batches."""
+    allowed = {"replicas", "threads", "batch_wait_timeout_s", "max_batch_size",
+               "max_concurrent_batches"}  # fmt: skip
     name, _, spec = text.partition(":")
-    values = {k: int(v) for k, v in (kv.split("=") for kv in spec.split(","))}
-    if set(values) != {"replicas", "threads"}:
-        raise SystemExit(f"--variant {text!r}: expected NAME:replicas=R,threads=T")
+    values = {k: float(v) for k, v in (kv.split("=") for kv in spec.split(",") if kv)}
+    if not name or not values or not set(values) <= allowed:
+        raise SystemExit(f"--variant {text!r}: expected NAME:key=value,... with keys {allowed}")
     return name, values
 
 
@@ -147,26 +179,59 @@ def raw_mean(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
     return {**before, "sentences_per_s": sps, "runs": [before, after]}
 
 
-def ratios(r: dict[str, Any]) -> dict[str, float]:
-    """serve_app / PyTriton at each concurrency and serve_app c=64 / raw ORT batch 32."""
-    ours, peer = r["serve_app"]["loads"], r["pytriton"]["loads"]
-    raw_b32 = r["raw_onnxruntime"]["sentences_per_s"]["32"]
-    out = {f"vs_pytriton_c{c}": round(ours[f"c{c}"]["rps"] / peer[f"c{c}"]["rps"], 2)
+def ratios(ours: dict[str, Any], peer: dict[str, Any], raw_b32: float) -> dict[str, float]:
+    """serve_app / PyTriton (throughput, p99, cold start, idle PSS) and serve_app's
+    c=64 / raw ORT batch 32."""
+    a, b = ours["loads"], peer["loads"]
+    out = {f"vs_pytriton_c{c}": round(a[f"c{c}"]["rps"] / b[f"c{c}"]["rps"], 2)
            for c in CONCURRENCY}  # fmt: skip
-    out["c64_vs_raw_b32"] = round(ours["c64"]["rps"] / raw_b32, 2)
+    for c in (16, 64):
+        out[f"p99_vs_pytriton_c{c}"] = round(a[f"c{c}"]["p99_ms"] / b[f"c{c}"]["p99_ms"], 2)
+    out["c64_vs_raw_b32"] = round(a["c64"]["rps"] / raw_b32, 2)
+    out["cold_start_vs_pytriton"] = round(ours["cold_start_s"] / peer["cold_start_s"], 2)
+    out["idle_pss_vs_pytriton"] = round(ours["idle_pss_gib"] / peer["idle_pss_gib"], 2)
     return out
+
+
+def server_row(key: str, s: dict[str, Any]) -> str:
+    load = s["loads"]
+    return (
+        f"| {key} ({s['settings']}) | {load['c1']['rps']:.1f} ({load['c1']['p50_ms']:.0f}) "
+        f"| {load['c16']['rps']:.1f} ({load['c16']['p99_ms']:.0f}) "
+        f"| {load['c64']['rps']:.1f} ({load['c64']['p99_ms']:.0f}) "
+        f"| {load['c64']['server_cpu_ms_per_request']} | {s['cold_start_s']} "
+        f"| {s['idle_pss_gib']} | {s['idle_cores']} |"
+    )
+
+
+def idle_table(key: str, s: dict[str, Any]) -> list[str]:
+    lines = [
+        f"Idle {key}, over {s['idle']['window_s']:.0f} s ({s['idle']['processes']} processes):",
+        "",
+        "| group | processes | CPU cores | PSS MiB |",
+        "|---|---:|---:|---:|",
+    ]
+    for group, g in s["idle"]["by_group"].items():
+        lines.append(f"| {group} | {g['processes']} | {g['cores']} | {g['pss_mib']} |")
+    return [*lines, ""]
 
 
 def markdown(r: dict[str, Any]) -> str:
     """The run as a Markdown report."""
     m, raw = r["machine"], r["raw_onnxruntime"]["sentences_per_s"]
+    servers = ["pytriton", "serve_app", *r.get("variants", {}), *(["demo"] if "demo" in r else [])]
+
+    def get(key: str) -> dict[str, Any]:
+        return dict(r[key] if key in r else r["variants"][key])
+
     lines = [
-        f"# serve_app vs PyTriton vs raw ONNX Runtime ({m['date']})",
+        f"# serve_app vs PyTriton vs raw ONNX Runtime, one model ({m['date']})",
         "",
-        f"{machine_line(m, 'onnxruntime')} One run of `python -m "
-        f"loadtest.bench.peers`: closed-loop wrk (one thread, same machine), "
-        f"{r['duration_s']:.0f} s per point, one ~12-word sentence per request; the same "
-        "`model.onnx` (minilm version 2) everywhere.",
+        f"{machine_line(m, 'onnxruntime')} One run of `python -m loadtest.bench.peers`: "
+        f"closed-loop wrk (one thread, same machine), {r['duration_s']:.0f} s per point, one "
+        "~12-word sentence per request; the same `model.onnx` (minilm version 2) "
+        "everywhere. serve_app serves minilm alone with its committed settings; `demo` is "
+        "the whole demo (every model and pipeline), not in the ratios.",
         "",
         f"Raw ONNX Runtime in-process, 2 threads, forward only (sentences/s, mean of a run "
         f"before and one after the servers): batch 1 {raw['1']}, batch 8 {raw['8']}, "
@@ -175,32 +240,26 @@ def markdown(r: dict[str, Any]) -> str:
         + ").",
         "",
         "| server | c=1 req/s (p50 ms) | c=16 req/s (p99 ms) | c=64 req/s (p99 ms) "
-        "| CPU ms/req at c=64 | cold start s | idle PSS GiB |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| CPU ms/req at c=64 | cold start s | idle PSS GiB | idle CPU cores |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        *(server_row(k, get(k)) for k in servers),
+        "",
     ]
-    for key in ("pytriton", "serve_app", *r.get("variants", {})):
-        s = r[key] if key in r else r["variants"][key]
-        load = s["loads"]
+    for key in ("serve_app", *r.get("variants", {})):
+        q = r["ratios"][key]
         lines.append(
-            f"| {key} ({s['settings']}) | {load['c1']['rps']:.1f} ({load['c1']['p50_ms']:.0f}) "
-            f"| {load['c16']['rps']:.1f} ({load['c16']['p99_ms']:.0f}) "
-            f"| {load['c64']['rps']:.1f} ({load['c64']['p99_ms']:.0f}) "
-            f"| {load['c64']['server_cpu_ms_per_request']} | {s['cold_start_s']} "
-            f"| {s['idle_pss_gib']} |"
+            f"{key} / PyTriton: c=1 {q['vs_pytriton_c1']}x, c=16 {q['vs_pytriton_c16']}x "
+            f"(p99 {q['p99_vs_pytriton_c16']}x), c=64 {q['vs_pytriton_c64']}x (p99 "
+            f"{q['p99_vs_pytriton_c64']}x); c=64 / raw batch 32: {q['c64_vs_raw_b32']}x; "
+            f"cold start {q['cold_start_vs_pytriton']}x; idle PSS {q['idle_pss_vs_pytriton']}x."
         )
-    q = r["ratios"]
-    lines += [
-        "",
-        f"serve_app / PyTriton: c=1 {q['vs_pytriton_c1']}x, c=16 {q['vs_pytriton_c16']}x, "
-        f"c=64 {q['vs_pytriton_c64']}x. serve_app at c=64 / raw batch 32: "
-        f"{q['c64_vs_raw_b32']}x.",
-        "",
+    lines.append("")
+    for key in ("pytriton", "serve_app"):
+        lines += idle_table(key, get(key))
+    lines.append(
         "Errors (non-200 or socket errors) over all loads: "
-        + ", ".join(
-            f"{k} {sum(v['errors'] for v in r[k]['loads'].values())}"
-            for k in ("pytriton", "serve_app")
-        ),
-    ]
+        + ", ".join(f"{k} {sum(v['errors'] for v in get(k)['loads'].values())}" for k in servers)
+    )
     return "\n".join(lines) + "\n"
 
 
@@ -209,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--repo", default=str(REPO_ROOT / "model-repository"))
     p.add_argument("--duration-s", type=float, default=15.0)
+    p.add_argument("--idle-s", type=float, default=20.0, help="idle window after the loads")
     p.add_argument(
         "--pytriton-python",
         default=os.environ.get("PYTRITON_PYTHON", str(REPO_ROOT / ".venv-pytriton/bin/python")),
@@ -217,8 +277,11 @@ def main(argv: list[str] | None = None) -> int:
         "--variant",
         action="append",
         default=[],
-        help="also serve_app with MiniLM changed: NAME:replicas=R,threads=T (repeatable)",
+        help="also the one-model config with minilm changed: NAME:key=value,... (keys: "
+        "replicas, threads, batch_wait_timeout_s, max_batch_size, max_concurrent_batches)",
     )
+    p.add_argument("--demo", action="store_true", help="also the whole demo, reported apart")
+    p.add_argument("--no-pytriton", action="store_true", help="serve_app only (no ratios)")
     p.add_argument("--out", default=str(RESULTS / "peers"))
     a = p.parse_args(argv)
     from serve_app.local.demo import ensure_demo_models
@@ -226,21 +289,45 @@ def main(argv: list[str] | None = None) -> int:
     repo = Path(a.repo).resolve()
     ensure_demo_models(str(repo), progress=False)
     tmp = Path(tempfile.mkdtemp(prefix="bench-peers-"))
-    result: dict[str, Any] = {"machine": machine_info(), "duration_s": a.duration_s}
+    app = yaml.safe_load(APP_CONFIG.read_text())
+    app["repository"]["root"] = str(repo)
+    one = one_model_config(app)
+    result: dict[str, Any] = {
+        "machine": machine_info(), "duration_s": a.duration_s, "idle_s": a.idle_s,
+    }  # fmt: skip
     print("raw ONNX Runtime", flush=True)
     raw_before = raw_baselines(repo, 4.0, versions=(2,))[0]
-    print("PyTriton", flush=True)
-    result["pytriton"] = run_pytriton(a.pytriton_python, repo, a.duration_s, tmp)
-    print("serve-app demo", flush=True)
-    result["serve_app"] = run_demo(a.duration_s, tmp)
+    if not a.no_pytriton:
+        print("PyTriton", flush=True)
+        result["pytriton"] = run_pytriton(a.pytriton_python, repo, a.duration_s, a.idle_s, tmp)
+    print("serve_app, one model", flush=True)
+    result["serve_app"] = run_serve_app(
+        "serve_app", one, "minilm alone, configs/app.yaml's settings", a.duration_s, a.idle_s, tmp
+    )
     for text in a.variant:
         name, minilm = parse_variant(text)
-        print(f"serve-app demo, {name}", flush=True)
-        result.setdefault("variants", {})[name] = run_demo(a.duration_s, tmp, name, minilm)
+        print(f"serve_app, one model, {name}", flush=True)
+        settings = "minilm alone, " + ", ".join(f"{k}={v:g}" for k, v in minilm.items())
+        result.setdefault("variants", {})[name] = run_serve_app(
+            name, apply_variant(one, minilm), settings, a.duration_s, a.idle_s, tmp
+        )
+    if a.demo:
+        print("serve-app demo, configs/app.yaml", flush=True)
+        result["demo"] = run_serve_app(
+            "demo", app, "configs/app.yaml: every model and pipeline", a.duration_s, a.idle_s, tmp
+        )
     print("raw ONNX Runtime again", flush=True)
     raw_after = raw_baselines(repo, 4.0, versions=(2,))[0]
     result["raw_onnxruntime"] = raw_mean(raw_before, raw_after)
-    result["ratios"] = ratios(result)
+    if a.no_pytriton:
+        print(json.dumps(result, indent=1))
+        return 0
+    raw_b32 = result["raw_onnxruntime"]["sentences_per_s"]["32"]
+    result["ratios"] = {
+        key: ratios(result[key] if key in result else result["variants"][key],
+                    result["pytriton"], raw_b32)
+        for key in ("serve_app", *result.get("variants", {}))
+    }  # fmt: skip
     write_results(Path(a.out), result, markdown(result))
     return 0
 

@@ -1,19 +1,35 @@
-"""The peer benchmark's arithmetic and report (no servers)."""
+"""The peer benchmark's configs, arithmetic and report (no servers)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import pytest
+import yaml
 
-from loadtest.bench.peers import markdown, parse_variant, ratios, raw_mean
+from loadtest.bench.peers import (
+    APP_CONFIG,
+    apply_variant,
+    markdown,
+    one_model_config,
+    parse_variant,
+    ratios,
+    raw_mean,
+)
+from serve_app.config.app import AppConfig
 
 
-def _server(rps: tuple[float, float, float]) -> dict:
+def _server(rps: tuple[float, float, float], p99_ms: float = 20.0) -> dict[str, Any]:
     loads = {
-        f"c{c}": {"rps": r, "p50_ms": 10.0, "p99_ms": 20.0, "errors": 0,
+        f"c{c}": {"rps": r, "p50_ms": 10.0, "p99_ms": p99_ms, "errors": 0,
                   "server_cpu_ms_per_request": 5.0}
         for c, r in zip((1, 16, 64), rps, strict=True)
     }  # fmt: skip
-    return {"loads": loads, "settings": "s", "cold_start_s": 3.0, "idle_pss_gib": 0.5}
+    idle = {"window_s": 20.0, "processes": 2, "cores": 0.1, "pss_gib": 0.5,
+            "by_group": {"raylet": {"processes": 1, "cores": 0.05, "pss_mib": 100.0}}}  # fmt: skip
+    return {"loads": loads, "settings": "s", "cold_start_s": 3.0, "idle_pss_gib": 0.5,
+            "idle_cores": 0.1, "idle": idle}  # fmt: skip
 
 
 def test_the_raw_baseline_is_the_mean_of_before_and_after() -> None:
@@ -25,7 +41,7 @@ def test_the_raw_baseline_is_the_mean_of_before_and_after() -> None:
 
 
 def test_ratios_and_report() -> None:
-    result = {
+    result: dict[str, Any] = {
         "machine": {"date": "d", "cpus": 2, "memory_gib": 24, "ray": "2.60.0",
                     "onnxruntime": "1.32.0"},
         "duration_s": 15.0,
@@ -33,22 +49,46 @@ def test_ratios_and_report() -> None:
             {"sentences_per_s": {"1": 1.0, "8": 1.0, "32": 400.0}},
             {"sentences_per_s": {"1": 1.0, "8": 1.0, "32": 400.0}},
         ),
-        "pytriton": _server((50.0, 200.0, 300.0)),
+        "pytriton": _server((50.0, 200.0, 300.0), p99_ms=40.0),
         "serve_app": _server((100.0, 250.0, 330.0)),
+        "demo": _server((90.0, 240.0, 320.0)),
     }  # fmt: skip
-    result["ratios"] = ratios(result)
-    assert result["ratios"] == {
+    result["ratios"] = {"serve_app": ratios(result["serve_app"], result["pytriton"], 400.0)}
+    assert result["ratios"]["serve_app"] == {
         "vs_pytriton_c1": 2.0,
         "vs_pytriton_c16": 1.25,
         "vs_pytriton_c64": 1.1,
+        "p99_vs_pytriton_c16": 0.5,
+        "p99_vs_pytriton_c64": 0.5,
         "c64_vs_raw_b32": 0.82,
+        "cold_start_vs_pytriton": 1.0,
+        "idle_pss_vs_pytriton": 1.0,
     }
     text = markdown(result)
-    assert "c=16 1.25x, c=64 1.1x" in text
-    assert "| serve_app (s) | 100.0 (10) | 250.0 (20) | 330.0 (20) | 5.0 | 3.0 | 0.5 |" in text
+    assert "c=16 1.25x (p99 0.5x), c=64 1.1x (p99 0.5x)" in text
+    assert "| serve_app (s) | 100.0 (10) | 250.0 (20) | 330.0 (20) | 5.0 | 3.0 | 0.5 | 0.1 |" in text
+    assert "| demo (s) | 90.0 (10)" in text  # reported, not in the ratios
+    assert "demo /" not in text
+    assert "| raylet | 1 | 0.05 | 100.0 |" in text
 
 
-def test_a_variant_names_replicas_and_threads() -> None:
+def test_the_one_model_config_is_minilm_as_committed(tmp_path: Path) -> None:
+    app = yaml.safe_load(APP_CONFIG.read_text())
+    one = one_model_config(app)
+    assert [m["name"] for m in one["models"]] == ["minilm"]
+    assert one["models"][0] == next(m for m in app["models"] if m["name"] == "minilm")
+    assert "pipelines" not in one and "jobs" not in one
+    AppConfig.model_validate(one)  # a config the demo accepts
+    changed = apply_variant(one, {"replicas": 1, "threads": 2, "batch_wait_timeout_s": 0.0})
+    model = changed["models"][0]
+    assert (model["num_replicas"], model["resources"]["torch_threads"]) == (1, 2)
+    assert model["batching"]["batch_wait_timeout_s"] == 0.0
+    AppConfig.model_validate(changed)
+    assert one["models"][0]["num_replicas"] == app["models"][0]["num_replicas"]  # a copy
+
+
+def test_a_variant_names_known_knobs() -> None:
     assert parse_variant("one:replicas=1,threads=2") == ("one", {"replicas": 1, "threads": 2})
-    with pytest.raises(SystemExit, match="expected NAME:replicas=R,threads=T"):
-        parse_variant("one:replicas=1")
+    assert parse_variant("w0:batch_wait_timeout_s=0") == ("w0", {"batch_wait_timeout_s": 0.0})
+    with pytest.raises(SystemExit, match="expected NAME:key=value"):
+        parse_variant("one:workers=1")
