@@ -64,7 +64,7 @@ def measure(
     time.sleep(2)
     script = wrk_script([payload], tmp / f"{name}.lua")
     loads = {}
-    for c in CONCURRENCY:
+    for c in CONCURRENCY if duration_s > 0 else ():
         run_wrk(script, c, 3, url=url)  # warm-up, not measured
         cpu_0 = tree_cpu_s(proc.pid)
         r = run_wrk(script, c, duration_s, warmup=False, url=url)
@@ -127,14 +127,15 @@ def one_model_config(app: dict[str, Any]) -> dict[str, Any]:
 
 
 def apply_variant(app: dict[str, Any], minilm: dict[str, float]) -> dict[str, Any]:
-    """``app`` with ``minilm``'s replicas, threads and batching knobs replaced."""
+    """``app`` with ``minilm``'s replicas, threads (model threads; CPUs too unless
+    ``cpus`` is given) and batching knobs replaced."""
     app = copy.deepcopy(app)
     model = next(m for m in app["models"] if m["name"] == MODEL)
     if "replicas" in minilm:
         model["num_replicas"] = int(minilm["replicas"])
-    if "threads" in minilm:
-        threads = int(minilm["threads"])
-        model["resources"] = {"num_cpus": threads, "torch_threads": threads}
+    if "threads" in minilm or "cpus" in minilm:
+        threads = int(minilm.get("threads", model["resources"]["torch_threads"]))
+        model["resources"] = {"num_cpus": minilm.get("cpus", threads), "torch_threads": threads}
     for knob in ("batch_wait_timeout_s", "max_batch_size", "max_concurrent_batches"):
         if knob in minilm:
             value = minilm[knob]
@@ -143,12 +144,14 @@ def apply_variant(app: dict[str, Any], minilm: dict[str, float]) -> dict[str, An
 
 
 def run_serve_app(
-    name: str, app: dict[str, Any], settings: str, duration_s: float, idle_s: float, tmp: Path
-) -> dict[str, Any]:
-    """``serve-app demo --config`` on the AppConfig ``app`` (models already published)."""
+    name: str, app: dict[str, Any], settings: str, duration_s: float, idle_s: float, tmp: Path,
+    extra_env: dict[str, str] | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """``serve-app demo --config`` on the AppConfig ``app`` (models already published),
+    with ``extra_env`` added to the user's environment."""
     config = tmp / f"{name}.yaml"
     config.write_text(yaml.safe_dump(app))
-    env = {**user_environment(), "SERVE_APP_LOG_TO_DRIVER": "0"}
+    env = {**user_environment(), "SERVE_APP_LOG_TO_DRIVER": "0", **(extra_env or {})}
     cmd = [str(Path(sys.executable).parent / "serve-app"), "demo", "--config", str(config)]
     t0 = time.monotonic()
     with spawned(cmd, env, tmp / f"{name}.log") as proc:
@@ -158,9 +161,9 @@ def run_serve_app(
 
 
 def parse_variant(text: str) -> tuple[str, dict[str, float]]:
-    """``NAME:key=value,...`` -> (NAME, {key: value}); keys: replicas, threads,
+    """``NAME:key=value,...`` -> (NAME, {key: value}); keys: replicas, threads, cpus,
     batch_wait_timeout_s, max_batch_size, max_concurrent_batches."""
-    allowed = {"replicas", "threads", "batch_wait_timeout_s", "max_batch_size",
+    allowed = {"replicas", "threads", "cpus", "batch_wait_timeout_s", "max_batch_size",
                "max_concurrent_batches"}  # fmt: skip
     name, _, spec = text.partition(":")
     values = {k: float(v) for k, v in (kv.split("=") for kv in spec.split(",") if kv)}
@@ -267,7 +270,9 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: ``python -m loadtest.bench.peers``."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--repo", default=str(REPO_ROOT / "model-repository"))
-    p.add_argument("--duration-s", type=float, default=15.0)
+    p.add_argument(
+        "--duration-s", type=float, default=15.0, help="per load; 0: cold start and idle only"
+    )
     p.add_argument("--idle-s", type=float, default=20.0, help="idle window after the loads")
     p.add_argument(
         "--pytriton-python",
@@ -278,9 +283,16 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         default=[],
         help="also the one-model config with minilm changed: NAME:key=value,... (keys: "
-        "replicas, threads, batch_wait_timeout_s, max_batch_size, max_concurrent_batches)",
+        "replicas, threads, cpus, batch_wait_timeout_s, max_batch_size, max_concurrent_batches)",
     )
     p.add_argument("--demo", action="store_true", help="also the whole demo, reported apart")
+    p.add_argument(
+        "--serve-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="environment for every serve_app run (e.g. a Ray setting to try)",
+    )
     p.add_argument("--no-pytriton", action="store_true", help="serve_app only (no ratios)")
     p.add_argument("--out", default=str(RESULTS / "peers"))
     a = p.parse_args(argv)
@@ -292,36 +304,52 @@ def main(argv: list[str] | None = None) -> int:
     app = yaml.safe_load(APP_CONFIG.read_text())
     app["repository"]["root"] = str(repo)
     one = one_model_config(app)
+    serve_env = dict(kv.split("=", 1) for kv in a.serve_env)
     result: dict[str, Any] = {
         "machine": machine_info(), "duration_s": a.duration_s, "idle_s": a.idle_s,
+        "serve_env": serve_env,
     }  # fmt: skip
-    print("raw ONNX Runtime", flush=True)
-    raw_before = raw_baselines(repo, 4.0, versions=(2,))[0]
+    loads = a.duration_s > 0
+    if loads:
+        print("raw ONNX Runtime", flush=True)
+        raw_before = raw_baselines(repo, 4.0, versions=(2,))[0]
     if not a.no_pytriton:
         print("PyTriton", flush=True)
         result["pytriton"] = run_pytriton(a.pytriton_python, repo, a.duration_s, a.idle_s, tmp)
     print("serve_app, one model", flush=True)
     result["serve_app"] = run_serve_app(
-        "serve_app", one, "minilm alone, configs/app.yaml's settings", a.duration_s, a.idle_s, tmp
+        "serve_app",
+        one,
+        "minilm alone, configs/app.yaml's settings",
+        a.duration_s,
+        a.idle_s,
+        tmp,
+        serve_env,
     )
     for text in a.variant:
         name, minilm = parse_variant(text)
         print(f"serve_app, one model, {name}", flush=True)
         settings = "minilm alone, " + ", ".join(f"{k}={v:g}" for k, v in minilm.items())
         result.setdefault("variants", {})[name] = run_serve_app(
-            name, apply_variant(one, minilm), settings, a.duration_s, a.idle_s, tmp
+            name, apply_variant(one, minilm), settings, a.duration_s, a.idle_s, tmp, serve_env
         )
     if a.demo:
         print("serve-app demo, configs/app.yaml", flush=True)
         result["demo"] = run_serve_app(
-            "demo", app, "configs/app.yaml: every model and pipeline", a.duration_s, a.idle_s, tmp
+            "demo",
+            app,
+            "configs/app.yaml: every model and pipeline",
+            a.duration_s,
+            a.idle_s,
+            tmp,
+            serve_env,
         )
+    if not loads or a.no_pytriton:  # a quick look: no ratios, nothing written
+        print(json.dumps(result, indent=1))
+        return 0
     print("raw ONNX Runtime again", flush=True)
     raw_after = raw_baselines(repo, 4.0, versions=(2,))[0]
     result["raw_onnxruntime"] = raw_mean(raw_before, raw_after)
-    if a.no_pytriton:
-        print(json.dumps(result, indent=1))
-        return 0
     raw_b32 = result["raw_onnxruntime"]["sentences_per_s"]["32"]
     result["ratios"] = {
         key: ratios(result[key] if key in result else result["variants"][key],
