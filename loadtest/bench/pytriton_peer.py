@@ -24,7 +24,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+# Run as a script, this file's folder comes first on sys.path, and its neighbour
+# loadtest/bench/grpc.py would shadow the grpc package tritonclient imports.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+import numpy as np  # noqa: E402
 
 
 def build_infer(folder: Path, threads: int) -> Any:
