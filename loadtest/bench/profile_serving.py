@@ -186,6 +186,10 @@ def profile(a: argparse.Namespace) -> dict[str, Any]:
     """Run the demo, load it and profile it; returns the result dict."""
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     config = yaml.safe_load((REPO_ROOT / "configs" / "app.yaml").read_text())
+    if a.one_model:
+        from loadtest.bench.peers import one_model_config
+
+        config = one_model_config(config)
     config["repository"]["root"] = str(Path(a.repo).resolve())
     config["http"]["admin_ports"] = [free_port(), free_port()]
     body = json.dumps(
@@ -321,6 +325,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--idle-s", type=float, default=10.0, help="idle window before the load")
     p.add_argument("--env", action="append", default=[], help="K=V for the demo's Ray")
+    p.add_argument(
+        "--one-model", action="store_true", help="minilm alone (bench peers' one-model config)"
+    )
     p.add_argument("--out", default=str(RESULTS))
     a = p.parse_args(argv)
     from serve_app.local.demo import ensure_demo_models
