@@ -9,18 +9,8 @@ from typing import Any
 
 import psutil
 
+from loadtest.harness.demo_process import tree_cpu_s
 from loadtest.observe.proc_sampler import group_of, tree
-
-
-def _cpu_by_pid(procs: list[psutil.Process]) -> dict[int, float]:
-    out = {}
-    for p in procs:
-        try:
-            t = p.cpu_times()
-            out[p.pid] = t.user + t.system
-        except psutil.Error:
-            continue
-    return out
 
 
 def idle_profile(root_pid: int, window_s: float = 20.0) -> dict[str, Any]:
@@ -28,10 +18,10 @@ def idle_profile(root_pid: int, window_s: float = 20.0) -> dict[str, Any]:
     ``{"cores", "pss_gib", "processes", "by_group": {group: {"cores", "pss_mib",
     "processes"}}}`` (groups sorted by CPU, then PSS). A process that started during
     the window counts from zero; one that ended is left out."""
-    before = _cpu_by_pid(tree(root_pid))
+    before = tree_cpu_s(root_pid)
     time.sleep(window_s)
+    after = tree_cpu_s(root_pid)
     procs = tree(root_pid)
-    after = _cpu_by_pid(procs)
     groups: dict[str, dict[str, float]] = {}
     for p in procs:
         try:
