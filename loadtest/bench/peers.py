@@ -309,42 +309,24 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine_info(), "duration_s": a.duration_s, "idle_s": a.idle_s,
         "serve_env": serve_env,
     }  # fmt: skip
-    loads = a.duration_s > 0
-    if loads:
+    ratios_wanted = a.duration_s > 0 and not a.no_pytriton
+    if ratios_wanted:
         print("raw ONNX Runtime", flush=True)
         raw_before = raw_baselines(repo, 4.0, versions=(2,))[0]
     if not a.no_pytriton:
         print("PyTriton", flush=True)
         result["pytriton"] = run_pytriton(a.pytriton_python, repo, a.duration_s, a.idle_s, tmp)
-    print("serve_app, one model", flush=True)
-    result["serve_app"] = run_serve_app(
-        "serve_app",
-        one,
-        "minilm alone, configs/app.yaml's settings",
-        a.duration_s,
-        a.idle_s,
-        tmp,
-        serve_env,
-    )
+    runs = [("serve_app", one, "minilm alone, configs/app.yaml's settings", result)]
     for text in a.variant:
         name, minilm = parse_variant(text)
-        print(f"serve_app, one model, {name}", flush=True)
         settings = "minilm alone, " + ", ".join(f"{k}={v:g}" for k, v in minilm.items())
-        result.setdefault("variants", {})[name] = run_serve_app(
-            name, apply_variant(one, minilm), settings, a.duration_s, a.idle_s, tmp, serve_env
-        )
+        runs.append((name, apply_variant(one, minilm), settings, result.setdefault("variants", {})))
     if a.demo:
-        print("serve-app demo, configs/app.yaml", flush=True)
-        result["demo"] = run_serve_app(
-            "demo",
-            app,
-            "configs/app.yaml: every model and pipeline",
-            a.duration_s,
-            a.idle_s,
-            tmp,
-            serve_env,
-        )
-    if not loads or a.no_pytriton:  # a quick look: no ratios, nothing written
+        runs.append(("demo", app, "configs/app.yaml: every model and pipeline", result))
+    for name, config, settings, into in runs:
+        print(f"serve_app: {name} ({settings})", flush=True)
+        into[name] = run_serve_app(name, config, settings, a.duration_s, a.idle_s, tmp, serve_env)
+    if not ratios_wanted:  # a quick look: no ratios, nothing written
         print(json.dumps(result, indent=1))
         return 0
     print("raw ONNX Runtime again", flush=True)
