@@ -126,6 +126,12 @@ def one_model_config(app: dict[str, Any]) -> dict[str, Any]:
     return one
 
 
+BATCHING_KNOBS = (
+    "batch_wait_timeout_s", "max_batch_size", "max_concurrent_batches", "split_min_rows",
+)  # fmt: skip
+"""``batching`` keys a ``--variant`` may set."""
+
+
 def apply_variant(app: dict[str, Any], minilm: dict[str, float]) -> dict[str, Any]:
     """``app`` with ``minilm``'s replicas, threads (model threads; CPUs too unless
     ``cpus`` is given) and batching knobs replaced."""
@@ -136,10 +142,13 @@ def apply_variant(app: dict[str, Any], minilm: dict[str, float]) -> dict[str, An
     if "threads" in minilm or "cpus" in minilm:
         threads = int(minilm.get("threads", model["resources"]["torch_threads"]))
         model["resources"] = {"num_cpus": minilm.get("cpus", threads), "torch_threads": threads}
-    for knob in ("batch_wait_timeout_s", "max_batch_size", "max_concurrent_batches"):
+    for knob in BATCHING_KNOBS:
         if knob in minilm:
             value = minilm[knob]
-            model["batching"][knob] = value if knob == "batch_wait_timeout_s" else int(value)
+            if knob == "split_min_rows":  # 0: never cut a batch
+                model["batching"][knob] = int(value) or None
+            else:
+                model["batching"][knob] = value if knob == "batch_wait_timeout_s" else int(value)
     return app
 
 
@@ -162,9 +171,8 @@ def run_serve_app(
 
 def parse_variant(text: str) -> tuple[str, dict[str, float]]:
     """``NAME:key=value,...`` -> (NAME, {key: value}); keys: replicas, threads, cpus,
-    batch_wait_timeout_s, max_batch_size, max_concurrent_batches."""
-    allowed = {"replicas", "threads", "cpus", "batch_wait_timeout_s", "max_batch_size",
-               "max_concurrent_batches"}  # fmt: skip
+    and the ``BATCHING_KNOBS`` (``split_min_rows=0``: never cut a batch)."""
+    allowed = {"replicas", "threads", "cpus", *BATCHING_KNOBS}
     name, _, spec = text.partition(":")
     values = {k: float(v) for k, v in (kv.split("=") for kv in spec.split(",") if kv)}
     if not name or not values or not set(values) <= allowed:
@@ -283,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         default=[],
         help="also the one-model config with minilm changed: NAME:key=value,... (keys: "
-        "replicas, threads, cpus, batch_wait_timeout_s, max_batch_size, max_concurrent_batches)",
+        f"replicas, threads, cpus, {', '.join(BATCHING_KNOBS)}; split_min_rows=0 never cuts)",
     )
     p.add_argument("--demo", action="store_true", help="also the whole demo, reported apart")
     p.add_argument(

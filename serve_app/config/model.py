@@ -24,6 +24,16 @@ class BatchingConfig(StrictModel):
     max_concurrent_batches: int = Field(
         1, ge=1, le=64, description="Batches a replica may compute at the same time."
     )
+    split_min_rows: int | None = Field(
+        4,
+        ge=1,
+        description=(
+            "CPU replicas with max_concurrent_batches > 1: a batch that finds several "
+            "forward threads idle is cut into equal chunks of at least this many items, "
+            "computed at once (data parallel, each with the replica's torch_threads); "
+            "under load batches stay whole. None never cuts. GPU replicas never cut."
+        ),
+    )
     max_batch_tokens: int | None = Field(
         None,
         ge=1,

@@ -30,6 +30,7 @@ from serve_app.protocol import oip
 from serve_app.repository.loader import ModelRepository
 from serve_app.server.batching import flatten_rows, split_rows
 from serve_app.server.canary import CanaryForwarder, canary_handle
+from serve_app.server.forward_pool import ForwardPool
 from serve_app.server.fused_nodes import FusedNodes
 from serve_app.server.grpc_methods import GrpcModelMethods
 from serve_app.server.http import error_response, json_response, read_request_body
@@ -125,7 +126,7 @@ class ModelDeployment(GrpcModelMethods):
         )
         self.fused.load()
         self._fused_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fused")
-        self._executor: ThreadPoolExecutor | None = None
+        self._forwards: ForwardPool | None = None
         self._prepare_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prepare")
         self._batcher: Any = None
         self._apply_batching(self.batching, rebuild=True)
@@ -169,7 +170,10 @@ class ModelDeployment(GrpcModelMethods):
             else None
         )
         new = BatchingConfig.model_validate(rest)
-        rebuild = new.max_concurrent_batches != self.batching.max_concurrent_batches
+        rebuild = (new.max_concurrent_batches, new.split_min_rows) != (
+            self.batching.max_concurrent_batches,
+            self.batching.split_min_rows,
+        )
         self.batching = new
         self._apply_batching(new, rebuild=rebuild)
 
@@ -183,12 +187,11 @@ class ModelDeployment(GrpcModelMethods):
         size = self._batch_limit()
         self.runtime.max_batch_tokens = cfg.max_batch_tokens
         if rebuild or self._batcher is None:
-            old = self._executor
-            self._executor = ThreadPoolExecutor(
-                max_workers=cfg.max_concurrent_batches, thread_name_prefix="forward"
-            )
+            old = self._forwards
+            split = cfg.split_min_rows if self.runtime.device == "cpu" else None
+            self._forwards = ForwardPool(cfg.max_concurrent_batches, split)
             if old is not None:  # running forwards finish; the old threads then exit
-                old.shutdown(wait=False)
+                old.shutdown()
             self._batcher = serve.batch(
                 max_batch_size=size,
                 batch_wait_timeout_s=cfg.batch_wait_timeout_s,
@@ -212,12 +215,26 @@ class ModelDeployment(GrpcModelMethods):
     async def _run_batch(self, items: list[PendingRows]) -> list[dict[str, np.ndarray]]:
         start_s = time.perf_counter()
         rows, counts = flatten_rows([item.rows for item in items])
-        loop = asyncio.get_running_loop()
-        outputs = await loop.run_in_executor(self._executor, self.runtime.forward_rows, rows)
+        outputs = await self._forward(rows)
         waits_s = [start_s - item.enqueued_s for item in items]
         self.metrics.observe_batch(len(rows), waits_s, time.perf_counter() - start_s)
         self._report_device_memory()
         return split_rows(outputs, counts)
+
+    async def _forward(self, rows: list[Any]) -> dict[str, np.ndarray]:
+        """One batch on the forward threads (cut across idle ones), counted once."""
+        assert self._forwards is not None
+        forwards: list[int] = []
+
+        def chunk(part: list[Any]) -> dict[str, np.ndarray]:
+            out, n = self.runtime.forward_chunk(part)
+            forwards.append(n)
+            return out
+
+        start_s = time.perf_counter()
+        outputs, _ = await self._forwards.run(chunk, rows)
+        self.runtime.stats.record(len(rows), sum(forwards), time.perf_counter() - start_s)
+        return outputs
 
     def _report_device_memory(self) -> None:
         nbytes = device_memory_bytes(self.runtime.device)
@@ -231,14 +248,11 @@ class ModelDeployment(GrpcModelMethods):
         limit = self._batch_limit()
         if len(rows) <= limit:
             return await self._batcher(PendingRows(rows, time.perf_counter()))
-        loop = asyncio.get_running_loop()
         parts = []
         for i in range(0, len(rows), limit):
             start_s = time.perf_counter()
             part = rows[i : i + limit]
-            parts.append(
-                await loop.run_in_executor(self._executor, self.runtime.forward_rows, part)
-            )
+            parts.append(await self._forward(part))
             self.metrics.observe_batch(len(part), [0.0], time.perf_counter() - start_s)
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 

@@ -158,19 +158,25 @@ class ModelRuntime:
         return self.require().prepare(inputs)
 
     def forward_rows(self, rows: list[Any]) -> dict[str, np.ndarray]:
-        """Run rows, grouped by length when ``max_batch_tokens`` is set."""
+        """Run rows as one batch (grouped by length when ``max_batch_tokens`` is set) and
+        count it in ``stats``."""
+        t0 = time.perf_counter()
+        out, forwards = self.forward_chunk(rows)
+        self.stats.record(len(rows), forwards, time.perf_counter() - t0)
+        return out
+
+    def forward_chunk(self, rows: list[Any]) -> tuple[dict[str, np.ndarray], int]:
+        """Run rows without counting a batch (a batch cut into chunks is counted once by
+        its caller); returns the outputs and the number of forwards."""
         adapter = self.require()
         lengths = [adapter.item_length(r) for r in rows]
         groups = plan_forwards(lengths, self.max_batch_tokens)
         key = threading.get_ident()
-        t0 = time.perf_counter()
         self._forwards_in_flight[key] = time.monotonic()
         try:
-            out = run_planned(rows, groups, adapter.forward)
+            return run_planned(rows, groups, adapter.forward), len(groups)
         finally:
             del self._forwards_in_flight[key]
-        self.stats.record(len(rows), len(groups), time.perf_counter() - t0)
-        return out
 
     def check_health(self) -> None:
         """Raise unless the model is loaded, no forward has hung (run longer than

@@ -74,7 +74,7 @@ def test_batching_lives_in_user_config_not_args() -> None:
     assert dep["max_constructor_retry_count"] == 3
     assert dep["backpressure_config"] == {"status_code": 503, "retry_after_s": 1}
     assert dep["ray_actor_options"] == {"num_cpus": 2.0, "num_gpus": 0.0}
-    assert (dep["num_replicas"], minilm["args"]["torch_threads"]) == (1, 2)
+    assert (dep["num_replicas"], minilm["args"]["torch_threads"]) == (1, 1)
 
 
 def test_demo_drain_budget_covers_graceful_shutdown_and_the_haproxy_floor(

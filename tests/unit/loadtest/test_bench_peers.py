@@ -80,10 +80,13 @@ def test_the_one_model_config_is_minilm_as_committed(tmp_path: Path) -> None:
     assert one["models"][0] == next(m for m in app["models"] if m["name"] == "minilm")
     assert "pipelines" not in one and "jobs" not in one
     AppConfig.model_validate(one)  # a config the demo accepts
-    changed = apply_variant(one, {"replicas": 1, "threads": 2, "batch_wait_timeout_s": 0.0})
+    changed = apply_variant(
+        one, {"replicas": 1, "threads": 2, "batch_wait_timeout_s": 0.0, "split_min_rows": 0}
+    )
     model = changed["models"][0]
     assert (model["num_replicas"], model["resources"]["torch_threads"]) == (1, 2)
     assert model["batching"]["batch_wait_timeout_s"] == 0.0
+    assert model["batching"]["split_min_rows"] is None
     AppConfig.model_validate(changed)
     assert one["models"][0]["num_replicas"] == app["models"][0]["num_replicas"]  # a copy
 
