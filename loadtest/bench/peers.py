@@ -89,10 +89,12 @@ def measure(
 
 
 def run_pytriton(
-    python: str, repo: Path, duration_s: float, idle_s: float, tmp: Path
-) -> dict[str, Any]:
-    """PyTriton serving ``minilm`` version 2's ``model.onnx``: 2 ONNX threads, dynamic
-    batching to 32 rows with a 10 ms queue delay."""
+    python: str, repo: Path, duration_s: float, idle_s: float, tmp: Path,
+    threads: int = 2, instances: int = 1, name: str = "pytriton",
+) -> dict[str, Any]:  # fmt: skip
+    """PyTriton serving ``minilm`` version 2's ``model.onnx``: ``instances`` model
+    instances of ``threads`` ONNX threads each behind one dynamic batcher (32 rows,
+    10 ms queue delay)."""
     port = free_port()
     libdir = subprocess.run(
         [python, "-c", "import sysconfig; print(sysconfig.get_config_var('LIBDIR'))"],
@@ -103,17 +105,28 @@ def run_pytriton(
         python, str(REPO_ROOT / "loadtest" / "bench" / "pytriton_peer.py"),
         "--folder", str(repo / MODEL / "2"), "--http-port", str(port),
         "--grpc-port", str(free_port()), "--metrics-port", str(free_port()),
-        "--threads", "2", "--max-batch", "32", "--delay-us", "10000",
+        "--threads", str(threads), "--instances", str(instances),
+        "--max-batch", "32", "--delay-us", "10000",
     ]  # fmt: skip
     payload = json.dumps(
         {"inputs": [{"name": "text", "shape": [1, 1], "datatype": "BYTES", "data": [SENTENCE]}]}
     )
     t0 = time.monotonic()
-    with spawned(cmd, env, tmp / "pytriton.log") as proc:
+    with spawned(cmd, env, tmp / f"{name}.log") as proc:
         url = f"http://127.0.0.1:{port}/v2/models/{MODEL}/infer"
-        result = measure("pytriton", proc, t0, url, payload, duration_s, idle_s, tmp)
-    result["settings"] = "2 ONNX Runtime threads, max batch 32, max queue delay 10 ms"
+        result = measure(name, proc, t0, url, payload, duration_s, idle_s, tmp)
+    per = f"{instances} instances x " if instances > 1 else ""
+    result["settings"] = f"{per}{threads} ONNX Runtime threads, max batch 32, max queue delay 10 ms"
     return result
+
+
+def parse_layout(text: str) -> tuple[int, int]:
+    """``THREADSxINSTANCES`` (e.g. ``1x2``) -> (threads, instances)."""
+    threads, _, instances = text.partition("x")
+    try:
+        return int(threads), int(instances or 1)
+    except ValueError:
+        raise SystemExit(f"--pytriton-layout {text!r}: expected THREADSxINSTANCES") from None
 
 
 def one_model_config(app: dict[str, Any]) -> dict[str, Any]:
@@ -302,6 +315,13 @@ def main(argv: list[str] | None = None) -> int:
         help="environment for every serve_app run (e.g. a Ray setting to try)",
     )
     p.add_argument("--no-pytriton", action="store_true", help="serve_app only (no ratios)")
+    p.add_argument(
+        "--pytriton-layout",
+        action="append",
+        default=[],
+        help="THREADSxINSTANCES of PyTriton (repeat; default 2x1); the first is the ratios' "
+        "baseline, the others are reported as variants",
+    )
     p.add_argument("--out", default=str(RESULTS / "peers"))
     a = p.parse_args(argv)
     from serve_app.local.demo import ensure_demo_models
@@ -321,9 +341,17 @@ def main(argv: list[str] | None = None) -> int:
     if ratios_wanted:
         print("raw ONNX Runtime", flush=True)
         raw_before = raw_baselines(repo, 4.0, versions=(2,))[0]
-    if not a.no_pytriton:
-        print("PyTriton", flush=True)
-        result["pytriton"] = run_pytriton(a.pytriton_python, repo, a.duration_s, a.idle_s, tmp)
+    for i, layout in enumerate([] if a.no_pytriton else a.pytriton_layout or ["2x1"]):
+        threads, instances = parse_layout(layout)
+        name = "pytriton" if i == 0 else f"pytriton-{layout}"
+        print(f"PyTriton {layout}", flush=True)
+        run = run_pytriton(
+            a.pytriton_python, repo, a.duration_s, a.idle_s, tmp, threads, instances, name
+        )
+        if i == 0:
+            result["pytriton"] = run
+        else:
+            result.setdefault("variants", {})[name] = run
     runs = [("serve_app", one, "minilm alone, configs/app.yaml's settings", result)]
     for text in a.variant:
         name, minilm = parse_variant(text)

@@ -75,6 +75,7 @@ def main() -> int:
     p.add_argument("--grpc-port", type=int, default=8011)
     p.add_argument("--metrics-port", type=int, default=8012)
     p.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads")
+    p.add_argument("--instances", type=int, default=1, help="model instances (one session each)")
     p.add_argument("--max-batch", type=int, default=32)
     p.add_argument("--delay-us", type=int, default=10_000, help="max queue delay (µs)")
     a = p.parse_args()
@@ -95,7 +96,7 @@ def main() -> int:
     with Triton(config=config) as triton:
         triton.bind(
             model_name="minilm",
-            infer_func=build_infer(Path(a.folder), a.threads),
+            infer_func=[build_infer(Path(a.folder), a.threads) for _ in range(a.instances)],
             inputs=[Tensor(name="text", dtype=bytes, shape=(1,))],
             outputs=[Tensor(name="embedding", dtype=np.float32, shape=(-1,))],
             config=ModelConfig(

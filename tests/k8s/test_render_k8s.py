@@ -226,7 +226,10 @@ def test_worker_pod_shape_comes_from_the_cluster_config(
 def test_ingress_mode_sets_the_pod_env() -> None:
     http = cluster_app({"name": "m"}).http
     haproxy = http.model_copy(update={"ingress": "haproxy", "admin_host": None})
-    same_loop = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0"}
+    same_loop = {
+        "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
+        "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5",
+    }
     wrapper = {
         "RAY_SERVE_HAPROXY_BINARY_PATH": "/home/ray/.serve-app/haproxy.sh",
         "SERVE_APP_RETRY_AFTER_S": str(http.retry_after_s),

@@ -103,7 +103,10 @@ def test_haproxy_can_balance_on_the_tenant_header() -> None:
     }
     assert haproxy_env(None, balance="tenant-header") == hashed
     http = HttpConfig(admin_host=None, haproxy_balance="tenant-header")
-    same_loop = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0"}
+    same_loop = {
+        "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
+        "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5",
+    }
     wrapper = {  # the image's HAProxy wrapper (errors in our JSON shape)
         "RAY_SERVE_HAPROXY_BINARY_PATH": "/home/ray/.serve-app/haproxy.sh",
         "SERVE_APP_RETRY_AFTER_S": str(http.retry_after_s),

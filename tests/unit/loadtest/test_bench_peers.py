@@ -96,3 +96,42 @@ def test_a_variant_names_known_knobs() -> None:
     assert parse_variant("w0:batch_wait_timeout_s=0") == ("w0", {"batch_wait_timeout_s": 0.0})
     with pytest.raises(SystemExit, match="expected NAME:key=value"):
         parse_variant("one:workers=1")
+
+
+def test_pytriton_layouts_parse_threads_by_instances() -> None:
+    from loadtest.bench.peers import parse_layout
+
+    assert parse_layout("2x1") == (2, 1)
+    assert parse_layout("1x2") == (1, 2)
+    assert parse_layout("3") == (3, 1)
+    with pytest.raises(SystemExit, match="expected THREADSxINSTANCES"):
+        parse_layout("two")
+
+
+def test_idle_ab_means_per_variant_and_group() -> None:
+    from loadtest.bench.idle_ab import markdown as idle_markdown
+    from loadtest.bench.idle_ab import parse_variant as parse_env_variant
+    from loadtest.bench.idle_ab import summarize
+
+    assert parse_env_variant("base:") == ("base", {})
+    assert parse_env_variant("slow:A=1,B=x=y") == ("slow", {"A": "1", "B": "x=y"})
+    runs = [
+        {"cold_start_s": 10.0, "idle_cores": 0.1, "idle_pss_gib": 1.0,
+         "idle": {"by_group": {"gcs": {"cores": 0.02}, "controller": {"cores": 0.04}}}},
+        {"cold_start_s": 12.0, "idle_cores": 0.2, "idle_pss_gib": 1.2,
+         "idle": {"by_group": {"gcs": {"cores": 0.04}}}},
+    ]  # fmt: skip
+    s = summarize(runs)
+    assert (s["mean_cold_start_s"], s["mean_idle_cores"], s["mean_idle_pss_gib"]) == (
+        11.0,
+        0.15,
+        1.1,
+    )
+    # A group missing from a run counts as 0 there (it had no process in the window).
+    assert s["mean_cores_by_group"] == {"controller": 0.02, "gcs": 0.03}
+    page = idle_markdown({
+        "machine": {"date": "d", "cpus": 2, "memory_gib": 1.0, "cpu_model": "x", "ray": "2.60.0"},
+        "rounds": 2, "idle_s": 20.0, "environments": {"base": {}}, "variants": {"base": s},
+    })  # fmt: skip
+    assert "| base | - | 11.0 (10.0, 12.0) | 0.15 (0.1, 0.2) | 1.1 |" in page
+    assert "| controller | 0.02 |" in page

@@ -1,0 +1,83 @@
+"""Forward layouts of one ONNX model in-process: intra-op threads per forward against
+forwards at once (the choice behind ``server/forward_pool.py``). Prints one JSON line.
+
+Each layout runs ``OnnxEmbeddingAdapter.forward`` closed-loop on ``--batch`` copies of
+the benchmark sentence (tokenized once) from ``workers`` Python threads sharing one
+session with ``threads`` intra-op threads, for ``--duration-s``; the layouts alternate
+``--rounds`` times (this machine drifts). Reported: sentences/s and CPU ms per sentence.
+
+    python -m loadtest.bench.raw_parallel --rounds 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from loadtest.traffic.payloads import SENTENCE
+
+LAYOUTS = ((2, 1), (2, 2), (1, 2), (1, 1))
+"""(intra-op threads, forwards at once)."""
+
+
+def run_layout(adapter: Any, workers: int, batch: int, duration_s: float) -> dict[str, float]:
+    """``workers`` threads calling ``adapter.forward`` on ``batch`` rows until the end."""
+    items = adapter.prepare({"text": np.array([SENTENCE] * batch, dtype=object)})
+    adapter.forward(items)
+    done = [0] * workers
+    stop_s = time.perf_counter() + duration_s
+
+    def loop(i: int) -> None:
+        while time.perf_counter() < stop_s:
+            adapter.forward(items)
+            done[i] += batch
+
+    cpu_0, wall_0 = time.process_time(), time.perf_counter()
+    threads = [threading.Thread(target=loop, args=(i,)) for i in range(workers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall_s, cpu_s = time.perf_counter() - wall_0, time.process_time() - cpu_0
+    total = sum(done)
+    return {
+        "sentences_per_s": round(total / wall_s, 1),
+        "cpu_ms_per_sentence": round(cpu_s / total * 1000, 2),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point (see the module docstring)."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--repo", default="model-repository")
+    p.add_argument("--name", default="minilm")
+    p.add_argument("--version", type=int, default=2, help="an ONNX version")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--duration-s", type=float, default=5.0)
+    p.add_argument("--rounds", type=int, default=2)
+    a = p.parse_args(argv)
+    from serve_app.models.onnx_embedding import OnnxEmbeddingAdapter
+    from serve_app.repository import ModelRepository
+
+    version = ModelRepository(a.repo).verify(a.name, a.version)
+    folder = Path(version.path)
+    adapters = {n: OnnxEmbeddingAdapter(folder, "cpu", threads=n) for n in {t for t, _ in LAYOUTS}}
+    runs: dict[str, list[dict[str, float]]] = {}
+    for _ in range(a.rounds):
+        for threads, workers in LAYOUTS:
+            key = f"{threads} thread(s) x {workers} forward(s) at once"
+            runs.setdefault(key, []).append(
+                run_layout(adapters[threads], workers, a.batch, a.duration_s)
+            )
+    print(json.dumps({"batch": a.batch, "duration_s": a.duration_s, "runs": runs}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
