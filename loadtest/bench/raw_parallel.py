@@ -6,7 +6,7 @@ the benchmark sentence (tokenized once) from ``workers`` Python threads sharing 
 session with ``threads`` intra-op threads, for ``--duration-s``; the layouts alternate
 ``--rounds`` times (this machine drifts). Reported: sentences/s and CPU ms per sentence.
 
-    python -m loadtest.bench.raw_parallel --rounds 2
+    python -m loadtest.bench.raw_parallel --rounds 2   # results/raw-parallel.{json,md}
 """
 
 from __future__ import annotations
@@ -20,6 +20,9 @@ from typing import Any
 
 import numpy as np
 
+from loadtest.harness.demo_process import REPO_ROOT
+from loadtest.harness.machine import machine_info, machine_line
+from loadtest.reports.files import write_results
 from loadtest.traffic.payloads import SENTENCE
 
 LAYOUTS = ((2, 1), (2, 2), (1, 2), (1, 1))
@@ -52,6 +55,25 @@ def run_layout(adapter: Any, workers: int, batch: int, duration_s: float) -> dic
     }
 
 
+def markdown(r: dict[str, Any]) -> str:
+    """One line per layout: sentences/s and CPU ms per sentence of each round."""
+    lines = [
+        f"# Forward layouts of one ONNX model, in-process ({r['machine']['date']})",
+        "",
+        f"{machine_line(r['machine'], 'onnxruntime')} `python -m loadtest.bench.raw_parallel`: "
+        f"minilm version {r['version']}, batch {r['batch']}, {r['duration_s']:g} s per layout "
+        "and round, layouts alternating.",
+        "",
+        "| layout | sentences/s (each round) | CPU ms per sentence (each round) |",
+        "|---|---|---|",
+    ]
+    for key, runs in r["runs"].items():
+        sps = ", ".join(str(x["sentences_per_s"]) for x in runs)
+        cpu = ", ".join(str(x["cpu_ms_per_sentence"]) for x in runs)
+        lines.append(f"| {key} | {sps} | {cpu} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point (see the module docstring)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -61,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--duration-s", type=float, default=5.0)
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--out", default=str(REPO_ROOT / "loadtest" / "results" / "raw-parallel"))
     a = p.parse_args(argv)
     from serve_app.models.onnx_embedding import OnnxEmbeddingAdapter
     from serve_app.repository import ModelRepository
@@ -75,7 +98,12 @@ def main(argv: list[str] | None = None) -> int:
             runs.setdefault(key, []).append(
                 run_layout(adapters[threads], workers, a.batch, a.duration_s)
             )
-    print(json.dumps({"batch": a.batch, "duration_s": a.duration_s, "runs": runs}), flush=True)
+    result = {
+        "machine": machine_info(), "version": a.version, "batch": a.batch,
+        "duration_s": a.duration_s, "runs": runs,
+    }  # fmt: skip
+    print(json.dumps(result), flush=True)
+    write_results(Path(a.out), result, markdown(result))
     return 0
 
 
