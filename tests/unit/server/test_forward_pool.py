@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -35,6 +36,16 @@ def echo(rows: list[Any]) -> dict[str, np.ndarray]:
     return {"y": np.array(rows, dtype=np.int64)[:, None] * 10}
 
 
+def held(release: threading.Event) -> Callable[[list[Any]], dict[str, np.ndarray]]:
+    """A forward that runs until ``release`` is set (at most 5 s)."""
+
+    def forward(rows: list[Any]) -> dict[str, np.ndarray]:
+        release.wait(5)
+        return echo(rows)
+
+    return forward
+
+
 @pytest.mark.anyio
 async def test_an_idle_pool_computes_the_chunks_of_one_batch_at_once() -> None:
     pool = ForwardPool(threads=2, min_split_rows=4)
@@ -58,10 +69,7 @@ async def test_an_idle_pool_computes_the_chunks_of_one_batch_at_once() -> None:
 async def test_a_batch_arriving_while_a_thread_is_busy_stays_whole() -> None:
     pool = ForwardPool(threads=2, min_split_rows=1)
     release = threading.Event()
-
-    def slow(rows: list[Any]) -> dict[str, np.ndarray]:
-        release.wait(5)
-        return echo(rows)
+    slow = held(release)
 
     first = asyncio.ensure_future(pool.run(slow, [0]))  # one row: one chunk
     await asyncio.sleep(0.05)
@@ -86,10 +94,7 @@ def test_min_split_rows_none_never_cuts() -> None:
 async def test_a_cancelled_batch_counts_its_chunks_until_they_really_end() -> None:
     pool = ForwardPool(threads=1, min_split_rows=1)
     release = threading.Event()
-
-    def slow(rows: list[Any]) -> dict[str, np.ndarray]:
-        release.wait(5)
-        return echo(rows)
+    slow = held(release)
 
     running = asyncio.ensure_future(pool.run(slow, [0]))
     queued = asyncio.ensure_future(pool.run(slow, [1]))  # waits for the only thread
