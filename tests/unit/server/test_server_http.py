@@ -196,6 +196,42 @@ async def test_concurrent_requests_are_batched_and_split_back(
     assert [a.json()["outputs"][0]["data"] for a in answers] == [[2.0 * i, 0.0] for i in range(6)]
 
 
+async def test_a_lone_batch_is_cut_across_idle_forwards_and_counted_once(
+    repo: Path, monkeypatch: pytest.MonkeyPatch, recorder: Recorder
+) -> None:
+    from ray import serve
+
+    monkeypatch.setattr(serve, "get_replica_context", ReplicaContext)
+    chunks: list[int] = []
+
+    class Recording(DoublingAdapter):
+        def forward(self, items: list[Any]) -> dict[str, np.ndarray]:
+            chunks.append(len(items))
+            return super().forward(items)
+
+    args = {"name": "double", "repository": {"root": str(repo)}, "torch_threads": 1}
+    replica = ModelDeployment.func_or_class(
+        args, adapter_loader=lambda _, __: Recording(), metrics=recorder
+    )
+    replica.reconfigure(
+        {"max_batch_size": 8, "max_concurrent_batches": 2, "split_min_rows": 2,
+         "cap_batch_to_memory": False}
+    )  # fmt: skip
+    before = replica.batch_stats()
+    chunks.clear()  # the warm-up's forward
+    transport = httpx.ASGITransport(app=asgi(replica.__call__))
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        rows = [[float(i), 1.0] for i in range(8)]
+        r = await client.post("/v2/models/double/infer", json=infer_body(rows))
+    assert r.status_code == 200
+    assert r.json()["outputs"][0]["data"] == [2.0 * v for row in rows for v in row]
+    assert chunks == [4, 4]
+    after = replica.batch_stats()
+    assert (after["batches"] - before["batches"], after["rows"] - before["rows"]) == (1, 8)
+    assert after["forwards"] - before["forwards"] == 2
+    assert recorder.batches[-1] == (8, 1)  # one batch of 8 rows, one request waited
+
+
 async def test_metrics_count_requests_rows_batches_and_waits(
     model_client: httpx.AsyncClient, recorder: Recorder, repo: Path
 ) -> None:
