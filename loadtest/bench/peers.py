@@ -155,13 +155,14 @@ def apply_variant(app: dict[str, Any], minilm: dict[str, float]) -> dict[str, An
     if "threads" in minilm or "cpus" in minilm:
         threads = int(minilm.get("threads", model["resources"]["torch_threads"]))
         model["resources"] = {"num_cpus": minilm.get("cpus", threads), "torch_threads": threads}
-    for knob in BATCHING_KNOBS:
-        if knob in minilm:
-            value = minilm[knob]
-            if knob == "split_min_rows":  # 0: never cut a batch
-                model["batching"][knob] = int(value) or None
-            else:
-                model["batching"][knob] = value if knob == "batch_wait_timeout_s" else int(value)
+    for knob in set(BATCHING_KNOBS) & set(minilm):
+        value = minilm[knob]
+        if knob == "split_min_rows":  # 0: never cut a batch
+            model["batching"][knob] = int(value) or None
+        elif knob == "batch_wait_timeout_s":
+            model["batching"][knob] = value
+        else:
+            model["batching"][knob] = int(value)
     return app
 
 

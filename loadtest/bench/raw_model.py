@@ -8,23 +8,42 @@ from __future__ import annotations
 
 import argparse
 import json
+import threading
 import time
+from typing import Any
 
 import numpy as np
 
 from loadtest.traffic.payloads import SENTENCE
 
 
-def sentences_per_s(adapter, batch: int, duration_s: float) -> float:
-    """Closed loop of ``forward`` on ``batch`` copies of ``SENTENCE`` (tokenized once)."""
+def closed_loop(adapter: Any, batch: int, duration_s: float, workers: int = 1) -> dict[str, float]:
+    """``workers`` threads calling ``forward`` on ``batch`` copies of ``SENTENCE``
+    (tokenized once) until ``duration_s`` has passed: sentences/s and CPU ms per sentence."""
     items = adapter.prepare({"text": np.array([SENTENCE] * batch, dtype=object)})
     adapter.forward(items)
-    n = 0
-    t0 = time.perf_counter()
-    while time.perf_counter() - t0 < duration_s:
-        adapter.forward(items)
-        n += batch
-    return n / (time.perf_counter() - t0)
+    done = [0] * workers
+    stop_s = time.perf_counter() + duration_s
+
+    def loop(i: int) -> None:
+        while time.perf_counter() < stop_s:
+            adapter.forward(items)
+            done[i] += batch
+
+    cpu_0, wall_0 = time.process_time(), time.perf_counter()
+    threads = [threading.Thread(target=loop, args=(i,)) for i in range(workers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall_s, cpu_s = time.perf_counter() - wall_0, time.process_time() - cpu_0
+    total = sum(done)
+    return {"sentences_per_s": total / wall_s, "cpu_ms_per_sentence": cpu_s / total * 1000}
+
+
+def sentences_per_s(adapter: Any, batch: int, duration_s: float) -> float:
+    """Closed loop of ``forward`` on ``batch`` copies of ``SENTENCE`` from one thread."""
+    return closed_loop(adapter, batch, duration_s)["sentences_per_s"]
 
 
 def main() -> None:

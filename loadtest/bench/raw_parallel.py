@@ -13,46 +13,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from loadtest.bench.raw_model import closed_loop
 from loadtest.harness.demo_process import REPO_ROOT
 from loadtest.harness.machine import machine_info, machine_line
 from loadtest.reports.files import write_results
-from loadtest.traffic.payloads import SENTENCE
 
 LAYOUTS = ((2, 1), (2, 2), (1, 2), (1, 1))
 """(intra-op threads, forwards at once)."""
-
-
-def run_layout(adapter: Any, workers: int, batch: int, duration_s: float) -> dict[str, float]:
-    """``workers`` threads calling ``adapter.forward`` on ``batch`` rows until the end."""
-    items = adapter.prepare({"text": np.array([SENTENCE] * batch, dtype=object)})
-    adapter.forward(items)
-    done = [0] * workers
-    stop_s = time.perf_counter() + duration_s
-
-    def loop(i: int) -> None:
-        while time.perf_counter() < stop_s:
-            adapter.forward(items)
-            done[i] += batch
-
-    cpu_0, wall_0 = time.process_time(), time.perf_counter()
-    threads = [threading.Thread(target=loop, args=(i,)) for i in range(workers)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall_s, cpu_s = time.perf_counter() - wall_0, time.process_time() - cpu_0
-    total = sum(done)
-    return {
-        "sentences_per_s": round(total / wall_s, 1),
-        "cpu_ms_per_sentence": round(cpu_s / total * 1000, 2),
-    }
 
 
 def markdown(r: dict[str, Any]) -> str:
@@ -95,9 +65,11 @@ def main(argv: list[str] | None = None) -> int:
     for _ in range(a.rounds):
         for threads, workers in LAYOUTS:
             key = f"{threads} thread(s) x {workers} forward(s) at once"
-            runs.setdefault(key, []).append(
-                run_layout(adapters[threads], workers, a.batch, a.duration_s)
-            )
+            m = closed_loop(adapters[threads], a.batch, a.duration_s, workers)
+            runs.setdefault(key, []).append({
+                "sentences_per_s": round(m["sentences_per_s"], 1),
+                "cpu_ms_per_sentence": round(m["cpu_ms_per_sentence"], 2),
+            })  # fmt: skip
     result = {
         "machine": machine_info(), "version": a.version, "batch": a.batch,
         "duration_s": a.duration_s, "runs": runs,

@@ -8,8 +8,8 @@ forward does not, but a batch running alone then uses one core. ``ForwardPool`` 
 both: a batch that finds several threads idle is cut into equal chunks computed at once
 (data parallel, one intra-op thread each); under load each batch stays whole and the
 threads work on different batches. Measured on the 2-core benchmark machine, ONNX
-Runtime at batch 32: two 1-thread forwards at once 500-513 sentences/s, one 2-thread
-forward 417-424 (``docs/performance.md``, round 3).
+Runtime at batch 32: two 1-thread forwards at once 520-539 sentences/s, one 2-thread
+forward 455-465 (``loadtest/results/raw-parallel.md``; ``docs/performance.md``, round 3).
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ from serve_app.protocol import oip
 from serve_app.repository.loader import ModelRepository
 from serve_app.server.batching import flatten_rows, split_rows
 from serve_app.server.canary import CanaryForwarder, canary_handle
-from serve_app.server.forward_pool import ForwardPool
+from serve_app.server.forward_pool import ForwardPool, concat_outputs
 from serve_app.server.fused_nodes import FusedNodes
 from serve_app.server.grpc_methods import GrpcModelMethods
 from serve_app.server.http import error_response, json_response, read_request_body
@@ -255,7 +255,7 @@ class ModelDeployment(GrpcModelMethods):
             part = rows[i : i + limit]
             parts.append(await self._forward(part))
             self.metrics.observe_batch(len(part), [0.0], time.perf_counter() - start_s)
-        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        return concat_outputs(parts)
 
     async def infer_tensors(
         self,
